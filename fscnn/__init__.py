@@ -1,0 +1,13 @@
+"""fscnn: fast inference of pruned convolutional networks on CPUs.
+
+Sparse weight formats and direct sparse convolution kernels (Cython + C micro-kernels),
+a torch.nn-like layer graph that loads torchvision-style checkpoints from ``.npz`` archives,
+a model zoo, pruning tools and a benchmark CLI. Runtime dependencies: numpy and scipy.
+"""
+__version__ = "0.1.0"
+
+from ._config import (get_num_threads, get_simd_level, set_num_threads, set_simd_level,
+                      show_config)
+
+__all__ = ["__version__", "get_num_threads", "set_num_threads", "get_simd_level",
+           "set_simd_level", "show_config"]

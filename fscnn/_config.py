@@ -1,0 +1,201 @@
+"""Run-time configuration: thread count, SIMD level, and a report of the build."""
+import contextlib
+import os
+import platform
+import sys
+import warnings
+
+from ._ext import _runtime
+
+SIMD_LEVELS = _runtime.SIMD_NAMES  # index = level passed to the kernels
+
+_state = {"threads": None, "simd": None}
+
+
+def _cgroup_cpu_limit():
+    """CPUs allowed by a cgroup v2 (cpu.max) or v1 (cfs quota) limit, or None."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            return max(1, int(int(quota) // int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+            quota = int(f.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+            period = int(f.read())
+        if quota > 0 and period > 0:
+            return max(1, quota // period)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def usable_cpus():
+    """Cores this process may run on: CPU affinity, then any cgroup quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return max(1, min(n, limit) if limit else n)
+
+
+def _default_threads():
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env:
+        try:
+            n = int(env)
+            if n > 0:
+                return n
+        except ValueError:
+            pass
+        warnings.warn(f"ignoring OMP_NUM_THREADS={env!r}: expected a positive integer")
+    return usable_cpus()
+
+
+def get_num_threads():
+    """Number of threads fscnn's kernels use.
+
+    Defaults to the cores usable by this process (CPU affinity and cgroup limits), or to
+    ``OMP_NUM_THREADS`` when that is set. Always 1 effective thread when fscnn was built
+    without OpenMP.
+    """
+    if _state["threads"] is None:
+        _state["threads"] = _default_threads()
+    return _state["threads"]
+
+
+def set_num_threads(n):
+    """Set the number of threads fscnn's kernels use; ``None`` restores the default.
+
+    Parameters
+    ----------
+    n : int or None
+        A positive thread count.
+    """
+    if n is None:
+        _state["threads"] = None
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: expected a positive integer or None, got {n!r}")
+    _state["threads"] = int(n)
+
+
+@contextlib.contextmanager
+def threads(n):
+    """Context manager that runs its block with ``n`` threads."""
+    old = _state["threads"]
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        _state["threads"] = old
+
+
+def cpu_simd_level():
+    """Name of the widest SIMD level the CPU supports."""
+    return SIMD_LEVELS[_runtime.cpu_simd_level()]
+
+
+def _level_index(name, source):
+    if name not in SIMD_LEVELS:
+        raise ValueError(f"{source}: expected one of {', '.join(SIMD_LEVELS)}, got {name!r}")
+    return SIMD_LEVELS.index(name)
+
+
+def _default_simd():
+    cpu = _runtime.cpu_simd_level()
+    env = os.environ.get("FSCNN_SIMD", "").strip().lower()
+    if not env:
+        return cpu
+    level = _level_index(env, "FSCNN_SIMD")
+    if level > cpu:
+        warnings.warn(f"FSCNN_SIMD={env} is above what this CPU supports "
+                      f"({SIMD_LEVELS[cpu]}); using {SIMD_LEVELS[cpu]}")
+        return cpu
+    return level
+
+
+def simd_level_index():
+    """SIMD level passed to the kernels (0 baseline, 1 AVX2+FMA, 2 AVX-512)."""
+    if _state["simd"] is None:
+        _state["simd"] = _default_simd()
+    return _state["simd"]
+
+
+def get_simd_level():
+    """Name of the SIMD level in use ('baseline', 'avx2' or 'avx512')."""
+    return SIMD_LEVELS[simd_level_index()]
+
+
+def set_simd_level(name):
+    """Force a SIMD level no higher than the CPU supports; ``None`` restores the default.
+
+    The environment variable ``FSCNN_SIMD`` sets the same thing at start-up.
+    """
+    if name is None:
+        _state["simd"] = None
+        return
+    level = _level_index(name, "set_simd_level")
+    cpu = _runtime.cpu_simd_level()
+    if level > cpu:
+        raise ValueError(f"set_simd_level: this CPU supports up to {SIMD_LEVELS[cpu]!r}, "
+                         f"cannot use {name!r}")
+    _state["simd"] = level
+
+
+@contextlib.contextmanager
+def simd(name):
+    """Context manager that runs its block at SIMD level ``name``."""
+    old = _state["simd"]
+    set_simd_level(name)
+    try:
+        yield
+    finally:
+        _state["simd"] = old
+
+
+def _blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (install threadpoolctl for details)"
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS so threadpoolctl sees it)
+    rows = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}, "
+            f"{i.get('num_threads')} threads, {os.path.basename(i.get('filepath', ''))})"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    return "; ".join(rows) or "none found"
+
+
+def config_dict():
+    """The facts :func:`show_config` prints, as a dict."""
+    import numpy
+    import scipy
+
+    from . import __version__
+    return {
+        "fscnn": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "compiler": _runtime.compiler(),
+        "openmp": _runtime.openmp_enabled(),
+        "threads": get_num_threads(),
+        "usable_cpus": usable_cpus(),
+        "simd_detected": cpu_simd_level(),
+        "simd_in_use": get_simd_level(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "blas": _blas_info(),
+    }
+
+
+def show_config(file=None):
+    """Print fscnn's version, build (compiler, OpenMP), threads, SIMD levels and BLAS."""
+    info = config_dict()
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"{key:<{width}} : {value}", file=file or sys.stdout)

@@ -1,0 +1,31 @@
+# cython: language_level=3
+"""Build and CPU facts the Python layer needs: OpenMP, compiler, SIMD support."""
+
+cdef extern from "fscnn_common.h" nogil:
+    int FSCNN_HAVE_OPENMP
+    const char* FSCNN_BUILD_COMPILER
+    int fscnn_cpu_simd_level()
+    int omp_get_max_threads()
+    int omp_get_num_procs()
+
+SIMD_NAMES = ("baseline", "avx2", "avx512")
+
+
+def openmp_enabled():
+    """True when the extensions were compiled with OpenMP."""
+    return bool(FSCNN_HAVE_OPENMP)
+
+
+def compiler():
+    """The C compiler that built the extensions, as its ``--version`` first line."""
+    return FSCNN_BUILD_COMPILER.decode("utf-8", "replace")
+
+
+def cpu_simd_level():
+    """Highest SIMD level the CPU supports: 0 baseline, 1 AVX2+FMA, 2 AVX-512."""
+    return fscnn_cpu_simd_level()
+
+
+def openmp_max_threads():
+    """The OpenMP runtime's default team size (1 without OpenMP)."""
+    return omp_get_max_threads()

@@ -1,0 +1,154 @@
+"""Build script for fscnn's Cython extensions.
+
+Build switches (environment variables, read at build time):
+
+FSCNN_OPENMP=0          build without OpenMP even when the compiler supports it.
+FSCNN_REQUIRE_OPENMP=1  fail the build when OpenMP is not available (default: warn, build serial).
+FSCNN_DEBUG=1           Cython bounds checks and assertions on, C asserts on, -O1 -g.
+FSCNN_NATIVE=1          add -march=native (opt-in only: such a build crashes on older CPUs).
+
+SIMD code paths (baseline, AVX2+FMA, AVX-512) are always compiled into the same
+extension through per-function target attributes and chosen at run time, so the
+default build runs on any x86-64 CPU.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import warnings
+from glob import glob
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+INCLUDE_DIR = os.path.join("fscnn", "_ext", "include")
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _disabled(name):
+    return os.environ.get(name, "").strip().lower() in ("0", "false", "no", "off")
+
+
+OMP_TEST = r"""
+#include <omp.h>
+#include <stdio.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    printf("%d\n", n > 0);
+    return 0;
+}
+"""
+
+
+def _openmp_candidates():
+    """Compiler/linker flag pairs to try, most common first."""
+    yield ["-fopenmp"], ["-fopenmp"]
+    if sys.platform == "darwin":
+        # Apple clang has no -fopenmp driver flag; libomp (e.g. from Homebrew) works through
+        # the preprocessor flag plus an explicit -lomp.
+        for prefix in ("/opt/homebrew/opt/libomp", "/usr/local/opt/libomp", "/opt/local"):
+            if os.path.isdir(prefix):
+                yield (["-Xpreprocessor", "-fopenmp", f"-I{prefix}/include"],
+                       [f"-L{prefix}/lib", "-lomp", f"-Wl,-rpath,{prefix}/lib"])
+
+
+def _compiles(compiler_cmd, cflags, ldflags):
+    tmp = tempfile.mkdtemp(prefix="fscnn-omp-")
+    try:
+        src = os.path.join(tmp, "t.c")
+        with open(src, "w") as f:
+            f.write(OMP_TEST)
+        exe = os.path.join(tmp, "t")
+        cmd = list(compiler_cmd) + cflags + [src, "-o", exe] + ldflags
+        res = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if res.returncode != 0:
+            return False
+        return subprocess.run([exe], stdout=subprocess.PIPE).returncode == 0
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class BuildExt(build_ext):
+    """build_ext that probes OpenMP for the compiler actually in use."""
+
+    def build_extensions(self):
+        compiler_cmd = self.compiler.compiler_so[:1] if hasattr(self.compiler, "compiler_so") else ["cc"]
+        omp_c, omp_l = self._probe_openmp(compiler_cmd)
+        for ext in self.extensions:
+            ext.extra_compile_args = ext.extra_compile_args + omp_c
+            ext.extra_link_args = ext.extra_link_args + omp_l
+            ext.define_macros = ext.define_macros + [
+                ("FSCNN_BUILD_COMPILER", '"%s"' % _compiler_version(compiler_cmd)),
+            ]
+        super().build_extensions()
+
+    def _probe_openmp(self, compiler_cmd):
+        if _disabled("FSCNN_OPENMP"):
+            print("fscnn: OpenMP disabled by FSCNN_OPENMP=0; building serial kernels")
+            return [], []
+        for cflags, ldflags in _openmp_candidates():
+            if _compiles(compiler_cmd, cflags, ldflags):
+                print(f"fscnn: OpenMP enabled ({' '.join(cflags)})")
+                return cflags, ldflags
+        msg = (f"fscnn: the compiler {' '.join(compiler_cmd)!r} does not support OpenMP; "
+               "building serial kernels (fscnn.set_num_threads will have no effect)")
+        if _flag("FSCNN_REQUIRE_OPENMP"):
+            raise RuntimeError(msg + " and FSCNN_REQUIRE_OPENMP=1 was set")
+        warnings.warn(msg)
+        return [], []
+
+
+def _compiler_version(compiler_cmd):
+    try:
+        out = subprocess.run(list(compiler_cmd) + ["--version"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True).stdout
+        return out.splitlines()[0].replace('"', "'").replace("\\", "/")[:120]
+    except (OSError, IndexError):
+        return " ".join(compiler_cmd)
+
+
+def _extensions():
+    debug = _flag("FSCNN_DEBUG")
+    cflags = ["-O1", "-g"] if debug else ["-O3", "-DNDEBUG"]
+    cflags += ["-fno-strict-aliasing", "-Wno-unused-function"]
+    if _flag("FSCNN_NATIVE"):
+        cflags.append("-march=native")
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+    if debug:
+        macros.append(("FSCNN_DEBUG", "1"))
+    exts = [
+        Extension(
+            f"fscnn._ext.{name}",
+            [os.path.join("fscnn", "_ext", f"{name}.pyx")],
+            include_dirs=[INCLUDE_DIR, np.get_include()],
+            extra_compile_args=list(cflags),
+            define_macros=list(macros),
+            depends=[os.path.join(INCLUDE_DIR, h) for h in os.listdir(INCLUDE_DIR)],
+        )
+        for name in sorted(os.path.basename(p)[:-4] for p in glob(os.path.join("fscnn", "_ext", "*.pyx")))
+    ]
+    directives = {
+        "language_level": 3,
+        "boundscheck": debug,
+        "wraparound": False,
+        "initializedcheck": debug,
+        "cdivision": not debug,
+        "nonecheck": debug,
+        "embedsignature": True,
+    }
+    return cythonize(exts, compiler_directives=directives,
+                     compile_time_env={"FSCNN_DEBUG": debug}, quiet=True)
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})
