@@ -1,0 +1,39 @@
+"""Control of the BLAS library's own threads around fscnn's parallel GEMM calls.
+
+fscnn's dense convolution calls scipy's SGEMM from inside its own OpenMP loop, one GEMM per
+thread, so BLAS itself must run single-threaded there: an OpenBLAS built on pthreads that
+starts its own threads inside an OpenMP region oversubscribes the cores and can hang. The BLAS
+thread count is changed through threadpoolctl when it is installed (an optional dependency).
+Without it fscnn cannot limit BLAS, so the dense path then runs its GEMMs one after another
+and lets BLAS use its own threads.
+"""
+import contextlib
+
+_controller = []  # lazily built ThreadpoolController selecting the BLAS libraries, or None
+
+
+def _blas_controller():
+    if not _controller:
+        try:
+            import scipy.linalg  # noqa: F401  (loads the BLAS that scipy.linalg.cython_blas uses)
+            from threadpoolctl import ThreadpoolController
+            _controller.append(ThreadpoolController().select(user_api="blas"))
+        except ImportError:
+            _controller.append(None)
+    return _controller[0]
+
+
+def can_limit_blas():
+    """True when BLAS threads can be limited (threadpoolctl is installed)."""
+    return _blas_controller() is not None
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run the block with BLAS limited to one thread (no-op when that is impossible)."""
+    controller = _blas_controller()
+    if controller is None:
+        yield
+        return
+    with controller.limit(limits=1):
+        yield

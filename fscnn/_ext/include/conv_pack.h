@@ -1,0 +1,77 @@
+/* Input layout shared by the sparse and dense convolution paths, and the output epilogue.
+ *
+ * Design: one zero-padded NCHW image becomes sh*sw "phase planes" per channel, so stride (sh, sw)
+ * turns into stride-1 work (no scalar fallback): plane (c, py, px) element (i, j) holds padded
+ * input (i*sh + py, j*sw + px). Planes are Hq x Wq with Hq = H_out + (dh*(KH-1))/sh + 1 and
+ * Wq = W_out + (dw*(KW-1))/sw; then tap (kh, kw) of output (y, x) sits at flat position
+ * (y + kh*dh/sh)*Wq + x + kw*dw/sw of plane (c, kh*dh%sh, kw*dw%sw), and all outputs of one tap
+ * form one contiguous run of H_out*Wq positions (the Wq-W_out extra columns per row are computed
+ * and dropped by the epilogue). The extra plane row plus a zeroed tail of one tile after the last
+ * plane keep every read in bounds.
+ */
+#ifndef FSCNN_CONV_PACK_H
+#define FSCNN_CONV_PACK_H
+#include "fscnn_common.h"
+
+/* Pack channels [c0, c1) of one image x (C, H, W) into phase planes (see above).
+ * buf: (C*sh*sw*Hq*Wq + tail) floats; the caller zeroes the tail once. Every plane element is
+ * written (zeros where the padded input is out of range). O(C*sh*sw*Hq*Wq). */
+static void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t W,
+                        int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
+                        int64_t Hq, int64_t Wq, float *buf)
+{
+    const int64_t plane = Hq * Wq;
+    for (int64_t c = c0; c < c1; c++) {
+        const float *xc = x + c * H * W;
+        for (int64_t py = 0; py < sh; py++) {
+            for (int64_t px = 0; px < sw; px++) {
+                float *dst = buf + ((c * sh + py) * sw + px) * plane;
+                for (int64_t i = 0; i < Hq; i++) {
+                    float *drow = dst + i * Wq;
+                    const int64_t yin = i * sh + py - pad_top;
+                    if (yin < 0 || yin >= H) {
+                        memset(drow, 0, (size_t)Wq * sizeof(float));
+                        continue;
+                    }
+                    const float *srow = xc + yin * W;
+                    if (sw == 1) {
+                        /* contiguous: zeros, a copy of the row, zeros */
+                        int64_t j0 = pad_left - px, j1 = W + pad_left - px;  /* plane cols holding input */
+                        if (j0 < 0) j0 = 0;
+                        if (j1 > Wq) j1 = Wq;
+                        if (j1 < j0) j1 = j0;
+                        memset(drow, 0, (size_t)j0 * sizeof(float));
+                        if (j1 > j0) memcpy(drow + j0, srow + (j0 + px - pad_left), (size_t)(j1 - j0) * sizeof(float));
+                        memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(float));
+                    } else {
+                        for (int64_t j = 0; j < Wq; j++) {
+                            const int64_t xin = j * sw + px - pad_left;
+                            drow[j] = (xin >= 0 && xin < W) ? srow[xin] : 0.0f;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Epilogue of the dense path: wide (n_out, ld) holds positions [q0, q0+n) of the flat output
+ * of n_out channels starting at channel o0; add bias, apply the activation and store columns
+ * x < W_out into out (O, H_out, W_out). */
+static void conv_scatter(const float *wide, int64_t ld, int64_t n_out, int64_t o0, int64_t q0,
+                         int64_t n, const float *bias, int act, int64_t Wq, int64_t H_out,
+                         int64_t W_out, float *out)
+{
+    const int64_t plane = H_out * W_out, L = H_out * Wq;
+    for (int64_t oo = 0; oo < n_out; oo++) {
+        const float b = bias ? bias[o0 + oo] : 0.0f;
+        const float *src = wide + oo * ld;
+        float *orow = out + (o0 + oo) * plane;
+        const int64_t qend = (q0 + n < L) ? q0 + n : L;
+        for (int64_t q = q0; q < qend; q++) {
+            const int64_t y = q / Wq, x = q - y * Wq;
+            if (x < W_out) orow[y * W_out + x] = fscnn_act(src[q - q0] + b, act);
+        }
+    }
+}
+#endif

@@ -1,0 +1,197 @@
+"""Compressed-row storage for sparse Linear and convolution weights.
+
+Canonical form: within each row the column indices are strictly increasing (sorted, no
+duplicates) and every stored value is non-zero as converted from a dense array (explicit zeros
+may appear only if a user builds the arrays by hand; they are harmless). Column indices are
+``uint16`` when the row length fits (6 bytes per non-zero with float32 values), else ``int32``
+(8 bytes per non-zero).
+"""
+import numpy as np
+
+
+class FormatError(ValueError):
+    """A sparse format's arrays are inconsistent (wrong dtype, shape, bounds or order)."""
+
+
+def _index_dtype(n_cols):
+    return np.uint16 if n_cols <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+class CSRMatrix:
+    """Compressed sparse rows of a float32 matrix.
+
+    Parameters
+    ----------
+    indptr : array of int64, shape (n_rows + 1,)
+        Row ``r`` holds entries ``indptr[r]:indptr[r + 1]``.
+    indices : array of uint16 or int32, shape (nnz,)
+        Column of each entry, strictly increasing within a row.
+    data : array of float32, shape (nnz,)
+        Value of each entry.
+    shape : tuple (n_rows, n_cols)
+    check : {"cheap", "full", None}
+        Validation on construction: "cheap" checks dtypes and lengths (O(1)), "full" also checks
+        bounds and order (O(nnz)).
+
+    Examples
+    --------
+    >>> m = CSRMatrix.from_dense(np.array([[0, 2.0], [3.0, 0]], dtype=np.float32))
+    >>> m.nnz, m.to_dense().tolist()
+    (2, [[0.0, 2.0], [3.0, 0.0]])
+    """
+
+    format = "csr"
+
+    def __init__(self, indptr, indices, data, shape, check="full"):
+        self.indptr = np.asarray(indptr)
+        self.indices = np.asarray(indices)
+        self.data = np.asarray(data)
+        self.shape = tuple(int(s) for s in shape)
+        if check is not None:
+            self.check_format(full=(check == "full"))
+
+    @classmethod
+    def from_dense(cls, dense):
+        """Compress a 2-D array; exact zeros are dropped, other values converted to float32."""
+        dense = np.asarray(dense)
+        if dense.ndim != 2:
+            raise FormatError(f"CSRMatrix.from_dense: expected a 2-D array, got shape {dense.shape}")
+        dense = np.ascontiguousarray(dense, dtype=np.float32)
+        rows, cols = np.nonzero(dense)
+        indptr = np.zeros(dense.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=dense.shape[0]), out=indptr[1:])
+        return cls(indptr, cols.astype(_index_dtype(dense.shape[1])), dense[rows, cols],
+                   dense.shape, check=None)
+
+    def to_dense(self):
+        """The dense float32 array of shape ``self.shape``."""
+        out = np.zeros(self.shape, dtype=np.float32)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+        out[rows, self.indices.astype(np.int64)] = self.data
+        return out
+
+    @property
+    def nnz(self):
+        return int(self.indptr[-1]) if self.indptr.size else 0
+
+    @property
+    def nbytes(self):
+        """Bytes of the three arrays."""
+        return self.indptr.nbytes + self.indices.nbytes + self.data.nbytes
+
+    def check_format(self, full=True):
+        """Raise :class:`FormatError` unless the arrays form a valid canonical CSR matrix.
+
+        The cheap checks (dtypes, ranks, lengths) are O(1); ``full=True`` adds the O(nnz)
+        checks: monotone pointers, column bounds, strictly increasing columns within rows.
+        """
+        n_rows, n_cols = self._check_shape()
+        if self.indptr.dtype != np.int64 or self.indptr.ndim != 1:
+            raise FormatError(f"indptr: expected a 1-D int64 array, got {self.indptr.dtype} "
+                              f"with shape {self.indptr.shape}")
+        if self.indices.dtype not in (np.uint16, np.int32) or self.indices.ndim != 1:
+            raise FormatError(f"indices: expected a 1-D uint16 or int32 array, got "
+                              f"{self.indices.dtype} with shape {self.indices.shape}")
+        if self.indices.dtype == np.uint16 and n_cols > 65536:
+            raise FormatError(f"indices: uint16 cannot address {n_cols} columns")
+        if self.data.dtype != np.float32 or self.data.ndim != 1:
+            raise FormatError(f"data: expected a 1-D float32 array, got {self.data.dtype} "
+                              f"with shape {self.data.shape}")
+        if self.indptr.shape[0] != n_rows + 1:
+            raise FormatError(f"indptr: expected length {n_rows + 1} (rows + 1), "
+                              f"got {self.indptr.shape[0]}")
+        if self.indptr[0] != 0:
+            raise FormatError(f"indptr[0]: expected 0, got {self.indptr[0]}")
+        nnz = int(self.indptr[-1])
+        if self.indices.shape[0] != nnz or self.data.shape[0] != nnz:
+            raise FormatError(f"indices/data: expected length indptr[-1] = {nnz}, got "
+                              f"{self.indices.shape[0]} and {self.data.shape[0]}")
+        if not full:
+            return
+        counts = np.diff(self.indptr)
+        if (counts < 0).any():
+            r = int(np.argmax(counts < 0))
+            raise FormatError(f"indptr: must be non-decreasing, but indptr[{r + 1}] = "
+                              f"{self.indptr[r + 1]} < indptr[{r}] = {self.indptr[r]}")
+        if nnz == 0:
+            return
+        cols = self.indices.astype(np.int64)
+        if cols.min() < 0 or cols.max() >= n_cols:
+            bad = int(np.argmax((cols < 0) | (cols >= n_cols)))
+            raise FormatError(f"indices[{bad}] = {cols[bad]} is out of range [0, {n_cols})")
+        # strictly increasing within each row: a non-increase is allowed only at a row start
+        step = np.diff(cols)
+        row_start = np.zeros(nnz, dtype=bool)
+        row_start[self.indptr[1:-1][counts[1:] > 0]] = True
+        bad = (step <= 0) & ~row_start[1:]
+        if bad.any():
+            k = int(np.argmax(bad)) + 1
+            raise FormatError(f"indices: columns must be strictly increasing within a row; "
+                              f"entry {k} ({cols[k]}) follows {cols[k - 1]}")
+
+    def _check_shape(self):
+        if len(self.shape) != 2 or min(self.shape) < 0:
+            raise FormatError(f"shape: expected two non-negative sizes, got {self.shape}")
+        return self.shape
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(shape={self.shape}, nnz={self.nnz}, "
+                f"index={self.indices.dtype}, nbytes={self.nbytes})")
+
+
+class SparseConvWeight:
+    """A convolution weight of shape (O, C/groups, KH, KW), one compressed row per output channel.
+
+    Row ``o`` lists the non-zero taps of output channel ``o`` as column indices
+    ``(ci*KH + kh)*KW + kw`` into the flattened (C/groups, KH, KW) kernel.
+
+    Parameters
+    ----------
+    csr : CSRMatrix of shape (O, C/groups * KH * KW)
+    kernel_shape : tuple (C/groups, KH, KW)
+    """
+
+    format = "conv-csr"
+
+    def __init__(self, csr, kernel_shape):
+        self.csr = csr
+        self.kernel_shape = tuple(int(k) for k in kernel_shape)
+        if len(self.kernel_shape) != 3 or int(np.prod(self.kernel_shape)) != csr.shape[1]:
+            raise FormatError(f"kernel_shape {self.kernel_shape} does not match the "
+                              f"{csr.shape[1]} columns of the compressed rows")
+
+    @classmethod
+    def from_dense(cls, weight):
+        """Compress a dense (O, C/groups, KH, KW) weight; exact zeros are dropped."""
+        weight = np.asarray(weight)
+        if weight.ndim != 4:
+            raise FormatError(f"SparseConvWeight.from_dense: expected a 4-D weight "
+                              f"(O, C/groups, KH, KW), got shape {weight.shape}")
+        return cls(CSRMatrix.from_dense(weight.reshape(weight.shape[0], -1)), weight.shape[1:])
+
+    @property
+    def shape(self):
+        return (self.csr.shape[0],) + self.kernel_shape
+
+    @property
+    def nnz(self):
+        return self.csr.nnz
+
+    @property
+    def nbytes(self):
+        return self.csr.nbytes
+
+    @property
+    def sparsity(self):
+        size = int(np.prod(self.shape))
+        return 1.0 - self.nnz / size if size else 0.0
+
+    def to_dense(self):
+        return self.csr.to_dense().reshape(self.shape)
+
+    def check_format(self, full=True):
+        self.csr.check_format(full=full)
+
+    def __repr__(self):
+        return (f"SparseConvWeight(shape={self.shape}, nnz={self.nnz}, "
+                f"sparsity={self.sparsity:.3f}, nbytes={self.nbytes})")
