@@ -6,6 +6,7 @@ shape once (input offsets, work split, scratch size) and, with ``kernel="auto"``
 candidate kernels on that shape and keeps the fastest, so a prepared layer is never slower than
 its dense path. Calls never re-convert weights; plans are cached per (shape, threads, SIMD level).
 """
+import threading
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from .sparse import CSRMatrix, SparseConvWeight
 ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "relu6": 2}
 KERNELS = ("auto", "sparse", "dense")
 _INT32_MAX = np.iinfo(np.int32).max
+_L1_WINDOW_BYTES = 32 * 1024  # input window per tile kept in L1 by channel blocking
 
 
 class OpError(ValueError):
@@ -113,6 +115,22 @@ def _balanced_blocks(indptr, n_blocks):
     return bounds.astype(np.int64)
 
 
+_workspace = threading.local()
+
+
+def _scratch(slot, shape):
+    """A float32 scratch array of ``shape`` reused across calls of the same Python thread.
+
+    Scratch is per thread, so concurrent calls never share it, and reusing it avoids the page
+    faults of a fresh multi-megabyte allocation on every call. Contents are undefined."""
+    size = int(np.prod(shape))
+    buf = getattr(_workspace, slot, None)
+    if buf is None or buf.size < size:
+        buf = np.empty(max(size, 1), dtype=np.float32)
+        setattr(_workspace, slot, buf)
+    return buf[:size].reshape(shape)
+
+
 class _ConvGeometry:
     """Everything about one input shape that the kernels need (see conv_pack.h)."""
 
@@ -144,8 +162,7 @@ class _ConvGeometry:
 
     def scratch(self, reach):
         """A packed-input buffer readable up to ``max_tap + reach``, tail zeroed."""
-        n = max(self.packed, self.max_tap + reach) + 64
-        buf = np.empty(n, dtype=np.float32)
+        buf = _scratch("packed", (max(self.packed, self.max_tap + reach) + 64,))
         buf[self.packed:] = 0.0
         return buf
 
@@ -248,6 +265,8 @@ class Conv2dOp:
         n_blocks = 1 if n_tiles >= 8 * threads else min(O, -(-8 * threads // n_tiles))
         plan["oblk"] = _balanced_blocks(csr.indptr, n_blocks)
         plan["sparse_reach"] = n_tiles * T
+        plan["blkptr"] = self._channel_blocks(T)
+        plan["partial"] = (threads, int(np.diff(plan["oblk"]).max()) * T)
         # dense kernel: chunks of the flat output with a (K, chunk) panel of ~1 MiB
         K = self.dense.shape[1]
         chunk = int(np.clip((1 << 18) // K, 64, 4096)) // 16 * 16
@@ -256,6 +275,25 @@ class Conv2dOp:
         plan["tap_offsets"] = geo.tap_offsets.astype(np.int32)
         plan["kernel"] = self.kernel if self.kernel != "auto" else self._choose(shape, plan)
         return plan
+
+    def _channel_blocks(self, T):
+        """Non-zero ranges per (output channel, input-channel block), shape (O, ncb+1).
+
+        Blocks are sized so that one tile's input window of a block (KH kernel rows of
+        T + column span floats per phase plane and channel) fits in L1."""
+        O, Cg, KH, KW = self.weight_shape
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        window = KH * min(KW, sw) * (T + (dw * (KW - 1)) // sw) * 4
+        cb = max(1, _L1_WINDOW_BYTES // window)
+        ncb = -(-Cg // cb)
+        csr = self.sparse.csr
+        rows = np.repeat(np.arange(O, dtype=np.int64), np.diff(csr.indptr))
+        key = rows * Cg + csr.indices.astype(np.int64) // (KH * KW)  # non-decreasing
+        starts = np.arange(O, dtype=np.int64)[:, None] * Cg + np.arange(ncb) * cb
+        blkptr = np.empty((O, ncb + 1), dtype=np.int64)
+        blkptr[:, :ncb] = np.searchsorted(key, starts, side="left")
+        blkptr[:, ncb] = csr.indptr[1:]
+        return blkptr
 
     def _choose(self, shape, plan):
         x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
@@ -285,16 +323,19 @@ class Conv2dOp:
         act = ACTIVATIONS[self.activation]
         if kernel == "sparse":
             csr = self.sparse.csr
-            _conv.sparse_conv2d(x, csr.indptr, plan["offsets"], csr.data, self.bias, plan["oblk"],
-                                geo.scratch(plan["sparse_reach"]), out, pt, pl, sh, sw, geo.Hq,
+            _conv.sparse_conv2d(x, plan["blkptr"], plan["offsets"], csr.data, self.bias,
+                                plan["oblk"], geo.scratch(plan["sparse_reach"]),
+                                _scratch("partial", plan["partial"]), out, pt, pl, sh, sw, geo.Hq,
                                 geo.Wq, act, plan["level"], plan["threads"])
         else:
             # one single-threaded GEMM per OpenMP thread (see fscnn._blas)
             threads = plan["threads"] if _blas.can_limit_blas() else 1
             with _blas.single_threaded_blas():
+                panels = _scratch("panels", (threads, (self.dense.shape[1] + self.weight_shape[0]
+                                                      // self.groups) * plan["chunk"]))
                 _conv.dense_conv2d(x, self.dense, plan["tap_offsets"], geo.group_stride,
-                                   self.bias, geo.scratch(geo.L), out, self.groups, pt, pl, sh,
-                                   sw, geo.Hq, geo.Wq, plan["chunk"], act, threads)
+                                   self.bias, geo.scratch(geo.L), panels, out, self.groups, pt,
+                                   pl, sh, sw, geo.Hq, geo.Wq, plan["chunk"], act, threads)
         return out
 
     def __call__(self, x):

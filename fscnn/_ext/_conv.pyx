@@ -3,18 +3,17 @@
 Callers (fscnn.ops) validate every argument; nothing here checks shapes or index bounds. Arrays
 are C-contiguous float32 unless said otherwise; outputs are preallocated by the caller.
 """
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t
-from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm
 
 cdef extern from "spconv.h" nogil:
     int64_t spconv_tile_size(int level)
-    void spconv_items(int level, const float *inp, const int64_t *indptr, const int32_t *offsets,
-                      const float *values, const float *bias, float *out, const int64_t *oblk,
-                      int64_t n_oblk, int64_t i0, int64_t i1, int64_t Wq, int64_t H_out,
-                      int64_t W_out, int act)
+    void spconv_items(int level, const float *inp, const int64_t *blkptr, int64_t ncb,
+                      const int32_t *offsets, const float *values, const float *bias, float *out,
+                      float *partial, const int64_t *oblk, int64_t n_oblk, int64_t i0, int64_t i1,
+                      int64_t Wq, int64_t H_out, int64_t W_out, int act)
     void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t W,
                    int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
                    int64_t Hq, int64_t Wq, float *buf)
@@ -37,23 +36,27 @@ cdef void _pack_image(const float *x, int64_t C, int64_t H, int64_t W, int64_t p
 
 
 def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
-                  const int64_t[::1] indptr,          # IN  (O+1,)
+                  const int64_t[:, ::1] blkptr,       # IN  (O, ncb+1) non-zero range per channel block
                   const int32_t[::1] offsets,         # IN  (nnz,) positions in the packed image
                   const float[::1] values,            # IN  (nnz,)
                   const float[::1] bias,              # IN  (O,) or None
                   const int64_t[::1] oblk,            # IN  (n_oblk+1,) output-channel blocks
                   float[::1] buf,                     # SCRATCH packed image + tail, tail zeroed
+                  float[:, ::1] partial,              # SCRATCH (n_threads, largest block * tile)
                   float[:, :, :, ::1] out,            # OUT (N, O, H_out, W_out)
                   int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
                   int act, int level, int n_threads):
     """Direct sparse convolution, O(N * nnz * H_out * Wq) multiply-adds."""
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t H_out = out.shape[2], W_out = out.shape[3]
+    cdef int64_t ncb = blkptr.shape[1] - 1
     cdef int64_t n_oblk = oblk.shape[0] - 1
     cdef int64_t T = spconv_tile_size(level)
     cdef int64_t n_tiles = (H_out * Wq + T - 1) // T
     cdef int64_t n_items = n_tiles * n_oblk
     cdef const float *bptr = &bias[0] if bias is not None else NULL
+    cdef const int32_t *optr = &offsets[0] if offsets.shape[0] else NULL
+    cdef const float *vptr = &values[0] if values.shape[0] else NULL
     cdef int64_t n, i
     if N == 0 or out.shape[1] == 0 or H_out == 0 or W_out == 0:
         return
@@ -62,9 +65,9 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
             _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, &buf[0],
                         n_threads)
             for i in prange(n_items, num_threads=n_threads, schedule="static"):
-                spconv_items(level, &buf[0], &indptr[0], &offsets[0] if offsets.shape[0] else NULL,
-                             &values[0] if values.shape[0] else NULL, bptr, &out[n, 0, 0, 0],
-                             &oblk[0], n_oblk, i, i + 1, Wq, H_out, W_out, act)
+                spconv_items(level, &buf[0], &blkptr[0, 0], ncb, optr, vptr, bptr,
+                             &out[n, 0, 0, 0], &partial[threadid(), 0], &oblk[0], n_oblk, i,
+                             i + 1, Wq, H_out, W_out, act)
 
 
 def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
@@ -73,14 +76,15 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
                  int64_t group_stride,               # IN  position shift between groups' inputs
                  const float[::1] bias,              # IN  (O,) or None
                  float[::1] buf,                     # SCRATCH packed image + tail, tail zeroed
+                 float[:, ::1] panels,               # SCRATCH (n_threads, (K + O/groups) * chunk)
                  float[:, :, :, ::1] out,            # OUT (N, O, H_out, W_out)
                  int groups, int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
                  int chunk, int act, int n_threads):
     """Dense convolution as SGEMM over chunks of the flat output: for each chunk of ``chunk``
     positions and each group, the K = Cg*KH*KW shifted input runs are copied into a (K, chunk)
     panel (a plain memcpy per row, thanks to the packed layout) and multiplied by the group's
-    (O/groups, K) weights. O(N * O * K * H_out * Wq) multiply-adds; per-thread scratch
-    (K + O/groups) * chunk floats. 1x1 kernels read the packed planes directly (no panel)."""
+    (O/groups, K) weights. O(N * O * K * H_out * Wq) multiply-adds. 1x1 kernels read the packed
+    planes directly (no panel)."""
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
     cdef int64_t K = weight.shape[1], Og = O // groups
@@ -102,31 +106,29 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
         for n in range(N):
             _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, &buf[0],
                         n_threads)
-            with parallel(num_threads=n_threads):
-                panel = <float *> malloc(sizeof(float) * (K * chunk + Og * chunk))
+            for i in prange(n_items, num_threads=n_threads, schedule="static"):
+                panel = &panels[threadid(), 0]
                 wide = panel + K * chunk
-                for i in prange(n_items, schedule="static"):
-                    g = i % groups
-                    q0 = (i // groups) * chunk
-                    cnt = chunk if q0 + chunk <= L else L - q0
-                    if direct:
-                        # 1x1 taps: the (K, cnt) panel is the packed planes themselves
-                        bmat = &buf[0] + g * group_stride + q0
-                        ldb = <int> (sh * sw * Hq * Wq)
-                    else:
-                        for r in range(K):
-                            memcpy(panel + r * cnt, &buf[0] + tap_offsets[r] + g * group_stride + q0,
-                                   sizeof(float) * cnt)
-                        bmat = panel
-                        ldb = <int> cnt
-                    m = <int> cnt
-                    nn = <int> Og
-                    kk = <int> K
-                    lda = <int> K
-                    ldc = <int> cnt
-                    # column-major view: wide^T (cnt x Og) = B^T (cnt x K) . W_g^T (K x Og)
-                    sgemm(no, no, &m, &nn, &kk, &one, <float *> bmat, &ldb,
-                          <float *> &weight[g * Og, 0], &lda, &zero, wide, &ldc)
-                    conv_scatter(wide, cnt, Og, g * Og, q0, cnt, bptr, act, Wq, H_out, W_out,
-                                 &out[n, 0, 0, 0])
-                free(panel)
+                g = i % groups
+                q0 = (i // groups) * chunk
+                cnt = chunk if q0 + chunk <= L else L - q0
+                if direct:
+                    # 1x1 taps: the (K, cnt) panel is the packed planes themselves
+                    bmat = &buf[0] + g * group_stride + q0
+                    ldb = <int> (sh * sw * Hq * Wq)
+                else:
+                    for r in range(K):
+                        memcpy(panel + r * cnt, &buf[0] + tap_offsets[r] + g * group_stride + q0,
+                               sizeof(float) * cnt)
+                    bmat = panel
+                    ldb = <int> cnt
+                m = <int> cnt
+                nn = <int> Og
+                kk = <int> K
+                lda = <int> K
+                ldc = <int> cnt
+                # column-major view: wide^T (cnt x Og) = B^T (cnt x K) . W_g^T (K x Og)
+                sgemm(no, no, &m, &nn, &kk, &one, <float *> bmat, &ldb,
+                      <float *> &weight[g * Og, 0], &lda, &zero, wide, &ldc)
+                conv_scatter(wide, cnt, Og, g * Og, q0, cnt, bptr, act, Wq, H_out, W_out,
+                             &out[n, 0, 0, 0])

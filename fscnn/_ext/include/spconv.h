@@ -13,39 +13,45 @@
 #define SPCONV_SUFFIX baseline
 #define SPCONV_TARGET FSCNN_TARGET_BASELINE
 #define SPCONV_VL 4
+#define SPCONV_BCAST(v) v, v, v, v
 #define SPCONV_NV 8
 #include "spconv_impl.h"
 #undef SPCONV_SUFFIX
 #undef SPCONV_TARGET
 #undef SPCONV_VL
+#undef SPCONV_BCAST
 #undef SPCONV_NV
 
 #if FSCNN_X86
 #define SPCONV_SUFFIX avx2
 #define SPCONV_TARGET FSCNN_TARGET_AVX2
 #define SPCONV_VL 8
+#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v
 #define SPCONV_NV 12
 #include "spconv_impl.h"
 #undef SPCONV_SUFFIX
 #undef SPCONV_TARGET
 #undef SPCONV_VL
+#undef SPCONV_BCAST
 #undef SPCONV_NV
 
 #define SPCONV_SUFFIX avx512
 #define SPCONV_TARGET FSCNN_TARGET_AVX512
 #define SPCONV_VL 8
-#define SPCONV_NV 16
+#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v
+#define SPCONV_NV 8
 #include "spconv_impl.h"
 #undef SPCONV_SUFFIX
 #undef SPCONV_TARGET
 #undef SPCONV_VL
+#undef SPCONV_BCAST
 #undef SPCONV_NV
 #endif
 
 /* Output positions per tile at each SIMD level (the Python side plans items with it). */
 static inline int64_t spconv_tile_size(int level) {
 #if FSCNN_X86
-    if (level >= FSCNN_SIMD_AVX512) return 8 * 16;
+    if (level >= FSCNN_SIMD_AVX512) return 8 * 8;
     if (level == FSCNN_SIMD_AVX2) return 8 * 12;
 #endif
     (void)level;
@@ -53,22 +59,24 @@ static inline int64_t spconv_tile_size(int level) {
 }
 
 static inline void spconv_items(int level,
-        const float *in, const int64_t *indptr, const int32_t *offsets, const float *values,
-        const float *bias, float *out, const int64_t *oblk, int64_t n_oblk, int64_t i0, int64_t i1,
-        int64_t Wq, int64_t H_out, int64_t W_out, int act)
+        const float *in, const int64_t *blkptr, int64_t ncb, const int32_t *offsets,
+        const float *values, const float *bias, float *out, float *partial, const int64_t *oblk,
+        int64_t n_oblk, int64_t i0, int64_t i1, int64_t Wq, int64_t H_out, int64_t W_out, int act)
 {
 #if FSCNN_X86
     if (level >= FSCNN_SIMD_AVX512) {
-        spconv_items_avx512(in, indptr, offsets, values, bias, out, oblk, n_oblk, i0, i1, Wq, H_out, W_out, act);
+        spconv_items_avx512(in, blkptr, ncb, offsets, values, bias, out, partial, oblk, n_oblk,
+                            i0, i1, Wq, H_out, W_out, act);
         return;
     }
     if (level == FSCNN_SIMD_AVX2) {
-        spconv_items_avx2(in, indptr, offsets, values, bias, out, oblk, n_oblk, i0, i1, Wq, H_out, W_out, act);
+        spconv_items_avx2(in, blkptr, ncb, offsets, values, bias, out, partial, oblk, n_oblk,
+                          i0, i1, Wq, H_out, W_out, act);
         return;
     }
 #endif
     (void)level;
-    spconv_items_baseline(in, indptr, offsets, values, bias, out, oblk, n_oblk, i0, i1, Wq, H_out, W_out, act);
+    spconv_items_baseline(in, blkptr, ncb, offsets, values, bias, out, partial, oblk, n_oblk,
+                          i0, i1, Wq, H_out, W_out, act);
 }
-
 #endif

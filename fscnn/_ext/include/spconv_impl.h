@@ -28,78 +28,109 @@ typedef int32_t SPCONV_CAT(spconv_ivec, SPCONV_SUFFIX) __attribute__((vector_siz
 
 /* One tile of T output positions [p0, p0+T) for output channels [o0, o1) of one image.
  * in:      packed planes (read-only), readable up to max(offsets) + p0 + T.
- * indptr:  (O+1,) non-zero ranges per output channel; offsets, values: (nnz,).
- * bias:    (O,) or NULL. out: (O, H_out, W_out) of this image. */
+ * blkptr:  (O, ncb+1) row-major: non-zeros of output channel o that read input-channel block b
+ *          are blkptr[o*(ncb+1)+b] .. blkptr[o*(ncb+1)+b+1] (offsets/values are sorted by channel).
+ * offsets, values: (nnz,). bias: (O,) or NULL. out: (O, H_out, W_out) of this image.
+ * partial: scratch of (o1-o0)*T floats holding the accumulators between channel blocks.
+ * Channel blocks keep the tile's input window in L1 while every output channel of the block
+ * reads it; the accumulators go to `partial` (L1/L2) between blocks. */
 SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
-        const float *restrict in, const int64_t *restrict indptr, const int32_t *restrict offsets,
-        const float *restrict values, const float *restrict bias, float *restrict out,
+        const float *restrict in, const int64_t *restrict blkptr, int64_t ncb,
+        const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
+        float *restrict out, float *restrict partial,
         int64_t o0, int64_t o1, int64_t p0, int64_t Wq, int64_t H_out, int64_t W_out, int act)
 {
     float tmp[SPCONV_T] __attribute__((aligned(64)));
     const int64_t plane = H_out * W_out;
     const int64_t L = H_out * Wq;
     const float *restrict base = in + p0;
-    for (int64_t o = o0; o < o1; o++) {
-        const float b = bias ? bias[o] : 0.0f;
-        SPVEC acc[SPCONV_NV];
-#pragma GCC unroll 16
-        for (int v = 0; v < SPCONV_NV; v++) acc[v] = (SPVEC){0} + b;
-        const int64_t kend = indptr[o + 1];
-        for (int64_t k = indptr[o]; k < kend; k++) {
-            const SPVEC w = (SPVEC){0} + values[k];
-            const float *restrict p = base + offsets[k];
-#pragma GCC unroll 16
-            for (int v = 0; v < SPCONV_NV; v++) {
-                SPVEC x;
-                memcpy(&x, p + v * SPCONV_VL, sizeof x);
-                acc[v] += w * x;
-            }
-        }
-        if (act != FSCNN_ACT_NONE) {
-            /* Blend through integer masks (C has no vector ?:). Comparisons with NaN are false,
-             * so NaN passes through both clamps, as in PyTorch. */
-            const SPVEC zero = (SPVEC){0};
-            const SPVEC six = zero + 6.0f;
-#pragma GCC unroll 16
-            for (int v = 0; v < SPCONV_NV; v++) {
-                SPIVEC r = (SPIVEC)acc[v];
-                r &= ~(SPIVEC)(acc[v] < zero);
-                if (act == FSCNN_ACT_RELU6) {
-                    const SPIVEC big = (SPIVEC)(acc[v] > six);
-                    r = (r & ~big) | ((SPIVEC)six & big);
-                }
-                acc[v] = (SPVEC)r;
-            }
-        }
-        memcpy(tmp, acc, sizeof tmp);
-        /* scatter the valid columns of each output row the tile touches */
-        float *restrict orow = out + o * plane;
-        int64_t p = p0;
+    /* The tile's valid outputs: runs of columns x < W_out within each output row it touches,
+     * computed once per tile and reused by every output channel. */
+    int64_t run_dst[SPCONV_T], run_src[SPCONV_T], run_len[SPCONV_T];
+    int n_runs = 0;
+    {
         const int64_t pend = (p0 + SPCONV_T < L) ? p0 + SPCONV_T : L;
+        int64_t p = p0, y = p0 / Wq, x = p0 - y * Wq;
         while (p < pend) {
-            const int64_t y = p / Wq, x = p - y * Wq;
             int64_t run = Wq - x;
             if (p + run > pend) run = pend - p;
             if (x < W_out) {
-                const int64_t n = (x + run <= W_out) ? run : W_out - x;
-                memcpy(orow + y * W_out + x, tmp + (p - p0), (size_t)n * sizeof(float));
+                run_dst[n_runs] = y * W_out + x;
+                run_src[n_runs] = p - p0;
+                run_len[n_runs] = (x + run <= W_out) ? run : W_out - x;
+                n_runs++;
             }
             p += run;
+            y++;
+            x = 0;
+        }
+    }
+    for (int64_t b = 0; b < ncb; b++) {
+        const int first = b == 0, last = b == ncb - 1;
+        for (int64_t o = o0; o < o1; o++) {
+            SPVEC acc[SPCONV_NV];
+            float *restrict part = partial + (o - o0) * SPCONV_T;
+            if (first) {
+                const float bo = bias ? bias[o] : 0.0f;
+#pragma GCC unroll 16
+                for (int v = 0; v < SPCONV_NV; v++) acc[v] = (SPVEC){0} + bo;
+            } else {
+#pragma GCC unroll 16
+                for (int v = 0; v < SPCONV_NV; v++) memcpy(&acc[v], part + v * SPCONV_VL, sizeof(SPVEC));
+            }
+            const int64_t *bp = blkptr + o * (ncb + 1) + b;
+            const int64_t kend = bp[1];
+            for (int64_t k = bp[0]; k < kend; k++) {
+                const float wk = values[k];
+            const SPVEC w = {SPCONV_BCAST(wk)};
+                const float *restrict p = base + offsets[k];
+#pragma GCC unroll 16
+                for (int v = 0; v < SPCONV_NV; v++) {
+                    SPVEC x;
+                    memcpy(&x, p + v * SPCONV_VL, sizeof x);
+                    acc[v] += w * x;
+                }
+            }
+            if (!last) {
+#pragma GCC unroll 16
+                for (int v = 0; v < SPCONV_NV; v++) memcpy(part + v * SPCONV_VL, &acc[v], sizeof(SPVEC));
+                continue;
+            }
+            if (act != FSCNN_ACT_NONE) {
+                /* Blend through integer masks (C has no vector ?:). Comparisons with NaN are
+                 * false, so NaN passes through both clamps, as in PyTorch. */
+                const SPVEC zero = (SPVEC){0};
+                const SPVEC six = zero + 6.0f;
+#pragma GCC unroll 16
+                for (int v = 0; v < SPCONV_NV; v++) {
+                    SPIVEC r = (SPIVEC)acc[v];
+                    r &= ~(SPIVEC)(acc[v] < zero);
+                    if (act == FSCNN_ACT_RELU6) {
+                        const SPIVEC big = (SPIVEC)(acc[v] > six);
+                        r = (r & ~big) | ((SPIVEC)six & big);
+                    }
+                    acc[v] = (SPVEC)r;
+                }
+            }
+            memcpy(tmp, acc, sizeof tmp);
+            float *restrict orow = out + o * plane;
+            for (int r = 0; r < n_runs; r++)
+                memcpy(orow + run_dst[r], tmp + run_src[r], (size_t)run_len[r] * sizeof(float));
         }
     }
 }
 
 /* All items [i0, i1) of one image; item i = (tile i / n_oblk, output block i % n_oblk). */
 SPCONV_TARGET static void SPCONV_FN(spconv_items)(
-        const float *restrict in, const int64_t *restrict indptr, const int32_t *restrict offsets,
-        const float *restrict values, const float *restrict bias, float *restrict out,
-        const int64_t *restrict oblk, int64_t n_oblk, int64_t i0, int64_t i1,
-        int64_t Wq, int64_t H_out, int64_t W_out, int act)
+        const float *restrict in, const int64_t *restrict blkptr, int64_t ncb,
+        const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
+        float *restrict out, float *restrict partial, const int64_t *restrict oblk, int64_t n_oblk,
+        int64_t i0, int64_t i1, int64_t Wq, int64_t H_out, int64_t W_out, int act)
 {
     for (int64_t i = i0; i < i1; i++) {
         const int64_t t = i / n_oblk, b = i - t * n_oblk;
-        SPCONV_FN(spconv_tile)(in, indptr, offsets, values, bias, out, oblk[b], oblk[b + 1],
-                               t * SPCONV_T, Wq, H_out, W_out, act);
+        SPCONV_FN(spconv_tile)(in, blkptr, ncb, offsets, values, bias, out, partial, oblk[b],
+                               oblk[b + 1], t * SPCONV_T, Wq, H_out, W_out, act);
     }
 }
 

@@ -1,0 +1,179 @@
+"""Per-layer benchmark: fscnn sparse vs fscnn dense vs PyTorch dense, side by side in one run.
+
+Layer shapes come from VGG16, ResNet-50 and MobileNetV2 at 224x224, batch 1. For each layer and
+sparsity the three kernels run on the same weights (magnitude-free random pruning) and the same
+input, interleaved, and the report gives median time, min-max spread, effective GFLOP/s
+(2 * nnz * H_out * W_out * N / time for sparse, all weights for dense) and the speed-ups.
+
+    python bench/bench_layers.py --models vgg16 --sparsity 0.9 --threads 1
+    python bench/bench_layers.py --json bench/results/layers.json
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import fscnn
+from fscnn import _config
+from fscnn.ops import Conv2dOp
+
+# (name, C_in, C_out, kernel, stride, padding, groups, input H=W)
+VGG16 = [
+    ("vgg16.conv1_2", 64, 64, 3, 1, 1, 1, 224),
+    ("vgg16.conv2_1", 64, 128, 3, 1, 1, 1, 112),
+    ("vgg16.conv2_2", 128, 128, 3, 1, 1, 1, 112),
+    ("vgg16.conv3_1", 128, 256, 3, 1, 1, 1, 56),
+    ("vgg16.conv3_2", 256, 256, 3, 1, 1, 1, 56),
+    ("vgg16.conv4_1", 256, 512, 3, 1, 1, 1, 28),
+    ("vgg16.conv4_2", 512, 512, 3, 1, 1, 1, 28),
+    ("vgg16.conv5_1", 512, 512, 3, 1, 1, 1, 14),
+]
+RESNET50 = [
+    ("resnet50.l1.conv1", 64, 64, 1, 1, 0, 1, 56),
+    ("resnet50.l1.conv2", 64, 64, 3, 1, 1, 1, 56),
+    ("resnet50.l1.conv3", 64, 256, 1, 1, 0, 1, 56),
+    ("resnet50.l2.conv1", 256, 128, 1, 1, 0, 1, 56),
+    ("resnet50.l2.conv2", 128, 128, 3, 2, 1, 1, 56),
+    ("resnet50.l2.conv3", 128, 512, 1, 1, 0, 1, 28),
+    ("resnet50.l3.conv1", 512, 256, 1, 1, 0, 1, 28),
+    ("resnet50.l3.conv2", 256, 256, 3, 1, 1, 1, 14),
+    ("resnet50.l3.conv3", 256, 1024, 1, 1, 0, 1, 14),
+    ("resnet50.l4.conv1", 1024, 512, 1, 1, 0, 1, 14),
+    ("resnet50.l4.conv2", 512, 512, 3, 1, 1, 1, 7),
+    ("resnet50.l4.conv3", 512, 2048, 1, 1, 0, 1, 7),
+]
+MOBILENETV2 = [
+    ("mbv2.stem", 3, 32, 3, 2, 1, 1, 224),
+    ("mbv2.b1.dw", 32, 32, 3, 1, 1, 32, 112),
+    ("mbv2.b2.expand", 16, 96, 1, 1, 0, 1, 112),
+    ("mbv2.b2.dw", 96, 96, 3, 2, 1, 96, 112),
+    ("mbv2.b4.project", 144, 32, 1, 1, 0, 1, 28),
+    ("mbv2.b8.expand", 64, 384, 1, 1, 0, 1, 14),
+    ("mbv2.b15.dw", 960, 960, 3, 1, 1, 960, 7),
+    ("mbv2.last", 320, 1280, 1, 1, 0, 1, 7),
+]
+MODELS = {"vgg16": VGG16, "resnet50": RESNET50, "mobilenet_v2": MOBILENETV2}
+
+
+def prune_random(w, sparsity, rng):
+    w = w.copy()
+    flat = w.reshape(-1)
+    flat[rng.permutation(flat.size)[:int(round(sparsity * flat.size))]] = 0.0
+    return w
+
+
+def median_spread(fn, reps, warmup):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    ts = np.array(ts)
+    return float(np.median(ts)), float(ts.min()), float(ts.max())
+
+
+def run(args):
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("torch not installed: PyTorch column omitted", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    rows = []
+    layers = [layer for m in args.models for layer in MODELS[m]
+              if not args.layers or any(sub in layer[0] for sub in args.layers)]
+    for threads in args.threads:
+        if torch is not None:
+            torch.set_num_threads(threads)
+        with _config.threads(threads):
+            for name, cin, cout, k, s, p, g, hw in layers:
+                x = rng.standard_normal((args.batch, cin, hw, hw), dtype=np.float32)
+                w0 = rng.standard_normal((cout, cin // g, k, k), dtype=np.float32)
+                for sp in args.sparsity:
+                    w = prune_random(w0, sp, rng)
+                    sparse = Conv2dOp(w, None, s, p, 1, g, kernel="sparse")
+                    dense = Conv2dOp(w, None, s, p, 1, g, kernel="dense")
+                    cands = {"sparse": lambda: sparse(x), "dense": lambda: dense(x)}
+                    if torch is not None:
+                        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+
+                        def torch_fn():
+                            with torch.no_grad():
+                                torch.nn.functional.conv2d(xt, wt, None, s, p, 1, g)
+                        cands["torch"] = torch_fn
+                    res = {key: median_spread(fn, args.reps, args.warmup) for key, fn in cands.items()}
+                    ho = sparse.output_shape(x.shape)[2]
+                    dense_flop = 2.0 * w.size * ho * ho * args.batch
+                    nnz_flop = 2.0 * np.count_nonzero(w) * ho * ho * args.batch
+                    row = {"layer": name, "shape": f"{cin}->{cout} k{k} s{s} g{g} {hw}x{hw}",
+                           "sparsity": sp, "threads": threads, "batch": args.batch}
+                    for key, (med, lo, hi) in res.items():
+                        flop = nnz_flop if key == "sparse" else dense_flop
+                        row[f"{key}_ms"] = med * 1e3
+                        row[f"{key}_spread_ms"] = [lo * 1e3, hi * 1e3]
+                        row[f"{key}_gflops"] = flop / med / 1e9
+                    row["sparse_vs_dense"] = res["dense"][0] / res["sparse"][0]
+                    if "torch" in res:
+                        row["sparse_vs_torch"] = res["torch"][0] / res["sparse"][0]
+                        row["dense_vs_torch"] = res["torch"][0] / res["dense"][0]
+                        row["efficiency"] = row["sparse_gflops"] / row["torch_gflops"]
+                    rows.append(row)
+                    print_row(row)
+    return rows
+
+
+def print_row(row):
+    t = row.get("torch_ms")
+    print(f"{row['layer']:<20} {row['shape']:<28} s={row['sparsity']:<5} T={row['threads']} "
+          f"sparse {row['sparse_ms']:8.2f}ms ({row['sparse_gflops']:6.1f} GF/s) "
+          f"dense {row['dense_ms']:8.2f}ms ({row['dense_gflops']:6.1f}) "
+          + (f"torch {t:8.2f}ms ({row['torch_gflops']:6.1f})  sparse/torch x{row['sparse_vs_torch']:.2f}"
+             f"  eff {row['efficiency']:.0%}" if t is not None else ""), flush=True)
+
+
+def summary(rows):
+    print("\nGeometric-mean speed-up of fscnn sparse over PyTorch dense, per model group:")
+    keys = sorted({(r["layer"].split(".")[0], r["sparsity"], r["threads"]) for r in rows})
+    for model, sp, th in keys:
+        sel = [r for r in rows if r["layer"].startswith(model + ".") and r["sparsity"] == sp
+               and r["threads"] == th and "sparse_vs_torch" in r]
+        if sel:
+            gm = float(np.exp(np.mean(np.log([r["sparse_vs_torch"] for r in sel]))))
+            best = float(np.exp(np.mean(np.log([max(r["sparse_vs_torch"], r["dense_vs_torch"])
+                                                for r in sel]))))
+            eff = float(np.exp(np.mean(np.log([r["efficiency"] for r in sel]))))
+            print(f"  {model:<14} sparsity {sp:<5} threads {th}: sparse x{gm:.2f}, "
+                  f"best-of(sparse,dense) x{best:.2f}, efficiency {eff:.0%}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--sparsity", nargs="+", type=float, default=[0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99])
+    ap.add_argument("--threads", nargs="+", type=int, default=[1, _config.usable_cpus()])
+    ap.add_argument("--layers", nargs="+", help="only layers whose name contains one of these")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--json", help="write rows and machine facts to this file")
+    args = ap.parse_args(argv)
+    rows = run(args)
+    summary(rows)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"date": time.strftime("%Y-%m-%d %H:%M"), "cpu": platform.processor(),
+                       "config": _config.config_dict(), "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
