@@ -21,6 +21,18 @@ _INT32_MAX = np.iinfo(np.int32).max
 _L1_WINDOW_BYTES = 32 * 1024  # input window per tile kept in L1 by channel blocking
 
 
+ONE_SHOT_SPARSITY = 0.7  # above this a one-shot call uses the sparse kernel (bench/ break-even)
+
+
+def one_shot_kernel(kernel, sparsity, owner):
+    """Kernel for a call that is not repeated (nothing to amortise timing over)."""
+    if kernel not in KERNELS:
+        raise OpError(f"{owner}: kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel != "auto":
+        return kernel
+    return "sparse" if sparsity >= ONE_SHOT_SPARSITY else "dense"
+
+
 class OpError(ValueError):
     """Invalid operator argument or input (subclass of ValueError)."""
 

@@ -1,0 +1,182 @@
+"""Convolution kernels (sparse direct and dense) against the float64 reference and PyTorch."""
+import numpy as np
+import pytest
+
+import fscnn.functional as F
+from conftest import assert_close, sparse_weight, to_torch, torch_or_skip
+from fscnn import _config
+from fscnn.ops import Conv2dOp, OpError
+from reference import conv2d as ref_conv2d
+
+# (N, C, O, H, W, (KH, KW), stride, padding, dilation, groups): each dimension of the operator
+# appears with every value the kernels treat differently, on shapes small enough for CI.
+CASES = [
+    (1, 3, 8, 9, 11, (3, 3), 1, 1, 1, 1),
+    (3, 17, 5, 7, 7, (1, 1), 1, 0, 1, 1),          # 1x1, batch 3, odd channels
+    (1, 64, 16, 9, 9, (3, 3), 1, 1, 1, 1),         # several channel blocks
+    (1, 4, 6, 13, 12, (5, 5), 2, 2, 1, 2),         # 5x5 stride 2 groups 2
+    (1, 3, 4, 23, 23, (7, 7), 2, 3, 1, 1),         # ResNet stem shape, smaller
+    (1, 8, 8, 10, 9, (1, 3), 1, (0, 1), 1, 1),     # non-square kernel
+    (1, 6, 6, 11, 11, (3, 3), 1, 2, 2, 6),         # depthwise, dilation 2
+    (3, 5, 7, 10, 14, (3, 3), 3, (1, 2, 0, 1), 1, 1),  # stride 3, asymmetric padding
+    (1, 17, 9, 1, 1, (1, 1), 1, 0, 1, 1),          # 1x1 spatial
+    (1, 1, 3, 3, 3, (3, 3), 1, 0, 1, 1),           # single channel, output 1x1
+    (1, 2, 4, 2, 2, (3, 3), 1, 1, 1, 2),           # input smaller than the kernel
+    (1, 8, 16, 15, 15, (3, 3), 2, 1, 1, 8),        # depthwise multiplier 2, stride 2
+    (1, 4, 4, 9, 8, (2, 2), (1, 2), 0, (2, 1), 1),  # mixed stride and dilation
+    (1, 64, 8, 5, 5, (3, 3), 1, 1, 1, 1),          # many channels, tile bigger than output
+]
+SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
+
+
+def _case_id(case):
+    n, c, o, h, w, k, s, p, d, g = case
+    return f"n{n}c{c}o{o}_{h}x{w}_k{k[0]}x{k[1]}_s{s}_p{p}_d{d}_g{g}".replace(" ", "")
+
+
+def _make(case, sparsity, rng):
+    n, c, o, h, w, k, s, p, d, g = case
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = sparse_weight((o, c // g) + k, sparsity, rng)
+    b = rng.standard_normal(o).astype(np.float32)
+    return x, wt, b, dict(stride=s, padding=p, dilation=d, groups=g)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("kernel", ["sparse", "dense"])
+def test_conv_matches_reference(case, sparsity, kernel, threads, rng):
+    x, w, b, hp = _make(case, sparsity, rng)
+    y = Conv2dOp(w, b, kernel=kernel, **hp)(x)
+    assert_close(y, ref_conv2d(x, w, b, **hp))
+
+
+@pytest.mark.parametrize("case", CASES[:8], ids=_case_id)
+@pytest.mark.parametrize("kernel", ["sparse", "dense"])
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_conv_every_simd_level(case, kernel, activation, simd_level, rng):
+    x, w, b, hp = _make(case, 0.5, rng)
+    x *= 8  # push outputs past 6 so relu6's upper clamp is exercised
+    y = Conv2dOp(w, b, activation=activation, kernel=kernel, **hp)(x)
+    ref = np.maximum(ref_conv2d(x, w, b, **hp), 0)
+    if activation == "relu6":
+        ref = np.minimum(ref, 6)
+    assert_close(y, ref)
+
+
+def test_results_do_not_depend_on_threads_or_simd_beyond_rounding(rng):
+    x, w, b, hp = _make(CASES[2], 0.9, rng)
+    outs = []
+    for level in _config.SIMD_LEVELS[:_config.SIMD_LEVELS.index(_config.cpu_simd_level()) + 1]:
+        for t in (1, 2):
+            with _config.simd(level), _config.threads(t):
+                outs.append(Conv2dOp(w, b, kernel="sparse", **hp)(x))
+    for o in outs[1:]:
+        assert_close(o, outs[0])
+    # same SIMD level: bit-identical whatever the thread count
+    with _config.threads(1):
+        one = Conv2dOp(w, b, kernel="sparse", **hp)(x)
+    with _config.threads(2):
+        two = Conv2dOp(w, b, kernel="sparse", **hp)(x)
+    assert np.array_equal(one, two)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_conv_matches_torch(case, rng):
+    torch = torch_or_skip()
+    x, w, b, hp = _make(case, 0.9, rng)
+    p = hp["padding"]
+    xt = to_torch(x)
+    if isinstance(p, tuple) and len(p) == 4:
+        xt = torch.nn.functional.pad(xt, (p[2], p[3], p[0], p[1]))
+        p = 0
+    ref = torch.nn.functional.conv2d(xt, to_torch(w), to_torch(b), hp["stride"], p,
+                                     hp["dilation"], hp["groups"]).numpy()
+    for kernel in ("sparse", "dense"):
+        assert_close(Conv2dOp(w, b, kernel=kernel, **hp)(x), ref, rtol=1e-4)
+
+
+def test_auto_picks_a_kernel_and_matches(rng):
+    x, w, b, hp = _make(CASES[2], 0.9, rng)
+    op = Conv2dOp(w, b, kernel="auto", **hp)
+    y = op(x)
+    info = op.plan_info(x.shape)
+    assert info["kernel"] in ("sparse", "dense")
+    assert set(info["timings"]) == {"sparse", "dense"}
+    assert_close(y, ref_conv2d(x, w, b, **hp))
+
+
+def test_functional_conv2d_same_padding_and_dtypes(rng):
+    x = rng.standard_normal((2, 4, 8, 7))
+    w = sparse_weight((6, 4, 4, 3), 0.5, rng)
+    y = F.conv2d(x, w, padding="same")
+    assert y.shape == (2, 6, 8, 7) and y.dtype == np.float32
+    # torch's 'same' puts the odd extra padding at the bottom/right
+    assert_close(y, ref_conv2d(x, w, padding=(1, 2, 1, 1)))
+    xv = np.asfortranarray(x.astype(np.float16))
+    xv.setflags(write=False)
+    assert_close(F.conv2d(xv, w, padding="valid"), ref_conv2d(xv.astype(np.float64), w), rtol=1e-4)
+
+
+def test_empty_batch(rng):
+    w = sparse_weight((3, 2, 3, 3), 0.5, rng)
+    y = Conv2dOp(w, padding=1)(np.zeros((0, 2, 5, 5), np.float32))
+    assert y.shape == (0, 3, 5, 5)
+
+
+def test_nan_and_inf_propagate(rng):
+    torch = torch_or_skip()
+    x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    x[0, 2, 4, 4] = np.inf
+    w = sparse_weight((4, 3, 3, 3), 0.0, rng)
+    ref = torch.nn.functional.conv2d(to_torch(x), to_torch(w), padding=1).numpy()
+    for kernel in ("sparse", "dense"):
+        y = Conv2dOp(w, padding=1, kernel=kernel)(x)
+        assert np.array_equal(np.isnan(y), np.isnan(ref))
+        finite = np.isfinite(ref)
+        assert_close(y[finite], ref[finite], rtol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(stride=0), "stride must be >= 1"),
+    (dict(dilation=-1), "dilation must be >= 1"),
+    (dict(padding=-1), "padding must be >= 0"),
+    (dict(padding="full"), "padding must be"),
+    (dict(groups=3), "groups=3 must divide"),
+    (dict(groups=0), "groups must be a positive int"),
+    (dict(activation="gelu"), "activation must be"),
+    (dict(kernel="fast"), "kernel must be one of"),
+])
+def test_bad_hyper_parameters_raise(kwargs, message, rng):
+    w = sparse_weight((4, 2, 3, 3), 0.5, rng)
+    with pytest.raises(ValueError, match=message):
+        Conv2dOp(w, **kwargs)
+
+
+@pytest.mark.parametrize("x, error, message", [
+    (np.zeros((1, 3, 8, 8), np.float32), ValueError, "expected 2 input channels, got 3"),
+    (np.zeros((2, 8, 8), np.float32), ValueError, "expected a 4-D input"),
+    (np.zeros((1, 2, 1, 1), np.float32), ValueError, "smaller than the dilated kernel"),
+    (np.zeros((1, 2, 8, 8), np.int32), TypeError, "floating-point"),
+    (np.zeros((1, 2, 8, 8), np.complex64), TypeError, "floating-point"),
+    (np.zeros((1, 2, 8, 8), bool), TypeError, "floating-point"),
+])
+def test_bad_inputs_raise_naming_the_layer(x, error, message, rng):
+    op = Conv2dOp(sparse_weight((4, 2, 3, 3), 0.5, rng), name="features.0")
+    with pytest.raises(error, match=message) as info:
+        op(x)
+    assert "features.0" in str(info.value)
+
+
+def test_huge_geometry_refused_before_the_kernel():
+    op = Conv2dOp(np.ones((1, 1, 1, 1), np.float32))
+    with pytest.raises(OpError, match="too large for 32-bit"):
+        op.output_shape((1, 1, 50000, 50000))
+
+
+def test_bad_weight_and_bias_shapes(rng):
+    with pytest.raises(ValueError, match="weight must be 4-D"):
+        Conv2dOp(np.ones((3, 3), np.float32))
+    with pytest.raises(ValueError, match=r"bias must have shape \(4,\)"):
+        Conv2dOp(sparse_weight((4, 2, 3, 3), 0.5, rng), bias=np.ones(3))

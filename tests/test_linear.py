@@ -1,0 +1,53 @@
+"""Linear kernels (sparse CSR and dense) against the float64 reference and PyTorch."""
+import numpy as np
+import pytest
+
+import fscnn.functional as F
+from conftest import assert_close, sparse_weight, to_torch, torch_or_skip
+from fscnn.ops import LinearOp
+from reference import linear as ref_linear
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (10, 17), (64, 300), (5, 70000)])
+@pytest.mark.parametrize("batch", [0, 1, 3])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 1.0])
+@pytest.mark.parametrize("kernel", ["sparse", "dense"])
+def test_linear_matches_reference(shape, batch, sparsity, kernel, threads, rng):
+    w = sparse_weight(shape, sparsity, rng)
+    b = rng.standard_normal(shape[0]).astype(np.float32)
+    x = rng.standard_normal((batch, shape[1])).astype(np.float32)
+    y = LinearOp(w, b, kernel=kernel)(x)
+    assert y.shape == (batch, shape[0]) and y.dtype == np.float32
+    assert_close(y, ref_linear(x, w, b))
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+@pytest.mark.parametrize("kernel", ["sparse", "dense"])
+def test_linear_fused_activation(activation, kernel, rng):
+    w = sparse_weight((20, 30), 0.5, rng)
+    x = 10 * rng.standard_normal((2, 30)).astype(np.float32)
+    ref = np.maximum(ref_linear(x, w), 0)
+    if activation == "relu6":
+        ref = np.minimum(ref, 6)
+    assert_close(LinearOp(w, activation=activation, kernel=kernel)(x), ref)
+
+
+def test_linear_matches_torch(rng):
+    torch = torch_or_skip()
+    w = sparse_weight((33, 65), 0.9, rng)
+    b = rng.standard_normal(33).astype(np.float32)
+    x = rng.standard_normal((3, 65)).astype(np.float32)
+    ref = torch.nn.functional.linear(to_torch(x), to_torch(w), to_torch(b)).numpy()
+    for kernel in ("sparse", "dense", "auto"):
+        assert_close(F.linear(x, w, b, kernel=kernel), ref, rtol=1e-4)
+    assert_close(LinearOp(w, b)(x), ref, rtol=1e-4)
+
+
+def test_linear_errors(rng):
+    op = LinearOp(sparse_weight((4, 6), 0.5, rng), name="classifier.0")
+    with pytest.raises(ValueError, match=r"classifier.0: expected input \(N, 6\)"):
+        op(np.zeros((1, 5), np.float32))
+    with pytest.raises(TypeError, match="floating-point"):
+        op(np.zeros((1, 6), np.int64))
+    with pytest.raises(ValueError, match="weight must be 2-D"):
+        LinearOp(np.zeros((2, 2, 2)))

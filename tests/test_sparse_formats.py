@@ -1,0 +1,81 @@
+"""Sparse weight formats: conversion, validation, storage size."""
+import numpy as np
+import pytest
+
+from conftest import sparse_weight
+from fscnn.sparse import CSRMatrix, FormatError, SparseConvWeight
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99, 1.0])
+@pytest.mark.parametrize("shape", [(4, 3, 3, 3), (16, 64, 1, 1), (8, 1, 5, 7), (1, 1, 1, 1)])
+def test_conv_weight_round_trip(shape, sparsity, rng):
+    w = sparse_weight(shape, sparsity, rng)
+    s = SparseConvWeight.from_dense(w)
+    s.check_format(full=True)
+    assert s.shape == shape
+    assert s.nnz == np.count_nonzero(w)
+    assert np.array_equal(s.to_dense(), w)
+    assert s.sparsity == pytest.approx(1 - np.count_nonzero(w) / w.size)
+
+
+def test_storage_is_six_bytes_per_nonzero_with_uint16_indices(rng):
+    w = sparse_weight((512, 512, 3, 3), 0.9, rng)
+    s = SparseConvWeight.from_dense(w)
+    assert s.csr.indices.dtype == np.uint16
+    per_nnz = (s.csr.indices.nbytes + s.csr.data.nbytes) / s.nnz
+    assert per_nnz == 6
+    assert s.nbytes <= 6 * s.nnz + 8 * 513
+
+
+def test_wide_rows_use_int32_indices(rng):
+    m = CSRMatrix.from_dense(sparse_weight((2, 70000), 0.99, rng))
+    assert m.indices.dtype == np.int32
+    m.check_format(full=True)
+
+
+def _valid(rng):
+    return CSRMatrix.from_dense(sparse_weight((5, 12), 0.5, rng))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: setattr(m, "indptr", m.indptr.astype(np.int32)), "indptr: expected a 1-D int64"),
+    (lambda m: setattr(m, "indptr", m.indptr[:-1]), "expected length 6"),
+    (lambda m: m.indptr.__setitem__(0, 1), r"indptr\[0\]: expected 0"),
+    (lambda m: setattr(m, "data", m.data.astype(np.float64)), "data: expected a 1-D float32"),
+    (lambda m: setattr(m, "indices", m.indices[:-1]), "expected length indptr"),
+    (lambda m: setattr(m, "indices", m.indices.astype(np.float32)), "indices: expected"),
+])
+def test_cheap_checks(mutate, message, rng):
+    m = _valid(rng)
+    mutate(m)
+    with pytest.raises(FormatError, match=message):
+        m.check_format(full=False)
+
+
+def test_full_checks_catch_bounds_order_and_pointers(rng):
+    m = _valid(rng)
+    m.indices = m.indices.copy()
+    m.indices[0] = 12
+    m.check_format(full=False)  # O(1) checks do not look at values
+    with pytest.raises(FormatError, match="out of range"):
+        m.check_format(full=True)
+    m = _valid(rng)
+    r = int(np.argmax(np.diff(m.indptr) >= 2))
+    k = m.indptr[r]
+    m.indices[k], m.indices[k + 1] = m.indices[k + 1], m.indices[k]
+    with pytest.raises(FormatError, match="strictly increasing"):
+        m.check_format(full=True)
+    m = CSRMatrix(np.array([0, 3, 1, 4], np.int64), np.array([0, 1, 2, 3], np.uint16),
+                  np.ones(4, np.float32), (3, 5), check="cheap")
+    with pytest.raises(FormatError, match="non-decreasing"):
+        m.check_format(full=True)
+
+
+def test_constructor_validates_and_errors_are_value_errors(rng):
+    m = _valid(rng)
+    with pytest.raises(ValueError, match="out of range"):
+        CSRMatrix(m.indptr, m.indices.astype(np.int32) + 100, m.data, m.shape)
+    with pytest.raises(FormatError, match="kernel_shape"):
+        SparseConvWeight(m, (5, 3, 3))
+    with pytest.raises(FormatError, match="4-D"):
+        SparseConvWeight.from_dense(np.ones((3, 3)))
