@@ -272,7 +272,11 @@ class Conv2dOp:
         rows = np.repeat(np.arange(O) // (O // self.groups), np.diff(csr.indptr))
         plan["offsets"] = (geo.tap_offsets[csr.indices.astype(np.int64)]
                            + rows * geo.group_stride).astype(np.int32)
-        T = _conv.tile_size(level)
+        # the half tile when it computes fewer positions past the end of the flat output
+        half = -(-geo.L // _conv.tile_size(level, True)) * _conv.tile_size(level, True) < \
+            -(-geo.L // _conv.tile_size(level, False)) * _conv.tile_size(level, False)
+        T = _conv.tile_size(level, half)
+        plan["half_tile"] = half
         n_tiles = -(-geo.L // T)
         n_blocks = 1 if n_tiles >= 8 * threads else min(O, -(-8 * threads // n_tiles))
         plan["oblk"] = _balanced_blocks(csr.indptr, n_blocks)
@@ -338,7 +342,7 @@ class Conv2dOp:
             _conv.sparse_conv2d(x, plan["blkptr"], plan["offsets"], csr.data, self.bias,
                                 plan["oblk"], geo.scratch(plan["sparse_reach"]),
                                 _scratch("partial", plan["partial"]), out, pt, pl, sh, sw, geo.Hq,
-                                geo.Wq, act, plan["level"], plan["threads"])
+                                geo.Wq, act, plan["level"], plan["half_tile"], plan["threads"])
         else:
             # one single-threaded GEMM per OpenMP thread (see fscnn._blas)
             threads = plan["threads"] if _blas.can_limit_blas() else 1

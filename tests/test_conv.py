@@ -180,3 +180,14 @@ def test_bad_weight_and_bias_shapes(rng):
         Conv2dOp(np.ones((3, 3), np.float32))
     with pytest.raises(ValueError, match=r"bias must have shape \(4,\)"):
         Conv2dOp(sparse_weight((4, 2, 3, 3), 0.5, rng), bias=np.ones(3))
+
+
+def test_cases_exercise_full_and_half_tiles(simd_level):
+    # the planner picks the half tile for short flat outputs; both paths must be under test
+    halves = set()
+    for case in CASES:
+        n, c, o, h, w, k, s, p, d, g = case
+        op = Conv2dOp(np.ones((o, c // g) + k, np.float32), stride=s, padding=p, dilation=d,
+                      groups=g, kernel="sparse")
+        halves.add(op._plan((n, c, h, w))["half_tile"])
+    assert halves == {True, False}

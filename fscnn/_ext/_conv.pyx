@@ -9,8 +9,8 @@ from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm
 
 cdef extern from "spconv.h" nogil:
-    int64_t spconv_tile_size(int level)
-    void spconv_items(int level, const float *inp, const int64_t *blkptr, int64_t ncb,
+    int64_t spconv_tile_size(int level, int half)
+    void spconv_items(int level, int half, const float *inp, const int64_t *blkptr, int64_t ncb,
                       const int32_t *offsets, const float *values, const float *bias, float *out,
                       float *partial, const int64_t *oblk, int64_t n_oblk, int64_t i0, int64_t i1,
                       int64_t Wq, int64_t H_out, int64_t W_out, int act)
@@ -22,9 +22,9 @@ cdef extern from "spconv.h" nogil:
                       int64_t W_out, float *out)
 
 
-def tile_size(int level):
-    """Output positions per micro-kernel tile at SIMD level ``level``."""
-    return spconv_tile_size(level)
+def tile_size(int level, bint half):
+    """Output positions per micro-kernel tile at SIMD level ``level`` (full or half tile)."""
+    return spconv_tile_size(level, half)
 
 
 cdef void _pack_image(const float *x, int64_t C, int64_t H, int64_t W, int64_t pad_top,
@@ -45,13 +45,13 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
                   float[:, ::1] partial,              # SCRATCH (n_threads, largest block * tile)
                   float[:, :, :, ::1] out,            # OUT (N, O, H_out, W_out)
                   int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
-                  int act, int level, int n_threads):
+                  int act, int level, bint half, int n_threads):
     """Direct sparse convolution, O(N * nnz * H_out * Wq) multiply-adds."""
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t H_out = out.shape[2], W_out = out.shape[3]
     cdef int64_t ncb = blkptr.shape[1] - 1
     cdef int64_t n_oblk = oblk.shape[0] - 1
-    cdef int64_t T = spconv_tile_size(level)
+    cdef int64_t T = spconv_tile_size(level, half)
     cdef int64_t n_tiles = (H_out * Wq + T - 1) // T
     cdef int64_t n_items = n_tiles * n_oblk
     cdef const float *bptr = &bias[0] if bias is not None else NULL
@@ -65,7 +65,7 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
             _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, &buf[0],
                         n_threads)
             for i in prange(n_items, num_threads=n_threads, schedule="static"):
-                spconv_items(level, &buf[0], &blkptr[0, 0], ncb, optr, vptr, bptr,
+                spconv_items(level, half, &buf[0], &blkptr[0, 0], ncb, optr, vptr, bptr,
                              &out[n, 0, 0, 0], &partial[threadid(), 0], &oblk[0], n_oblk, i,
                              i + 1, Wq, H_out, W_out, act)
 

@@ -12,6 +12,8 @@
 #include "fscnn_common.h"
 #include "conv_pack.h"
 
+/* Each target is instantiated with a full tile and a half tile (suffix _half): layers whose
+ * flat output is short (7x7, 14x14 planes) waste less of a half tile on positions past the end. */
 #define SPCONV_SUFFIX baseline
 #define SPCONV_TARGET FSCNN_TARGET_BASELINE
 #define SPCONV_VL 4
@@ -23,7 +25,17 @@
 #undef SPCONV_VL
 #undef SPCONV_BCAST
 #undef SPCONV_NV
-
+#define SPCONV_SUFFIX baseline_half
+#define SPCONV_TARGET FSCNN_TARGET_BASELINE
+#define SPCONV_VL 4
+#define SPCONV_BCAST(v) v, v, v, v
+#define SPCONV_NV 4
+#include "spconv_impl.h"
+#undef SPCONV_SUFFIX
+#undef SPCONV_TARGET
+#undef SPCONV_VL
+#undef SPCONV_BCAST
+#undef SPCONV_NV
 #if FSCNN_X86
 #define SPCONV_SUFFIX avx2
 #define SPCONV_TARGET FSCNN_TARGET_AVX2
@@ -36,7 +48,17 @@
 #undef SPCONV_VL
 #undef SPCONV_BCAST
 #undef SPCONV_NV
-
+#define SPCONV_SUFFIX avx2_half
+#define SPCONV_TARGET FSCNN_TARGET_AVX2
+#define SPCONV_VL 8
+#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v
+#define SPCONV_NV 6
+#include "spconv_impl.h"
+#undef SPCONV_SUFFIX
+#undef SPCONV_TARGET
+#undef SPCONV_VL
+#undef SPCONV_BCAST
+#undef SPCONV_NV
 #define SPCONV_SUFFIX avx512
 #define SPCONV_TARGET FSCNN_TARGET_AVX512
 #define SPCONV_VL 16
@@ -48,37 +70,50 @@
 #undef SPCONV_VL
 #undef SPCONV_BCAST
 #undef SPCONV_NV
+#define SPCONV_SUFFIX avx512_half
+#define SPCONV_TARGET FSCNN_TARGET_AVX512
+#define SPCONV_VL 16
+#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
+#define SPCONV_NV 4
+#include "spconv_impl.h"
+#undef SPCONV_SUFFIX
+#undef SPCONV_TARGET
+#undef SPCONV_VL
+#undef SPCONV_BCAST
+#undef SPCONV_NV
 #endif
 
-/* Output positions per tile at each SIMD level (the Python side plans items with it). */
-static inline int64_t spconv_tile_size(int level) {
+/* Output positions per tile at each SIMD level, full or half tile. */
+static inline int64_t spconv_tile_size(int level, int half) {
+    int64_t t = 4 * 8;
 #if FSCNN_X86
-    if (level >= FSCNN_SIMD_AVX512) return 16 * 8;
-    if (level == FSCNN_SIMD_AVX2) return 8 * 12;
+    if (level >= FSCNN_SIMD_AVX512) t = 16 * 8;
+    else if (level == FSCNN_SIMD_AVX2) t = 8 * 12;
 #endif
     (void)level;
-    return 4 * 8;
+    return half ? t / 2 : t;
 }
 
-static inline void spconv_items(int level,
+#define SPCONV_CALL(fn) fn(in, blkptr, ncb, offsets, values, bias, out, partial, oblk, n_oblk, \
+                           i0, i1, Wq, H_out, W_out, act)
+
+static inline void spconv_items(int level, int half,
         const float *in, const int64_t *blkptr, int64_t ncb, const int32_t *offsets,
         const float *values, const float *bias, float *out, float *partial, const int64_t *oblk,
         int64_t n_oblk, int64_t i0, int64_t i1, int64_t Wq, int64_t H_out, int64_t W_out, int act)
 {
 #if FSCNN_X86
     if (level >= FSCNN_SIMD_AVX512) {
-        spconv_items_avx512(in, blkptr, ncb, offsets, values, bias, out, partial, oblk, n_oblk,
-                            i0, i1, Wq, H_out, W_out, act);
+        if (half) SPCONV_CALL(spconv_items_avx512_half); else SPCONV_CALL(spconv_items_avx512);
         return;
     }
     if (level == FSCNN_SIMD_AVX2) {
-        spconv_items_avx2(in, blkptr, ncb, offsets, values, bias, out, partial, oblk, n_oblk,
-                          i0, i1, Wq, H_out, W_out, act);
+        if (half) SPCONV_CALL(spconv_items_avx2_half); else SPCONV_CALL(spconv_items_avx2);
         return;
     }
 #endif
     (void)level;
-    spconv_items_baseline(in, blkptr, ncb, offsets, values, bias, out, partial, oblk, n_oblk,
-                          i0, i1, Wq, H_out, W_out, act);
+    if (half) SPCONV_CALL(spconv_items_baseline_half); else SPCONV_CALL(spconv_items_baseline);
 }
+#undef SPCONV_CALL
 #endif

@@ -1,0 +1,66 @@
+/* Reductions of contiguous float runs, used by the pooling kernels (_pool.pyx).
+ *
+ * Design: a pooling window is one contiguous run when it spans whole rows (global average
+ * pooling, the common case) and otherwise one run per row. A scalar reduction is a chain of
+ * dependent adds or compares, one per element, and GCC will not vectorise a float reduction
+ * without -ffast-math; so runs are reduced in two 4-float vectors (GCC/Clang vector
+ * extensions: SSE2 at the baseline, no target attribute needed), 8 independent lanes, and
+ * the remainder in scalars. Sums combine the lanes in double.
+ * Max is NaN-sticky: a NaN anywhere in the run gives NaN, as in torch's max pooling. It is
+ * written as a bitwise blend because C has no `?:` on vectors.
+ */
+#ifndef FSCNN_POOL_H
+#define FSCNN_POOL_H
+
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+typedef float fscnn_v4f __attribute__((vector_size(16)));
+typedef int fscnn_v4i __attribute__((vector_size(16)));
+
+/* max(m, v) where a NaN in either argument wins. */
+static inline float fscnn_nanmax(float m, float v) { return (v > m || v != v) ? v : m; }
+
+static inline fscnn_v4f fscnn_nanmax4(fscnn_v4f m, fscnn_v4f v) {
+    fscnn_v4i take = (v > m) | (v != v);
+    return (fscnn_v4f)(((fscnn_v4i)v & take) | ((fscnn_v4i)m & ~take));
+}
+
+static inline fscnn_v4f fscnn_load4(const float* p) {
+    fscnn_v4f v;
+    memcpy(&v, p, sizeof v);  /* unaligned load */
+    return v;
+}
+
+/* Sum of p[0..n); 0 when n <= 0. */
+static inline double fscnn_run_sum(const float* p, ptrdiff_t n) {
+    fscnn_v4f a = {0.0f, 0.0f, 0.0f, 0.0f}, b = a;
+    ptrdiff_t i = 0;
+    double s = 0.0;
+    int l;
+    for (; i + 8 <= n; i += 8) {
+        a += fscnn_load4(p + i);
+        b += fscnn_load4(p + i + 4);
+    }
+    for (l = 0; l < 4; l++) s += (double)a[l] + (double)b[l];
+    for (; i < n; i++) s += p[i];
+    return s;
+}
+
+/* NaN-sticky maximum of p[0..n); -inf when n <= 0. */
+static inline float fscnn_run_max(const float* p, ptrdiff_t n) {
+    fscnn_v4f a = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, b = a;
+    float m = -INFINITY;
+    ptrdiff_t i = 0;
+    int l;
+    for (; i + 8 <= n; i += 8) {
+        a = fscnn_nanmax4(a, fscnn_load4(p + i));
+        b = fscnn_nanmax4(b, fscnn_load4(p + i + 4));
+    }
+    for (l = 0; l < 4; l++) m = fscnn_nanmax(fscnn_nanmax(m, a[l]), b[l]);
+    for (; i < n; i++) m = fscnn_nanmax(m, p[i]);
+    return m;
+}
+
+#endif
