@@ -25,6 +25,7 @@ CASES = [
     (1, 8, 16, 15, 15, (3, 3), 2, 1, 1, 8),        # depthwise multiplier 2, stride 2
     (1, 4, 4, 9, 8, (2, 2), (1, 2), 0, (2, 1), 1),  # mixed stride and dilation
     (1, 64, 8, 5, 5, (3, 3), 1, 1, 1, 1),          # many channels, tile bigger than output
+    (1, 5, 4, 6, 7, (3, 1), 1, (1, 0), 1, 1),      # rows padded only: block-copy packing
 ]
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
 
