@@ -1,0 +1,367 @@
+"""The ``fscnn`` command: ``fscnn info``, ``fscnn prune``.
+
+Every subcommand registers itself through an ``add_<name>_parser(subparsers)`` function listed
+in `SUBCOMMANDS`. User mistakes (a missing file, a bad number, an unknown model, a corrupt
+archive) print one line ``fscnn: error: ...`` on stderr and exit with status 2.
+"""
+import argparse
+import importlib.util
+import math
+import os
+import sys
+
+from . import __version__
+
+__all__ = ["main", "build_parser", "format_table", "CommandError", "SUBCOMMANDS"]
+
+
+class CommandError(Exception):
+    """A user mistake found while running a subcommand; printed as one line, exit status 2."""
+
+
+class _UsageError(Exception):
+    """A command line that argparse rejected."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser that reports errors to `main` instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise _UsageError(message)
+
+
+def format_table(headers, rows, align=None):
+    """Format rows of cells as a text table with aligned columns.
+
+    Parameters
+    ----------
+    headers : sequence of str
+    rows : iterable of (sequence or None)
+        Cells are formatted with ``str``; ``None`` draws a rule (e.g. before a total).
+    align : str, optional
+        One letter per column, ``"l"`` or ``"r"``. Default: first column left, others right.
+
+    Returns
+    -------
+    str
+        The table, lines joined by newlines, no trailing newline.
+
+    Examples
+    --------
+    >>> print(format_table(["layer", "params"], [["conv", "864"], None, ["total", "864"]]))
+    layer  params
+    -----  ------
+    conv      864
+    -----  ------
+    total     864
+    """
+    align = align or "l" + "r" * (len(headers) - 1)
+    if len(align) != len(headers) or set(align) - set("lr"):
+        raise ValueError(f"align must have one 'l' or 'r' per column ({len(headers)}), "
+                         f"received {align!r}")
+    rows = [None if row is None else [str(cell) for cell in row] for row in rows]
+    for row in rows:
+        if row is not None and len(row) != len(headers):
+            raise ValueError(f"expected {len(headers)} cells per row, received {row}")
+    widths = [max([len(h)] + [len(row[i]) for row in rows if row is not None])
+              for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
+                         for c, w, a in zip(cells, widths, align)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule] + [rule if row is None else line(row)
+                                              for row in rows])
+
+
+def _count(n):
+    return f"{n:,}"
+
+
+def _human(n, base, units):
+    """``n`` in the largest of ``units`` (successive factors of ``base``) that keeps it >= 1."""
+    scale = 0
+    while scale + 1 < len(units) and n >= base ** (scale + 1):
+        scale += 1
+    return f"{n} {units[0]}".rstrip() if scale == 0 else f"{n / base ** scale:.2f} {units[scale]}"
+
+
+def _bytes(n):
+    return _human(n, 1024, ("B", "KiB", "MiB", "GiB", "TiB"))
+
+
+def _flops(n):
+    return _human(n, 1000, ("", "K", "M", "G", "T"))
+
+
+def _fraction(text):
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], received {text!r}")
+    return value
+
+
+def _positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
+    return value
+
+
+def _zoo():
+    """name -> builder of the model zoo; empty when ``fscnn.models`` is not installed.
+
+    The builders are the lower-case names in ``fscnn.models.__all__`` (``vgg16``, ...).
+    """
+    if importlib.util.find_spec("fscnn.models") is None:
+        return {}
+    from . import models
+
+    return {name: getattr(models, name) for name in getattr(models, "__all__", ())
+            if name.islower()}
+
+
+def _build_model(name):
+    zoo = _zoo()
+    if name not in zoo:
+        known = ", ".join(sorted(zoo)) or "none, fscnn.models is not installed"
+        raise CommandError(f"unknown model {name!r} (models: {known})")
+    return zoo[name]()
+
+
+def _output_positions(model, input_size):
+    """Output positions per image of each convolution (Ho*Wo) and linear layer (1).
+
+    Runs the model once on zeros of shape (1, C, S, S) (or (1, I) when its first layer is a
+    linear one) and reads each layer's input shapes from ``model.plan()``.
+
+    Parameters
+    ----------
+    model : fscnn.nn.Module
+    input_size : int
+        S.
+
+    Returns
+    -------
+    dict
+        weight name (``"<layer>.weight"``) -> int, summed over the layer's input shapes.
+    """
+    import numpy as np
+
+    from .functional._validate import sliding_output_hw
+
+    modules = dict(model.named_modules())
+    layers = [m for m in modules.values() if np.ndim(getattr(m, "weight", None)) in (2, 4)]
+    if not layers:
+        return {}
+    weight_shape = np.shape(layers[0].weight)
+    if len(weight_shape) == 4:
+        shape = (1, getattr(layers[0], "in_channels", weight_shape[1]), input_size, input_size)
+    else:
+        shape = (1, weight_shape[1])
+    try:
+        model.prepare(input_shape=shape, kernel="dense")
+    except ValueError as exc:
+        raise CommandError(f"the model cannot run on inputs of shape {shape}: {exc}") from exc
+    positions = {}
+    for row in model.plan():
+        layer = modules[row.name]
+        total = 0
+        for in_shape in row.kernels:
+            if np.ndim(layer.weight) == 4:
+                total += math.prod(sliding_output_hw(row.name, in_shape[2:], layer.kernel_size,
+                                                     layer.stride, layer._pads(),
+                                                     layer.dilation))
+            else:  # a linear layer maps every row of (N, *, I) inputs
+                total += math.prod(in_shape[1:-1])
+        positions[f"{row.name}.weight" if row.name else "weight"] = total
+    return positions
+
+
+def _check_same_layers(state_dict, model_state, model_name):
+    """Raise unless every weight of ``state_dict`` has the same shape in the model."""
+    import numpy as np
+
+    from .prune import prunable_names
+
+    for name in prunable_names(state_dict):
+        expected = np.shape(model_state[name]) if name in model_state else None
+        if expected != np.shape(state_dict[name]):
+            raise CommandError(f"the weights do not fit --model {model_name}: {name!r} has shape "
+                               f"{np.shape(state_dict[name])}, the model expects "
+                               f"{'no such layer' if expected is None else expected}")
+
+
+def _run_info(args):
+    import numpy as np
+
+    from .io import encoded_nbytes, load
+    from .prune import prunable_names
+
+    if os.path.isfile(args.target) or args.target.endswith(".npz"):
+        state_dict = load(args.target)
+        model = _build_model(args.model) if args.model else None
+        if model is not None:
+            _check_same_layers(state_dict, model.state_dict(), args.model)
+    else:
+        if args.model:
+            raise CommandError(f"--model describes a .npz file; {args.target!r} is a model name "
+                               "already")
+        model = _build_model(args.target)
+        state_dict = model.state_dict()
+    positions = None if model is None else _output_positions(model, args.input_size)
+
+    def stats(arrays):
+        params = sum(a.size for a in arrays)
+        nonzeros = sum(int(np.count_nonzero(a)) for a in arrays)
+        return [params, nonzeros, 1.0 - nonzeros / params if params else 0.0,
+                sum(a.nbytes for a in arrays), sum(encoded_nbytes(a) for a in arrays)]
+
+    def cells(name, shape, values, flops):
+        params, nonzeros, sparsity, dense, stored = values
+        row = [name, shape, _count(params), _count(nonzeros), f"{sparsity:.2%}", _bytes(dense),
+               _bytes(stored)]
+        if positions is not None:
+            row += ["", ""] if flops is None else [_flops(f) for f in flops]
+        return row
+
+    names = prunable_names(state_dict)
+    rows, total_flops = [], [0, 0]
+    for name in names:
+        weight = np.asarray(state_dict[name])
+        values = stats([weight])
+        flops = None
+        if positions is not None:
+            if name not in positions:
+                raise CommandError(f"{name!r} is not a convolution or linear layer of the model")
+            flops = [2 * weight.size * positions[name], 2 * values[1] * positions[name]]
+            total_flops = [t + f for t, f in zip(total_flops, flops)]
+        rows.append(cells(name, "x".join(map(str, weight.shape)), values, flops))
+    pruned = set(names)
+    others = [np.asarray(v) for k, v in state_dict.items() if k not in pruned]
+    rows += [cells("(other entries)", "", stats(others), None), None,
+             cells("total", "", stats([np.asarray(v) for v in state_dict.values()]),
+                   total_flops)]
+    headers = ["layer", "shape", "params", "nonzeros", "sparsity", "dense bytes",
+               "stored bytes"]
+    if positions is not None:
+        headers += [f"dense FLOPs@{args.input_size}", f"sparse FLOPs@{args.input_size}"]
+    print(format_table(headers, rows, align="ll" + "r" * (len(headers) - 2)))
+    if positions is None:
+        print("FLOPs: pass --model ARCH to count them (an archive holds no layer geometry)")
+    return 0
+
+
+def _run_prune(args):
+    from .io import load, save
+    from .prune import format_sparsity_report, prune, sparsity_report
+
+    if args.sparsity is None and ":" not in args.pattern:
+        raise CommandError("--sparsity is required unless --pattern is N:M (e.g. 2:4)")
+    keep = [name for group in args.keep for name in group.split(",") if name]
+    state_dict = load(args.input)
+    try:
+        prune(state_dict, args.sparsity, scope="global" if args.global_ else "layer",
+              keep=keep, pattern=args.pattern, inplace=True)
+    except TypeError as exc:  # a weight of the wrong dtype in the user's file
+        raise CommandError(f"{args.input}: {exc}") from exc
+    save(state_dict, args.output)
+    print(format_sparsity_report(sparsity_report(state_dict)))
+    print(f"wrote {args.output} ({_bytes(os.path.getsize(args.output))})")
+    return 0
+
+
+def add_info_parser(subparsers):
+    """Register ``fscnn info``."""
+    parser = subparsers.add_parser(
+        "info", help="per-layer parameters, sparsity, storage and FLOPs",
+        description="Per layer and in total: parameters, non-zeros, sparsity, bytes dense and "
+                    "as stored by fscnn.io.save, and (for a model) dense and sparse FLOPs of "
+                    "one image. FLOPs count 2 per multiply-add of convolution and linear "
+                    "weights.")
+    parser.add_argument("target", metavar="MODEL|WEIGHTS.npz",
+                        help="a model name of fscnn.models or a .npz archive")
+    parser.add_argument("--model", metavar="ARCH",
+                        help="architecture of a .npz archive, to count its FLOPs")
+    parser.add_argument("--input-size", type=_positive_int, default=224, metavar="S",
+                        help="image height and width for FLOPs (default: 224)")
+    parser.set_defaults(run=_run_info)
+
+
+def add_prune_parser(subparsers):
+    """Register ``fscnn prune``."""
+    parser = subparsers.add_parser(
+        "prune", help="magnitude-prune the weights of a .npz archive",
+        description="Zero the smallest-magnitude convolution and linear weights of IN and "
+                    "write OUT in fscnn's compact archive format; print a sparsity report.")
+    parser.add_argument("input", metavar="IN.npz")
+    parser.add_argument("output", metavar="OUT.npz")
+    parser.add_argument("--sparsity", type=_fraction, metavar="S",
+                        help="fraction of weights to zero, in [0, 1] (implied by N:M)")
+    parser.add_argument("--global", dest="global_", action="store_true",
+                        help="one magnitude threshold over all layers (default: per layer)")
+    parser.add_argument("--keep", action="append", default=[], metavar="NAME,...",
+                        help="layers or weights kept dense, fnmatch patterns allowed "
+                             "(e.g. features.0,classifier.6); repeatable")
+    parser.add_argument("--pattern", default="unstructured", metavar="P",
+                        help="unstructured (default), N:M such as 2:4, or RxC blocks such as 1x4")
+    parser.set_defaults(run=_run_prune)
+
+
+# The subcommands, in the order ``fscnn --help`` lists them. To add one (``bench``), write
+# ``add_bench_parser(subparsers)`` like the functions above: ``subparsers.add_parser(...)``,
+# its arguments, and ``set_defaults(run=handler)`` where ``handler(args) -> int`` prints its
+# output and raises CommandError, ValueError or OSError for user mistakes; then append it here.
+SUBCOMMANDS = [add_info_parser, add_prune_parser]
+
+
+def build_parser():
+    """The ``fscnn`` argument parser with every subcommand of `SUBCOMMANDS`."""
+    parser = _Parser(prog="fscnn", description="Fast inference of pruned CNNs on CPUs.")
+    parser.add_argument("--version", action="version", version=f"fscnn {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_parser in SUBCOMMANDS:
+        add_parser(subparsers)
+    return parser
+
+
+def main(argv=None):
+    """Run the ``fscnn`` command line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments after the program name; default ``sys.argv[1:]``.
+
+    Returns
+    -------
+    int
+        Exit status: 0 on success, 2 for a user mistake (reported as one line on stderr).
+    """
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help and --version print and exit
+            return exc.code if isinstance(exc.code, int) else 0
+        return args.run(args)
+    except OSError as exc:
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else exc
+        return _fail(message)
+    except (_UsageError, CommandError, ValueError) as exc:
+        return _fail(exc)
+
+
+def _fail(message):
+    text = " ".join(str(message).split())
+    print(f"fscnn: error: {text}", file=sys.stderr)
+    return 2

@@ -1,0 +1,476 @@
+"""Compact ``.npz`` archives of (sparse) state_dicts, and a loader that is safe on hostile files.
+
+Archive format, version 1
+-------------------------
+An archive is a plain NumPy ``.npz`` file (a zip of ``.npy`` members, no pickles) that
+``numpy.load(path, allow_pickle=False)`` can open. Its keys are:
+
+``__fscnn_format__``
+    int64 scalar, the format version (1). A ``.npz`` without it is read as a plain dense
+    archive, e.g. one written by ``np.savez(path, **state_dict)``.
+``NAME``
+    a tensor stored dense, with its own dtype and shape.
+``NAME::shape``, ``NAME::values`` and exactly one of ``NAME::delta16``, ``NAME::index32``,
+``NAME::bitmask``
+    a tensor stored sparse. ``shape`` is int64 of shape (ndim,); ``values`` of shape (k,) holds
+    the stored entries in C (row-major) order with the tensor's dtype; the index array says
+    where they go in the flattened tensor:
+
+    - ``delta16``: uint16 of shape (k,), gaps between consecutive flat positions
+      ``p[i] = p[i-1] + delta[i]`` with ``p[-1] = -1``; every gap is >= 1. A gap larger than
+      65535 is bridged by storing a zero entry every 65535 positions.
+    - ``index32``: uint32 of shape (k,), strictly increasing flat positions.
+    - ``bitmask``: uint8 of shape (ceil(numel / 8),), ``np.packbits`` (big bit order) of the
+      stored-entry mask; padding bits are zero and k bits are set.
+
+An entry is stored when its bit pattern is not all zeros, so ``-0.0`` and NaN survive and a
+round trip is bit-exact. ``save`` stores a tensor sparse when at least ``min_sparsity`` of its
+entries are zero and the smallest of the three encodings, plus about 600 bytes for the two
+extra members, is smaller than the dense bytes.
+Names may not contain ``::`` nor start with ``__fscnn``. Allowed dtypes: bool, (u)int8-64,
+float16/32/64.
+"""
+import math
+import os
+import secrets
+import tokenize
+import zipfile
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = ["ArchiveError", "FORMAT_KEY", "FORMAT_VERSION", "save", "load", "encoded_nbytes",
+           "state_dict_of"]
+
+FORMAT_KEY = "__fscnn_format__"
+FORMAT_VERSION = 1
+_RESERVED_PREFIX = "__fscnn"
+_SEP = "::"
+_DELTA_MAX = np.iinfo(np.uint16).max
+_INDEX_DTYPES = {"delta16": np.dtype(np.uint16), "index32": np.dtype(np.uint32),
+                 "bitmask": np.dtype(np.uint8)}
+_FIELDS = frozenset(("shape", "values", *_INDEX_DTYPES))
+_ITEMSIZES = {"b": (1,), "i": (1, 2, 4, 8), "u": (1, 2, 4, 8), "f": (2, 4, 8)}
+_MAX_NDIM = 32
+_MAX_HEADER = 10000
+# Deflate cannot expand data by more than ~1032x; a member claiming more is lying.
+_MAX_DEFLATE_RATIO = 1032
+_MIN_BYTES_LIMIT = 1 << 30
+# A sparse tensor takes two more members than a dense one: each costs a 128-byte .npy header
+# and ~100 bytes of zip records plus twice its name.
+_SPARSE_OVERHEAD = 600
+_BYTES_PER_FILE_BYTE = 64
+# What zipfile, zlib and numpy's .npy header parser raise on corrupt input.
+_CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, ValueError,
+            tokenize.TokenError)
+
+
+class ArchiveError(ValueError):
+    """A ``.npz`` archive is malformed, inconsistent or unsupported.
+
+    Parameters
+    ----------
+    path : str
+        The archive.
+    key : str or None
+        The archive key at fault, None for a problem with the whole file.
+    problem : str
+        What was expected and what was found.
+    """
+
+    def __init__(self, path, key, problem):
+        self.path = path
+        self.key = key
+        where = f"{path}" if key is None else f"{path}: key {key!r}"
+        super().__init__(f"{where}: {problem}")
+
+
+def state_dict_of(obj):
+    """The mapping name -> array of a model (anything with ``state_dict()``) or a mapping.
+
+    Parameters
+    ----------
+    obj : Mapping or object with a ``state_dict()`` method
+
+    Returns
+    -------
+    Mapping
+        ``obj`` itself when it is a mapping, else ``obj.state_dict()``.
+    """
+    if isinstance(obj, Mapping):
+        return obj
+    method = getattr(obj, "state_dict", None)
+    if not callable(method):
+        raise TypeError("expected a state_dict (mapping name -> array) or a model with "
+                        f"state_dict(), received {type(obj).__name__}")
+    return method()
+
+
+def _check_dtype(dtype):
+    """Whether ``dtype`` is one an archive may hold (plain bool, integer or float)."""
+    return (dtype.fields is None and dtype.subdtype is None
+            and dtype.itemsize in _ITEMSIZES.get(dtype.kind, ()))
+
+
+def _encode(array, min_sparsity):
+    """Choose the smallest encoding of ``array``.
+
+    Parameters
+    ----------
+    array : ndarray
+        Any allowed dtype and shape.
+    min_sparsity : float
+        Fraction of zero entries below which the tensor stays dense.
+
+    Returns
+    -------
+    tuple (encoding, values, index) or None
+        None when the tensor is to be stored dense.
+    """
+    flat = np.ascontiguousarray(array).reshape(-1)
+    numel, itemsize = flat.size, flat.dtype.itemsize
+    if numel == 0:
+        return None
+    positions = np.flatnonzero(flat.view(f"u{itemsize}"))
+    nnz = positions.size
+    if 1.0 - nnz / numel < min_sparsity:
+        return None
+    gaps = np.diff(positions, prepend=-1)
+    bridges = (gaps - 1) // _DELTA_MAX
+    costs = {"delta16": (nnz + int(bridges.sum())) * (itemsize + 2),
+             "bitmask": -(-numel // 8) + nnz * itemsize}
+    if numel <= 1 << 32:
+        costs["index32"] = nnz * (itemsize + 4)
+    encoding = min(costs, key=costs.get)
+    if costs[encoding] + _SPARSE_OVERHEAD >= numel * itemsize:
+        return None
+    if encoding == "bitmask":
+        return encoding, flat[positions], np.packbits(flat.view(f"u{itemsize}") != 0)
+    if encoding == "index32":
+        return encoding, flat[positions], positions.astype(np.uint32)
+    if bridges.any():
+        gapped = bridges > 0
+        counts = bridges[gapped]
+        starts = np.repeat(positions[gapped] - gaps[gapped], counts)
+        step = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + 1
+        positions = np.sort(np.concatenate([positions, starts + step * _DELTA_MAX]))
+    return encoding, flat[positions], np.diff(positions, prepend=-1).astype(np.uint16)
+
+
+def encoded_nbytes(array, min_sparsity=0.5):
+    """Bytes of array data that ``save`` writes for one tensor (``.npy`` headers excluded).
+
+    Parameters
+    ----------
+    array : array_like
+    min_sparsity : float, default 0.5
+        As in `save`.
+
+    Returns
+    -------
+    int
+    """
+    array = np.asarray(array)
+    encoded = _encode(array, min_sparsity)
+    if encoded is None:
+        return array.nbytes
+    return encoded[1].nbytes + encoded[2].nbytes + 8 * array.ndim
+
+
+def _members(state_dict, min_sparsity):
+    """The (key, array) pairs that represent ``state_dict`` in an archive."""
+    yield FORMAT_KEY, np.array(FORMAT_VERSION, dtype=np.int64)
+    for name, value in state_dict.items():
+        if not isinstance(name, str) or not name or _SEP in name \
+                or name.startswith(_RESERVED_PREFIX):
+            raise ValueError(f"cannot save key {name!r}: expected a non-empty str without "
+                             f"{_SEP!r} that does not start with {_RESERVED_PREFIX!r}")
+        array = np.asarray(value)
+        if not _check_dtype(array.dtype):
+            raise TypeError(f"cannot save {name!r}: expected a bool, integer or float16/32/64 "
+                            f"array, received dtype {array.dtype}")
+        encoded = _encode(array, min_sparsity)
+        if encoded is None:
+            yield name, array
+        else:
+            encoding, values, index = encoded
+            yield f"{name}{_SEP}shape", np.array(array.shape, dtype=np.int64)
+            yield f"{name}{_SEP}values", values
+            yield f"{name}{_SEP}{encoding}", index
+
+
+def save(model_or_state_dict, path, *, min_sparsity=0.5, compress=False):
+    """Write a state_dict to a ``.npz`` archive, storing sparse tensors compactly.
+
+    The archive is written to a temporary file next to ``path`` and renamed into place, so
+    an existing file is replaced only by a complete archive. See the module docstring for the format.
+
+    Parameters
+    ----------
+    model_or_state_dict : Mapping or model
+        name -> array (bool, integer or float16/32/64), or an object with ``state_dict()``.
+    path : str or os.PathLike
+        The file to write (no suffix is added).
+    min_sparsity : float, default 0.5
+        A tensor with at least this fraction of zero entries is stored sparse when that is
+        smaller than dense (tensors under ~1 KiB stay dense).
+    compress : bool, default False
+        Deflate the zip members (as ``np.savez_compressed``); slower to read and write.
+    """
+    state_dict = state_dict_of(model_or_state_dict)
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity must be in [0, 1], received {min_sparsity!r}")
+    path = os.fspath(path)
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    # a new file beside the target (so the rename is atomic) created with the umask's mode
+    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+    try:
+        f = open(tmp, "xb")
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise type(exc)(exc.errno, exc.strerror, path) from exc
+    try:
+        with f, zipfile.ZipFile(f, "w", compression=method, allowZip64=True) as zf:
+            for key, array in _members(state_dict, min_sparsity):
+                with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _check_zip_entries(path, infos, file_size, max_bytes):
+    """Reject zip members that are not plain ``.npy`` files or that claim impossible sizes."""
+    seen = set()
+    declared = 0
+    for info in infos:
+        name = info.filename
+        if not name.endswith(".npy"):
+            raise ArchiveError(path, name, "expected only '.npy' members in a .npz archive")
+        if name in seen:
+            raise ArchiveError(path, name[:-4], "the key appears twice")
+        seen.add(name)
+        key = name[:-4]
+        if info.flag_bits & 0x1:
+            raise ArchiveError(path, key, "the member is encrypted")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ArchiveError(path, key, "expected a stored or deflated member, received "
+                                          f"compression method {info.compress_type}")
+        if info.header_offset + info.compress_size > file_size:
+            raise ArchiveError(path, key, f"the member claims {info.compress_size} bytes at "
+                                          f"offset {info.header_offset}, past the end of the "
+                                          f"{file_size}-byte file")
+        limit = (info.compress_size if info.compress_type == zipfile.ZIP_STORED
+                 else _MAX_DEFLATE_RATIO * info.compress_size + 1024)
+        if info.file_size > limit:
+            raise ArchiveError(path, key, f"the member claims {info.file_size} bytes, more than "
+                                          f"its {info.compress_size} stored bytes can hold")
+        declared += info.file_size
+        if declared > max_bytes:
+            raise ArchiveError(path, key, f"the members hold more than max_bytes={max_bytes} "
+                                          "bytes of data")
+
+
+def _check_shape(path, key, shape, dtype):
+    """Raise unless ``shape`` (tuple of int) is one numpy can hold with ``dtype``."""
+    if len(shape) > _MAX_NDIM or min(shape, default=0) < 0 or \
+            math.prod(s for s in shape if s) * dtype.itemsize > np.iinfo(np.intp).max:
+        raise ArchiveError(path, key, f"expected at most {_MAX_NDIM} non-negative sizes that "
+                                      f"numpy can hold, received shape {shape}")
+
+
+def _read_member(path, zf, info):
+    """Read one ``.npy`` member after checking its header against the zip entry.
+
+    Returns
+    -------
+    ndarray
+        Native byte order, writeable.
+    """
+    key = info.filename[:-4]
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, _MAX_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, _MAX_HEADER)
+        else:
+            raise ArchiveError(path, key, f"expected .npy format 1.0 or 2.0, received {version}")
+        if not _check_dtype(dtype):
+            raise ArchiveError(path, key, "expected a bool, integer or float16/32/64 array, "
+                                          f"received dtype {dtype}")
+        _check_shape(path, key, shape, dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        header = f.tell()
+        if header + nbytes != info.file_size:
+            raise ArchiveError(path, key, f"the header announces {nbytes} bytes of data for "
+                                          f"shape {shape}, the member holds "
+                                          f"{info.file_size - header}")
+        data = np.empty(math.prod(shape), dtype=dtype)
+        if f.readinto(data.view(np.uint8)) != nbytes or f.read(1):
+            raise ArchiveError(path, key, "the member ends before its data does")
+    if fortran:
+        data = data.reshape(shape[::-1]).T
+    else:
+        data = data.reshape(shape)
+    return data.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _decode_sparse(path, name, fields, budget):
+    """Rebuild a dense tensor from its validated ``shape``, ``values`` and index arrays.
+
+    Parameters
+    ----------
+    fields : dict
+        field name -> array for one ``NAME::field`` group.
+    budget : int
+        Bytes the dense result may still take.
+
+    Returns
+    -------
+    ndarray
+    """
+    def fail(field, problem):
+        raise ArchiveError(path, f"{name}{_SEP}{field}", problem)
+
+    encodings = [field for field in fields if field in _INDEX_DTYPES]
+    for field in ("shape", "values"):
+        if field not in fields:
+            fail(field, "missing")
+    if len(encodings) != 1:
+        fail(encodings[1] if encodings else "index",
+             f"expected exactly one of {sorted(_INDEX_DTYPES)}, received {encodings}")
+    encoding = encodings[0]
+    shape, values, index = fields["shape"], fields["values"], fields[encoding]
+    if shape.dtype != np.int64 or shape.ndim != 1:
+        fail("shape", f"expected int64 of shape (ndim,), received {shape.dtype} of shape "
+                      f"{shape.shape}")
+    shape = tuple(shape.tolist())
+    _check_shape(path, f"{name}{_SEP}shape", shape, values.dtype)
+    numel = math.prod(shape)
+    if numel * values.dtype.itemsize > budget:
+        fail("shape", f"a tensor of shape {shape} and dtype {values.dtype} "
+                      f"needs {numel * values.dtype.itemsize} bytes, over the {budget} bytes "
+                      "left under max_bytes (pass a larger max_bytes to load it)")
+    if values.ndim != 1:
+        fail("values", f"expected 1 dimension, received shape {values.shape}")
+    expected = _INDEX_DTYPES[encoding]
+    if index.dtype != expected or index.ndim != 1:
+        fail(encoding, f"expected {expected} of 1 dimension, received {index.dtype} of shape "
+                       f"{index.shape}")
+    if encoding == "bitmask":
+        if index.size != -(-numel // 8):
+            fail(encoding, f"expected {-(-numel // 8)} bytes for {numel} entries, received "
+                           f"{index.size}")
+        bits = np.unpackbits(index)
+        if bits[numel:].any():
+            fail(encoding, "padding bits after the last entry are set")
+        positions = np.flatnonzero(bits[:numel])
+    else:
+        if index.size != values.size:
+            fail(encoding, f"expected {values.size} entries like 'values', received "
+                           f"{index.size}")
+        if encoding == "delta16":
+            if (index == 0).any():
+                fail(encoding, "a zero gap repeats a position")
+            positions = np.cumsum(index, dtype=np.int64) - 1
+        else:
+            positions = index.astype(np.int64)
+            if (np.diff(positions) <= 0).any():
+                fail(encoding, "positions are not strictly increasing")
+    if positions.size != values.size:
+        fail(encoding, f"{positions.size} positions for {values.size} values")
+    if positions.size and positions[-1] >= numel:
+        fail(encoding, f"position {int(positions[-1])} is out of range for {numel} entries")
+    dense = np.zeros(numel, dtype=values.dtype)
+    dense[positions] = values
+    return dense.reshape(shape)
+
+
+def _assemble(path, arrays, max_bytes):
+    """Turn the archive's arrays (key -> array, file order) into name -> dense array."""
+    tagged = FORMAT_KEY in arrays
+    if tagged:
+        version = arrays.pop(FORMAT_KEY)
+        if version.shape != () or version.dtype.kind not in "iu" \
+                or int(version) != FORMAT_VERSION:
+            raise ArchiveError(path, FORMAT_KEY, f"unsupported format version {version.tolist()!r} "
+                                                 f"({version.dtype}): this fscnn reads version "
+                                                 f"{FORMAT_VERSION}")
+    groups = OrderedDict()
+    for key, array in arrays.items():
+        name, sep, field = key.partition(_SEP)
+        if key.startswith(_RESERVED_PREFIX):
+            raise ArchiveError(path, key, "unknown reserved key")
+        if sep and not tagged:
+            raise ArchiveError(path, key, f"sparse entries need the {FORMAT_KEY!r} key, which "
+                                          "is missing")
+        if sep and field not in _FIELDS:
+            raise ArchiveError(path, key, f"unknown field {field!r}, expected one of "
+                                          f"{sorted(_FIELDS)}")
+        group = groups.setdefault(name, {})
+        if ("" in group) if sep else bool(group):
+            raise ArchiveError(path, key, f"{name!r} is stored both dense and sparse")
+        group[field if sep else ""] = array
+    result = OrderedDict()
+    budget = max_bytes
+    for name, fields in groups.items():
+        if "" in fields:
+            result[name] = fields[""]
+        else:
+            result[name] = _decode_sparse(path, name, fields, budget)
+        budget -= result[name].nbytes
+        if budget < 0:
+            raise ArchiveError(path, name, f"the tensors take more than max_bytes={max_bytes} "
+                                           "bytes (pass a larger max_bytes to load them)")
+    return result
+
+
+def load(path, *, max_bytes=None):
+    """Read an archive written by `save`, or any plain dense ``.npz`` of named arrays.
+
+    Nothing is unpickled and every size and index is checked before memory is allocated or
+    written, so a corrupt or hostile file raises `ArchiveError` naming the file and the key.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    max_bytes : int, optional
+        Bound on the bytes of the returned arrays (and of the raw data read). Default:
+        ``max(2**30, 64 * file size)``.
+
+    Returns
+    -------
+    OrderedDict
+        name -> dense array (original dtype, native byte order), in the archive's order;
+        ``Module.load_state_dict`` accepts it.
+
+    Raises
+    ------
+    ArchiveError
+        The file is not a valid archive; a ValueError subclass.
+    OSError
+        The file cannot be opened (missing, a directory, no permission).
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        if max_bytes is None:
+            max_bytes = max(_MIN_BYTES_LIMIT, _BYTES_PER_FILE_BYTE * file_size)
+        key = None
+        try:
+            with zipfile.ZipFile(f) as zf:
+                infos = zf.infolist()
+                _check_zip_entries(path, infos, file_size, max_bytes)
+                arrays = OrderedDict()
+                for info in infos:
+                    key = info.filename[:-4]
+                    arrays[key] = _read_member(path, zf, info)
+        except ArchiveError:
+            raise
+        except _CORRUPT as exc:
+            what = "not a valid .npz (zip) archive" if key is None else "unreadable member"
+            raise ArchiveError(path, key, f"{what}: {exc}") from exc
+    return _assemble(path, arrays, max_bytes)

@@ -1,0 +1,358 @@
+"""Magnitude pruning of convolution and linear weights, and sparsity reports.
+
+Prunable entries are the ``*.weight`` entries of a state_dict with 4 dimensions (convolution,
+shape (O, I/groups, kh, kw)) or 2 dimensions (linear, shape (O, I)); biases, BatchNorm
+parameters and buffers are never touched. Patterns work along the *input* dimension: axis 1
+of the weight, separately for every output channel and kernel tap (this is how N:M sparse
+hardware and ``torch.sparse.to_sparse_semi_structured`` group a KRSC/NHWC weight).
+
+Ties between equal magnitudes are broken deterministically: the entry (or block) that comes
+first in the flattened C order of the weight is pruned first; with ``scope="global"``, layers
+count in state_dict order.
+"""
+import fnmatch
+import math
+import numbers
+import re
+from collections import OrderedDict
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from .cli import format_table
+from .io import state_dict_of
+
+__all__ = ["prune", "prunable_names", "sparsity_report", "format_sparsity_report",
+           "SparsityRow", "SparsityReport"]
+
+_PATTERN_NM = re.compile(r"([0-9]+):([0-9]+)")
+_PATTERN_BLOCK = re.compile(r"([0-9]+)x([0-9]+)")
+
+
+class SparsityRow(NamedTuple):
+    """Zero counts of one weight, or of all of them (``name == "total"``, ``shape is None``)."""
+
+    name: str
+    shape: Optional[Tuple[int, ...]]
+    params: int
+    nonzeros: int
+    sparsity: float
+
+
+class SparsityReport(NamedTuple):
+    """Per-weight rows in state_dict order, and their sum."""
+
+    rows: list
+    total: SparsityRow
+
+
+class _Pattern(NamedTuple):
+    kind: str  # "unstructured", "nm" or "block"
+    a: int = 1  # N of N:M, rows R of an RxC block
+    b: int = 1  # M of N:M, columns C of an RxC block
+
+
+def _is_prunable(name, array):
+    return (name == "weight" or name.endswith(".weight")) and np.ndim(array) in (2, 4)
+
+
+def prunable_names(model_or_state_dict):
+    """Names of the convolution (4-D) and linear (2-D) ``*.weight`` entries.
+
+    Parameters
+    ----------
+    model_or_state_dict : Mapping or model
+
+    Returns
+    -------
+    list of str
+        In state_dict order.
+    """
+    state_dict = state_dict_of(model_or_state_dict)
+    return [name for name, value in state_dict.items() if _is_prunable(name, value)]
+
+
+def _parse_pattern(pattern):
+    if pattern == "unstructured":
+        return _Pattern("unstructured")
+    text = pattern if isinstance(pattern, str) else ""
+    nm = _PATTERN_NM.fullmatch(text)
+    if nm:
+        n, m = int(nm[1]), int(nm[2])
+        if not 0 < n <= m:
+            raise ValueError(f"pattern {pattern!r}: N:M needs 0 < N <= M")
+        return _Pattern("nm", n, m)
+    block = _PATTERN_BLOCK.fullmatch(text)
+    if block:
+        rows, cols = int(block[1]), int(block[2])
+        if rows < 1 or cols < 1:
+            raise ValueError(f"pattern {pattern!r}: RxC blocks need R >= 1 and C >= 1")
+        return _Pattern("block", rows, cols)
+    raise ValueError("pattern must be 'unstructured', 'N:M' (e.g. '2:4') or 'RxC' (e.g. "
+                     f"'1x4'), received {pattern!r}")
+
+
+def _check_sparsity(sparsity, pattern):
+    if pattern.kind == "nm":
+        implied = 1.0 - pattern.a / pattern.b
+        if sparsity is not None and not (isinstance(sparsity, numbers.Real)
+                                         and math.isclose(sparsity, implied, abs_tol=1e-9)):
+            raise ValueError(f"pattern '{pattern.a}:{pattern.b}' fixes the sparsity at "
+                             f"{implied:g}; pass sparsity=None or {implied:g}, received "
+                             f"{sparsity!r}")
+        return implied
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+        raise TypeError(f"sparsity must be a number in [0, 1], received {sparsity!r}")
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], received {sparsity!r}")
+    return float(sparsity)
+
+
+def _select_kept(names, keep):
+    """Split prunable ``names`` by the ``keep`` patterns; unknown patterns raise."""
+    if isinstance(keep, str):
+        keep = (keep,)
+    kept, unknown = set(), []
+    for pattern in keep:
+        if not isinstance(pattern, str):
+            raise TypeError(f"keep entries must be str, received {pattern!r}")
+        hits = [name for name in names
+                if fnmatch.fnmatchcase(name, pattern)
+                or fnmatch.fnmatchcase(name.rpartition(".")[0], pattern)]
+        if not hits:
+            unknown.append(pattern)
+        kept.update(hits)
+    if unknown:
+        raise ValueError(f"keep: {unknown} match no prunable weight; prunable weights are "
+                         f"{names}")
+    return kept
+
+
+def _n_pruned(sparsity, count):
+    """round(sparsity * count), halves rounded up."""
+    return min(count, int(math.floor(sparsity * count + 0.5)))
+
+
+def _smallest(scores, k):
+    """Mask of the ``k`` smallest entries of the 1-D ``scores``; ties go to lower indices."""
+    if k == 0:
+        return np.zeros(scores.size, dtype=bool)
+    threshold = np.partition(scores, k - 1)[k - 1]
+    mask = scores < threshold
+    ties = np.flatnonzero(scores == threshold)[:k - np.count_nonzero(mask)]
+    mask[ties] = True
+    return mask
+
+
+def _to_rows(weight):
+    """The weight as (O, K, I): output channel, kernel tap (K = kh*kw, 1 for linear), input."""
+    if weight.ndim == 2:
+        return weight[:, None, :]
+    out, inp = weight.shape[:2]
+    return np.moveaxis(weight, 1, -1).reshape(out, -1, inp)
+
+
+def _from_rows(rows, shape):
+    """Inverse of `_to_rows` for a mask of shape (O, K, I)."""
+    if len(shape) == 2:
+        return rows[:, 0, :]
+    out, inp, kh, kw = shape
+    return np.moveaxis(rows.reshape(out, kh, kw, inp), -1, 1)
+
+
+def _pad(array, axis, multiple, fill):
+    extra = -array.shape[axis] % multiple
+    if not extra:
+        return array
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, extra)
+    return np.pad(array, widths, constant_values=fill)
+
+
+def _nm_mask(weight, n, m):
+    """Pruned-entry mask keeping the ``n`` largest of every ``m`` consecutive inputs.
+
+    A trailing group of r < m inputs (when I is not a multiple of m) keeps its min(n, r)
+    largest entries, as if padded with zeros to m.
+    """
+    rows = _to_rows(np.abs(weight))
+    out, taps, inp = rows.shape
+    groups = _pad(rows, 2, m, -1.0).reshape(out, taps, -1, m)
+    order = np.argsort(groups, axis=-1, kind="stable")
+    mask = np.zeros(groups.shape, dtype=bool)
+    np.put_along_axis(mask, order[..., :m - n], True, axis=-1)
+    return _from_rows(mask.reshape(out, taps, -1)[..., :inp], weight.shape)
+
+
+def _block_scores(weight, rows_per_block, cols_per_block):
+    """Squared L2 norms of RxC blocks, shape (ceil(O/R), K, ceil(I/C)).
+
+    Blocks at the edges that would run past O or I hold only the entries that exist.
+    """
+    rows = _pad(_pad(_to_rows(weight.astype(np.float64)), 0, rows_per_block, 0.0), 2,
+                cols_per_block, 0.0)
+    out, taps, inp = rows.shape
+    blocks = rows.reshape(out // rows_per_block, rows_per_block, taps, inp // cols_per_block,
+                          cols_per_block)
+    return np.einsum("arkbc,arkbc->akb", blocks, blocks)
+
+
+def _expand_blocks(block_mask, shape, rows_per_block, cols_per_block):
+    """Entry mask of a weight of ``shape`` from a mask over its RxC blocks."""
+    out, inp = shape[:2]
+    rows = np.repeat(np.repeat(block_mask, rows_per_block, axis=0), cols_per_block, axis=2)
+    return _from_rows(rows[:out, :, :inp], shape)
+
+
+def _scores(weight, pattern):
+    """1-D scores ranked by unstructured or block pruning (one per entry or per block)."""
+    if pattern.kind == "block":
+        return _block_scores(weight, pattern.a, pattern.b).reshape(-1)
+    return np.abs(weight).reshape(-1)
+
+
+def _scores_to_mask(pruned, weight, pattern):
+    """Entry mask of ``weight`` from the pruned mask over its scores."""
+    if pattern.kind == "block":
+        shape = weight.shape
+        grid = (-(-shape[0] // pattern.a), math.prod(shape[2:]), -(-shape[1] // pattern.b))
+        return _expand_blocks(pruned.reshape(grid), shape, pattern.a, pattern.b)
+    return pruned.reshape(weight.shape)
+
+
+def _masks(weights, sparsity, scope, pattern):
+    """name -> boolean mask of the entries to zero, for the prunable ``weights``."""
+    if pattern.kind == "nm":
+        return {name: _nm_mask(w, pattern.a, pattern.b) for name, w in weights.items()}
+    if scope == "layer":
+        pruned = {}
+        for name, weight in weights.items():
+            scores = _scores(weight, pattern)
+            pruned[name] = _smallest(scores, _n_pruned(sparsity, scores.size))
+    else:
+        scores = [_scores(weight, pattern) for weight in weights.values()]
+        bounds = np.cumsum([s.size for s in scores])[:-1]
+        flat = np.concatenate(scores) if scores else np.zeros(0)
+        del scores  # one copy of the scores at a time: VGG16 has 138M weights
+        mask = _smallest(flat, _n_pruned(sparsity, flat.size))
+        pruned = dict(zip(weights, np.split(mask, bounds)))
+    return {name: _scores_to_mask(pruned[name], w, pattern) for name, w in weights.items()}
+
+
+def prune(model_or_state_dict, sparsity=None, *, scope="layer", keep=(),
+          pattern="unstructured", inplace=False):
+    """Zero the smallest-magnitude convolution and linear weights.
+
+    Parameters
+    ----------
+    model_or_state_dict : Mapping or model
+        name -> array, or an object with ``state_dict()`` (and ``load_state_dict()`` when
+        ``inplace``). Weights must be float arrays without NaN.
+    sparsity : float in [0, 1]
+        Fraction of weights (or of blocks, for ``"RxC"``) to zero: exactly
+        ``round(sparsity * size)`` per weight with ``scope="layer"``, of all prunable
+        weights together with ``scope="global"``. For ``"N:M"`` it is implied (1 - N/M) and
+        may be None.
+    scope : {"layer", "global"}
+        Rank each weight on its own, or all of them against one threshold (not for N:M).
+    keep : str or iterable of str
+        Names or fnmatch patterns of weights kept dense; a pattern may name the weight
+        (``"features.0.weight"``) or its layer (``"features.0"``, ``"classifier.*"``).
+    pattern : str
+        ``"unstructured"``; ``"N:M"`` such as ``"2:4"``: of every M consecutive inputs (axis 1)
+        keep the N largest in magnitude, a trailing group of r < M keeps min(N, r);
+        ``"RxC"`` such as ``"1x4"``: blocks of R outputs x C consecutive inputs, ranked by
+        L2 norm; edge blocks hold only the entries that exist.
+    inplace : bool, default False
+        Zero the input's arrays (a state_dict of writeable ndarrays) or load the pruned
+        weights into the model, and return the input. Otherwise the input is untouched.
+
+    Returns
+    -------
+    OrderedDict or the input
+        With ``inplace=False``, a new state_dict: pruned weights are new arrays, the other
+        entries are the input's own objects.
+
+    Examples
+    --------
+    >>> sd = {"conv.weight": np.arange(1.0, 9.0).reshape(2, 4, 1, 1)}
+    >>> prune(sd, 0.5)["conv.weight"].reshape(2, 4)
+    array([[0., 0., 0., 0.],
+           [5., 6., 7., 8.]])
+    >>> prune(sd, pattern="2:4")["conv.weight"].reshape(2, 4)
+    array([[0., 0., 3., 4.],
+           [0., 0., 7., 8.]])
+    """
+    pattern = _parse_pattern(pattern)
+    sparsity = _check_sparsity(sparsity, pattern)
+    if scope not in ("layer", "global"):
+        raise ValueError(f"scope must be 'layer' or 'global', received {scope!r}")
+    if scope == "global" and pattern.kind == "nm":
+        raise ValueError("scope='global' does not apply to N:M patterns, which prune every "
+                         "group alike")
+    state_dict = state_dict_of(model_or_state_dict)
+    names = prunable_names(state_dict)
+    kept = _select_kept(names, keep)
+    weights = {}
+    for name in names:
+        if name in kept:
+            continue
+        weight = np.asarray(state_dict[name])
+        if weight.dtype.kind != "f":
+            raise TypeError(f"{name!r}: expected a float weight, received dtype {weight.dtype}")
+        if np.isnan(weight).any():
+            raise ValueError(f"{name!r}: the weight contains NaN, which has no magnitude rank")
+        if inplace and state_dict is model_or_state_dict and \
+                not (weight is state_dict[name] and weight.flags.writeable):
+            raise TypeError(f"{name!r}: inplace=True needs a writeable numpy array")
+        weights[name] = weight
+    masks = _masks(weights, sparsity, scope, pattern)
+    if inplace and state_dict is model_or_state_dict:
+        for name, mask in masks.items():
+            weights[name][mask] = 0
+        return state_dict
+    result = OrderedDict(state_dict)
+    for name, mask in masks.items():
+        result[name] = np.where(mask, np.zeros((), weights[name].dtype), weights[name])
+    if inplace:
+        model_or_state_dict.load_state_dict(result)
+        return model_or_state_dict
+    return result
+
+
+def sparsity_report(model_or_state_dict):
+    """Parameter and non-zero counts of the convolution and linear weights.
+
+    Parameters
+    ----------
+    model_or_state_dict : Mapping or model
+
+    Returns
+    -------
+    SparsityReport
+        ``rows``: one `SparsityRow` (name, shape, params, nonzeros, sparsity) per prunable
+        weight in state_dict order; ``total``: their sum, with ``shape=None``. The sparsity of
+        an empty weight is 0.
+    """
+    state_dict = state_dict_of(model_or_state_dict)
+    rows = []
+    for name in prunable_names(state_dict):
+        weight = np.asarray(state_dict[name])
+        rows.append(_row(name, weight.shape, weight.size, int(np.count_nonzero(weight))))
+    total = _row("total", None, sum(r.params for r in rows), sum(r.nonzeros for r in rows))
+    return SparsityReport(rows, total)
+
+
+def _row(name, shape, params, nonzeros):
+    return SparsityRow(name, shape, params, nonzeros, 1.0 - nonzeros / params if params else 0.0)
+
+
+def format_sparsity_report(report):
+    """Format a `SparsityReport` as an aligned text table (no trailing newline)."""
+    def cells(row):
+        shape = "" if row.shape is None else "x".join(map(str, row.shape))
+        return [row.name, shape, f"{row.params:,}", f"{row.nonzeros:,}", f"{row.sparsity:.2%}"]
+
+    return format_table(["layer", "shape", "params", "nonzeros", "sparsity"],
+                        [cells(r) for r in report.rows] + [None, cells(report.total)],
+                        align="llrrr")

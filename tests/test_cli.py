@@ -1,0 +1,203 @@
+"""The ``fscnn`` command line: help, one-line errors with exit status 2, info and prune."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fscnn import __version__, cli, nn
+from fscnn.cli import format_table, main
+from fscnn.io import load
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _toy():
+    """conv 3->4 (3x3, pad 1), conv 4->8 (3x3, stride 2, pad 1), global pool, linear 8->10."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 10))
+
+
+ZOO = {"toy": _toy, "nopad": lambda: nn.Sequential(nn.Conv2d(3, 4, 5))}
+
+
+@pytest.fixture(autouse=True)
+def toy_zoo(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "_zoo", lambda: ZOO)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def dense_npz(tmp_path):
+    """A toy model's weights as torch users save them: a plain dense ``np.savez``."""
+    nn.manual_seed(0)
+    path = tmp_path / "dense.npz"
+    np.savez(path, **_toy().state_dict())
+    return str(path)
+
+
+def _run(capsys, *argv):
+    status = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def _cells(out, name):
+    """The cells of the table row that starts with ``name`` (columns split on 2+ spaces)."""
+    for line in out.splitlines():
+        if line.startswith(name + " "):
+            return re.split(r"\s{2,}", line.strip())
+    raise AssertionError(f"no row {name!r} in\n{out}")
+
+
+@pytest.mark.parametrize("argv", [[], ["info"], ["prune"]])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_at_every_level(capsys, argv, flag):
+    status, out, err = _run(capsys, *argv, flag)
+    assert status == 0 and err == ""
+    assert out.startswith(f"usage: fscnn {' '.join(argv)}".rstrip())
+
+
+def test_top_level_help_lists_only_working_commands(capsys):
+    _, out, _ = _run(capsys, "--help")
+    listed = re.findall(r"^    (\w+)\s", out, flags=re.MULTILINE)
+    assert listed == ["info", "prune"]
+
+
+def test_version(capsys):
+    assert _run(capsys, "--version") == (0, f"fscnn {__version__}\n", "")
+
+
+def _user_errors(dense, corrupt, ints, other):
+    return [
+        ([], "the following arguments are required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["prune", "missing.npz", "out.npz", "--sparsity", "0.5"],
+         "missing.npz: No such file or directory"),
+        (["prune", dense, "out.npz", "--sparsity", "abc"],
+         "argument --sparsity: expected a number in [0, 1], received 'abc'"),
+        (["prune", dense, "out.npz", "--sparsity", "1.5"], "received '1.5'"),
+        (["prune", dense, "out.npz", "--sparsity", "nan"], "received 'nan'"),
+        (["prune", dense, "out.npz"], "--sparsity is required unless --pattern is N:M"),
+        (["prune", dense, "out.npz", "--sparsity", "0.5", "--pattern", "3:2"], "0 < N <= M"),
+        (["prune", dense, "out.npz", "--sparsity", "0.5", "--pattern", "dense"],
+         "pattern must be 'unstructured'"),
+        (["prune", dense, "out.npz", "--sparsity", "0.5", "--keep", "0,features.9"],
+         "keep: ['features.9'] match no prunable weight"),
+        (["prune", dense, "out.npz", "--sparsity", "0.5", "--pattern", "2:4", "--global"],
+         "scope='global' does not apply"),
+        (["prune", corrupt, "out.npz", "--sparsity", "0.5"], "not a valid .npz (zip) archive"),
+        (["prune", ints, "out.npz", "--sparsity", "0.5"], "'fc.weight': expected a float"),
+        (["prune", dense, "no/such/dir/out.npz", "--sparsity", "0.5"],
+         "No such file or directory"),
+        (["info"], "the following arguments are required: MODEL|WEIGHTS.npz"),
+        (["info", "nosuchmodel"], "unknown model 'nosuchmodel' (models: nopad, toy)"),
+        (["info", "missing.npz"], "missing.npz: No such file or directory"),
+        (["info", dense, "--input-size", "0"], "expected a positive integer, received '0'"),
+        (["info", dense, "--input-size", "2.5"], "received '2.5'"),
+        (["info", dense, "--model", "vgg99"], "unknown model 'vgg99'"),
+        (["info", "toy", "--model", "toy"], "--model describes a .npz file"),
+        (["info", other, "--model", "toy"],
+         "the weights do not fit --model toy: '0.weight' has shape (4, 3, 5, 5)"),
+        (["info", "nopad", "--input-size", "4"], "cannot run on inputs of shape (1, 3, 4, 4)"),
+        (["info", dense, "--bogus"], "unrecognized arguments: --bogus"),
+    ]
+
+
+def test_user_errors_are_one_line_with_status_2(capsys, tmp_path, dense_npz):
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"not a zip")
+    ints = tmp_path / "ints.npz"
+    np.savez(ints, **{"fc.weight": np.ones((2, 2), np.int32)})
+    other = tmp_path / "other.npz"
+    np.savez(other, **ZOO["nopad"]().state_dict())
+    for argv, message in _user_errors(dense_npz, str(corrupt), str(ints), str(other)):
+        status, out, err = _run(capsys, *argv)
+        assert status == 2, argv
+        assert out == "", argv
+        assert err.count("\n") == 1 and err.startswith("fscnn: error: "), (argv, err)
+        assert message in err, (argv, err)
+        assert "Traceback" not in err
+    assert not os.path.exists("out.npz")
+
+
+def test_prune_command(capsys, dense_npz):
+    status, out, err = _run(capsys, "prune", dense_npz, "pruned.npz", "--sparsity", "0.75",
+                            "--keep", "5")
+    assert (status, err) == (0, "")
+    assert _cells(out, "0.weight") == ["0.weight", "4x3x3x3", "108", "27", "75.00%"]
+    assert _cells(out, "5.weight") == ["5.weight", "10x8", "80", "80", "0.00%"]
+    assert out.splitlines()[-1].startswith("wrote pruned.npz (")
+    original, pruned = load(dense_npz), load("pruned.npz")
+    assert list(pruned) == list(original)
+    for name, value in original.items():
+        kept = pruned[name] != 0
+        np.testing.assert_array_equal(pruned[name][kept], value[kept])
+    assert np.count_nonzero(pruned["2.weight"]) == 72
+    with np.load("pruned.npz") as archive:  # too small to gain from sparse storage: 0.weight
+        assert {"0.weight", "2.weight::bitmask"} <= set(archive.files)
+
+
+@pytest.mark.parametrize("options, nonzeros", [
+    (["--pattern", "2:4"], {"0.weight": 72, "2.weight": 144, "5.weight": 40}),
+    (["--sparsity", "0.5", "--pattern", "1x4"], {"0.weight": 54, "2.weight": 144,
+                                                 "5.weight": 40}),
+    (["--sparsity", "0.9", "--global", "--keep", "0.weight", "--keep", "5"],
+     {"0.weight": 108, "2.weight": 29, "5.weight": 80}),
+])
+def test_prune_options(capsys, dense_npz, options, nonzeros):
+    status, _, _ = _run(capsys, "prune", dense_npz, "pruned.npz", *options)
+    assert status == 0
+    pruned = load("pruned.npz")
+    assert {name: np.count_nonzero(pruned[name]) for name in nonzeros} == nonzeros
+
+
+def test_info_archive_without_model(capsys, dense_npz):
+    assert _run(capsys, "prune", dense_npz, "p.npz", "--sparsity", "0.9")[0] == 0
+    status, out, err = _run(capsys, "info", "p.npz")
+    assert (status, err) == (0, "")
+    assert _cells(out, "2.weight")[:5] == ["2.weight", "8x4x3x3", "288", "29", "89.93%"]
+    assert _cells(out, "2.weight")[5] == "1.12 KiB"
+    assert _cells(out, "total")[:3] == ["total", "498", "70"]  # biases stay dense
+    assert "FLOPs" not in out.splitlines()[0]
+    assert out.splitlines()[-1].startswith("FLOPs: pass --model ARCH")
+
+
+def test_info_flops(capsys, dense_npz):
+    assert _run(capsys, "prune", dense_npz, "p.npz", "--sparsity", "0.5")[0] == 0
+    status, out, err = _run(capsys, "info", "p.npz", "--model", "toy", "--input-size", "32")
+    assert (status, err) == (0, "")
+    # dense: 2 * weight.size * Ho * Wo; sparse: 2 * nonzeros * Ho * Wo
+    assert _cells(out, "0.weight")[-2:] == ["221.18 K", "110.59 K"]  # 32x32 outputs
+    assert _cells(out, "2.weight")[-2:] == ["147.46 K", "73.73 K"]  # 16x16 outputs
+    assert _cells(out, "5.weight")[-2:] == ["160", "80"]
+    assert _cells(out, "total")[-2:] == ["368.80 K", "184.40 K"]
+    status, out, _ = _run(capsys, "info", "toy", "--input-size", "64")
+    assert status == 0
+    assert _cells(out, "0.weight")[-2:] == ["884.74 K", "884.74 K"]
+
+
+def test_format_table():
+    text = format_table(["name", "n"], [["a", 1], None, ["total", "1,000"]])
+    assert text.splitlines() == ["name       n", "-----  -----", "a          1",
+                                 "-----  -----", "total  1,000"]
+    assert format_table(["x", "y"], [["1", "2"]], align="rl").splitlines()[2] == "1  2"
+    with pytest.raises(ValueError, match="align"):
+        format_table(["x", "y"], [], align="l")
+    with pytest.raises(ValueError, match="expected 2 cells"):
+        format_table(["x", "y"], [["1"]])
+
+
+def test_python_m_fscnn(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    help_run = subprocess.run([sys.executable, "-m", "fscnn", "--help"], capture_output=True,
+                              text=True, env=env, cwd=tmp_path, timeout=120)
+    assert help_run.returncode == 0 and "usage: fscnn" in help_run.stdout
+    error_run = subprocess.run([sys.executable, "-m", "fscnn", "info", "missing.npz"],
+                               capture_output=True, text=True, env=env, cwd=tmp_path,
+                               timeout=120)
+    assert error_run.returncode == 2
+    assert error_run.stderr == "fscnn: error: missing.npz: No such file or directory\n"
