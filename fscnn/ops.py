@@ -15,41 +15,32 @@ from . import _blas, _config
 from ._ext import _conv, _linear
 from .sparse import CSRMatrix, SparseConvWeight
 
-ACTIVATIONS = {None: 0, "none": 0, "relu": 1, "relu6": 2}
+from .functional._validate import activation_code, as_float_array, as_vector, is_int, pair
+
 KERNELS = ("auto", "sparse", "dense")
+# Below this fraction of zeros 'auto' does not consider the sparse kernel: it never wins there
+# (bench/bench_layers.py break-even is 50-70%) and converting a dense weight costs time and memory.
+AUTO_MIN_SPARSITY = 0.3
+ONE_SHOT_SPARSITY = 0.7  # a one-shot call (nothing to amortise timing over) goes sparse above this
 _INT32_MAX = np.iinfo(np.int32).max
 _L1_WINDOW_BYTES = 32 * 1024  # input window per tile kept in L1 by channel blocking
-
-
-ONE_SHOT_SPARSITY = 0.7  # above this a one-shot call uses the sparse kernel (bench/ break-even)
-
-
-def one_shot_kernel(kernel, sparsity, owner):
-    """Kernel for a call that is not repeated (nothing to amortise timing over)."""
-    if kernel not in KERNELS:
-        raise OpError(f"{owner}: kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel != "auto":
-        return kernel
-    return "sparse" if sparsity >= ONE_SHOT_SPARSITY else "dense"
 
 
 class OpError(ValueError):
     """Invalid operator argument or input (subclass of ValueError)."""
 
 
-def _pair(value, name, owner, minimum):
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (int(value), int(value))
-    try:
-        a, b = value
-        a, b = int(a), int(b)
-        if (a, b) != tuple(value):
-            raise TypeError
-    except (TypeError, ValueError):
-        raise OpError(f"{owner}: {name} must be an int or a pair of ints, got {value!r}") from None
-    if a < minimum or b < minimum:
-        raise OpError(f"{owner}: {name} must be >= {minimum}, got {value!r}")
-    return a, b
+def _check_kernel(kernel, owner):
+    if not isinstance(kernel, str) or kernel not in KERNELS:
+        raise OpError(f"{owner}: kernel must be one of {KERNELS}, got {kernel!r}")
+    return kernel
+
+
+def one_shot_kernel(kernel, sparsity, owner):
+    """Kernel for a call that is not repeated: by sparsity, without timing."""
+    if _check_kernel(kernel, owner) != "auto":
+        return kernel
+    return "sparse" if sparsity >= ONE_SHOT_SPARSITY else "dense"
 
 
 def conv_padding(padding, kernel_size, dilation, owner="conv2d"):
@@ -70,40 +61,25 @@ def conv_padding(padding, kernel_size, dilation, owner="conv2d"):
             return tuple(out)
         raise OpError(f"{owner}: padding must be an int, a pair, a 4-tuple, 'same' or 'valid', "
                       f"got {padding!r}")
-    if not isinstance(padding, (int, np.integer)) and len(padding) == 4:
-        try:
-            pads = tuple(int(p) for p in padding)
-        except (TypeError, ValueError):
-            raise OpError(f"{owner}: padding must hold ints, got {padding!r}") from None
-        if min(pads) < 0:
-            raise OpError(f"{owner}: padding must be >= 0, got {padding!r}")
-        return pads
-    ph, pw = _pair(padding, "padding", owner, 0)
+    if not is_int(padding) and np.ndim(padding) == 1 and len(padding) == 4:
+        if not all(is_int(p) for p in padding):
+            raise TypeError(f"{owner}: padding must hold ints, got {padding!r}")
+        if min(padding) < 0:
+            raise OpError(f"{owner}: padding must be non-negative, got {padding!r}")
+        return tuple(int(p) for p in padding)
+    ph, pw = pair(padding, f"{owner}: padding", minimum=0)
     return (ph, ph, pw, pw)
 
 
-def as_input(x, owner, ndim=4):
-    """``x`` as a C-contiguous float32 array of rank ``ndim``; raise naming ``owner`` otherwise."""
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{owner}: expected a float array, got {type(x).__name__}") from exc
-    if x.dtype.kind != "f":
-        raise TypeError(f"{owner}: expected a floating-point array, got dtype {x.dtype}")
-    if x.ndim != ndim:
-        raise OpError(f"{owner}: expected a {ndim}-D input, got shape {x.shape}")
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _as_float_array(a, owner, name, shape=None):
-    a = np.asarray(a)
-    if a.dtype.kind not in "fiu" or a.dtype.kind == "b":
-        raise TypeError(f"{owner}: {name} must be a real numeric array, got dtype {a.dtype}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if shape is not None and a.shape != tuple(shape):
-        raise OpError(f"{owner}: {name} must have shape {tuple(shape)}, got {a.shape}")
-    return a
+def _weight_array(weight, owner, ndim, layout):
+    w = np.asarray(weight)
+    if w.dtype.kind not in "fiu":
+        raise TypeError(f"{owner}: weight must be a real numeric array, got dtype {w.dtype}")
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if w.ndim != ndim or min(w.shape, default=0) < 1:
+        raise OpError(f"{owner}: weight must be {ndim}-D {layout} with no empty dimension, got "
+                      f"shape {w.shape}")
+    return w
 
 
 def _time_call(fn, repeats=3):
@@ -179,7 +155,50 @@ class _ConvGeometry:
         return buf
 
 
-class Conv2dOp:
+class _WeightedOp:
+    """What Conv2dOp and LinearOp share: weights kept dense (O, K) with the sparse form built
+    on first use, bias, fused activation, kernel setting and timing of candidate kernels."""
+
+    sparse_format = None  # CSRMatrix or SparseConvWeight, set by subclasses
+
+    def _init_weights(self, weight, bias, activation, kernel, name, ndim, layout):
+        self.name = name
+        if isinstance(weight, self.sparse_format):
+            weight.check_format(full=True)
+            self._sparse = weight
+            dense = weight.to_dense()
+        else:
+            dense = _weight_array(weight, name, ndim, layout)
+            self._sparse = None
+        self.weight_shape = dense.shape
+        self.dense = dense.reshape(dense.shape[0], -1)
+        self.nnz = int(np.count_nonzero(self.dense))
+        self.sparsity = 1.0 - self.nnz / self.dense.size
+        n_out = dense.shape[0]
+        self.bias = None if bias is None else as_vector(bias, f"{name}: bias", n_out)
+        self.activation = activation
+        self.act_code = activation_code(activation, f"{name}: activation")
+        self.kernel = _check_kernel(kernel, name)
+
+    @property
+    def sparse(self):
+        """The weights in the sparse format, converted on first use."""
+        if self._sparse is None:
+            self._sparse = self.sparse_format.from_dense(self.dense.reshape(self.weight_shape))
+        return self._sparse
+
+    def _pick(self, x, run):
+        """(kernel, timings) for input ``x``: the setting, or with 'auto' the faster of the
+        candidates timed on ``x`` (the sparse kernel only above AUTO_MIN_SPARSITY)."""
+        if self.kernel != "auto":
+            return self.kernel, None
+        if self.sparsity < AUTO_MIN_SPARSITY:
+            return "dense", None
+        times = {k: _time_call(lambda: run(x, k)) for k in ("sparse", "dense")}
+        return min(times, key=times.get), times
+
+
+class Conv2dOp(_WeightedOp):
     """A 2-D convolution with prepared weights and per-shape kernel choice.
 
     Parameters
@@ -203,46 +222,28 @@ class Conv2dOp:
     (1, 8, 5, 5)
     """
 
+    sparse_format = SparseConvWeight
+
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                  activation=None, kernel="auto", name="conv2d"):
-        self.name = name
-        if isinstance(weight, SparseConvWeight):
-            weight.check_format(full=True)
-            self.sparse = weight
-            dense = weight.to_dense()
-        else:
-            dense = _as_float_array(weight, name, "weight")
-            if dense.ndim != 4:
-                raise OpError(f"{name}: weight must be 4-D (O, C/groups, KH, KW), got shape "
-                              f"{dense.shape}")
-            self.sparse = SparseConvWeight.from_dense(dense)
-        self.weight_shape = dense.shape
-        O, Cg, KH, KW = dense.shape
-        if min(dense.shape) < 1:
-            raise OpError(f"{name}: weight shape {dense.shape} has an empty dimension")
-        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+        self._init_weights(weight, bias, activation, kernel, name, 4, "(O, C/groups, KH, KW)")
+        O, Cg, KH, KW = self.weight_shape
+        if not is_int(groups) or groups < 1:
             raise OpError(f"{name}: groups must be a positive int, got {groups!r}")
         if O % groups:
             raise OpError(f"{name}: groups={groups} must divide the {O} output channels")
         self.groups = int(groups)
         self.in_channels = Cg * self.groups
-        self.stride = _pair(stride, "stride", name, 1)
-        self.dilation = _pair(dilation, "dilation", name, 1)
+        self.stride = pair(stride, f"{name}: stride")
+        self.dilation = pair(dilation, f"{name}: dilation")
         self.padding = conv_padding(padding, (KH, KW), self.dilation, name)
-        if activation not in ACTIVATIONS:
-            raise OpError(f"{name}: activation must be None, 'relu' or 'relu6', got {activation!r}")
-        self.activation = activation
-        if kernel not in KERNELS:
-            raise OpError(f"{name}: kernel must be one of {KERNELS}, got {kernel!r}")
-        self.kernel = kernel
-        self.bias = None if bias is None else _as_float_array(bias, name, "bias", (O,))
-        self.dense = dense.reshape(O, -1)
         self._plans = {}
 
     # -- planning ---------------------------------------------------------------------------
     def check_input_shape(self, shape):
         if len(shape) != 4:
-            raise OpError(f"{self.name}: expected input (N, C, H, W), got shape {tuple(shape)}")
+            raise OpError(f"{self.name}: expected a 4-D input (N, C, H, W), got shape "
+                          f"{tuple(shape)}")
         if shape[1] != self.in_channels:
             raise OpError(f"{self.name}: expected {self.in_channels} input channels, got "
                           f"{shape[1]} (input shape {tuple(shape)})")
@@ -265,32 +266,38 @@ class Conv2dOp:
     def _make_plan(self, shape, threads, level):
         N, C, H, W = shape
         geo = _ConvGeometry(self, C, H, W)
-        plan = {"geo": geo, "threads": threads, "level": level}
-        csr = self.sparse.csr
-        O = self.weight_shape[0]
-        # sparse kernel: absolute input positions of every non-zero, and balanced work items
-        rows = np.repeat(np.arange(O) // (O // self.groups), np.diff(csr.indptr))
-        plan["offsets"] = (geo.tap_offsets[csr.indices.astype(np.int64)]
-                           + rows * geo.group_stride).astype(np.int32)
-        # the half tile when it computes fewer positions past the end of the flat output
-        half = -(-geo.L // _conv.tile_size(level, True)) * _conv.tile_size(level, True) < \
-            -(-geo.L // _conv.tile_size(level, False)) * _conv.tile_size(level, False)
-        T = _conv.tile_size(level, half)
-        plan["half_tile"] = half
-        n_tiles = -(-geo.L // T)
-        n_blocks = 1 if n_tiles >= 8 * threads else min(O, -(-8 * threads // n_tiles))
-        plan["oblk"] = _balanced_blocks(csr.indptr, n_blocks)
-        plan["sparse_reach"] = n_tiles * T
-        plan["blkptr"] = self._channel_blocks(T)
-        plan["partial"] = (threads, int(np.diff(plan["oblk"]).max()) * T)
+        plan = {"geo": geo, "threads": threads, "level": level, "sparse": None}
         # dense kernel: chunks of the flat output with a (K, chunk) panel of ~1 MiB
         K = self.dense.shape[1]
         chunk = int(np.clip((1 << 18) // K, 64, 4096)) // 16 * 16
-        chunk = max(16, min(chunk, -(-geo.L // max(1, 2 * threads)) + 15 & ~15))
-        plan["chunk"] = chunk
+        plan["chunk"] = max(16, min(chunk, -(-geo.L // max(1, 2 * threads)) + 15 & ~15))
         plan["tap_offsets"] = geo.tap_offsets.astype(np.int32)
-        plan["kernel"] = self.kernel if self.kernel != "auto" else self._choose(shape, plan)
+        if self.kernel == "sparse" or (self.kernel == "auto"
+                                       and self.sparsity >= AUTO_MIN_SPARSITY):
+            plan["sparse"] = self._sparse_plan(geo, threads, level)
+        x = np.zeros(shape, np.float32) if self.kernel == "auto" else None
+        plan["kernel"], plan["timings"] = self._pick(x, lambda x, k: self._run(x, plan, k))
+        if plan["kernel"] == "dense":
+            plan["sparse"] = None
         return plan
+
+    def _sparse_plan(self, geo, threads, level):
+        """Offsets of every non-zero in the packed input, tile size and work split."""
+        csr = self.sparse.csr
+        O = self.weight_shape[0]
+        rows = np.repeat(np.arange(O) // (O // self.groups), np.diff(csr.indptr))
+        offsets = (geo.tap_offsets[csr.indices.astype(np.int64)]
+                   + rows * geo.group_stride).astype(np.int32)
+        # the half tile when it computes fewer positions past the end of the flat output
+        full, half_t = _conv.tile_size(level, False), _conv.tile_size(level, True)
+        half = -(-geo.L // half_t) * half_t < -(-geo.L // full) * full
+        T = half_t if half else full
+        n_tiles = -(-geo.L // T)
+        n_blocks = 1 if n_tiles >= 8 * threads else min(O, -(-8 * threads // n_tiles))
+        oblk = _balanced_blocks(csr.indptr, n_blocks)
+        return {"offsets": offsets, "half_tile": half, "oblk": oblk, "reach": n_tiles * T,
+                "blkptr": self._channel_blocks(T),
+                "partial": (threads, int(np.diff(oblk).max()) * T)}
 
     def _channel_blocks(self, T):
         """Non-zero ranges per (output channel, input-channel block), shape (O, ncb+1).
@@ -311,12 +318,6 @@ class Conv2dOp:
         blkptr[:, ncb] = csr.indptr[1:]
         return blkptr
 
-    def _choose(self, shape, plan):
-        x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-        times = {k: _time_call(lambda: self._run(x, plan, k)) for k in ("sparse", "dense")}
-        plan["timings"] = times
-        return min(times, key=times.get)
-
     def kernel_for(self, input_shape):
         """The kernel ('sparse' or 'dense') used for inputs of ``input_shape``."""
         self.check_input_shape(input_shape)
@@ -325,44 +326,42 @@ class Conv2dOp:
     def plan_info(self, input_shape):
         """Kernel chosen, timings measured (auto only), geometry of ``input_shape``."""
         plan = self._plan(tuple(input_shape))
-        return {"kernel": plan["kernel"], "timings": plan.get("timings"),
-                "nnz": self.sparse.nnz, "sparsity": self.sparse.sparsity,
-                "output_shape": self.output_shape(input_shape)}
+        return {"kernel": plan["kernel"], "timings": plan["timings"], "nnz": self.nnz,
+                "sparsity": self.sparsity, "output_shape": self.output_shape(input_shape)}
 
     # -- execution --------------------------------------------------------------------------
     def _run(self, x, plan, kernel):
         geo = plan["geo"]
-        N = x.shape[0]
-        out = np.empty((N, self.weight_shape[0], geo.H_out, geo.W_out), dtype=np.float32)
+        out = np.empty((x.shape[0], self.weight_shape[0], geo.H_out, geo.W_out), np.float32)
         pt, _, pl, _ = self.padding
         sh, sw = self.stride
-        act = ACTIVATIONS[self.activation]
         if kernel == "sparse":
-            csr = self.sparse.csr
-            _conv.sparse_conv2d(x, plan["blkptr"], plan["offsets"], csr.data, self.bias,
-                                plan["oblk"], geo.scratch(plan["sparse_reach"]),
-                                _scratch("partial", plan["partial"]), out, pt, pl, sh, sw, geo.Hq,
-                                geo.Wq, act, plan["level"], plan["half_tile"], plan["threads"])
+            sp = plan["sparse"]
+            _conv.sparse_conv2d(x, sp["blkptr"], sp["offsets"], self.sparse.csr.data, self.bias,
+                                sp["oblk"], geo.scratch(sp["reach"]),
+                                _scratch("partial", sp["partial"]), out, pt, pl, sh, sw, geo.Hq,
+                                geo.Wq, self.act_code, plan["level"], sp["half_tile"],
+                                plan["threads"])
         else:
             # one single-threaded GEMM per OpenMP thread (see fscnn._blas)
             threads = plan["threads"] if _blas.can_limit_blas() else 1
+            panel = (self.dense.shape[1] + self.weight_shape[0] // self.groups) * plan["chunk"]
             with _blas.single_threaded_blas():
-                panels = _scratch("panels", (threads, (self.dense.shape[1] + self.weight_shape[0]
-                                                      // self.groups) * plan["chunk"]))
                 _conv.dense_conv2d(x, self.dense, plan["tap_offsets"], geo.group_stride,
-                                   self.bias, geo.scratch(geo.L), panels, out, self.groups, pt,
-                                   pl, sh, sw, geo.Hq, geo.Wq, plan["chunk"], act, threads)
+                                   self.bias, geo.scratch(geo.L), _scratch("panels", (threads, panel)),
+                                   out, self.groups, pt, pl, sh, sw, geo.Hq, geo.Wq, plan["chunk"],
+                                   self.act_code, threads)
         return out
 
     def __call__(self, x):
         """Convolve ``x`` of shape (N, C, H, W); returns float32 (N, O, H_out, W_out)."""
-        x = as_input(x, self.name)
+        x = as_float_array(x, f"{self.name}: input")
         self.check_input_shape(x.shape)
         plan = self._plan(x.shape)
         return self._run(x, plan, plan["kernel"])
 
 
-class LinearOp:
+class LinearOp(_WeightedOp):
     """A fully connected layer ``y = act(x @ W.T + b)`` with sparse or dense weights.
 
     Parameters
@@ -374,27 +373,11 @@ class LinearOp:
     name : str
     """
 
+    sparse_format = CSRMatrix
+
     def __init__(self, weight, bias=None, activation=None, kernel="auto", name="linear"):
-        self.name = name
-        if isinstance(weight, CSRMatrix):
-            weight.check_format(full=True)
-            self.sparse = weight
-            self.dense = weight.to_dense()
-        else:
-            self.dense = _as_float_array(weight, name, "weight")
-            if self.dense.ndim != 2:
-                raise OpError(f"{name}: weight must be 2-D (out_features, in_features), got "
-                              f"shape {self.dense.shape}")
-            self.sparse = CSRMatrix.from_dense(self.dense)
-        self.out_features, self.in_features = self.dense.shape
-        self.bias = (None if bias is None
-                     else _as_float_array(bias, name, "bias", (self.out_features,)))
-        if activation not in ACTIVATIONS:
-            raise OpError(f"{name}: activation must be None, 'relu' or 'relu6', got {activation!r}")
-        self.activation = activation
-        if kernel not in KERNELS:
-            raise OpError(f"{name}: kernel must be one of {KERNELS}, got {kernel!r}")
-        self.kernel = kernel
+        self._init_weights(weight, bias, activation, kernel, name, 2, "(out_features, in_features)")
+        self.out_features, self.in_features = self.weight_shape
         self._choice = {}
 
     def output_shape(self, input_shape):
@@ -407,33 +390,33 @@ class LinearOp:
                           f"{tuple(shape)}")
 
     def kernel_for(self, input_shape):
+        """The kernel ('sparse' or 'dense') used for inputs of ``input_shape``."""
         self.check_input_shape(input_shape)
-        if self.kernel != "auto":
-            return self.kernel
         key = (tuple(input_shape), _config.get_num_threads())
         if key not in self._choice:
-            x = np.random.default_rng(0).standard_normal(input_shape, dtype=np.float32)
-            times = {k: _time_call(lambda: self._run(x, k)) for k in ("sparse", "dense")}
-            self._choice[key] = min(times, key=times.get)
+            x = np.zeros(input_shape, np.float32) if self.kernel == "auto" else None
+            self._choice[key] = self._pick(x, self._run)[0]
         return self._choice[key]
 
     def _run(self, x, kernel):
-        act = ACTIVATIONS[self.activation]
         if kernel == "sparse":
             out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
-            _linear.sparse_linear(x, self.sparse.indptr, self.sparse.indices, self.sparse.data,
-                                  self.bias, out, act, _config.get_num_threads())
+            m = self.sparse
+            _linear.sparse_linear(x, m.indptr, m.indices, m.data, self.bias, out, self.act_code,
+                                  _config.get_num_threads())
             return out
         out = x @ self.dense.T
         if self.bias is not None:
             out += self.bias
-        if act == 1:
+        if self.act_code:
+            # NaN stays NaN, as in PyTorch
             np.maximum(out, 0, out=out, where=~np.isnan(out))
-        elif act == 2:
-            np.clip(out, 0, 6, out=out, where=~np.isnan(out))
+            if self.activation == "relu6":
+                np.minimum(out, 6, out=out, where=~np.isnan(out))
         return out
 
     def __call__(self, x):
         """Apply to ``x`` of shape (N, in_features); returns float32 (N, out_features)."""
-        x = as_input(x, self.name, ndim=2)
+        x = as_float_array(x, f"{self.name}: input", layout="NF")
+        self.check_input_shape(x.shape)
         return self._run(x, self.kernel_for(x.shape))

@@ -31,5 +31,5 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     (1, 3, 4, 4)
     """
     op = Conv2dOp(weight, bias, stride, padding, dilation, groups, activation, kernel="dense")
-    op.kernel = one_shot_kernel(kernel, op.sparse.sparsity, "conv2d")
+    op.kernel = one_shot_kernel(kernel, op.sparsity, "conv2d")
     return op(x)

@@ -19,5 +19,5 @@ def linear(x, weight, bias=None, activation=None, kernel="auto"):
     ndarray of shape (N, out_features), float32
     """
     op = LinearOp(weight, bias, activation, kernel="dense")
-    op.kernel = one_shot_kernel(kernel, 1.0 - op.sparse.nnz / max(1, op.dense.size), "linear")
+    op.kernel = one_shot_kernel(kernel, op.sparsity, "linear")
     return op(x)

@@ -52,16 +52,27 @@ class CSRMatrix:
 
     @classmethod
     def from_dense(cls, dense):
-        """Compress a 2-D array; exact zeros are dropped, other values converted to float32."""
+        """Compress a 2-D array; exact zeros are dropped, other values converted to float32.
+
+        Works through blocks of rows so that the temporary index arrays stay small even for a
+        dense 100-million-entry matrix. O(size)."""
         dense = np.asarray(dense)
         if dense.ndim != 2:
             raise FormatError(f"CSRMatrix.from_dense: expected a 2-D array, got shape {dense.shape}")
-        dense = np.ascontiguousarray(dense, dtype=np.float32)
-        rows, cols = np.nonzero(dense)
-        indptr = np.zeros(dense.shape[0] + 1, dtype=np.int64)
-        np.cumsum(np.bincount(rows, minlength=dense.shape[0]), out=indptr[1:])
-        return cls(indptr, cols.astype(_index_dtype(dense.shape[1])), dense[rows, cols],
-                   dense.shape, check=None)
+        n_rows, n_cols = dense.shape
+        counts = np.count_nonzero(dense, axis=1) if dense.size else np.zeros(n_rows, np.int64)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        indices = np.empty(indptr[-1], dtype=_index_dtype(n_cols))
+        data = np.empty(indptr[-1], dtype=np.float32)
+        step = max(1, (1 << 22) // max(1, n_cols))
+        for r0 in range(0, n_rows, step):
+            block = np.ascontiguousarray(dense[r0:r0 + step], dtype=np.float32).reshape(-1)
+            flat = np.flatnonzero(block)
+            k0, k1 = indptr[r0], indptr[min(r0 + step, n_rows)]
+            indices[k0:k1] = flat % n_cols
+            data[k0:k1] = block[flat]
+        return cls(indptr, indices, data, dense.shape, check=None)
 
     def to_dense(self):
         """The dense float32 array of shape ``self.shape``."""
