@@ -1,5 +1,6 @@
 """2-D convolution on NumPy arrays (a one-shot :class:`fscnn.ops.Conv2dOp`)."""
-from ..ops import Conv2dOp, one_shot_kernel
+# fscnn.ops imports fscnn.functional's validators: reach it through the module at call time
+from .. import ops
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
@@ -30,6 +31,6 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     >>> F.conv2d(np.ones((1, 2, 4, 4)), np.ones((3, 2, 3, 3)), padding=1).shape
     (1, 3, 4, 4)
     """
-    op = Conv2dOp(weight, bias, stride, padding, dilation, groups, activation, kernel="dense")
-    op.kernel = one_shot_kernel(kernel, op.sparsity, "conv2d")
+    op = ops.Conv2dOp(weight, bias, stride, padding, dilation, groups, activation, kernel="dense")
+    op.kernel = ops.one_shot_kernel(kernel, op.sparsity, "conv2d")
     return op(x)

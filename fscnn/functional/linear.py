@@ -1,5 +1,6 @@
 """Fully connected layer on NumPy arrays (a one-shot :class:`fscnn.ops.LinearOp`)."""
-from ..ops import LinearOp, one_shot_kernel
+# fscnn.ops imports fscnn.functional's validators: reach it through the module at call time
+from .. import ops
 
 
 def linear(x, weight, bias=None, activation=None, kernel="auto"):
@@ -18,6 +19,6 @@ def linear(x, weight, bias=None, activation=None, kernel="auto"):
     -------
     ndarray of shape (N, out_features), float32
     """
-    op = LinearOp(weight, bias, activation, kernel="dense")
-    op.kernel = one_shot_kernel(kernel, op.sparsity, "linear")
+    op = ops.LinearOp(weight, bias, activation, kernel="dense")
+    op.kernel = ops.one_shot_kernel(kernel, op.sparsity, "linear")
     return op(x)
