@@ -54,20 +54,25 @@ cdef inline void _inside(Py_ssize_t offset, Py_ssize_t step, Py_ssize_t n, Py_ss
     hi[0] = b if b > a else a
 
 
-cdef void _max_pool_plane(const float* x, float* out, Planes g, Window k) noexcept nogil:
-    """Max pooling of one plane; padding acts as -inf and a NaN in a window wins.
+cdef void _pool_plane(const float* x, float* out, Planes g, Window k, bint take_max,
+                      bint count_include_pad, Py_ssize_t divisor_override) noexcept nogil:
+    """Max or average pooling of one plane, with torch's padding and divisor rules.
 
     x: IN (H, W); out: OUT (Ho, Wo). O(Ho*Wo*kh*kw). For each output row the taps are visited
     outermost and the output columns innermost, so the inner loop is a strided streaming max
-    without any bounds test.
+    or add over the row without any bounds test (it vectorises).
+    Max: padding acts as -inf and a NaN in a window wins.
+    Average: the window clipped to the padded input gives the count_include_pad divisor; the
+    window clipped to the input gives the pixels summed and the other divisor;
+    ``divisor_override`` (non-zero) replaces both.
     """
-    cdef Py_ssize_t oy, ox, i, j, ilo, ihi, olo, ohi, y0, col
+    cdef Py_ssize_t oy, ox, i, j, ilo, ihi, olo, ohi, y0, y1, x0, x1, col, divisor
     cdef const float* row
     cdef float* orow
     for oy in range(g.Ho):
         orow = out + oy * g.Wo
         for ox in range(g.Wo):
-            orow[ox] = -INFINITY
+            orow[ox] = -INFINITY if take_max else 0.0
         y0 = oy * k.sh - k.ph
         _inside(y0, k.dh, k.kh, g.H, &ilo, &ihi)
         for i in range(ilo, ihi):
@@ -75,8 +80,25 @@ cdef void _max_pool_plane(const float* x, float* out, Planes g, Window k) noexce
             for j in range(k.kw):
                 col = j * k.dw - k.pw
                 _inside(col, k.sw, g.Wo, g.W, &olo, &ohi)
-                for ox in range(olo, ohi):
-                    orow[ox] = fscnn_nanmax(orow[ox], row[ox * k.sw + col])
+                if take_max:
+                    for ox in range(olo, ohi):
+                        orow[ox] = fscnn_nanmax(orow[ox], row[ox * k.sw + col])
+                else:
+                    for ox in range(olo, ohi):
+                        orow[ox] += row[ox * k.sw + col]
+        if take_max:
+            continue
+        y1 = min(y0 + k.kh, g.H + k.ph)
+        for ox in range(g.Wo):
+            x0 = ox * k.sw - k.pw
+            x1 = min(x0 + k.kw, g.W + k.pw)
+            if divisor_override != 0:
+                divisor = divisor_override
+            elif count_include_pad:
+                divisor = (y1 - y0) * (x1 - x0)
+            else:
+                divisor = (min(y1, g.H) - max(y0, 0)) * (min(x1, g.W) - max(x0, 0))
+            orow[ox] /= divisor
 
 
 def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, int sh, int sw,
@@ -86,35 +108,7 @@ def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, i
     cdef Window k = Window(kh, kw, sh, sw, ph, pw, dh, dw)
     cdef Py_ssize_t p
     for p in prange(x.shape[0], nogil=True, num_threads=n_threads, schedule="static"):
-        _max_pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, k)
-
-
-cdef void _avg_pool_plane(const float* x, float* out, Planes g, Window k, bint count_include_pad,
-                          Py_ssize_t divisor_override) noexcept nogil:
-    """Average pooling of one plane with torch's divisor rules.
-
-    x: IN (H, W); out: OUT (Ho, Wo). O(Ho*Wo*kh*kw). A window is first clipped to the padded
-    input (its size is the count_include_pad divisor), then to the input (the pixels summed,
-    and the divisor otherwise); ``divisor_override`` (non-zero) replaces both divisors.
-    Sums are accumulated in double.
-    """
-    cdef Py_ssize_t oy, ox, yy, y0, y1, x0, x1, divisor
-    cdef double acc
-    for oy in range(g.Ho):
-        y0 = oy * k.sh - k.ph
-        y1 = min(y0 + k.kh, g.H + k.ph)
-        for ox in range(g.Wo):
-            x0 = ox * k.sw - k.pw
-            x1 = min(x0 + k.kw, g.W + k.pw)
-            divisor = (y1 - y0) * (x1 - x0)
-            if not count_include_pad:
-                divisor = (min(y1, g.H) - max(y0, 0)) * (min(x1, g.W) - max(x0, 0))
-            if divisor_override != 0:
-                divisor = divisor_override
-            acc = 0.0
-            for yy in range(max(y0, 0), min(y1, g.H)):
-                acc = acc + fscnn_run_sum(x + yy * g.W + max(x0, 0), min(x1, g.W) - max(x0, 0))
-            out[oy * g.Wo + ox] = <float>(acc / divisor)
+        _pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, k, True, False, 0)
 
 
 def avg_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, int sh, int sw,
@@ -127,7 +121,8 @@ def avg_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, i
     cdef Window k = Window(kh, kw, sh, sw, ph, pw, 1, 1)
     cdef Py_ssize_t p
     for p in prange(x.shape[0], nogil=True, num_threads=n_threads, schedule="static"):
-        _avg_pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, k, count_include_pad, divisor_override)
+        _pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, k, False, count_include_pad,
+                    divisor_override)
 
 
 cdef void _adaptive_pool_plane(const float* x, float* out, Planes g, const Py_ssize_t* rows,

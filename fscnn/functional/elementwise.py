@@ -1,0 +1,326 @@
+"""Activations, residual addition and inference batch normalisation.
+
+These operators are memory bound, so the activations are whole-array NumPy expressions in
+float32 (no per-pixel Python), written to give torch's results: NaN propagates, sigmoid and
+softmax are evaluated in forms that cannot overflow. ``add`` runs a compiled kernel so that a
+fused ReLU costs no extra pass over memory. Activations accept arrays of any shape.
+"""
+import numpy as np
+
+from .._ext import _pool
+from ._validate import activation_code, as_float_array, as_vector, is_int, real, threads_for
+
+
+def _input(x, name, min_ndim=0):
+    return as_float_array(x, f"{name}: x", min_ndim=min_ndim)
+
+
+def _sigmoid(x):
+    """sigmoid of a float32 array as ``1/(1+e)`` or ``e/(1+e)`` with ``e = exp(-|x|) <= 1``."""
+    e = np.exp(-np.abs(x))
+    r = 1.0 + e
+    np.reciprocal(r, out=r)
+    np.multiply(e, r, out=e)
+    return np.where(x >= 0, r, e)
+
+
+def relu(x):
+    """``max(x, 0)`` elementwise; NaN stays NaN.
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    return np.maximum(_input(x, "relu"), np.float32(0))
+
+
+def relu6(x):
+    """``min(max(x, 0), 6)`` elementwise; NaN stays NaN.
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    out = np.maximum(_input(x, "relu6"), np.float32(0))
+    return np.minimum(out, np.float32(6), out=out)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    """``x`` where ``x > 0``, else ``negative_slope * x``.
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+    negative_slope : float
+        Finite slope for negative inputs.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    x = _input(x, "leaky_relu")
+    slope = np.float32(real(negative_slope, "leaky_relu: negative_slope"))
+    return np.where(x > 0, x, x * slope)
+
+
+def prelu(x, weight):
+    """``x`` where ``x > 0``, else ``weight * x`` with one learned slope per channel.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, C, ...)
+        Floating-point input; converted to float32. Any rank >= 1 with a single weight.
+    weight : array_like of shape (C,) or (1,)
+        Slope per channel (axis 1 of ``x``), or one slope shared by all channels.
+
+    Returns
+    -------
+    ndarray of the same shape as ``x``, float32
+    """
+    x = _input(x, "prelu")
+    weight = as_float_array(weight, "prelu: weight", layout="C")
+    if weight.size != 1:
+        if x.ndim < 2 or weight.size != x.shape[1]:
+            raise ValueError(f"prelu: weight must have 1 element or one per channel "
+                             f"(x.shape[1]), got {weight.size} elements for x of shape "
+                             f"{x.shape}")
+        weight = weight.reshape((-1,) + (1,) * (x.ndim - 2))
+    return np.where(x > 0, x, x * weight)
+
+
+def sigmoid(x):
+    """Logistic function ``1 / (1 + exp(-x))``, evaluated without overflow.
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    return _sigmoid(_input(x, "sigmoid"))
+
+
+def tanh(x):
+    """Hyperbolic tangent elementwise.
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    return np.tanh(_input(x, "tanh"))
+
+
+def _relu6_shift3(x):
+    """``min(max(x + 3, 0), 6)``, the common part of hardsigmoid and hardswish."""
+    out = np.add(x, np.float32(3))
+    return np.clip(out, np.float32(0), np.float32(6), out=out)
+
+
+def hardsigmoid(x):
+    """``min(max(x + 3, 0), 6) / 6`` elementwise.
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    out = _relu6_shift3(_input(x, "hardsigmoid"))
+    return np.divide(out, np.float32(6), out=out)
+
+
+def hardswish(x):
+    """``x * min(max(x + 3, 0), 6) / 6`` elementwise.
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    x = _input(x, "hardswish")
+    out = _relu6_shift3(x)
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, as in torch
+        np.multiply(out, x, out=out)
+    return np.divide(out, np.float32(6), out=out)
+
+
+def silu(x):
+    """``x * sigmoid(x)`` (also called swish) elementwise.
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    x = _input(x, "silu")
+    out = _sigmoid(x)
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, as in torch
+        return np.multiply(out, x, out=out)
+
+
+def softmax(x, dim):
+    """``exp(x) / sum(exp(x))`` along ``dim``, with the maximum subtracted first.
+
+    A slice that is all -inf, or that holds +inf or NaN, gives NaN, as in torch.
+
+    Parameters
+    ----------
+    x : array_like of any shape with at least one dimension
+        Floating-point input; converted to float32.
+    dim : int
+        Axis to normalise over; negative values count from the end.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    x = _input(x, "softmax", min_ndim=1)
+    if not is_int(dim):
+        raise TypeError(f"softmax: dim must be an int, got {dim!r}")
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"softmax: dim must be in [{-x.ndim}, {x.ndim - 1}] for x of shape "
+                         f"{x.shape}, got {dim}")
+    with np.errstate(invalid="ignore"):  # inf - inf is NaN, as in torch
+        out = np.subtract(x, np.max(x, axis=dim, keepdims=True))
+    np.exp(out, out=out)
+    total = out.sum(axis=dim, keepdims=True, dtype=np.float64)
+    return np.divide(out, total, out=out, casting="same_kind")
+
+
+def add(a, b, activation=None):
+    """``activation(a + b)``, the residual connection, in one pass over memory.
+
+    Parameters
+    ----------
+    a, b : array_like of the same shape
+        Floating-point inputs; converted to float32. No broadcasting.
+    activation : {None, 'relu', 'relu6'}
+        Activation applied to the sum.
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    a = as_float_array(a, "add: a")
+    b = as_float_array(b, "add: b")
+    if a.shape != b.shape:
+        raise ValueError(f"add: a and b must have the same shape, got {a.shape} and {b.shape}")
+    act = activation_code(activation, "add: activation")
+    out = np.empty_like(a)
+    if out.size:
+        _pool.add(a.reshape(-1), b.reshape(-1), out.reshape(-1), act, threads_for(out.size))
+    return out
+
+
+def _bn_affine(name, channels, running_mean, running_var, weight, bias, eps,
+               affine_names=("weight", "bias")):
+    """(scale, shift) in float64 so that batch norm is ``x * scale + shift`` per channel."""
+    mean = as_vector(running_mean, f"{name}: running_mean", channels, np.float64)
+    var = as_vector(running_var, f"{name}: running_var", channels, np.float64)
+    eps = real(eps, f"{name}: eps", minimum=0)
+    if not np.all(var + eps > 0):
+        raise ValueError(f"{name}: running_var + eps must be positive, got a minimum of "
+                         f"{np.min(var + eps)!r}")
+    scale = 1.0 / np.sqrt(var + eps)
+    if weight is not None:
+        scale *= as_vector(weight, f"{name}: {affine_names[0]}", channels, np.float64)
+    shift = -mean * scale
+    if bias is not None:
+        shift += as_vector(bias, f"{name}: {affine_names[1]}", channels, np.float64)
+    return scale, shift
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, eps=1e-5):
+    """Inference batch normalisation with running statistics, over axis 1.
+
+    ``(x - running_mean) / sqrt(running_var + eps) * weight + bias``, evaluated as
+    ``x * scale + shift`` (as torch does in inference).
+
+    Parameters
+    ----------
+    x : array_like of shape (N, C, ...)
+        Floating-point input; converted to float32.
+    running_mean, running_var : array_like of shape (C,)
+        Running statistics; ``running_var + eps`` must be positive.
+    weight, bias : array_like of shape (C,), optional
+        Affine parameters (gamma, beta); None means 1 and 0.
+    eps : float
+        Non-negative constant added to the variance.
+
+    Returns
+    -------
+    ndarray of the same shape as ``x``, float32
+    """
+    x = _input(x, "batch_norm", min_ndim=2)
+    scale, shift = _bn_affine("batch_norm", x.shape[1], running_mean, running_var, weight, bias,
+                              eps)
+    shape = (-1,) + (1,) * (x.ndim - 2)
+    out = np.multiply(x, scale.astype(np.float32).reshape(shape))
+    return np.add(out, shift.astype(np.float32).reshape(shape), out=out)
+
+
+def fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, bn_weight, bn_bias,
+                    eps=1e-5):
+    """Weight and bias of one layer equal to a convolution (or linear layer) then batch norm.
+
+    ``batch_norm(conv2d(x, w, b)) == conv2d(x, w * scale, (b - running_mean) * scale + bn_bias)``
+    with ``scale = bn_weight / sqrt(running_var + eps)`` per output channel. Zero weights stay
+    zero, so the sparsity pattern is kept.
+
+    Parameters
+    ----------
+    conv_weight : array_like of shape (O, ...)
+        Convolution weight (O, C/groups, KH, KW) or linear weight (O, F).
+    conv_bias : array_like of shape (O,) or None
+    running_mean, running_var : array_like of shape (O,)
+        Batch norm running statistics; ``running_var + eps`` must be positive.
+    bn_weight, bn_bias : array_like of shape (O,) or None
+        Batch norm affine parameters; None means 1 and 0.
+    eps : float
+        Batch norm's eps.
+
+    Returns
+    -------
+    weight : ndarray of the shape of ``conv_weight``, float32
+    bias : ndarray of shape (O,), float32
+    """
+    w = as_float_array(conv_weight, "fold_batch_norm: conv_weight", min_ndim=2)
+    out_channels = w.shape[0]
+    scale, shift = _bn_affine("fold_batch_norm", out_channels, running_mean, running_var,
+                              bn_weight, bn_bias, eps, ("bn_weight", "bn_bias"))
+    if conv_bias is not None:
+        shift += as_vector(conv_bias, "fold_batch_norm: conv_bias", out_channels,
+                           np.float64) * scale
+    # float32 product: a float64 copy of a large linear weight would cost 8 bytes per weight.
+    folded = np.multiply(w, scale.astype(np.float32).reshape((-1,) + (1,) * (w.ndim - 1)))
+    return folded, shift.astype(np.float32)

@@ -1,0 +1,192 @@
+"""Max, average and adaptive pooling over (N, C, H, W) arrays, with torch's semantics.
+
+Output sizes follow ``torch.nn.functional`` exactly, ceil_mode included (the last window
+must start inside the input or its leading padding). The kernels are in
+:mod:`fscnn._ext._pool`; they see the input as N*C independent planes.
+"""
+import numpy as np
+
+from .._ext import _pool
+from ._validate import (as_float32_nchw, check_nonempty_hw, is_int, pair, sliding_output_hw,
+                        threads_for)
+
+
+def _windowed(name, x, kernel_size, stride, padding, dilation, ceil_mode):
+    """Validated (x, kernel, stride, padding, dilation, (Ho, Wo)) of a pooling call."""
+    x = as_float32_nchw(x, f"{name}: x")
+    kernel = pair(kernel_size, f"{name}: kernel_size")
+    stride = kernel if stride is None else pair(stride, f"{name}: stride")
+    padding = pair(padding, f"{name}: padding", minimum=0)
+    dilation = pair(dilation, f"{name}: dilation")
+    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+        raise ValueError(f"{name}: padding must be at most half of kernel_size, got padding "
+                         f"{padding} for kernel_size {kernel}")
+    out_hw = sliding_output_hw(name, x.shape[2:], kernel, stride, padding, dilation,
+                               bool(ceil_mode))
+    return x, kernel, stride, padding, dilation, out_hw
+
+
+def _planes(x, out_hw):
+    """The input as (N*C, H, W) planes and a new output of shape (N, C, Ho, Wo) with its planes."""
+    n, c, h, w = x.shape
+    out = np.empty((n, c) + tuple(out_hw), dtype=np.float32)
+    return x.reshape(n * c, h, w), out, out.reshape((n * c,) + tuple(out_hw))
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """2-D max pooling, as ``torch.nn.functional.max_pool2d``.
+
+    Padding acts as -inf; a NaN anywhere in a window makes that output NaN.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, C, H, W)
+        Floating-point input; converted to float32.
+    kernel_size : int or (int, int)
+        Window size (kh, kw), positive.
+    stride : int or (int, int), optional
+        Window step; defaults to ``kernel_size``.
+    padding : int or (int, int)
+        Implicit -inf padding on both sides, at most half of ``kernel_size``.
+    dilation : int or (int, int)
+        Spacing between window taps, positive.
+    ceil_mode : bool
+        Round the output size up instead of down.
+
+    Returns
+    -------
+    ndarray of shape (N, C, Ho, Wo), float32
+        ``Ho = floor((H + 2*ph - dh*(kh-1) - 1) / sh) + 1`` (ceil with ``ceil_mode``), likewise Wo.
+
+    Raises
+    ------
+    TypeError
+        Non-float input or non-integer hyper-parameters.
+    ValueError
+        Wrong rank, non-positive kernel_size/stride/dilation, negative or too large padding,
+        or an input too small for the window.
+    """
+    x, k, s, p, d, out_hw = _windowed("max_pool2d", x, kernel_size, stride, padding, dilation,
+                                      ceil_mode)
+    planes, out, out_planes = _planes(x, out_hw)
+    if out.size:
+        _pool.max_pool2d(planes, out_planes, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1],
+                         threads_for(out.size * k[0] * k[1]))
+    return out
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """2-D average pooling, as ``torch.nn.functional.avg_pool2d``.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, C, H, W)
+        Floating-point input; converted to float32.
+    kernel_size : int or (int, int)
+        Window size (kh, kw), positive.
+    stride : int or (int, int), optional
+        Window step; defaults to ``kernel_size``.
+    padding : int or (int, int)
+        Implicit zero padding on both sides, at most half of ``kernel_size``.
+    ceil_mode : bool
+        Round the output size up instead of down.
+    count_include_pad : bool
+        Divide by the window size clipped to the padded input (True) or by the number of
+        input pixels in the window (False).
+    divisor_override : int, optional
+        Non-zero divisor used for every window instead.
+
+    Returns
+    -------
+    ndarray of shape (N, C, Ho, Wo), float32
+        ``Ho = floor((H + 2*ph - kh) / sh) + 1`` (ceil with ``ceil_mode``), likewise Wo.
+
+    Raises
+    ------
+    TypeError
+        Non-float input or non-integer hyper-parameters.
+    ValueError
+        Wrong rank, non-positive kernel_size/stride, negative or too large padding, zero
+        divisor_override, or an input too small for the window.
+    """
+    x, k, s, p, _, out_hw = _windowed("avg_pool2d", x, kernel_size, stride, padding, 1,
+                                      ceil_mode)
+    if divisor_override is not None:
+        if not is_int(divisor_override):
+            raise TypeError(f"avg_pool2d: divisor_override must be an int or None, got "
+                            f"{divisor_override!r}")
+        if divisor_override == 0:
+            raise ValueError("avg_pool2d: divisor_override must be non-zero, got 0")
+    planes, out, out_planes = _planes(x, out_hw)
+    if out.size:
+        _pool.avg_pool2d(planes, out_planes, k[0], k[1], s[0], s[1], p[0], p[1],
+                         bool(count_include_pad), divisor_override or 0,
+                         threads_for(out.size * k[0] * k[1]))
+    return out
+
+
+def _adaptive_windows(size, out):
+    """torch's adaptive windows along one dimension, [floor(i*size/out), ceil((i+1)*size/out))
+    for i < out, as an intp array of shape (out, 2)."""
+    return np.array([(i * size // out, -(-(i + 1) * size // out)) for i in range(out)],
+                    dtype=np.intp)
+
+
+def _adaptive(name, x, output_size, take_max):
+    x = as_float32_nchw(x, f"{name}: x")
+    h, w = x.shape[2:]
+    check_nonempty_hw(name, (h, w))
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    if len(sizes) != 2 or not all(v is None or is_int(v) for v in sizes):
+        raise TypeError(f"{name}: output_size must be an int or a pair of ints or None, got "
+                        f"{output_size!r}")
+    out_hw = tuple(full if v is None else int(v) for v, full in zip(sizes, (h, w)))
+    if min(out_hw) < 1:
+        raise ValueError(f"{name}: output_size must be positive, got {output_size!r}")
+    planes, out, out_planes = _planes(x, out_hw)
+    if out.size:
+        _pool.adaptive_pool2d(planes, out_planes, _adaptive_windows(h, out_hw[0]),
+                              _adaptive_windows(w, out_hw[1]), take_max,
+                              threads_for(max(x.size, out.size)))
+    return out
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """2-D adaptive average pooling, as ``torch.nn.functional.adaptive_avg_pool2d``.
+
+    Output pixel (i, j) averages input rows ``[floor(i*H/Ho), ceil((i+1)*H/Ho))`` and the
+    columns given by the same rule.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, C, H, W)
+        Floating-point input; converted to float32.
+    output_size : int or (int or None, int or None)
+        (Ho, Wo), positive; None keeps that input dimension.
+
+    Returns
+    -------
+    ndarray of shape (N, C, Ho, Wo), float32
+    """
+    return _adaptive("adaptive_avg_pool2d", x, output_size, False)
+
+
+def adaptive_max_pool2d(x, output_size):
+    """2-D adaptive max pooling, as ``torch.nn.functional.adaptive_max_pool2d``.
+
+    Windows follow :func:`adaptive_avg_pool2d`; a NaN in a window makes that output NaN.
+    (torch's ``return_indices`` is not supported.)
+
+    Parameters
+    ----------
+    x : array_like of shape (N, C, H, W)
+        Floating-point input; converted to float32.
+    output_size : int or (int or None, int or None)
+        (Ho, Wo), positive; None keeps that input dimension.
+
+    Returns
+    -------
+    ndarray of shape (N, C, Ho, Wo), float32
+    """
+    return _adaptive("adaptive_max_pool2d", x, output_size, True)
