@@ -8,8 +8,13 @@ Without it fscnn cannot limit BLAS, so the dense path then runs its GEMMs one af
 and lets BLAS use its own threads.
 """
 import contextlib
+import threading
 
 _controller = []  # lazily built ThreadpoolController selecting the BLAS libraries, or None
+# The BLAS thread count is process-wide: overlapping callers share one limit, set by the first
+# to enter and restored by the last to leave.
+_lock = threading.Lock()
+_active = {"depth": 0, "limiter": None}
 
 
 def _blas_controller():
@@ -35,5 +40,15 @@ def single_threaded_blas():
     if controller is None:
         yield
         return
-    with controller.limit(limits=1):
+    with _lock:
+        if _active["depth"] == 0:
+            _active["limiter"] = controller.limit(limits=1)
+        _active["depth"] += 1
+    try:
         yield
+    finally:
+        with _lock:
+            _active["depth"] -= 1
+            if _active["depth"] == 0:
+                _active["limiter"].restore_original_limits()
+                _active["limiter"] = None

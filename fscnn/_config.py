@@ -9,7 +9,19 @@ from ._ext import _runtime
 
 SIMD_LEVELS = _runtime.SIMD_NAMES  # index = level passed to the kernels
 
-_state = {"threads": None, "simd": None}
+_state = {"threads": None, "simd": None, "forked": False}
+
+
+def _after_fork_in_child():
+    # GNU libgomp cannot start a parallel region in a child forked after the parent ran one
+    # with more than one thread: the child would hang. A forked child therefore runs fscnn's
+    # kernels on one thread (use the 'spawn' or 'forkserver' start methods for parallel
+    # children).
+    _state["forked"] = True
+
+
+if hasattr(os, "register_at_fork") and _runtime.openmp_enabled():
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _cgroup_cpu_limit():
@@ -62,10 +74,16 @@ def get_num_threads():
 
     Defaults to the cores usable by this process (CPU affinity and cgroup limits), or to
     ``OMP_NUM_THREADS`` when that is set. Always 1 effective thread when fscnn was built
-    without OpenMP.
+    without OpenMP, and 1 in a child process created by ``fork`` (see docs/GUARANTEES.md).
     """
     if _state["threads"] is None:
         _state["threads"] = _default_threads()
+    if _state["forked"] and _state["threads"] > 1:
+        warnings.warn("fscnn: this process was forked from one that may have run OpenMP "
+                      "threads, which GNU libgomp cannot do safely; fscnn's kernels run on one "
+                      "thread here (use multiprocessing's 'spawn' or 'forkserver' start method "
+                      "for parallel children)", RuntimeWarning, stacklevel=2)
+        _state["threads"] = 1
     return _state["threads"]
 
 

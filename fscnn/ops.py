@@ -8,6 +8,7 @@ its dense path. Calls never re-convert weights; plans are cached per (shape, thr
 """
 import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 
@@ -24,6 +25,7 @@ AUTO_MIN_SPARSITY = 0.3
 ONE_SHOT_SPARSITY = 0.7  # a one-shot call (nothing to amortise timing over) goes sparse above this
 _INT32_MAX = np.iinfo(np.int32).max
 _L1_WINDOW_BYTES = 32 * 1024  # input window per tile kept in L1 by channel blocking
+_MAX_PLANS = 16  # input shapes whose plans an operator keeps (least recently used dropped)
 
 
 class OpError(ValueError):
@@ -43,7 +45,7 @@ def one_shot_kernel(kernel, sparsity, owner):
     return "sparse" if sparsity >= ONE_SHOT_SPARSITY else "dense"
 
 
-def conv_padding(padding, kernel_size, dilation, owner="conv2d"):
+def conv_padding(padding, kernel_size, dilation, owner="conv2d", stride=(1, 1)):
     """Normalise ``padding`` to (top, bottom, left, right).
 
     Accepts an int, a pair (ph, pw), a 4-tuple (top, bottom, left, right), ``'valid'`` (no
@@ -54,6 +56,9 @@ def conv_padding(padding, kernel_size, dilation, owner="conv2d"):
         if padding == "valid":
             return (0, 0, 0, 0)
         if padding == "same":
+            if tuple(stride) != (1, 1):
+                raise OpError(f"{owner}: padding='same' needs stride 1 (as in PyTorch), got "
+                              f"stride {tuple(stride)}")
             out = []
             for k, d in zip(kernel_size, dilation):
                 total = d * (k - 1)
@@ -120,33 +125,39 @@ def _scratch(slot, shape):
 
 
 class _ConvGeometry:
-    """Everything about one input shape that the kernels need (see conv_pack.h)."""
+    """Everything about one input shape that the kernels need (see conv_pack.h).
+
+    Sizes are computed with Python ints and checked against 32-bit offsets before any array
+    is built. A dimension with a single output uses stride 1 (the stride is then irrelevant and
+    a huge one would only multiply phase planes)."""
 
     def __init__(self, op, C, H, W):
         pt, pb, pl, pr = op.padding
         (sh, sw), (dh, dw) = op.stride, op.dilation
-        _, _, KH, KW = op.weight_shape
+        O, Cg, KH, KW = op.weight_shape
         Hp, Wp = H + pt + pb, W + pl + pr
         if Hp < dh * (KH - 1) + 1 or Wp < dw * (KW - 1) + 1:
             raise OpError(f"{op.name}: padded input {Hp}x{Wp} is smaller than the dilated "
                           f"kernel {dh * (KH - 1) + 1}x{dw * (KW - 1) + 1}")
         self.H_out = (Hp - dh * (KH - 1) - 1) // sh + 1
         self.W_out = (Wp - dw * (KW - 1) - 1) // sw + 1
+        sh, sw = (1 if self.H_out == 1 else sh), (1 if self.W_out == 1 else sw)
+        self.stride = (sh, sw)
         self.Hq = self.H_out + (dh * (KH - 1)) // sh + 1
         self.Wq = self.W_out + (dw * (KW - 1)) // sw
         plane = self.Hq * self.Wq
-        Cg = op.weight_shape[1]
+        self.group_stride = Cg * sh * sw * plane
+        self.L = self.H_out * self.Wq
+        self.packed = C * sh * sw * plane
+        self.max_tap = self.packed - 1
+        if self.packed + 2 * self.L + 4096 > _INT32_MAX:
+            raise OpError(f"{op.name}: input of shape {(C, H, W)} is too large for 32-bit "
+                          f"offsets ({self.packed + self.L} positions per image)")
         ci, kh, kw = np.meshgrid(np.arange(Cg), np.arange(KH), np.arange(KW), indexing="ij")
         ah, aw = kh * dh, kw * dw
         tap = (((ci * sh + ah % sh) * sw + aw % sw) * plane + (ah // sh) * self.Wq + aw // sw)
-        self.group_stride = Cg * sh * sw * plane
         self.tap_offsets = tap.reshape(-1).astype(np.int64)
-        self.L = self.H_out * self.Wq
-        self.packed = C * sh * sw * plane
         self.max_tap = int(self.tap_offsets.max()) + (op.groups - 1) * self.group_stride
-        if self.max_tap + 2 * self.L + 4096 > _INT32_MAX:
-            raise OpError(f"{op.name}: input of shape {(C, H, W)} is too large for 32-bit "
-                          f"offsets ({self.max_tap + self.L} positions per image)")
 
     def scratch(self, reach):
         """A packed-input buffer readable up to ``max_tap + reach``, tail zeroed."""
@@ -236,13 +247,17 @@ class Conv2dOp(_WeightedOp):
         self.in_channels = Cg * self.groups
         self.stride = pair(stride, f"{name}: stride")
         self.dilation = pair(dilation, f"{name}: dilation")
-        self.padding = conv_padding(padding, (KH, KW), self.dilation, name)
-        self._plans = {}
+        self.padding = conv_padding(padding, (KH, KW), self.dilation, name, self.stride)
+        self._plans = OrderedDict()
+        self._plans_lock = threading.Lock()
 
     # -- planning ---------------------------------------------------------------------------
     def check_input_shape(self, shape):
         if len(shape) != 4:
             raise OpError(f"{self.name}: expected a 4-D input (N, C, H, W), got shape "
+                          f"{tuple(shape)}")
+        if not all(is_int(s) for s in shape) or min(shape) < 0:
+            raise OpError(f"{self.name}: input shape must hold non-negative integer sizes, got "
                           f"{tuple(shape)}")
         if shape[1] != self.in_channels:
             raise OpError(f"{self.name}: expected {self.in_channels} input channels, got "
@@ -257,10 +272,16 @@ class Conv2dOp(_WeightedOp):
     def _plan(self, shape):
         threads, level = _config.get_num_threads(), _config.simd_level_index()
         key = (tuple(shape), threads, level)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._make_plan(shape, threads, level)
+        with self._plans_lock:
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+                return plan
+        plan = self._make_plan(shape, threads, level)
+        with self._plans_lock:
             self._plans[key] = plan
+            while len(self._plans) > _MAX_PLANS:
+                self._plans.popitem(last=False)
         return plan
 
     def _make_plan(self, shape, threads, level):
@@ -296,16 +317,16 @@ class Conv2dOp(_WeightedOp):
         n_blocks = 1 if n_tiles >= 8 * threads else min(O, -(-8 * threads // n_tiles))
         oblk = _balanced_blocks(csr.indptr, n_blocks)
         return {"offsets": offsets, "half_tile": half, "oblk": oblk, "reach": n_tiles * T,
-                "blkptr": self._channel_blocks(T),
+                "blkptr": self._channel_blocks(T, geo.stride),
                 "partial": (threads, int(np.diff(oblk).max()) * T)}
 
-    def _channel_blocks(self, T):
+    def _channel_blocks(self, T, stride):
         """Non-zero ranges per (output channel, input-channel block), shape (O, ncb+1).
 
         Blocks are sized so that one tile's input window of a block (KH kernel rows of
         T + column span floats per phase plane and channel) fits in L1."""
         O, Cg, KH, KW = self.weight_shape
-        (sh, sw), (dh, dw) = self.stride, self.dilation
+        (sh, sw), (dh, dw) = stride, self.dilation
         window = KH * min(KW, sw) * (T + (dw * (KW - 1)) // sw) * 4
         cb = max(1, _L1_WINDOW_BYTES // window)
         ncb = -(-Cg // cb)
@@ -334,7 +355,7 @@ class Conv2dOp(_WeightedOp):
         geo = plan["geo"]
         out = np.empty((x.shape[0], self.weight_shape[0], geo.H_out, geo.W_out), np.float32)
         pt, _, pl, _ = self.padding
-        sh, sw = self.stride
+        sh, sw = geo.stride
         if kernel == "sparse":
             sp = plan["sparse"]
             _conv.sparse_conv2d(x, sp["blkptr"], sp["offsets"], self.sparse.csr.data, self.bias,
@@ -355,6 +376,9 @@ class Conv2dOp(_WeightedOp):
 
     def __call__(self, x):
         """Convolve ``x`` of shape (N, C, H, W); returns float32 (N, O, H_out, W_out)."""
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+            self.check_input_shape(x.shape)  # before converting: refuse huge bad views cheaply
+            self._plan(x.shape)
         x = as_float_array(x, f"{self.name}: input")
         self.check_input_shape(x.shape)
         plan = self._plan(x.shape)
@@ -417,6 +441,8 @@ class LinearOp(_WeightedOp):
 
     def __call__(self, x):
         """Apply to ``x`` of shape (N, in_features); returns float32 (N, out_features)."""
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and x.ndim == 2:
+            self.check_input_shape(x.shape)  # before converting: refuse huge bad views cheaply
         x = as_float_array(x, f"{self.name}: input", layout="NF")
         self.check_input_shape(x.shape)
         return self._run(x, self.kernel_for(x.shape))

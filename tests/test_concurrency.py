@@ -195,11 +195,6 @@ def test_kernels_release_the_gil():
 
 
 # ------------------------------------------------------------------ BLAS thread limit
-@pytest.mark.xfail(strict=True, reason="_blas.single_threaded_blas wraps threadpoolctl's "
-                                       "limit(), which saves and restores a process-wide "
-                                       "setting: two dense convolutions in two threads leave "
-                                       "BLAS single-threaded for good, and the first to finish "
-                                       "re-enables BLAS threads under the other's GEMMs")
 def test_blas_limit_survives_interleaved_dense_calls():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     if not _blas.can_limit_blas():
@@ -261,10 +256,6 @@ def _conv_in_forked_child(rng, child_threads):
 
 
 @_forking
-@pytest.mark.xfail(strict=True, reason="GNU libgomp cannot run a parallel region in a child "
-                                       "forked after the parent ran one with >1 thread: the "
-                                       "child hangs (suggest an os.register_at_fork hook in "
-                                       "fscnn._config that makes such a child single-threaded)")
 def test_forked_child_can_run_kernels(rng):
     if not _config._runtime.openmp_enabled() or _config.usable_cpus() < 2:
         pytest.skip("needs OpenMP and two cores")

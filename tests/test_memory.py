@@ -134,10 +134,6 @@ def test_scratch_of_finished_threads_is_freed():
     assert growth(in_a_thread, 30, warmup=3) < 2 * BOUND
 
 
-@pytest.mark.xfail(strict=True, reason="Conv2dOp._plans keeps a plan (the offsets of every "
-                                       "non-zero, here ~1.2 MB) for every input shape ever "
-                                       "seen, without bound (suggest an LRU of at most 16 "
-                                       "shapes)")
 def test_plans_for_many_input_shapes_are_bounded():
     rng = np.random.default_rng(2)
     w = rng.standard_normal((256, 256, 3, 3), dtype=np.float32)

@@ -317,9 +317,6 @@ def test_results_stay_valid_after_later_calls(make, rng):
 
 
 # ------------------------------------------------------------------ sparse formats
-@pytest.mark.xfail(strict=True, reason="CSRMatrix keeps strided views; the compiled kernels "
-                                       "then fail with Cython's 'ndarray is not C-contiguous' "
-                                       "(suggest np.ascontiguousarray in CSRMatrix.__init__)")
 @pytest.mark.parametrize("kind", ["linear", "conv"])
 def test_csr_from_strided_views_works(kind, rng):
     w = sparse_weight((3, 9), 0.5, rng)

@@ -96,6 +96,9 @@ def real(value, name, minimum=None):
     return float(value)
 
 
+MAX_HYPER_PARAMETER = 2**31 - 1
+
+
 def pair(value, name, minimum=1):
     """An int-or-pair hyper-parameter as a tuple of two Python ints, each ``>= minimum``.
 
@@ -127,6 +130,9 @@ def pair(value, name, minimum=1):
     if min(items) < minimum:
         rule = "positive" if minimum == 1 else f">= {minimum}" if minimum else "non-negative"
         raise ValueError(f"{name} must be {rule}, got {value!r}")
+    if max(items) > MAX_HYPER_PARAMETER:
+        raise ValueError(f"{name} must be at most 2**31 - 1 (the kernels take 32-bit sizes), "
+                         f"got {value!r}")
     return int(items[0]), int(items[1])
 
 

@@ -7,7 +7,8 @@ must start inside the input or its leading padding). The kernels are in
 import numpy as np
 
 from .._ext import _pool
-from ._validate import (as_float32_nchw, check_nonempty_hw, is_int, pair, sliding_output_hw,
+from ._validate import (MAX_HYPER_PARAMETER, as_float32_nchw, check_nonempty_hw, is_int, pair,
+                        sliding_output_hw,
                         threads_for)
 
 
@@ -116,8 +117,9 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
         if not is_int(divisor_override):
             raise TypeError(f"avg_pool2d: divisor_override must be an int or None, got "
                             f"{divisor_override!r}")
-        if divisor_override == 0:
-            raise ValueError("avg_pool2d: divisor_override must be non-zero, got 0")
+        if divisor_override == 0 or abs(divisor_override) > MAX_HYPER_PARAMETER:
+            raise ValueError(f"avg_pool2d: divisor_override must be non-zero and within "
+                             f"32 bits, got {divisor_override}")
     planes, out, out_planes = _planes(x, out_hw)
     if out.size:
         _pool.avg_pool2d(planes, out_planes, k[0], k[1], s[0], s[1], p[0], p[1],

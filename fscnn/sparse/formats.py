@@ -43,10 +43,19 @@ class CSRMatrix:
     format = "csr"
 
     def __init__(self, indptr, indices, data, shape, check="full"):
-        self.indptr = np.asarray(indptr)
-        self.indices = np.asarray(indices)
-        self.data = np.asarray(data)
-        self.shape = tuple(int(s) for s in shape)
+        if check not in ("full", "cheap", None):
+            raise ValueError(f"CSRMatrix: check must be 'full', 'cheap' or None, got {check!r}")
+        # the kernels read the arrays as contiguous memory
+        self.indptr = np.ascontiguousarray(indptr)
+        self.indices = np.ascontiguousarray(indices)
+        self.data = np.ascontiguousarray(data)
+        try:
+            dims = tuple(shape)
+        except TypeError:
+            raise TypeError(f"shape: expected a pair of sizes, got {shape!r}") from None
+        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in dims):
+            raise FormatError(f"shape: expected integer sizes, got {shape!r}")
+        self.shape = tuple(int(s) for s in dims)
         if check is not None:
             self.check_format(full=(check == "full"))
 
@@ -57,6 +66,9 @@ class CSRMatrix:
         Works through blocks of rows so that the temporary index arrays stay small even for a
         dense 100-million-entry matrix. O(size)."""
         dense = np.asarray(dense)
+        if dense.dtype.kind not in "fiu":
+            raise TypeError(f"CSRMatrix.from_dense: expected a real numeric array, got dtype "
+                            f"{dense.dtype}")
         if dense.ndim != 2:
             raise FormatError(f"CSRMatrix.from_dense: expected a 2-D array, got shape {dense.shape}")
         n_rows, n_cols = dense.shape
@@ -165,9 +177,14 @@ class SparseConvWeight:
     format = "conv-csr"
 
     def __init__(self, csr, kernel_shape):
+        if not isinstance(csr, CSRMatrix):
+            raise TypeError(f"SparseConvWeight: csr must be a CSRMatrix, got {type(csr).__name__}")
         self.csr = csr
         self.kernel_shape = tuple(int(k) for k in kernel_shape)
-        if len(self.kernel_shape) != 3 or int(np.prod(self.kernel_shape)) != csr.shape[1]:
+        if len(self.kernel_shape) != 3 or min(self.kernel_shape) < 1:
+            raise FormatError(f"kernel_shape must be three positive sizes (C/groups, KH, KW), "
+                              f"got {self.kernel_shape}")
+        if int(np.prod(self.kernel_shape)) != csr.shape[1]:
             raise FormatError(f"kernel_shape {self.kernel_shape} does not match the "
                               f"{csr.shape[1]} columns of the compressed rows")
 
@@ -175,6 +192,9 @@ class SparseConvWeight:
     def from_dense(cls, weight):
         """Compress a dense (O, C/groups, KH, KW) weight; exact zeros are dropped."""
         weight = np.asarray(weight)
+        if weight.dtype.kind not in "fiu":
+            raise TypeError(f"SparseConvWeight.from_dense: expected a real numeric array, got "
+                            f"dtype {weight.dtype}")
         if weight.ndim != 4:
             raise FormatError(f"SparseConvWeight.from_dense: expected a 4-D weight "
                               f"(O, C/groups, KH, KW), got shape {weight.shape}")
