@@ -1,0 +1,24 @@
+"""The layer graph: torch.nn-style modules that run on NumPy arrays.
+
+Layers keep torch.nn's constructor signatures, attribute names and ``state_dict`` keys, so a
+model written here loads a torch checkpoint saved as ``.npz`` (``np.savez(path, **{k:
+v.numpy() for k, v in torch_model.state_dict().items()})``) with ``load_state_dict``.
+Calling a module runs its prepared plan: batch norms folded into convolutions, ReLUs fused
+into kernel epilogues and weights converted once to sparse form (:meth:`Module.prepare`,
+:meth:`Module.plan`). Inference only: there are no gradients and no training mode.
+"""
+from ._plan import LayerPlan, PlanReport
+from .activation import (Hardsigmoid, Hardswish, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, SiLU,
+                         Softmax, Tanh)
+from .container import ModuleList, Sequential
+from .errors import LayerInputError, StateDictError
+from .init import manual_seed
+from .layers import BatchNorm2d, Conv2d, Dropout, Flatten, Identity, Linear
+from .module import IncompatibleKeys, Layer, Module
+from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
+
+__all__ = ["Module", "Layer", "Sequential", "ModuleList", "Conv2d", "Linear", "BatchNorm2d",
+           "ReLU", "ReLU6", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid",
+           "SiLU", "Softmax", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
+           "Flatten", "Dropout", "Identity", "StateDictError", "LayerInputError",
+           "IncompatibleKeys", "LayerPlan", "PlanReport", "manual_seed"]

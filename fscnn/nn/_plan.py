@@ -1,0 +1,288 @@
+"""Prepared plans: the fused, converted form that a module runs when it is called.
+
+A :class:`Plan` is built from a module tree in one walk and kept beside it (the tree is not
+modified). It holds one *step* per convolution or linear layer: a :mod:`fscnn.ops` operator
+owning the layer's converted weights, with a following BatchNorm2d folded into them and a
+following ReLU/ReLU6 fused into the kernel's epilogue.
+
+Fusion chains come from the containers: :class:`~fscnn.nn.Sequential` finds adjacent
+Conv2d -> BatchNorm2d -> ReLU runs itself, other modules declare theirs in ``_fusions``. The
+module's ordinary ``forward`` still runs: the step of the head layer returns the fused output,
+and the absorbed batch norm and activation, when then called on exactly that array, return it
+unchanged. A folded batch norm called on anything else raises, and so does a forward that
+returns with a chain left half-run, so a wrong declaration cannot give silently wrong results.
+
+A plan is current while no module of its tree has changed since it was built: every
+attribute assignment on a module bumps that module's version and a global epoch, and the
+plan compares versions only when the epoch moved.
+"""
+import contextlib
+import threading
+from collections import Counter, namedtuple
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..functional._validate import as_float_array
+from .errors import LayerInputError
+
+KERNELS = ("auto", "sparse", "dense")
+
+_epoch = [0]
+_local = threading.local()
+
+
+def bump_epoch():
+    """Record that some module changed (plans re-check their versions on the next call)."""
+    _epoch[0] += 1
+
+
+def current_run():
+    """The innermost run in progress on this thread, or None."""
+    runs = getattr(_local, "runs", None)
+    return runs[-1] if runs else None
+
+
+@contextlib.contextmanager
+def running(plan):
+    """Make a new run of ``plan`` the current one for the duration of the block."""
+    runs = _local.__dict__.setdefault("runs", [])
+    run = _Run(plan)
+    runs.append(run)
+    try:
+        yield run
+    finally:
+        runs.pop()
+
+
+def label(name, module):
+    """How errors name a module: ``"features.3 (Conv2d)"``, or the type for a root."""
+    kind = type(module).__name__
+    return f"{name} ({kind})" if name else kind
+
+
+def fusable_chain(modules):
+    """The prefix of ``modules`` that runs as one kernel, as ``(head, norm, activation)``.
+
+    ``head`` is a layer with an operator (Conv2d, Linear); ``norm`` a batch norm it can fold,
+    ``activation`` a layer its kernel can apply in the epilogue; either may be None. Returns
+    None when the first module has no operator.
+    """
+    if not modules or not hasattr(modules[0], "_make_op"):
+        return None
+    head, rest = modules[0], list(modules[1:])
+    norm = rest.pop(0) if rest and head._can_fold(rest[0]) else None
+    act = rest[0] if rest and getattr(rest[0], "_fused_activation", None) else None
+    return head, norm, act
+
+
+def _occurrences(module):
+    """Count how many places of the tree each module fills (shared modules count > 1)."""
+    counts = Counter()
+
+    def walk(m):
+        counts[id(m)] += 1
+        for child in m.children():
+            walk(child)
+    walk(module)
+    return counts
+
+
+def _kernel_choice(kernel, named, strict):
+    """Validate the ``kernel`` setting of ``prepare``; return name -> kernel for op layers.
+
+    With ``strict=False`` (a lazy re-preparation after the tree changed) names of layers
+    that are gone are ignored."""
+    op_names = [name for name, m in named if hasattr(m, "_make_op")]
+    if not strict and isinstance(kernel, Mapping):
+        kernel = {k: v for k, v in kernel.items() if k in op_names}
+    if isinstance(kernel, str):
+        if kernel not in KERNELS:
+            raise ValueError(f"prepare: kernel must be one of {', '.join(map(repr, KERNELS))} "
+                             f"or a dict of layer name -> kernel, got {kernel!r}")
+        return dict.fromkeys(op_names, kernel)
+    if not isinstance(kernel, Mapping):
+        raise TypeError(f"prepare: kernel must be a str or a dict of layer name -> kernel, "
+                        f"got {type(kernel).__name__}")
+    unknown = [k for k in kernel if k not in op_names]
+    invalid = [f"{k!r}: {v!r}" for k, v in kernel.items() if v not in KERNELS]
+    if unknown or invalid:
+        problems = []
+        if unknown:
+            problems.append(f"no convolution or linear layer named {', '.join(map(repr, unknown))}"
+                            f" (layers: {', '.join(map(repr, op_names))})")
+        if invalid:
+            problems.append(f"kernels must be one of {', '.join(map(repr, KERNELS))}, got "
+                            f"{', '.join(invalid)}")
+        raise ValueError("prepare: " + "; ".join(problems))
+    return {name: kernel.get(name, "auto") for name in op_names}
+
+
+class _Step:
+    """One prepared operator: a convolution or linear layer and what it absorbed."""
+
+    def __init__(self, name, label, head, norm, act, owner, kernel):
+        weight, bias = head._fold(norm) if norm is not None else (head.weight, head.bias)
+        self.name = name
+        self.head = head
+        self.followers = tuple(m for m in (norm, act) if m is not None)
+        self.owner = owner
+        self.layers = "+".join(type(m).__name__ for m in (head, norm, act) if m is not None)
+        self.kernel = kernel
+        self.density = float(np.count_nonzero(weight)) / max(weight.size, 1)
+        self.shapes = {}
+        self.op = head._make_op(weight, bias, act._fused_activation if act else None, kernel,
+                                label)
+
+    def __call__(self, x):
+        self.shapes[x.shape] = None
+        return self.head._apply_op(self.op, x)
+
+
+LayerPlan = namedtuple("LayerPlan", ["name", "layers", "density", "kernel_setting", "kernels"])
+LayerPlan.__doc__ = """One prepared operator of a plan.
+
+Fields: ``name`` (qualified name of the convolution or linear layer), ``layers`` (what it
+fuses, e.g. ``"Conv2d+BatchNorm2d+ReLU"``), ``density`` (fraction of non-zero weights after
+folding), ``kernel_setting`` ('auto', 'sparse' or 'dense') and ``kernels`` (dict: input shape
+-> kernel chosen, for each shape the layer has run on).
+"""
+
+
+class PlanReport(list):
+    """List of :class:`LayerPlan` rows that prints as a table."""
+
+    def __str__(self):
+        header = ("layer", "fused", "density", "setting", "input shape -> kernel")
+        rows = [(r.name or "(root)", r.layers, f"{r.density:.3f}", r.kernel_setting,
+                 ", ".join(f"{s} -> {k}" for s, k in r.kernels.items()) or "(not run yet)")
+                for r in self]
+        widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                 for row in [header] + rows]
+        return "\n".join(lines)
+
+
+class Plan:
+    """The prepared form of a module tree (see the module docstring).
+
+    Parameters
+    ----------
+    root : Module
+    kernel : str or mapping
+        The ``kernel`` argument of :meth:`Module.prepare`.
+    strict : bool
+        Refuse names in a ``kernel`` mapping that match no layer (else ignore them).
+    """
+
+    def __init__(self, root, kernel, strict=True):
+        named = list(root.named_modules())
+        kernels = _kernel_choice(kernel, named, strict)
+        self.labels = {id(m): label(name, m) for name, m in named}
+        self._versions = [(m, m._version) for _, m in named]
+        self._epoch = _epoch[0]
+        uses = _occurrences(root)
+        self.steps = {}
+        self.folded = set()
+        self.owners = set()
+        names = {id(m): name for name, m in named}
+        for _, owner in named:
+            for chain in owner._fusion_chains():
+                found = fusable_chain(chain)
+                if found is None or found[1:] == (None, None):
+                    continue
+                head, norm, act = found
+                if uses[id(head)] > 1 or id(head) in self.steps or (
+                        norm is not None and (uses[id(norm)] > 1 or id(norm) in self.folded)):
+                    continue
+                name = names[id(head)]
+                self.steps[id(head)] = _Step(name, self.labels[id(head)], head, norm, act, owner,
+                                             kernels[name])
+                self.owners.add(id(owner))
+                if norm is not None:
+                    self.folded.add(id(norm))
+        for name, m in named:
+            if hasattr(m, "_make_op") and id(m) not in self.steps:
+                self.steps[id(m)] = _Step(name, self.labels[id(m)], m, None, None, None,
+                                          kernels[name])
+        order = {id(m): i for i, (_, m) in enumerate(named)}
+        self._ordered_steps = sorted(self.steps.values(), key=lambda s: order[id(s.head)])
+
+    def contains(self, module):
+        """Whether ``module`` is part of the tree this plan was built from."""
+        return id(module) in self.labels
+
+    def is_current(self):
+        """Whether no module of the tree changed since the plan was built."""
+        if self._epoch == _epoch[0]:
+            return True
+        if all(m._version == version for m, version in self._versions):
+            self._epoch = _epoch[0]
+            return True
+        return False
+
+    def report(self):
+        """The :class:`PlanReport` of this plan's steps, in module order."""
+        return PlanReport(
+            LayerPlan(s.name, s.layers, s.density, s.kernel,
+                      {shape: s.op.kernel_for(shape) for shape in s.shapes})
+            for s in self._ordered_steps)
+
+
+class _Run:
+    """State of one call of a plan's root: fused outputs waiting for their absorbed layers."""
+
+    def __init__(self, plan):
+        self.plan = plan
+        self.pending = {}
+
+    def call(self, module, args, kwargs):
+        """Run ``module`` (part of the plan's tree) on ``args`` within this run."""
+        key = id(module)
+        waiting = self.pending.get(key)
+        if waiting and len(args) == 1 and not kwargs:
+            for i, (out, _) in enumerate(waiting):
+                if args[0] is out:
+                    del waiting[i]
+                    return out
+        if key in self.plan.folded:
+            raise RuntimeError(f"{self.plan.labels[key]}: this batch norm was folded into the "
+                               f"preceding convolution when the model was prepared, but forward "
+                               f"called it on another input; fix the module's _fusions")
+        name = self.plan.labels[key]
+        try:
+            if hasattr(module, "_check_input"):
+                out = self._call_layer(module, args, kwargs, name)
+            else:
+                out = module.forward(*args, **kwargs)
+        except ValueError as exc:
+            if isinstance(exc, LayerInputError):
+                raise
+            raise LayerInputError(f"{name}: {exc}") from exc
+        if key in self.plan.owners:
+            self._check_chains_done(module)
+        return out
+
+    def _call_layer(self, layer, args, kwargs, name):
+        if len(args) != 1 or kwargs:
+            raise TypeError(f"{name}: expected one input array, got {len(args)} positional and "
+                            f"{len(kwargs)} keyword arguments")
+        x = as_float_array(args[0], name)
+        layer._check_input(x, name)
+        step = self.plan.steps.get(id(layer))
+        if step is None:
+            return layer.forward(x)
+        out = step(x)
+        for follower in step.followers:
+            self.pending.setdefault(id(follower), []).append((out, step))
+        return out
+
+    def _check_chains_done(self, owner):
+        for key, waiting in self.pending.items():
+            for _, step in waiting:
+                if step.owner is owner:
+                    raise RuntimeError(
+                        f"{self.plan.labels[id(owner)]}: forward did not pass the output of "
+                        f"{self.plan.labels[id(step.head)]} straight to "
+                        f"{self.plan.labels[key]}, but the plan fused them "
+                        f"({step.layers}); fix the module's _fusions")

@@ -1,0 +1,346 @@
+"""Weighted and shape layers: Conv2d, Linear, BatchNorm2d, Flatten, Dropout, Identity.
+
+Constructors take torch.nn's arguments and keep its attribute names, so checkpoints and
+``repr`` match; they validate every hyper-parameter at once (raise early, naming it).
+Calling a Conv2d or Linear runs the :mod:`fscnn.ops` operator of the prepared plan; its
+``forward`` is the unprepared path through :mod:`fscnn.functional`.
+"""
+import numbers
+
+import numpy as np
+
+from .. import functional as F
+from .. import ops
+from ..functional._validate import is_int, pair, sliding_output_hw
+from . import init
+from .errors import LayerInputError
+from .module import Layer
+
+
+def check_int(value, name, minimum=1):
+    """``value`` as a Python int ``>= minimum``; ``name`` labels the error."""
+    if not is_int(value):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_spatial(label, input_hw, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+    """Raise :class:`LayerInputError` if a window cannot slide over ``input_hw`` once."""
+    try:
+        sliding_output_hw(label, input_hw, kernel, stride, padding, dilation, ceil_mode)
+    except ValueError as exc:
+        raise LayerInputError(str(exc)) from None
+
+
+def _over_rows(fn, x, features):
+    """Apply ``fn`` (taking (N, F) arrays) to ``x`` of shape (*, F); keep the leading shape."""
+    out = fn(x.reshape(-1, features))
+    return out.reshape(x.shape[:-1] + out.shape[-1:])
+
+
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation) of (N, C, H, W) inputs, like ``torch.nn.Conv2d``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int, int)
+    stride, dilation : int or (int, int)
+    padding : int, (int, int), 'same' or 'valid'
+        'same' pads ``dilation * (kernel_size - 1)`` in total, the odd pixel at the bottom
+        and right, and needs ``stride == 1``, as in torch.
+    groups : int
+        Divides both channel counts.
+    bias : bool
+    padding_mode : 'zeros'
+        The only mode implemented.
+
+    Attributes
+    ----------
+    weight : ndarray of shape (out_channels, in_channels // groups, kH, kW)
+    bias : ndarray of shape (out_channels,) or None
+
+    Examples
+    --------
+    >>> conv = fscnn.nn.Conv2d(4, 8, 3, padding=1)
+    >>> conv.load_state_dict({"weight": w, "bias": b})
+    >>> conv(np.ones((1, 4, 16, 16))).shape
+    (1, 8, 16, 16)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros"):
+        super().__init__()
+        self.in_channels = check_int(in_channels, "Conv2d: in_channels")
+        self.out_channels = check_int(out_channels, "Conv2d: out_channels")
+        self.kernel_size = pair(kernel_size, "Conv2d: kernel_size")
+        self.stride = pair(stride, "Conv2d: stride")
+        self.dilation = pair(dilation, "Conv2d: dilation")
+        self.groups = check_int(groups, "Conv2d: groups")
+        for what, n in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+            if n % self.groups:
+                raise ValueError(f"Conv2d: {what} ({n}) must be divisible by groups "
+                                 f"({self.groups})")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"Conv2d: padding must be an int, a pair of ints, 'same' or "
+                                 f"'valid', got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError(f"Conv2d: padding='same' is not supported for strided "
+                                 f"convolutions, got stride {self.stride}")
+            self.padding = padding
+        else:
+            self.padding = pair(padding, "Conv2d: padding", minimum=0)
+        if padding_mode != "zeros":
+            raise ValueError(f"Conv2d: padding_mode must be 'zeros' (the only one implemented), "
+                             f"got {padding_mode!r}")
+        self.padding_mode = padding_mode
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels // self.groups * kh * kw
+        self._init_array("weight", init.uniform_fan_in(
+            (self.out_channels, self.in_channels // self.groups, kh, kw), fan_in))
+        self._init_array("bias", init.uniform_fan_in((self.out_channels,), fan_in)
+                         if bias else None)
+
+    def _pads(self):
+        """Padding as (top, bottom, left, right), with torch's rule for 'same'."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            pads = []
+            for k, d in zip(self.kernel_size, self.dilation):
+                total = d * (k - 1)
+                pads += [total // 2, total - total // 2]
+            return tuple(pads)
+        ph, pw = self.padding
+        return (ph, ph, pw, pw)
+
+    def _check_input(self, x, label):
+        self._require_ndim(x, 4, label)
+        self._require_channels(x, self.in_channels, label)
+        check_spatial(label, x.shape[2:], self.kernel_size, self.stride, self._pads(),
+                      self.dilation)
+
+    def forward(self, x):
+        """Unprepared convolution of ``x`` (N, C, H, W) through :func:`fscnn.functional.conv2d`."""
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+    def _make_op(self, weight, bias, activation, kernel, name):
+        return ops.Conv2dOp(weight, bias, stride=self.stride, padding=self.padding,
+                            dilation=self.dilation, groups=self.groups, activation=activation,
+                            kernel=kernel, name=name)
+
+    @staticmethod
+    def _apply_op(op, x):
+        return op(x)
+
+    def _can_fold(self, module):
+        return (isinstance(module, BatchNorm2d) and module.running_mean is not None
+                and module.num_features == self.out_channels)
+
+    def _fold(self, bn):
+        """(weight, bias) of this convolution followed by the batch norm ``bn``."""
+        return F.fold_batch_norm(self.weight, self.bias, bn.running_mean, bn.running_var,
+                                 bn.weight, bn.bias, bn.eps)
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class Linear(Layer):
+    """Affine map ``x @ weight.T + bias`` of inputs of shape (*, in_features), like
+    ``torch.nn.Linear``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool
+
+    Attributes
+    ----------
+    weight : ndarray of shape (out_features, in_features)
+    bias : ndarray of shape (out_features,) or None
+
+    Examples
+    --------
+    >>> fscnn.nn.Linear(512, 10)(np.ones((2, 512))).shape
+    (2, 10)
+    """
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features = check_int(in_features, "Linear: in_features")
+        self.out_features = check_int(out_features, "Linear: out_features")
+        self._init_array("weight", init.uniform_fan_in(
+            (self.out_features, self.in_features), self.in_features))
+        self._init_array("bias", init.uniform_fan_in((self.out_features,), self.in_features)
+                         if bias else None)
+
+    def _check_input(self, x, label):
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise LayerInputError(f"{label}: expected an input of shape (*, {self.in_features}) "
+                                  f"({self.in_features} input features), got shape {x.shape}")
+
+    def forward(self, x):
+        """Unprepared ``x @ weight.T + bias`` through :func:`fscnn.functional.linear`."""
+        return _over_rows(lambda rows: F.linear(rows, self.weight, self.bias), x,
+                          self.in_features)
+
+    def _make_op(self, weight, bias, activation, kernel, name):
+        return ops.LinearOp(weight, bias, activation=activation, kernel=kernel, name=name)
+
+    def _apply_op(self, op, x):
+        return _over_rows(op, x, self.in_features)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class BatchNorm2d(Layer):
+    """Batch normalisation of (N, C, H, W) inputs with running statistics, like
+    ``torch.nn.BatchNorm2d`` in eval mode.
+
+    Following a convolution, it is folded into the convolution's weights when the model is
+    prepared. With ``track_running_stats=False`` it normalises with the statistics of each
+    input batch, as torch does.
+
+    Parameters
+    ----------
+    num_features : int
+        Channels C.
+    eps : float
+        Added to the variance, > 0.
+    momentum : float or None
+        Kept for torch compatibility (training only).
+    affine : bool
+        Learnable ``weight`` (and ``bias``, see below).
+    track_running_stats : bool
+        Keep ``running_mean``/``running_var`` buffers.
+    bias : bool, keyword-only
+        With ``affine``, whether there is a ``bias`` (torch >= 2.10's argument).
+
+    Attributes
+    ----------
+    weight, bias, running_mean, running_var : ndarray of shape (num_features,) or None
+    """
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, bias=True):
+        super().__init__()
+        self.num_features = check_int(num_features, "BatchNorm2d: num_features")
+        if not isinstance(eps, numbers.Real) or not eps > 0:
+            raise ValueError(f"BatchNorm2d: eps must be a positive number, got {eps!r}")
+        if momentum is not None and not (isinstance(momentum, numbers.Real)
+                                         and 0 <= momentum <= 1):
+            raise ValueError(f"BatchNorm2d: momentum must be None or in [0, 1], got {momentum!r}")
+        self.eps = float(eps)
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        c = self.num_features
+        self._init_array("weight", np.ones(c, np.float32) if affine else None)
+        self._init_array("bias", np.zeros(c, np.float32) if affine and bias else None)
+        self._init_array("running_mean", np.zeros(c, np.float32) if track_running_stats
+                         else None, "_buffers")
+        self._init_array("running_var", np.ones(c, np.float32) if track_running_stats
+                         else None, "_buffers")
+
+    def _optional_state_keys(self, prefix=""):
+        return {prefix + "num_batches_tracked"} if self.track_running_stats else set()
+
+    def _check_input(self, x, label):
+        self._require_ndim(x, 4, label)
+        self._require_channels(x, self.num_features, label)
+
+    def forward(self, x):
+        """Normalise ``x`` (N, C, H, W) per channel."""
+        if self.running_mean is None:
+            mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+            var = x.var(axis=(0, 2, 3), dtype=np.float64)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return F.batch_norm(x, mean, var, self.weight, self.bias, self.eps)
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, bias={self.bias is not None}, "
+                f"track_running_stats={self.track_running_stats}")
+
+
+class Flatten(Layer):
+    """Merge dimensions ``start_dim`` to ``end_dim`` into one, like ``torch.nn.Flatten``.
+
+    Examples
+    --------
+    >>> fscnn.nn.Flatten()(np.ones((2, 3, 4, 5))).shape
+    (2, 60)
+    """
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim = check_int(start_dim, "Flatten: start_dim", minimum=-2**31)
+        self.end_dim = check_int(end_dim, "Flatten: end_dim", minimum=-2**31)
+        if (self.start_dim < 0) == (self.end_dim < 0) and self.start_dim > self.end_dim:
+            raise ValueError(f"Flatten: start_dim ({start_dim}) must not come after end_dim "
+                             f"({end_dim})")
+
+    def _dims(self, ndim):
+        return tuple(d + ndim if d < 0 else d for d in (self.start_dim, self.end_dim))
+
+    def _check_input(self, x, label):
+        start, end = self._dims(x.ndim)
+        if not (0 <= start < max(x.ndim, 1) and 0 <= end < max(x.ndim, 1)) or start > end:
+            raise LayerInputError(f"{label}: cannot flatten dimensions {self.start_dim} to "
+                                  f"{self.end_dim} of an input of shape {x.shape}")
+
+    def forward(self, x):
+        """``x`` reshaped (a view when ``x`` is contiguous)."""
+        start, end = self._dims(x.ndim)
+        merged = int(np.prod(x.shape[start:end + 1]))
+        return x.reshape(x.shape[:start] + (merged,) + x.shape[end + 1:])
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Dropout(Layer):
+    """Dropout, the identity at inference; ``p`` is validated and kept for compatibility."""
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        if not isinstance(p, numbers.Real) or not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p!r}")
+        self.p = p
+        self.inplace = bool(inplace)
+
+    def forward(self, x):
+        """``x`` itself."""
+        return x
+
+    def extra_repr(self):
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+class Identity(Layer):
+    """Returns its input; any constructor arguments are ignored, as in torch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        """``x`` itself."""
+        return x

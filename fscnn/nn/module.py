@@ -1,0 +1,477 @@
+"""``Module``: the base class of every layer and model, with torch.nn's naming contract.
+
+A module owns named parameters and buffers (read-only float32 NumPy arrays) and named child
+modules, registered in assignment order. ``state_dict()`` joins the names with dots exactly as
+torch does, so a torchvision checkpoint saved as ``.npz`` loads with ``load_state_dict``.
+
+Calling a module runs its *prepared plan* (see :mod:`fscnn.nn._plan`): a separate, fused
+representation with BatchNorm folded into convolutions, ReLU fused into kernel epilogues and
+weights converted once to the kernels' sparse form. The module tree itself is never changed
+by preparation, so ``state_dict()`` and ``repr`` stay torch-like.
+"""
+import threading
+from collections import OrderedDict, namedtuple
+
+import numpy as np
+
+from . import _plan
+from .errors import LayerInputError, StateDictError
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+"""What a non-strict :meth:`Module.load_state_dict` could not match, as in torch."""
+
+# Lazy preparation may be triggered from several threads calling one model at once.
+_prepare_lock = threading.RLock()
+
+
+def _as_array(value, label, expected_shape=None):
+    """``value`` as a fresh read-only C-contiguous float32 array, or None.
+
+    Raises TypeError for non-numeric values and ValueError when ``expected_shape`` is given
+    and differs.
+    """
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{label}: expected a real numeric array, got dtype {arr.dtype}")
+    if expected_shape is not None and arr.shape != tuple(expected_shape):
+        raise ValueError(f"{label}: expected shape {tuple(expected_shape)}, got {arr.shape}")
+    arr = np.array(arr, dtype=np.float32, order="C", copy=True)
+    arr.setflags(write=False)
+    return arr
+
+
+def _check_name(name, owner):
+    if not isinstance(name, str) or not name or "." in name:
+        raise KeyError(f"{owner}: a name must be a non-empty string without '.', got {name!r}")
+
+
+def _addindent(text, spaces):
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return text
+    return lines[0] + "\n" + "\n".join(" " * spaces + line for line in lines[1:])
+
+
+class Module:
+    """Base class of layers and models; subclass it and override :meth:`forward`.
+
+    Assigning a ``Module`` to an attribute registers it as a child; assigning an array to a
+    registered parameter or buffer replaces it (converted to a read-only float32 copy of the
+    same shape) and invalidates the prepared plan. Parameters are read-only on purpose:
+    change weights by assignment or :meth:`load_state_dict`, never in place, so that the
+    prepared kernels never run on stale weights.
+
+    A subclass whose ``forward`` applies a convolution, its batch norm and a ReLU in a row may
+    list those attribute names in the class attribute ``_fusions`` (a tuple of name tuples,
+    e.g. ``(("conv1", "bn1", "relu"),)``); preparation then runs them as one fused kernel. The
+    ``forward`` must pass the convolution's output straight to the batch norm and that to the
+    activation, as the zoo's ResNet blocks do; a call that breaks the chain raises.
+
+    Examples
+    --------
+    >>> class Block(fscnn.nn.Module):
+    ...     _fusions = (("conv", "bn", "relu"),)
+    ...     def __init__(self, c):
+    ...         super().__init__()
+    ...         self.conv = fscnn.nn.Conv2d(c, c, 3, padding=1, bias=False)
+    ...         self.bn = fscnn.nn.BatchNorm2d(c)
+    ...         self.relu = fscnn.nn.ReLU()
+    ...     def forward(self, x):
+    ...         return x + self.relu(self.bn(self.conv(x)))
+    >>> Block(8)(np.zeros((1, 8, 5, 5))).shape
+    (1, 8, 5, 5)
+    """
+
+    _fusions = ()
+
+    def __init__(self):
+        d = self.__dict__
+        d["training"] = True
+        d["_parameters"] = OrderedDict()
+        d["_buffers"] = OrderedDict()
+        d["_modules"] = OrderedDict()
+        d["_version"] = 0
+        d["_prepared"] = None
+        d["_kernel"] = "auto"
+
+    # ------------------------------------------------------------------ attributes
+    def _touch(self):
+        self.__dict__["_version"] += 1
+        _plan.bump_epoch()
+
+    def __setattr__(self, name, value):
+        d = self.__dict__
+        if "_modules" not in d:
+            raise AttributeError(f"cannot assign {name!r} before Module.__init__() call")
+        params, buffers, modules = d["_parameters"], d["_buffers"], d["_modules"]
+        if isinstance(value, Module):
+            params.pop(name, None)
+            buffers.pop(name, None)
+            d.pop(name, None)
+            modules[name] = value
+        elif name in params or name in buffers:
+            registry = params if name in params else buffers
+            old = registry[name]
+            registry[name] = _as_array(value, f"{self._get_name()}.{name}",
+                                       None if old is None else old.shape)
+        elif name in modules:
+            if value is not None:
+                raise TypeError(f"cannot assign a {type(value).__name__} as child module "
+                                f"{name!r} of {self._get_name()} (a Module or None expected)")
+            modules[name] = None
+        else:
+            object.__setattr__(self, name, value)
+            if name.startswith("_") or name == "training":
+                return
+        self._touch()
+
+    def __getattr__(self, name):
+        d = self.__dict__
+        for registry in ("_parameters", "_buffers", "_modules"):
+            if registry in d and name in d[registry]:
+                return d[registry][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        d = self.__dict__
+        for registry in ("_parameters", "_buffers", "_modules"):
+            if name in d[registry]:
+                del d[registry][name]
+                break
+        else:
+            object.__delattr__(self, name)
+        self._touch()
+
+    def __getstate__(self):
+        # Copies and pickles leave the prepared plan behind; they prepare their own lazily.
+        state = dict(self.__dict__)
+        state["_prepared"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __dir__(self):
+        d = self.__dict__
+        return sorted(set(super().__dir__()) | set(d["_parameters"]) | set(d["_buffers"])
+                      | set(d["_modules"]))
+
+    def register_parameter(self, name, value):
+        """Add a parameter (array of any shape, or None for an absent optional one)."""
+        self._register(name, value, "_parameters")
+
+    def register_buffer(self, name, value):
+        """Add a buffer: state that is saved but not learned (running statistics)."""
+        self._register(name, value, "_buffers")
+
+    def _register(self, name, value, registry):
+        _check_name(name, f"{self._get_name()}.register{registry[:-1]}")
+        if name in self.__dict__ or name in self._modules:
+            raise KeyError(f"{self._get_name()}: attribute {name!r} already exists")
+        self.__dict__[registry][name] = _as_array(value, f"{self._get_name()}.{name}")
+        self._touch()
+
+    def _init_array(self, name, value, registry="_parameters"):
+        """Register a freshly made float32 array (or None) without copying it."""
+        if value is not None:
+            value.setflags(write=False)
+        self.__dict__[registry][name] = value
+
+    def add_module(self, name, module):
+        """Register ``module`` (or None) as the child called ``name``."""
+        _check_name(name, f"{self._get_name()}.add_module")
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{self._get_name()}.add_module: {name!r} must be a Module or None, "
+                            f"got {type(module).__name__}")
+        self._modules[name] = module
+        self._touch()
+
+    # ------------------------------------------------------------------ traversal
+    def named_children(self):
+        """Iterate over ``(name, child)`` pairs of the direct children, in order."""
+        for name, module in self._modules.items():
+            if module is not None:
+                yield name, module
+
+    def children(self):
+        """Iterate over the direct children, in order."""
+        for _, module in self.named_children():
+            yield module
+
+    def named_modules(self, memo=None, prefix=""):
+        """Iterate over ``(qualified name, module)`` for this module and all descendants.
+
+        Each module is listed once, under its first name; the root's name is ``""``.
+        """
+        memo = set() if memo is None else memo
+        if id(self) in memo:
+            return
+        memo.add(id(self))
+        yield prefix, self
+        for name, module in self.named_children():
+            yield from module.named_modules(memo, f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        """Iterate over this module and all descendants."""
+        for _, module in self.named_modules():
+            yield module
+
+    def _named_arrays(self, registry):
+        for prefix, module in self.named_modules():
+            for name, value in module.__dict__[registry].items():
+                if value is not None:
+                    yield (f"{prefix}.{name}" if prefix else name), value
+
+    def named_parameters(self):
+        """Iterate over ``(qualified name, array)`` of every parameter."""
+        return self._named_arrays("_parameters")
+
+    def parameters(self):
+        """Iterate over every parameter array."""
+        return (value for _, value in self.named_parameters())
+
+    def named_buffers(self):
+        """Iterate over ``(qualified name, array)`` of every buffer."""
+        return self._named_arrays("_buffers")
+
+    def buffers(self):
+        """Iterate over every buffer array."""
+        return (value for _, value in self.named_buffers())
+
+    # ------------------------------------------------------------------ state dict
+    def _state_slots(self, prefix=""):
+        """``{key: (module, attribute name, array)}`` in torch's state_dict order."""
+        slots = OrderedDict()
+        d = self.__dict__
+        for registry in ("_parameters", "_buffers"):
+            for name, value in d[registry].items():
+                if value is not None:
+                    slots[prefix + name] = (self, name, value)
+        for name, module in self.named_children():
+            slots.update(module._state_slots(f"{prefix}{name}."))
+        return slots
+
+    def _optional_state_keys(self, prefix=""):
+        """Keys accepted by :meth:`load_state_dict` but not required (none by default)."""
+        keys = set()
+        for name, module in self.named_children():
+            keys |= module._optional_state_keys(f"{prefix}{name}.")
+        return keys
+
+    def state_dict(self):
+        """All parameters and buffers by dot-joined name, as torch names them.
+
+        Returns
+        -------
+        OrderedDict of str -> ndarray
+            The module's own read-only float32 arrays (not copies). BatchNorm's
+            ``num_batches_tracked`` is not kept (it only matters for training).
+        """
+        return OrderedDict((key, slot[2]) for key, slot in self._state_slots().items())
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters and buffers from a mapping of name -> array.
+
+        Parameters
+        ----------
+        state_dict : mapping of str -> array_like
+            E.g. a dict, the ``NpzFile`` of ``np.load("model.npz")`` or a torch state dict.
+            Values are converted to float32; ``*.num_batches_tracked`` keys of batch norm
+            layers are accepted and ignored.
+        strict : bool
+            Require the keys to match exactly.
+
+        Returns
+        -------
+        IncompatibleKeys
+            ``(missing_keys, unexpected_keys)``; both empty when ``strict``.
+
+        Raises
+        ------
+        StateDictError
+            Naming every missing and unexpected key (when ``strict``), every array of the
+            wrong shape and every non-numeric value, all in one error. Nothing is loaded then.
+        """
+        slots = self._state_slots()
+        provided = list(state_dict.keys())
+        provided_set = set(provided)
+        optional = self._optional_state_keys()
+        missing = [key for key in slots if key not in provided_set]
+        unexpected = [key for key in provided if key not in slots and key not in optional]
+        mismatched, invalid, arrays = [], [], {}
+        for key, (module, name, current) in slots.items():
+            if key not in provided_set:
+                continue
+            value = np.asarray(state_dict[key])
+            if value.dtype.kind not in "fiub":
+                invalid.append((key, f"expected a real numeric array, got dtype {value.dtype}"))
+            elif value.shape != current.shape:
+                mismatched.append((key, current.shape, value.shape))
+            else:
+                arrays[key] = value
+        if mismatched or invalid or (strict and (missing or unexpected)):
+            raise StateDictError(self._get_name(), missing if strict else (),
+                                 unexpected if strict else (), mismatched, invalid)
+        for key, value in arrays.items():
+            module, name, _ = slots[key]
+            setattr(module, name, value)
+        return IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode=True):
+        """Set the ``training`` flag on every module; returns self.
+
+        Accepted for torch compatibility only: fscnn is inference-only, so batch norm always
+        uses its running statistics and dropout is always the identity.
+        """
+        for module in self.modules():
+            module.__dict__["training"] = bool(mode)
+        return self
+
+    def eval(self):
+        """Same as ``train(False)``; returns self."""
+        return self.train(False)
+
+    # ------------------------------------------------------------------ running
+    def _fusion_chains(self):
+        """Runs of children that ``forward`` applies one after another (from ``_fusions``)."""
+        chains = []
+        for names in self._fusions:
+            chain = []
+            for name in names:
+                module = self._modules.get(name)
+                if module is None:
+                    break
+                chain.append(module)
+            chains.append(chain)
+        return chains
+
+    def forward(self, *args, **kwargs):
+        """The computation, written by subclasses in terms of child modules and
+        :mod:`fscnn.functional`."""
+        raise NotImplementedError(f"Module [{self._get_name()}] is missing the required "
+                                  f"'forward' function")
+
+    def __call__(self, *args, **kwargs):
+        """Run the module on NumPy arrays through its prepared plan (preparing it if needed).
+
+        Leaf layers take one float array (converted to C-contiguous float32) and return a
+        float32 array; they raise :class:`~fscnn.nn.LayerInputError` (a ``ValueError``)
+        naming the layer when its rank, channel count or spatial size does not fit.
+        """
+        run = _plan.current_run()
+        if run is not None and run.plan.contains(self):
+            return run.call(self, args, kwargs)
+        with _plan.running(self._current_plan()) as run:
+            return run.call(self, args, kwargs)
+
+    def _current_plan(self):
+        with _prepare_lock:
+            plan = self._prepared
+            if plan is None or not plan.is_current():
+                plan = _plan.Plan(self, self._kernel, strict=False)
+                self._prepared = plan
+            return plan
+
+    def prepare(self, input_shape=None, kernel="auto"):
+        """Fold, fuse and convert the weights once, ahead of the first call.
+
+        Batch norms that follow a convolution are folded into it, a ReLU or ReLU6 after a
+        convolution or linear layer runs in its kernel's epilogue, and every convolution and
+        linear layer gets an operator holding its converted weights. Calling a module
+        prepares it lazily; changing weights (assignment, :meth:`load_state_dict`) makes the
+        next call prepare again.
+
+        Parameters
+        ----------
+        input_shape : tuple of int, optional
+            E.g. ``(1, 3, 224, 224)``. When given, the model runs once on zeros of this shape
+            so that each layer chooses its kernel for its actual input (see :meth:`plan`).
+        kernel : {'auto', 'sparse', 'dense'} or dict of str -> str
+            Kernel for every convolution and linear layer, or a mapping from qualified layer
+            names (``"features.0"``) to a kernel, the others using ``'auto'``. Kept for later
+            (lazy) preparations.
+
+        Returns
+        -------
+        self
+        """
+        if input_shape is not None:
+            input_shape = tuple(input_shape)
+            if not input_shape or not all(isinstance(s, (int, np.integer)) and s > 0
+                                          for s in input_shape):
+                raise ValueError(f"{self._get_name()}.prepare: input_shape must be a tuple of "
+                                 f"positive ints, got {input_shape!r}")
+        with _prepare_lock:
+            plan = _plan.Plan(self, kernel)
+            self.__dict__["_kernel"] = kernel
+            self.__dict__["_prepared"] = plan
+        if input_shape is not None:
+            self(np.zeros(input_shape, dtype=np.float32))
+        return self
+
+    def plan(self):
+        """Per fused layer: what it fuses, its weight density and the kernel it runs.
+
+        Kernels are known per input shape once the model has run on it (or was prepared
+        with ``input_shape``); before that a layer set to ``'auto'`` shows no choice.
+
+        Returns
+        -------
+        PlanReport
+            A list of :class:`~fscnn.nn.LayerPlan` rows that prints as a table.
+        """
+        return self._current_plan().report()
+
+    # ------------------------------------------------------------------ repr
+    def _get_name(self):
+        return type(self).__name__
+
+    def extra_repr(self):
+        """One-line description of the hyper-parameters, shown by ``repr``."""
+        return ""
+
+    def __repr__(self):
+        extra = self.extra_repr()
+        extra_lines = extra.split("\n") if extra else []
+        child_lines = [f"({name}): {_addindent(repr(module), 2)}"
+                       for name, module in self._modules.items()]
+        lines = extra_lines + child_lines
+        body = ""
+        if len(extra_lines) == 1 and not child_lines:
+            body = extra_lines[0]
+        elif lines:
+            body = "\n  " + "\n  ".join(lines) + "\n"
+        return f"{self._get_name()}({body})"
+
+
+class Layer(Module):
+    """Base of the built-in leaf layers: one float array in, one float32 array out.
+
+    Subclasses implement ``forward(x)`` on a float32 C-contiguous array and may override
+    :meth:`_check_input` to validate its shape with a message naming the layer.
+    """
+
+    _fused_activation = None
+    """Name of this layer as an epilogue ('relu', 'relu6') of a preceding kernel, or None."""
+
+    def _check_input(self, x, label):
+        """Raise :class:`LayerInputError` (starting with ``label``) if ``x`` does not fit."""
+
+    def _can_fold(self, module):
+        """Whether ``module`` (the next layer) can be folded into this layer's weights."""
+        return False
+
+    @staticmethod
+    def _require_ndim(x, ndim, label, layout="(N, C, H, W)"):
+        if x.ndim != ndim:
+            raise LayerInputError(f"{label}: expected a {ndim}-D input {layout}, got shape "
+                                  f"{x.shape}")
+
+    @staticmethod
+    def _require_channels(x, channels, label, what="input channels"):
+        if x.shape[1] != channels:
+            raise LayerInputError(f"{label}: expected {channels} {what}, got {x.shape[1]} "
+                                  f"(input shape {x.shape})")

@@ -1,0 +1,420 @@
+"""The model zoo against PyTorch models built with torchvision's exact layout.
+
+torchvision cannot be installed beside the torch used here, so ``TORCH_BUILDERS`` rebuilds
+its VGG, ResNet and MobileNetV2 with plain ``torch.nn`` and torchvision's module names and
+config tables. Key-by-key equality of the two ``state_dict``s is the check that torchvision
+checkpoints load; the numerical tests then load one random, BatchNorm-perturbed and
+magnitude-pruned state into both and compare outputs.
+
+Inputs are small (32x32, batch 1 or 3) except for a few models at 224x224, batch 1.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import fscnn.models
+from conftest import assert_close
+from fscnn import nn
+
+SPARSITIES = (0.0, 0.5, 0.9, 0.99)
+MODEL_NAMES = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
+               "vgg19_bn", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2")
+NUM_CLASSES = 10
+RTOL = 1e-4  # max|error| <= 1e-4 * max|output|: float32 through up to 100 layers
+
+
+# ---------------------------------------------------------------- torchvision's layouts
+def _torch_models():
+    """name -> builder(num_classes) of the torch reference models (torchvision's layout)."""
+    import torch
+    from torch import nn as tnn
+
+    cfgs = {
+        "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+        "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+        "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,
+              "M"],
+        "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512,
+              512, 512, 512, "M"],
+    }
+
+    class VGG(tnn.Module):
+        def __init__(self, features, num_classes):
+            super().__init__()
+            self.features = features
+            self.avgpool = tnn.AdaptiveAvgPool2d((7, 7))
+            self.classifier = tnn.Sequential(
+                tnn.Linear(512 * 7 * 7, 4096), tnn.ReLU(True), tnn.Dropout(),
+                tnn.Linear(4096, 4096), tnn.ReLU(True), tnn.Dropout(),
+                tnn.Linear(4096, num_classes))
+
+        def forward(self, x):
+            x = self.avgpool(self.features(x))
+            return self.classifier(torch.flatten(x, 1))
+
+    def make_layers(cfg, batch_norm):
+        layers, in_channels = [], 3
+        for v in cfg:
+            if v == "M":
+                layers += [tnn.MaxPool2d(kernel_size=2, stride=2)]
+            else:
+                conv = tnn.Conv2d(in_channels, v, kernel_size=3, padding=1)
+                layers += [conv, tnn.BatchNorm2d(v), tnn.ReLU(True)] if batch_norm \
+                    else [conv, tnn.ReLU(True)]
+                in_channels = v
+        return tnn.Sequential(*layers)
+
+    def conv3x3(i, o, stride=1, groups=1, dilation=1):
+        return tnn.Conv2d(i, o, 3, stride=stride, padding=dilation, groups=groups, bias=False,
+                          dilation=dilation)
+
+    def conv1x1(i, o, stride=1):
+        return tnn.Conv2d(i, o, 1, stride=stride, bias=False)
+
+    class BasicBlock(tnn.Module):
+        expansion = 1
+
+        def __init__(self, inplanes, planes, stride=1, downsample=None):
+            super().__init__()
+            self.conv1 = conv3x3(inplanes, planes, stride)
+            self.bn1 = tnn.BatchNorm2d(planes)
+            self.relu = tnn.ReLU(inplace=True)
+            self.conv2 = conv3x3(planes, planes)
+            self.bn2 = tnn.BatchNorm2d(planes)
+            self.downsample = downsample
+            self.stride = stride
+
+        def forward(self, x):
+            identity = x
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.bn2(self.conv2(out))
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            return self.relu(out + identity)
+
+    class Bottleneck(tnn.Module):
+        expansion = 4
+
+        def __init__(self, inplanes, planes, stride=1, downsample=None):
+            super().__init__()
+            self.conv1 = conv1x1(inplanes, planes)
+            self.bn1 = tnn.BatchNorm2d(planes)
+            self.conv2 = conv3x3(planes, planes, stride)
+            self.bn2 = tnn.BatchNorm2d(planes)
+            self.conv3 = conv1x1(planes, planes * 4)
+            self.bn3 = tnn.BatchNorm2d(planes * 4)
+            self.relu = tnn.ReLU(inplace=True)
+            self.downsample = downsample
+            self.stride = stride
+
+        def forward(self, x):
+            identity = x
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+            if self.downsample is not None:
+                identity = self.downsample(x)
+            return self.relu(out + identity)
+
+    class ResNet(tnn.Module):
+        def __init__(self, block, layers, num_classes):
+            super().__init__()
+            self.inplanes = 64
+            self.conv1 = tnn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = tnn.BatchNorm2d(64)
+            self.relu = tnn.ReLU(inplace=True)
+            self.maxpool = tnn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            self.layer1 = self._make_layer(block, 64, layers[0])
+            self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+            self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+            self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+            self.avgpool = tnn.AdaptiveAvgPool2d((1, 1))
+            self.fc = tnn.Linear(512 * block.expansion, num_classes)
+
+        def _make_layer(self, block, planes, blocks, stride=1):
+            downsample = None
+            if stride != 1 or self.inplanes != planes * block.expansion:
+                downsample = tnn.Sequential(conv1x1(self.inplanes, planes * block.expansion,
+                                                    stride),
+                                            tnn.BatchNorm2d(planes * block.expansion))
+            layers = [block(self.inplanes, planes, stride, downsample)]
+            self.inplanes = planes * block.expansion
+            layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+            return tnn.Sequential(*layers)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    class Conv2dNormActivation(tnn.Sequential):
+        def __init__(self, i, o, kernel_size=3, stride=1, groups=1):
+            super().__init__(tnn.Conv2d(i, o, kernel_size, stride, (kernel_size - 1) // 2,
+                                        groups=groups, bias=False),
+                             tnn.BatchNorm2d(o), tnn.ReLU6(inplace=True))
+            self.out_channels = o
+
+    class InvertedResidual(tnn.Module):
+        def __init__(self, inp, oup, stride, expand_ratio):
+            super().__init__()
+            self.stride = stride
+            hidden = int(round(inp * expand_ratio))
+            self.use_res_connect = stride == 1 and inp == oup
+            layers = [Conv2dNormActivation(inp, hidden, kernel_size=1)] if expand_ratio != 1 \
+                else []
+            layers += [Conv2dNormActivation(hidden, hidden, stride=stride, groups=hidden),
+                       tnn.Conv2d(hidden, oup, 1, 1, 0, bias=False), tnn.BatchNorm2d(oup)]
+            self.conv = tnn.Sequential(*layers)
+            self.out_channels = oup
+            self._is_cn = stride > 1
+
+        def forward(self, x):
+            return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+    class MobileNetV2(tnn.Module):
+        def __init__(self, num_classes):
+            super().__init__()
+            setting = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
+                       [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+            input_channel, self.last_channel = 32, 1280
+            features = [Conv2dNormActivation(3, input_channel, stride=2)]
+            for t, c, n, s in setting:
+                for i in range(n):
+                    features.append(InvertedResidual(input_channel, c, s if i == 0 else 1, t))
+                    input_channel = c
+            features.append(Conv2dNormActivation(input_channel, self.last_channel,
+                                                 kernel_size=1))
+            self.features = tnn.Sequential(*features)
+            self.classifier = tnn.Sequential(tnn.Dropout(p=0.2),
+                                             tnn.Linear(self.last_channel, num_classes))
+
+        def forward(self, x):
+            x = tnn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+            return self.classifier(torch.flatten(x, 1))
+
+    builders = {}
+    for cfg, depth in zip("ABDE", (11, 13, 16, 19)):
+        builders[f"vgg{depth}"] = lambda n, c=cfg: VGG(make_layers(cfgs[c], False), n)
+        builders[f"vgg{depth}_bn"] = lambda n, c=cfg: VGG(make_layers(cfgs[c], True), n)
+    for depth, block, layers in ((18, BasicBlock, [2, 2, 2, 2]), (34, BasicBlock, [3, 4, 6, 3]),
+                                 (50, Bottleneck, [3, 4, 6, 3]),
+                                 (101, Bottleneck, [3, 4, 23, 3])):
+        builders[f"resnet{depth}"] = lambda n, b=block, ls=layers: ResNet(b, ls, n)
+    builders["mobilenet_v2"] = MobileNetV2
+    classes = {VGG: fscnn.models.VGG, ResNet: fscnn.models.ResNet,
+               BasicBlock: fscnn.models.BasicBlock, Bottleneck: fscnn.models.Bottleneck,
+               MobileNetV2: fscnn.models.MobileNetV2,
+               InvertedResidual: fscnn.models.InvertedResidual,
+               Conv2dNormActivation: fscnn.models.Conv2dNormActivation}
+    return builders, classes
+
+
+@pytest.fixture(scope="module")
+def torch_zoo():
+    """(builders, classes): torch reference builders and the from_torch class mapping."""
+    pytest.importorskip("torch")
+    return _torch_models()
+
+
+def torch_model(torch_zoo, name, state):
+    """The torch reference ``name`` holding ``state`` (built on the meta device: no init)."""
+    import torch
+    with torch.device("meta"):
+        model = torch_zoo[0][name](NUM_CLASSES)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
+                          assign=True)
+    return model.eval()
+
+
+# ---------------------------------------------------------------- random pruned states
+def magnitude_prune(w, sparsity):
+    """A copy of ``w`` with its ``round(sparsity * size)`` smallest-magnitude entries zeroed
+    (exactly that many when magnitudes are distinct, as for random normal weights)."""
+    w = np.array(w, dtype=np.float32)
+    k = int(round(sparsity * w.size))
+    if k:
+        magnitude = np.abs(w).reshape(-1)
+        magnitude.partition(k - 1)  # in place: VGG's classifier has 102M weights
+        np.putmask(w, np.abs(w) <= magnitude[k - 1], 0.0)
+    return w
+
+
+def random_state(model, rng):
+    """A state_dict for ``model``: He-scaled normal weights, and batch norms with
+    non-trivial statistics and affine parameters."""
+    state = {}
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            w = module.weight
+            w = rng.standard_normal(w.shape, dtype=np.float32)
+            w *= np.float32(np.sqrt(2 * w.shape[0] / w.size))
+            state[prefix + "weight"] = w
+            if module.bias is not None:
+                state[prefix + "bias"] = rng.normal(0, 0.1, module.bias.shape)
+        elif isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            state[prefix + "weight"] = rng.uniform(0.5, 1.5, c)
+            state[prefix + "bias"] = rng.normal(0, 0.1, c)
+            state[prefix + "running_mean"] = rng.normal(0, 0.1, c)
+            state[prefix + "running_var"] = rng.uniform(0.5, 1.5, c)
+    return {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
+
+
+def pruned(state, sparsity):
+    """``state`` with every convolution and linear weight magnitude-pruned to ``sparsity``."""
+    return {k: magnitude_prune(v, sparsity) if v.ndim in (2, 4) else v
+            for k, v in state.items()}
+
+
+class Zoo:
+    """One model of the zoo with its torch twin and a random state, built once per module."""
+
+    def __init__(self, name, torch_zoo):
+        self.name = name
+        self.model = getattr(fscnn.models, name)(num_classes=NUM_CLASSES)
+        self.torch_zoo = torch_zoo
+        self._state = None
+
+    def state(self):
+        if self._state is None:
+            self._state = random_state(self.model, np.random.default_rng(len(self.name)))
+        return self._state
+
+
+@pytest.fixture(scope="module")
+def zoo(request, torch_zoo):
+    return Zoo(request.param, torch_zoo)
+
+
+# (kernel, batch) per sparsity: each kernel sees dense-ish and very sparse weights, batch 1
+# and batch 3 (each new input shape costs a planning pass per layer).
+CASE_AT = {0.0: ("dense", 3), 0.5: ("sparse", 1), 0.9: ("dense", 1), 0.99: ("sparse", 3)}
+FULL_ZOO = os.environ.get("FSCNN_TEST_FULL_ZOO") == "1"
+
+
+def quick_case(name, sparsity):
+    """Whether (model, sparsity) runs by default. The VGG variants differ only in their
+    config table and share a 102M-weight classifier that makes each case cost seconds, so
+    beyond VGG-11 each runs at one sparsity (all four between them) unless
+    FSCNN_TEST_FULL_ZOO=1."""
+    i, j = MODEL_NAMES.index(name), SPARSITIES.index(sparsity)
+    return FULL_ZOO or not name.startswith("vgg") or name == "vgg11" or i % 4 == j
+
+
+# ---------------------------------------------------------------- tests
+@pytest.mark.parametrize("zoo", MODEL_NAMES, indirect=True)
+def test_state_dict_keys_match_torchvision_layout(zoo, torch_zoo):
+    import torch
+    with torch.device("meta"):
+        reference = torch_zoo[0][zoo.name](NUM_CLASSES)
+    expected = [(k, tuple(v.shape)) for k, v in reference.state_dict().items()
+                if not k.endswith("num_batches_tracked")]
+    assert [(k, v.shape) for k, v in zoo.model.state_dict().items()] == expected
+
+
+def test_repr_matches_torch(torch_zoo):
+    import torch
+    with torch.device("meta"):
+        reference = torch_zoo[0]["resnet18"](NUM_CLASSES)
+    assert repr(fscnn.models.resnet18(num_classes=NUM_CLASSES)) == repr(reference)
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("zoo", MODEL_NAMES, indirect=True)
+def test_matches_torch(zoo, sparsity):
+    import torch
+    if not quick_case(zoo.name, sparsity):
+        pytest.skip("deep VGG at more sparsities: set FSCNN_TEST_FULL_ZOO=1")
+    state = pruned(zoo.state(), sparsity)
+    zoo.model.load_state_dict(state)
+    kernel, batch = CASE_AT[sparsity]
+    zoo.model.prepare(kernel=kernel)
+    x = np.random.default_rng(3).standard_normal((batch, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch_model(zoo.torch_zoo, zoo.name, state)(torch.from_numpy(x)).numpy()
+    assert_close(zoo.model(x), expected, rtol=RTOL, atol=0)
+
+
+@pytest.mark.parametrize("name, kernel", [("vgg11", "sparse"), ("resnet18", "auto"),
+                                          ("mobilenet_v2", "dense")])
+def test_matches_torch_at_224(torch_zoo, name, kernel):
+    import torch
+    model = getattr(fscnn.models, name)(num_classes=NUM_CLASSES)
+    state = pruned(random_state(model, np.random.default_rng(224)), 0.9)
+    model.load_state_dict(state)
+    model.prepare(kernel=kernel)
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch_zoo, name, state)(torch.from_numpy(x)).numpy()
+    assert_close(model(x), expected, rtol=RTOL, atol=0)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenet_v2"])
+def test_from_torch_round_trip(torch_zoo, name):
+    import torch
+    from fscnn.convert import from_torch
+    fresh = getattr(fscnn.models, name)(num_classes=NUM_CLASSES)
+    state = pruned(random_state(fresh, np.random.default_rng(7)), 0.5)
+    reference = torch_model(torch_zoo, name, state)
+    converted = from_torch(reference, classes=torch_zoo[1])
+    assert type(converted) is type(fresh)
+    assert repr(converted) == repr(fresh)
+    assert list(converted.state_dict()) == list(state)
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    assert_close(converted.prepare(kernel="dense")(x), expected, rtol=RTOL, atol=0)
+
+
+def test_from_torch_knows_torchvision_classes(torch_zoo):
+    from fscnn.convert import from_torch
+    builders, classes = torch_zoo
+    model = builders["resnet18"](NUM_CLASSES)
+    renamed = [type(model), type(model.layer1[0])]  # pose as torchvision.models.resnet's
+    saved = [(cls.__module__, cls.__qualname__) for cls in renamed]
+    for cls in renamed:
+        cls.__module__, cls.__qualname__ = "torchvision.models.resnet", cls.__name__
+    try:
+        converted = from_torch(model)
+    finally:
+        for cls, (module, qualname) in zip(renamed, saved):
+            cls.__module__, cls.__qualname__ = module, qualname
+    assert isinstance(converted, fscnn.models.ResNet)
+    assert isinstance(converted.layer1[0], fscnn.models.BasicBlock)
+
+
+def test_resnet_blocks_fold_and_fuse():
+    model = fscnn.models.resnet50(num_classes=NUM_CLASSES)
+    rows = {row.name: row.layers for row in model.plan()}
+    assert rows["conv1"] == "Conv2d+BatchNorm2d+ReLU"
+    assert rows["layer1.0.conv1"] == rows["layer1.0.conv2"] == "Conv2d+BatchNorm2d+ReLU"
+    assert rows["layer1.0.conv3"] == rows["layer1.0.downsample.0"] == "Conv2d+BatchNorm2d"
+    assert rows["fc"] == "Linear"
+    assert len(rows) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+
+
+def test_mobilenet_v2_folds_every_batch_norm():
+    model = fscnn.models.mobilenet_v2(num_classes=NUM_CLASSES)
+    rows = model.plan()
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert sum("BatchNorm2d" in row.layers for row in rows) == n_bn == 52
+    assert sum(row.layers.endswith("ReLU6") for row in rows) == 35
+
+
+def test_vgg_plan_fuses_relu_into_classifier():
+    model = fscnn.models.vgg11_bn(num_classes=NUM_CLASSES)
+    rows = {row.name: row.layers for row in model.plan()}
+    assert rows["features.0"] == "Conv2d+BatchNorm2d+ReLU"
+    assert rows["classifier.0"] == rows["classifier.3"] == "Linear+ReLU"
+    assert rows["classifier.6"] == "Linear"
+
+
+def test_resnet_rejects_torchvision_unsupported_options():
+    with pytest.raises(ValueError, match="groups=1 and base_width=64"):
+        fscnn.models.ResNet(fscnn.models.BasicBlock, [2, 2, 2, 2], groups=2)
+    with pytest.raises(ValueError, match="layers"):
+        fscnn.models.ResNet(fscnn.models.BasicBlock, [2, 2, 2])
+    with pytest.raises(ValueError, match="stride"):
+        fscnn.models.InvertedResidual(16, 16, 3, 6)

@@ -1,0 +1,632 @@
+"""The layer graph: layers against the float64 reference and torch.nn, the module contract
+(registration, state_dict, strict loading, repr, containers), the call contract, and
+preparation (folding, fusion, invalidation, per-layer kernels, plan)."""
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+import fscnn
+import reference as R
+from conftest import assert_close
+from fscnn import nn
+
+# (id, constructor taking a namespace with torch.nn's layer names, input shape, reference)
+# The same constructor builds the fscnn layer and the torch layer.
+LAYERS = [
+    ("conv3x3", lambda n: n.Conv2d(4, 8, 3, padding=1), (2, 4, 9, 9),
+     lambda m, x: R.conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)),
+    ("conv_stride2_nobias", lambda n: n.Conv2d(4, 8, 3, stride=2, padding=1, bias=False),
+     (2, 4, 10, 11),
+     lambda m, x: R.conv2d(x, m.weight, None, m.stride, m.padding, m.dilation, m.groups)),
+    ("conv_same_dilated", lambda n: n.Conv2d(4, 6, (3, 4), padding="same", dilation=2),
+     (1, 4, 12, 10),
+     lambda m, x: R.conv2d(x, m.weight, m.bias, 1, R.conv_padding("same", (3, 4), (2, 2)),
+                           (2, 2))),
+    ("conv_groups_valid", lambda n: n.Conv2d(4, 6, 3, groups=2, padding="valid"), (3, 4, 7, 7),
+     lambda m, x: R.conv2d(x, m.weight, m.bias, 1, 0, 1, 2)),
+    ("conv_depthwise", lambda n: n.Conv2d(8, 8, 3, stride=2, padding=1, groups=8),
+     (2, 8, 9, 9),
+     lambda m, x: R.conv2d(x, m.weight, m.bias, 2, 1, 1, 8)),
+    ("conv1x1", lambda n: n.Conv2d(5, 7, 1), (2, 5, 6, 6),
+     lambda m, x: R.conv2d(x, m.weight, m.bias)),
+    ("conv_asymmetric", lambda n: n.Conv2d(3, 4, (1, 3), stride=(2, 1), padding=(0, 2),
+                                           dilation=(1, 2)), (1, 3, 8, 9),
+     lambda m, x: R.conv2d(x, m.weight, m.bias, (2, 1), (0, 2), (1, 2))),
+    ("linear", lambda n: n.Linear(16, 7), (3, 16), lambda m, x: R.linear(x, m.weight, m.bias)),
+    ("linear_3d_nobias", lambda n: n.Linear(16, 7, bias=False), (2, 3, 16),
+     lambda m, x: R.linear(x.reshape(-1, 16), m.weight).reshape(2, 3, 7)),
+    ("batchnorm", lambda n: n.BatchNorm2d(6), (2, 6, 5, 4),
+     lambda m, x: R.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, m.eps)),
+    ("batchnorm_no_affine", lambda n: n.BatchNorm2d(6, eps=1e-3, affine=False), (2, 6, 5, 4),
+     lambda m, x: R.batch_norm(x, m.running_mean, m.running_var, eps=1e-3)),
+    ("batchnorm_batch_stats", lambda n: n.BatchNorm2d(6, track_running_stats=False),
+     (3, 6, 5, 4),
+     lambda m, x: R.batch_norm(x, x.mean((0, 2, 3)), x.var((0, 2, 3)), m.weight, m.bias)),
+    ("relu", lambda n: n.ReLU(), (2, 3, 4, 5), lambda m, x: R.relu(x)),
+    ("relu6", lambda n: n.ReLU6(inplace=True), (2, 3, 4, 5), lambda m, x: R.relu6(x)),
+    ("leaky_relu", lambda n: n.LeakyReLU(0.2), (2, 3, 4, 5), lambda m, x: R.leaky_relu(x, 0.2)),
+    ("prelu_shared", lambda n: n.PReLU(), (2, 3, 4, 5), lambda m, x: R.prelu(x, m.weight)),
+    ("prelu_channels", lambda n: n.PReLU(3, init=0.1), (2, 3, 4, 5),
+     lambda m, x: R.prelu(x, m.weight)),
+    ("sigmoid", lambda n: n.Sigmoid(), (2, 3, 4, 5), lambda m, x: R.sigmoid(x)),
+    ("tanh", lambda n: n.Tanh(), (2, 3, 4, 5), lambda m, x: R.tanh(x)),
+    ("hardswish", lambda n: n.Hardswish(), (2, 3, 4, 5), lambda m, x: R.hardswish(x)),
+    ("hardsigmoid", lambda n: n.Hardsigmoid(), (2, 3, 4, 5), lambda m, x: R.hardsigmoid(x)),
+    ("silu", lambda n: n.SiLU(), (2, 3, 4, 5), lambda m, x: R.silu(x)),
+    ("softmax", lambda n: n.Softmax(dim=1), (2, 3, 4, 5), lambda m, x: R.softmax(x, 1)),
+    ("softmax_last", lambda n: n.Softmax(-1), (4, 10), lambda m, x: R.softmax(x, -1)),
+    ("maxpool", lambda n: n.MaxPool2d(2), (2, 3, 8, 9), lambda m, x: R.max_pool2d(x, 2)),
+    ("maxpool_padded", lambda n: n.MaxPool2d(3, 2, 1), (2, 3, 9, 8),
+     lambda m, x: R.max_pool2d(x, 3, 2, 1)),
+    ("maxpool_dilated_ceil", lambda n: n.MaxPool2d(3, 2, 1, dilation=2, ceil_mode=True),
+     (1, 2, 10, 11), lambda m, x: R.max_pool2d(x, 3, 2, 1, 2, True)),
+    ("avgpool_padded", lambda n: n.AvgPool2d(3, 2, 1), (2, 3, 9, 8),
+     lambda m, x: R.avg_pool2d(x, 3, 2, 1)),
+    ("avgpool_exclude_pad", lambda n: n.AvgPool2d(3, 2, 1, count_include_pad=False),
+     (2, 3, 9, 8), lambda m, x: R.avg_pool2d(x, 3, 2, 1, count_include_pad=False)),
+    ("avgpool_ceil", lambda n: n.AvgPool2d(2, ceil_mode=True), (1, 2, 7, 7),
+     lambda m, x: R.avg_pool2d(x, 2, ceil_mode=True)),
+    ("avgpool_divisor", lambda n: n.AvgPool2d(3, divisor_override=5), (1, 2, 7, 7),
+     lambda m, x: R.avg_pool2d(x, 3, divisor_override=5)),
+    ("adaptive_avg", lambda n: n.AdaptiveAvgPool2d((7, 7)), (2, 3, 10, 13),
+     lambda m, x: R.adaptive_avg_pool2d(x, (7, 7))),
+    ("adaptive_avg_none", lambda n: n.AdaptiveAvgPool2d((3, None)), (2, 3, 10, 13),
+     lambda m, x: R.adaptive_avg_pool2d(x, (3, None))),
+    ("adaptive_max", lambda n: n.AdaptiveMaxPool2d(1), (2, 3, 5, 6),
+     lambda m, x: R.adaptive_max_pool2d(x, 1)),
+    ("adaptive_max_rect", lambda n: n.AdaptiveMaxPool2d((2, 3)), (2, 3, 5, 7),
+     lambda m, x: R.adaptive_max_pool2d(x, (2, 3))),
+    ("flatten", lambda n: n.Flatten(), (2, 3, 4, 5), lambda m, x: x.reshape(2, -1)),
+    ("flatten_0_2", lambda n: n.Flatten(0, 2), (2, 3, 4, 5), lambda m, x: x.reshape(24, 5)),
+    ("dropout", lambda n: n.Dropout(0.3), (2, 3), lambda m, x: x),
+    ("identity", lambda n: n.Identity(), (2, 3, 4, 5), lambda m, x: x),
+]
+OP_LAYERS = {"conv3x3", "conv_stride2_nobias", "conv_same_dilated", "conv_groups_valid",
+             "conv_depthwise", "conv1x1", "conv_asymmetric", "linear", "linear_3d_nobias"}
+CASES = [pytest.param(make, shape, ref, kernel, id=f"{name}-{kernel}")
+         for name, make, shape, ref in LAYERS
+         for kernel in (("sparse", "dense") if name in OP_LAYERS else ("auto",))]
+
+
+def randomize(layer, rng, sparsity=0.5):
+    """Load random parameters into ``layer``: half-pruned weights, non-trivial batch norm."""
+    state = {}
+    for key, value in layer.state_dict().items():
+        if key == "running_var" or (isinstance(layer, nn.BatchNorm2d) and key == "weight"):
+            state[key] = rng.uniform(0.5, 1.5, value.shape)
+        elif key == "weight" and value.ndim > 1:
+            state[key] = rng.standard_normal(value.shape)
+            state[key][rng.random(value.shape) < sparsity] = 0.0
+        else:
+            state[key] = rng.normal(0, 0.3, value.shape)
+    layer.load_state_dict(state)
+    return layer
+
+
+@pytest.mark.parametrize("make, shape, ref, kernel", CASES)
+def test_layer_matches_reference(make, shape, ref, kernel, rng):
+    layer = randomize(make(nn), rng).prepare(kernel=kernel)
+    x = rng.standard_normal(shape)
+    out = layer(x)
+    assert out.dtype == np.float32
+    assert_close(out, ref(layer, x))
+
+
+@pytest.mark.parametrize("make, shape, ref, kernel", CASES)
+def test_layer_matches_torch(make, shape, ref, kernel, rng):
+    torch = pytest.importorskip("torch")
+    layer = randomize(make(nn), rng).prepare(kernel=kernel)
+    reference = make(torch.nn).eval()
+    reference.load_state_dict({k: torch.from_numpy(np.array(v))
+                               for k, v in layer.state_dict().items()})
+    x = rng.standard_normal(shape, dtype=np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    assert_close(layer(x), expected)
+    assert repr(layer) == repr(reference)
+    assert list(layer.state_dict()) == [k for k in reference.state_dict()
+                                        if not k.endswith("num_batches_tracked")]
+
+
+def test_standalone_layer_loads_and_runs(rng):
+    w = rng.standard_normal((8, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    m = nn.Conv2d(4, 8, 3, padding=1)
+    m.load_state_dict({"weight": w, "bias": b})
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    assert_close(m(x), R.conv2d(x, w, b, padding=1))
+
+
+# ---------------------------------------------------------------- call contract
+def small_net():
+    """Sequential net; "features.3" expects 64 input channels but receives 32."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32),
+                                          nn.ReLU(), nn.Conv2d(64, 64, 3))
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.head(self.features(x).mean(axis=(2, 3)))
+    return Net()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.float32])
+def test_input_dtypes_are_converted(dtype, rng):
+    m = randomize(nn.Conv2d(3, 4, 3), rng)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
+    out = m(x)
+    assert out.dtype == np.float32
+    assert_close(out, R.conv2d(x.astype(np.float32), m.weight, m.bias))
+
+
+def test_non_contiguous_and_read_only_inputs(rng):
+    m = randomize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), rng)
+    base = rng.standard_normal((2, 6, 3, 12)).astype(np.float32)
+    x = base.transpose(0, 2, 1, 3)[..., ::2]  # (2, 3, 6, 6), non-contiguous
+    assert not x.flags.c_contiguous
+    expected = R.relu(R.conv2d(x, m[0].weight, m[0].bias))
+    assert_close(m(x), expected)
+    frozen = np.ascontiguousarray(x)
+    frozen.setflags(write=False)
+    assert_close(m(frozen), expected)
+    assert_close(m(x.tolist()), expected)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((1, 3, 8, 8), np.int32), np.zeros((1, 3, 8, 8), bool),
+                                 np.zeros((1, 3, 8, 8), np.complex64)])
+def test_non_float_input_raises_type_error(bad):
+    with pytest.raises(TypeError, match="Conv2d.*dtype"):
+        nn.Conv2d(3, 4, 3)(bad)
+
+
+def test_wrong_channels_name_the_layer_in_the_model():
+    with pytest.raises(ValueError, match=r"^features\.3 \(Conv2d\): expected 64 input "
+                                         r"channels, got 32"):
+        small_net()(np.zeros((1, 3, 8, 8)))
+
+
+def test_errors_are_layer_input_errors():
+    with pytest.raises(nn.LayerInputError, match=r"^Conv2d: expected a 4-D input"):
+        nn.Conv2d(3, 4, 3)(np.zeros((3, 8, 8)))
+    with pytest.raises(nn.LayerInputError, match=r"^1 \(BatchNorm2d\): expected 4 input "
+                                                 r"channels, got 3"):
+        nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4))(np.zeros((1, 3, 2, 2)))
+    net = nn.Sequential(OrderedDict(classifier=nn.Sequential(nn.Linear(12, 3))))
+    with pytest.raises(nn.LayerInputError, match=r"^classifier\.0 \(Linear\): expected an "
+                                                 r"input of shape \(\*, 12\)"):
+        net(np.zeros((1, 100)))
+
+
+def test_too_small_input_names_the_layer():
+    net = nn.Sequential(OrderedDict(conv=nn.Conv2d(1, 2, 3), pool=nn.MaxPool2d(2)))
+    with pytest.raises(nn.LayerInputError, match=r"^conv \(Conv2d\).*too small"):
+        net(np.zeros((1, 1, 2, 5)))
+    with pytest.raises(nn.LayerInputError, match=r"^pool \(MaxPool2d\).*too small"):
+        net(np.zeros((1, 1, 3, 5)))
+    with pytest.raises(nn.LayerInputError, match=r"^AdaptiveAvgPool2d: .*non-zero"):
+        nn.AdaptiveAvgPool2d(1)(np.zeros((1, 1, 0, 5)))
+
+
+def test_layer_takes_exactly_one_input():
+    with pytest.raises(TypeError, match="one input"):
+        nn.ReLU()(np.zeros(3), np.zeros(3))
+
+
+# ---------------------------------------------------------------- constructor validation
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: nn.Conv2d(4, 8, 3, groups=3), ValueError, "in_channels .* divisible by groups"),
+    (lambda: nn.Conv2d(4, 6, 3, groups=4), ValueError, "out_channels .* divisible by groups"),
+    (lambda: nn.Conv2d(4, 8, 3, stride=2, padding="same"), ValueError, "strided"),
+    (lambda: nn.Conv2d(4, 8, 3, padding="full"), ValueError, "padding"),
+    (lambda: nn.Conv2d(4, 8, 3, padding=-1), ValueError, "padding"),
+    (lambda: nn.Conv2d(4, 8, 0), ValueError, "kernel_size"),
+    (lambda: nn.Conv2d(4, 8, (3, 3, 3)), ValueError, "kernel_size"),
+    (lambda: nn.Conv2d(4, 8, 3, stride=0), ValueError, "stride"),
+    (lambda: nn.Conv2d(4, 8, 3, dilation=(1, 0)), ValueError, "dilation"),
+    (lambda: nn.Conv2d(0, 8, 3), ValueError, "in_channels"),
+    (lambda: nn.Conv2d(4.0, 8, 3), TypeError, "in_channels"),
+    (lambda: nn.Conv2d(4, 8, 3, padding_mode="reflect"), ValueError, "padding_mode"),
+    (lambda: nn.Linear(0, 3), ValueError, "in_features"),
+    (lambda: nn.Linear(3, True), TypeError, "out_features"),
+    (lambda: nn.BatchNorm2d(4, eps=0), ValueError, "eps"),
+    (lambda: nn.BatchNorm2d(4, momentum=2), ValueError, "momentum"),
+    (lambda: nn.MaxPool2d(3, padding=2), ValueError, "padding"),
+    (lambda: nn.MaxPool2d(2, return_indices=True), ValueError, "return_indices"),
+    (lambda: nn.MaxPool2d(2, stride=0), ValueError, "stride"),
+    (lambda: nn.AvgPool2d(2, divisor_override=0), ValueError, "divisor_override"),
+    (lambda: nn.AdaptiveAvgPool2d(0), ValueError, "output_size"),
+    (lambda: nn.AdaptiveMaxPool2d((1, 2, 3)), ValueError, "output_size"),
+    (lambda: nn.Flatten(2, 1), ValueError, "start_dim"),
+    (lambda: nn.Dropout(1.5), ValueError, "p must be"),
+    (lambda: nn.PReLU(0), ValueError, "num_parameters"),
+    (lambda: nn.Softmax(1.5), TypeError, "dim"),
+])
+def test_constructors_validate(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+# ---------------------------------------------------------------- module contract
+def composite(n):
+    """A small torch-or-fscnn model using both positional and named Sequentials."""
+    return n.Sequential(OrderedDict([
+        ("stem", n.Sequential(n.Conv2d(3, 8, 3, padding=1, bias=False), n.BatchNorm2d(8),
+                              n.ReLU(inplace=True), n.MaxPool2d(2))),
+        ("body", n.Sequential(n.Conv2d(8, 8, 3, groups=2), n.ReLU6(), n.AvgPool2d(2))),
+        ("flat", n.Flatten()),
+        ("head", n.Sequential(n.Dropout(0.2), n.Linear(8, 5), n.Softmax(dim=1))),
+    ]))
+
+
+def test_composite_matches_torch_names_repr_and_outputs(rng):
+    torch = pytest.importorskip("torch")
+    model = composite(nn)
+    randomize(model.stem[1], rng)
+    reference = composite(torch.nn).eval()
+    reference.load_state_dict({k: torch.from_numpy(np.array(v))
+                               for k, v in model.state_dict().items()})
+    assert repr(model) == repr(reference)
+    assert [name for name, _ in model.named_modules()] == \
+        [name for name, _ in reference.named_modules()]
+    assert list(model.state_dict()) == [k for k in reference.state_dict()
+                                        if not k.endswith("num_batches_tracked")]
+    x = rng.standard_normal((2, 3, 10, 10), dtype=np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x)).numpy()
+    assert_close(model(x), expected)
+
+
+def test_children_are_registered_in_assignment_order():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = nn.ReLU()
+            self.a = nn.Linear(2, 2)
+            self.skip = None
+            self.plain = 3
+
+    net = Net()
+    assert [name for name, _ in net.named_children()] == ["b", "a"]
+    assert list(net.children()) == [net.b, net.a]
+    assert [name for name, _ in net.named_modules()] == ["", "b", "a"]
+    assert list(net.state_dict()) == ["a.weight", "a.bias"]
+    assert [name for name, _ in net.named_parameters()] == ["a.weight", "a.bias"]
+    net.a = nn.Linear(2, 3, bias=False)  # replacing a child keeps its place
+    assert list(net.state_dict()) == ["a.weight"]
+    with pytest.raises(TypeError, match="child module 'a'"):
+        net.a = 4
+    del net.a
+    assert list(net.state_dict()) == []
+
+
+def test_parameters_are_read_only_float32_copies(rng):
+    m = nn.Linear(3, 2)
+    w = rng.standard_normal((2, 3))  # float64
+    m.weight = w
+    assert m.weight.dtype == np.float32 and not m.weight.flags.writeable
+    w[0, 0] = 100.0
+    assert m.weight[0, 0] != 100.0
+    with pytest.raises(ValueError, match="read-only"):
+        m.weight[0, 0] = 1.0
+    with pytest.raises(ValueError, match=r"Linear.weight: expected shape \(2, 3\), got \(3, 2\)"):
+        m.weight = w.T
+    with pytest.raises(TypeError, match="Linear.bias"):
+        m.bias = np.array(["a", "b"])
+    m.bias = None
+    assert list(m.state_dict()) == ["weight"]
+
+
+def test_state_dict_round_trip_through_npz(tmp_path, rng):
+    model = composite(nn)
+    randomize(model.stem[1], rng)
+    path = tmp_path / "model.npz"
+    np.savez(path, **model.state_dict())
+    fresh = composite(nn)
+    with np.load(path) as archive:
+        assert fresh.load_state_dict(archive) == ([], [])
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), fresh.state_dict().items()):
+        assert k1 == k2 and np.array_equal(v1, v2)
+    x = rng.standard_normal((1, 3, 10, 10))
+    assert np.array_equal(model(x), fresh(x))
+
+
+def test_strict_load_reports_every_problem_at_once():
+    model = composite(nn)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    state = dict(model.state_dict())
+    del state["stem.0.weight"], state["head.1.bias"]
+    state["head.1.weight"] = np.zeros((5, 9))
+    state["stem.1.bias"] = np.zeros(3)
+    state["extra.weight"] = np.zeros(1)
+    state["stem.1.running_mean"] = np.array(["x"] * 8)
+    with pytest.raises(nn.StateDictError) as info:
+        model.load_state_dict(state)
+    err = info.value
+    assert isinstance(err, KeyError) and isinstance(err, ValueError)
+    message = str(err)
+    for key in ("stem.0.weight", "head.1.bias", "extra.weight", "head.1.weight", "stem.1.bias",
+                "stem.1.running_mean"):
+        assert repr(key) in message
+    assert "expected (5, 8), got (5, 9)" in message
+    assert err.missing_keys == ["stem.0.weight", "head.1.bias"]
+    assert err.unexpected_keys == ["extra.weight"]
+    assert [k for k, _, _ in err.mismatched] == ["stem.1.bias", "head.1.weight"]
+    for k, v in model.state_dict().items():  # nothing was loaded
+        assert np.array_equal(v, before[k])
+
+
+def test_non_strict_load_returns_missing_and_unexpected():
+    model = composite(nn)
+    state = {"stem.0.weight": np.ones((8, 3, 3, 3)), "nope": np.zeros(2)}
+    result = model.load_state_dict(state, strict=False)
+    assert result.missing_keys == [k for k in model.state_dict() if k != "stem.0.weight"]
+    assert result.unexpected_keys == ["nope"]
+    assert (model.stem[0].weight == 1).all()
+    with pytest.raises(nn.StateDictError, match="shape mismatch for 'stem.0.weight'"):
+        model.load_state_dict({"stem.0.weight": np.ones((8, 3, 1, 1))}, strict=False)
+
+
+def test_num_batches_tracked_is_optional():
+    bn = nn.BatchNorm2d(3)
+    state = dict(bn.state_dict())
+    bn.load_state_dict(state)
+    bn.load_state_dict({**state, "num_batches_tracked": np.array(7)})
+    with pytest.raises(nn.StateDictError, match="unexpected keys.*num_batches_tracked"):
+        nn.BatchNorm2d(3, track_running_stats=False).load_state_dict(
+            {"weight": np.ones(3), "bias": np.ones(3), "num_batches_tracked": np.array(1)})
+
+
+def test_sequential_indexing_and_editing():
+    a, b, c = nn.ReLU(), nn.Tanh(), nn.Sigmoid()
+    seq = nn.Sequential(a, b, c)
+    assert len(seq) == 3 and list(seq) == [a, b, c]
+    assert seq[0] is a and seq[-1] is c
+    head = seq[1:]
+    assert isinstance(head, nn.Sequential) and list(head._modules) == ["1", "2"]
+    with pytest.raises(IndexError, match="out of range"):
+        seq[3]
+    with pytest.raises(TypeError, match="integers or slices"):
+        seq["0"]
+    seq[1] = nn.ReLU6()
+    del seq[0]
+    assert list(seq._modules) == ["0", "1"] and isinstance(seq[0], nn.ReLU6)
+    seq.append(nn.Identity())
+    assert len(seq) == 3
+    named = nn.Sequential(OrderedDict(first=a, second=b))
+    assert named.first is a and named[1] is b
+    with pytest.raises(TypeError, match="Module"):
+        nn.Sequential(a, "relu")
+
+
+def test_module_list():
+    layers = nn.ModuleList([nn.Linear(2, 2) for _ in range(3)])
+    assert len(layers) == 3 and list(layers.state_dict())[:2] == ["0.weight", "0.bias"]
+    assert isinstance(layers[-2:], nn.ModuleList)
+    layers.insert(0, nn.ReLU())
+    assert isinstance(layers[0], nn.ReLU) and len(layers) == 4
+    with pytest.raises(NotImplementedError, match="forward"):
+        layers(np.zeros((1, 2)))
+
+
+def test_copies_and_pickles_prepare_their_own_plan(rng):
+    import copy
+    import pickle
+    net = conv_bn_relu(rng)
+    x = rng.standard_normal((1, 3, 5, 5))
+    expected = net(x)
+    for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert_close(clone(x), expected)
+        clone[0].weight = np.zeros_like(clone[0].weight)
+        assert not np.array_equal(clone(x), expected)
+    assert_close(net(x), expected)
+
+
+def test_train_and_eval_are_accepted():
+    model = composite(nn)
+    assert model.eval() is model and not any(m.training for m in model.modules())
+    assert model.train() is model and all(m.training for m in model.modules())
+
+
+def test_manual_seed_makes_init_reproducible():
+    nn.manual_seed(3)
+    a = nn.Conv2d(3, 4, 3).state_dict()
+    nn.manual_seed(3)
+    b = nn.Conv2d(3, 4, 3).state_dict()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    bound = 1 / np.sqrt(27)
+    assert np.abs(a["weight"]).max() <= bound and np.abs(a["weight"]).std() > bound / 4
+
+
+# ---------------------------------------------------------------- user modules
+class TwoHeads(nn.Module):
+    """Residual block with a declared fusion, returning two heads."""
+
+    _fusions = (("conv", "bn", "act"),)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.cls = nn.Linear(4, 3)
+        self.box = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.act(x + self.act(self.bn(self.conv(x))))  # act reused outside the chain
+        z = self.pool(y).reshape(len(y), -1)
+        return self.cls(z), self.box(z)
+
+
+def two_heads_reference(m, x):
+    y = R.relu(R.batch_norm(R.conv2d(x, m.conv.weight, m.conv.bias, padding=1),
+                            m.bn.running_mean, m.bn.running_var, m.bn.weight, m.bn.bias))
+    z = R.relu(x + y).mean(axis=(2, 3))
+    return R.linear(z, m.cls.weight, m.cls.bias), R.linear(z, m.box.weight, m.box.bias)
+
+
+def test_user_module_with_fusion_and_two_heads(rng):
+    m = TwoHeads()
+    randomize(m.bn, rng)
+    x = rng.standard_normal((2, 4, 5, 5))
+    cls, box = m(x)
+    ref_cls, ref_box = two_heads_reference(m, x)
+    assert_close(cls, ref_cls)
+    assert_close(box, ref_box)
+    assert {row.name: row.layers for row in m.plan()}["conv"] == "Conv2d+BatchNorm2d+ReLU"
+
+
+def test_broken_fusion_declaration_raises(rng):
+    class Wrong(TwoHeads):
+        def forward(self, x):  # applies bn to the input, not to conv's output
+            return self.act(self.conv(self.bn(x)))
+
+    class Unfinished(TwoHeads):
+        def forward(self, x):  # skips the declared activation
+            return self.bn(self.conv(x))
+
+    with pytest.raises(RuntimeError, match=r"bn \(BatchNorm2d\).*folded"):
+        Wrong()(np.zeros((1, 4, 5, 5)))
+    with pytest.raises(RuntimeError, match=r"conv \(Conv2d\).*act \(ReLU\)"):
+        Unfinished()(np.zeros((1, 4, 5, 5)))
+
+
+def test_shared_modules_are_not_folded_twice(rng):
+    conv = randomize(nn.Conv2d(3, 3, 3, padding=1), rng)
+    bn = randomize(nn.BatchNorm2d(3), rng)
+    relu = nn.ReLU()
+    net = nn.Sequential(conv, bn, relu, conv, relu)
+    x = rng.standard_normal((1, 3, 6, 6))
+
+    def c(t):
+        return R.conv2d(t, conv.weight, conv.bias, padding=1)
+    bn_ref = R.batch_norm(c(x), bn.running_mean, bn.running_var, bn.weight, bn.bias)
+    assert_close(net(x), R.relu(c(R.relu(bn_ref))))
+    assert [row.layers for row in net.plan()] == ["Conv2d"]
+
+
+# ---------------------------------------------------------------- preparation
+def conv_bn_relu(rng):
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.Conv2d(6, 4, 1), nn.ReLU6(), nn.Flatten(), nn.Linear(4 * 25, 3),
+                        nn.ReLU())
+    randomize(net[0], rng)
+    randomize(net[1], rng)
+    return net
+
+
+def conv_bn_relu_reference(net, x):
+    y = R.conv2d(x, net[0].weight, net[0].bias, padding=1)
+    y = R.relu(R.batch_norm(y, net[1].running_mean, net[1].running_var, net[1].weight,
+                            net[1].bias))
+    y = R.relu6(R.conv2d(y, net[3].weight, net[3].bias)).reshape(len(x), -1)
+    return R.relu(R.linear(y, net[6].weight, net[6].bias))
+
+
+def test_prepare_folds_and_fuses_without_touching_the_module(rng):
+    net = conv_bn_relu(rng)
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    x = rng.standard_normal((2, 3, 5, 5))
+    net.prepare(input_shape=(2, 3, 5, 5))
+    plan = net.plan()
+    assert [(row.name, row.layers) for row in plan] == [
+        ("0", "Conv2d+BatchNorm2d+ReLU"), ("3", "Conv2d+ReLU6"), ("6", "Linear+ReLU")]
+    assert [list(row.kernels) for row in plan] == [[(2, 3, 5, 5)], [(2, 6, 5, 5)], [(2, 100)]]
+    assert all(k in ("sparse", "dense") for row in plan for k in row.kernels.values())
+    assert "Conv2d+BatchNorm2d+ReLU" in str(plan)
+    assert_close(net(x), conv_bn_relu_reference(net, x))
+    for k, v in net.state_dict().items():
+        assert np.array_equal(v, before[k])
+    assert repr(net).count("BatchNorm2d(6") == 1
+
+
+@pytest.fixture
+def count_ops(monkeypatch):
+    """Counts the operators built (each one converts its weights)."""
+    built = []
+    for name in ("Conv2dOp", "LinearOp"):
+        cls = getattr(fscnn.ops, name)
+
+        def counting(*args, _cls=cls, **kwargs):
+            built.append(_cls)
+            return _cls(*args, **kwargs)
+        monkeypatch.setattr(fscnn.ops, name, counting)
+    return built
+
+
+def test_inference_never_reconverts_weights(rng, count_ops):
+    net = conv_bn_relu(rng)
+    x = rng.standard_normal((1, 3, 5, 5))
+    first = net(x)
+    assert len(count_ops) == 3
+    for _ in range(3):
+        assert np.array_equal(net(x), first)
+    net(rng.standard_normal((4, 3, 5, 5)))
+    net.plan()
+    nn.Conv2d(2, 2, 1)  # unrelated module changes do not invalidate the plan
+    net(x)
+    assert len(count_ops) == 3
+
+
+@pytest.mark.parametrize("change", ["assign", "load_state_dict", "replace_child", "hyper"])
+def test_weight_changes_invalidate_the_plan(change, rng, count_ops):
+    net = conv_bn_relu(rng)
+    x = rng.standard_normal((1, 3, 5, 5))
+    net(x)
+    if change == "assign":
+        net[1].running_var = net[1].running_var * 4
+    elif change == "load_state_dict":
+        net.load_state_dict({**net.state_dict(), "0.bias": np.ones(6)})
+    elif change == "replace_child":
+        net[3] = randomize(nn.Conv2d(6, 4, 1), rng)
+    else:
+        net[3].stride = (1, 1)  # same value, but any public attribute counts as a change
+    assert_close(net(x), conv_bn_relu_reference(net, x))
+    assert len(count_ops) == 6
+
+
+def test_kernel_override_per_model_and_per_layer(rng):
+    net = conv_bn_relu(rng)
+    x = rng.standard_normal((1, 3, 5, 5))
+    expected = conv_bn_relu_reference(net, x)
+    net.prepare(kernel="dense")
+    assert_close(net(x), expected)
+    assert [row.kernel_setting for row in net.plan()] == ["dense"] * 3
+    assert [list(row.kernels.values()) for row in net.plan()] == [["dense"]] * 3
+    net.prepare(kernel={"3": "sparse", "6": "dense"})
+    assert_close(net(x), expected)
+    assert [row.kernel_setting for row in net.plan()] == ["auto", "sparse", "dense"]
+    assert [row.kernels[s] for row, s in zip(net.plan()[1:], [(1, 6, 5, 5), (1, 100)])] == \
+        ["sparse", "dense"]
+    net[0].weight = net[0].weight  # lazy re-preparation keeps the per-layer setting
+    net(x)
+    assert [row.kernel_setting for row in net.plan()] == ["auto", "sparse", "dense"]
+    net[3] = nn.Identity()  # and ignores layers that are gone
+    net[4] = nn.Identity()
+    net[6] = nn.Linear(6 * 25, 3)
+    assert net(x).shape == (1, 3)
+    assert [row.kernel_setting for row in net.plan()] == ["auto", "dense"]
+
+
+def test_prepare_validates_its_arguments():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    with pytest.raises(ValueError, match=r"kernel must be one of"):
+        net.prepare(kernel="fast")
+    with pytest.raises(ValueError, match=r"no convolution or linear layer named '1'.*'0'"):
+        net.prepare(kernel={"1": "dense"})
+    with pytest.raises(ValueError, match=r"'0': 'gpu'"):
+        net.prepare(kernel={"0": "gpu"})
+    with pytest.raises(ValueError, match="input_shape"):
+        net.prepare(input_shape=(1, 3, 0, 8))
+
+
+def test_plan_reports_density_after_folding(rng):
+    net = conv_bn_relu(rng)
+    w = np.array(net[0].weight)
+    w[:, :, 0, :] = 0.0
+    net[0].weight = w
+    density = next(row.density for row in net.plan() if row.name == "0")
+    assert density == pytest.approx(np.count_nonzero(w) / w.size)
