@@ -8,6 +8,10 @@ __version__ = "0.1.0"
 
 from ._config import (get_num_threads, get_simd_level, set_num_threads, set_simd_level,
                       show_config)
+from . import functional, models, nn, ops, prune, sparse  # noqa: E402  (after the config)
+from .convert import from_torch
+from .io import load, save
 
 __all__ = ["__version__", "get_num_threads", "set_num_threads", "get_simd_level",
-           "set_simd_level", "show_config"]
+           "set_simd_level", "show_config", "functional", "models", "nn", "ops", "prune",
+           "sparse", "from_torch", "load", "save"]

@@ -1,4 +1,4 @@
-"""The ``fscnn`` command: ``fscnn info``, ``fscnn prune``.
+"""The ``fscnn`` command: ``fscnn bench``, ``fscnn info``, ``fscnn prune``.
 
 Every subcommand registers itself through an ``add_<name>_parser(subparsers)`` function listed
 in `SUBCOMMANDS`. User mistakes (a missing file, a bad number, an unknown model, a corrupt
@@ -317,11 +317,63 @@ def add_prune_parser(subparsers):
     parser.set_defaults(run=_run_prune)
 
 
-# The subcommands, in the order ``fscnn --help`` lists them. To add one (``bench``), write
-# ``add_bench_parser(subparsers)`` like the functions above: ``subparsers.add_parser(...)``,
+def _run_bench(args):
+    from . import bench
+    compare = [c for c in args.compare.split(",") if c]
+    report = bench.run(args.target, arch=args.model, sparsity=args.sparsity, batch=args.batch,
+                       threads=args.threads, input_size=args.input_size, warmup=args.warmup,
+                       iterations=args.iterations, seconds=args.time, compare=compare,
+                       per_layer=args.per_layer, kernel=args.kernel,
+                       keep=[n for group in args.keep for n in group.split(",") if n],
+                       seed=args.seed)
+    if args.json:
+        bench.write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0 if report["check"]["ok"] else 1
+
+
+def add_bench_parser(subparsers):
+    """Register ``fscnn bench``."""
+    parser = subparsers.add_parser(
+        "bench", help="time a pruned model against PyTorch and the dense path (the main job)",
+        description="Build MODEL (default vgg16, random weights) or load WEIGHTS.npz, prune it "
+                    "to --sparsity by magnitude, check fscnn's output against PyTorch (or "
+                    "fscnn's dense path without torch), then time fscnn and the comparisons "
+                    "round-robin on the same input and print latency statistics and speed-ups.")
+    parser.add_argument("target", nargs="?", default="vgg16", metavar="MODEL|WEIGHTS.npz",
+                        help="a model name of fscnn.models or a .npz archive (default: vgg16)")
+    parser.add_argument("--model", metavar="ARCH", help="architecture of a .npz archive")
+    parser.add_argument("--sparsity", type=_fraction, default=0.9, metavar="S",
+                        help="magnitude-prune every conv/linear weight to this fraction of "
+                             "zeros (default 0.9)")
+    parser.add_argument("--keep", action="append", default=[], metavar="NAME,...",
+                        help="layers kept dense when pruning; repeatable")
+    parser.add_argument("--batch", type=_positive_int, default=1, metavar="N")
+    parser.add_argument("--threads", type=_positive_int, metavar="T",
+                        help="threads for fscnn and every comparison (default: all usable cores)")
+    parser.add_argument("--input-size", type=_positive_int, default=224, metavar="H")
+    parser.add_argument("--warmup", type=int, default=2, metavar="W", help="untimed rounds")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--iterations", type=_positive_int, metavar="I", help="timed rounds")
+    group.add_argument("--time", type=float, default=10.0, metavar="SEC",
+                       help="time budget of the timed rounds when --iterations is not given "
+                            "(default 10)")
+    parser.add_argument("--compare", default="torch,dense", metavar="LIST",
+                        help="comparisons among torch, onnxruntime, dense (default torch,dense)")
+    parser.add_argument("--kernel", choices=("auto", "sparse", "dense"), default="auto",
+                        help="fscnn's kernel choice per layer (default auto: timed)")
+    parser.add_argument("--per-layer", action="store_true",
+                        help="add a per-layer table: shape, sparsity, kernel, time, GFLOP/s")
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--json", metavar="OUT.json", help="also write the report as JSON")
+    parser.set_defaults(run=_run_bench)
+
+
+# The subcommands, in the order ``fscnn --help`` lists them. To add one, write
+# ``add_<name>_parser(subparsers)`` like the functions above: ``subparsers.add_parser(...)``,
 # its arguments, and ``set_defaults(run=handler)`` where ``handler(args) -> int`` prints its
 # output and raises CommandError, ValueError or OSError for user mistakes; then append it here.
-SUBCOMMANDS = [add_info_parser, add_prune_parser]
+SUBCOMMANDS = [add_bench_parser, add_info_parser, add_prune_parser]
 
 
 def build_parser():

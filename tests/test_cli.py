@@ -64,7 +64,7 @@ def test_help_at_every_level(capsys, argv, flag):
 def test_top_level_help_lists_only_working_commands(capsys):
     _, out, _ = _run(capsys, "--help")
     listed = re.findall(r"^    (\w+)\s", out, flags=re.MULTILINE)
-    assert listed == ["info", "prune"]
+    assert listed == ["bench", "info", "prune"]
 
 
 def test_version(capsys):

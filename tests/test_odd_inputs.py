@@ -138,9 +138,6 @@ def test_empty_batch_through_a_sequential():
     assert y.shape == (0, 5) and y.dtype == np.float32
 
 
-@pytest.mark.xfail(strict=True, reason="the zoo's forward flattens with x.reshape(x.shape[0], "
-                                       "-1), which NumPy refuses for an empty batch "
-                                       "(resnet.py:169, vgg.py:43, mobilenet.py:146)")
 @pytest.mark.parametrize("build", [models.resnet18, models.vgg11, models.mobilenet_v2])
 def test_empty_batch_through_zoo_models(build):
     assert build(num_classes=10)(np.zeros((0, 3, 32, 32), np.float32)).shape == (0, 10)

@@ -5,6 +5,8 @@ its ``conv`` Sequential) and a final 1x1 ``Conv2dNormActivation``; ``classifier`
 and a linear layer. Every Conv2d -> BatchNorm2d (-> ReLU6) run sits in a Sequential, so
 preparation folds and fuses all of them.
 """
+import math
+
 from .. import functional as F
 from .. import nn
 
@@ -143,7 +145,7 @@ class MobileNetV2(nn.Module):
     def forward(self, x):
         """Class scores of shape (N, num_classes) for images ``x`` of shape (N, 3, H, W)."""
         x = F.adaptive_avg_pool2d(self.features(x), (1, 1))
-        return self.classifier(x.reshape(x.shape[0], -1))
+        return self.classifier(x.reshape(x.shape[0], math.prod(x.shape[1:])))
 
 
 def mobilenet_v2(num_classes=1000, width_mult=1.0):

@@ -5,6 +5,8 @@ Module names follow torchvision (``conv1``, ``bn1``, ``layer1``..``layer4``, ``f
 blocks declare their conv -> bn -> relu chains in ``_fusions`` so that preparation folds each
 batch norm into its convolution and fuses the ReLU into the kernel.
 """
+import math
+
 from .. import functional as F
 from .. import nn
 
@@ -166,7 +168,7 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.avgpool(x)
-        return self.fc(x.reshape(x.shape[0], -1))
+        return self.fc(x.reshape(x.shape[0], math.prod(x.shape[1:])))
 
 
 def resnet18(num_classes=1000):

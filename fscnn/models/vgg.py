@@ -3,6 +3,8 @@
 Module names and config tables are torchvision's (``features``, ``avgpool``, ``classifier``),
 so ``torchvision.models.vgg16(weights=...).state_dict()`` saved as ``.npz`` loads strictly.
 """
+import math
+
 from .. import nn
 
 # Output channels per 3x3 convolution, "M" for a 2x2 max pool (torchvision's cfgs).
@@ -40,7 +42,7 @@ class VGG(nn.Module):
     def forward(self, x):
         """Class scores of shape (N, num_classes) for images ``x`` of shape (N, 3, H, W)."""
         x = self.avgpool(self.features(x))
-        return self.classifier(x.reshape(x.shape[0], -1))
+        return self.classifier(x.reshape(x.shape[0], math.prod(x.shape[1:])))
 
 
 def make_layers(cfg, batch_norm=False):

@@ -7,7 +7,7 @@ Calling a module runs its prepared plan: batch norms folded into convolutions, R
 into kernel epilogues and weights converted once to sparse form (:meth:`Module.prepare`,
 :meth:`Module.plan`). Inference only: there are no gradients and no training mode.
 """
-from ._plan import LayerPlan, PlanReport
+from ._plan import LayerPlan, LayerTime, PlanReport, profile
 from .activation import (Hardsigmoid, Hardswish, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, SiLU,
                          Softmax, Tanh)
 from .container import ModuleList, Sequential
@@ -21,4 +21,4 @@ __all__ = ["Module", "Layer", "Sequential", "ModuleList", "Conv2d", "Linear", "B
            "ReLU", "ReLU6", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid",
            "SiLU", "Softmax", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
            "Flatten", "Dropout", "Identity", "StateDictError", "LayerInputError",
-           "IncompatibleKeys", "LayerPlan", "PlanReport", "manual_seed"]
+           "IncompatibleKeys", "LayerPlan", "PlanReport", "LayerTime", "profile", "manual_seed"]

@@ -18,6 +18,7 @@ plan compares versions only when the epoch moved.
 """
 import contextlib
 import threading
+import time
 from collections import Counter, namedtuple
 from collections.abc import Mapping
 
@@ -53,6 +54,54 @@ def running(plan):
         yield run
     finally:
         runs.pop()
+
+
+LayerTime = namedtuple("LayerTime", ["name", "type", "input_shape", "kernel", "sparsity",
+                                     "seconds", "flops_dense", "flops_sparse"])
+LayerTime.__doc__ = """One layer call recorded by :func:`profile`.
+
+Fields: ``name`` (qualified name), ``type`` (what runs, e.g. ``"Conv2d+BatchNorm2d+ReLU"``),
+``input_shape``, ``kernel`` ('sparse'/'dense' for convolution and linear layers, else None),
+``sparsity`` (of the prepared weights, else None), ``seconds``, and the FLOPs of the call
+counted on all weights (``flops_dense``) and on the non-zeros (``flops_sparse``), 2 per
+multiply-add, None for layers without weights.
+"""
+
+
+@contextlib.contextmanager
+def profile():
+    """Record every leaf-layer call made on this thread inside the block.
+
+    Yields a list that fills with :class:`LayerTime` records, in call order; layers absorbed
+    by a fused operator (a folded batch norm, a fused ReLU) take no time of their own and are
+    not listed.
+
+    Examples
+    --------
+    >>> with fscnn.nn.profile() as records:
+    ...     model(x)
+    >>> sum(r.seconds for r in records)
+    """
+    records = []
+    stack = _local.__dict__.setdefault("profiles", [])
+    stack.append(records)
+    try:
+        yield records
+    finally:
+        stack.pop()
+
+
+def _record(records, name, layer, step, x, out, seconds):
+    if step is None:
+        records.append(LayerTime(name, type(layer).__name__, x.shape, None, None, seconds, None,
+                                 None))
+        return
+    op = step.op
+    positions = out.size // out.shape[1] if out.ndim == 4 else out.size // out.shape[-1]
+    rows = x.reshape(-1, x.shape[-1]).shape if out.ndim != 4 else x.shape
+    kernel = op.kernel_for(rows)
+    records.append(LayerTime(name, step.layers, x.shape, kernel, op.sparsity, seconds,
+                             2.0 * op.dense.size * positions, 2.0 * op.nnz * positions))
 
 
 def label(name, module):
@@ -179,6 +228,7 @@ class Plan:
         named = list(root.named_modules())
         kernels = _kernel_choice(kernel, named, strict)
         self.labels = {id(m): label(name, m) for name, m in named}
+        self.names = {id(m): name for name, m in named}
         self._versions = [(m, m._version) for _, m in named]
         self._epoch = _epoch[0]
         uses = _occurrences(root)
@@ -267,12 +317,23 @@ class _Run:
         if len(args) != 1 or kwargs:
             raise TypeError(f"{name}: expected one input array, got {len(args)} positional and "
                             f"{len(kwargs)} keyword arguments")
-        x = as_float_array(args[0], name)
-        layer._check_input(x, name)
         step = self.plan.steps.get(id(layer))
+        raw = args[0]
+        if isinstance(raw, np.ndarray) and raw.dtype.kind == "f":
+            # refuse a wrong shape before converting: a huge bad view must not be copied
+            layer._check_input(raw, name)
+            if step is not None and raw.ndim == 4:
+                step.op.output_shape(raw.shape)
+        x = as_float_array(raw, name)
+        layer._check_input(x, name)
+        profiles = getattr(_local, "profiles", None)
+        t0 = time.perf_counter() if profiles else 0.0
+        out = layer.forward(x) if step is None else step(x)
+        if profiles:
+            _record(profiles[-1], self.plan.names[id(layer)], layer, step, x, out,
+                    time.perf_counter() - t0)
         if step is None:
-            return layer.forward(x)
-        out = step(x)
+            return out
         for follower in step.followers:
             self.pending.setdefault(id(follower), []).append((out, step))
         return out

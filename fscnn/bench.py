@@ -1,0 +1,304 @@
+"""The main job: time a pruned model on fscnn against references, side by side (``fscnn bench``).
+
+Every candidate (fscnn with its per-layer kernel choice, and the comparisons: PyTorch, ONNX
+Runtime, fscnn's own dense path) runs on the same weights and the same input, interleaved
+round by round so that machine noise hits all of them alike; the report gives latency
+statistics per candidate and the speed-up of fscnn over each, from medians.
+"""
+import contextlib
+import json
+import math
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+from . import _config
+from .cli import CommandError, format_table
+
+COMPARISONS = ("torch", "onnxruntime", "dense")
+
+
+def build_model(target, arch=None, seed=0):
+    """The model to benchmark and its architecture name.
+
+    Parameters
+    ----------
+    target : str
+        A model name of :mod:`fscnn.models` (randomly initialised from ``seed``) or a ``.npz``
+        archive of weights (then ``arch`` names its architecture).
+    """
+    from . import io, models, nn
+    zoo = {n: getattr(models, n) for n in models.__all__ if n.islower()}
+    if target.endswith(".npz"):
+        if arch is None:
+            raise CommandError(f"{target}: give the architecture of these weights with --model "
+                               f"(one of {', '.join(sorted(zoo))})")
+        name, state = arch, io.load(target)
+    else:
+        name, state = target, None
+    if name not in zoo:
+        raise CommandError(f"unknown model {name!r} (models: {', '.join(sorted(zoo))})")
+    nn.manual_seed(seed)
+    model = zoo[name]()
+    if state is not None:
+        model.load_state_dict(state)
+    model.eval()
+    return model, name
+
+
+def torch_model(arch, state_dict):
+    """The PyTorch model of ``arch`` holding ``state_dict``, or None when torch is missing."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    from .torch_reference import build
+    model = build(arch, num_classes=state_dict[_last_weight(state_dict)].shape[0])
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()})
+    return model.eval()
+
+
+def _last_weight(state_dict):
+    return [k for k, v in state_dict.items() if k.endswith("weight") and np.ndim(v) == 2][-1]
+
+
+def _onnx_session(tmodel, x, threads):
+    """An ONNX Runtime session of the torch model, or None when onnxruntime/onnx are missing."""
+    try:
+        import io as _io
+
+        import onnxruntime as ort
+        import torch
+    except ImportError:
+        return None
+    buf = _io.BytesIO()
+    with warnings_silenced():
+        torch.onnx.export(tmodel, (torch.from_numpy(x),), buf, dynamo=False,
+                          input_names=["x"], output_names=["y"])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+
+@contextlib.contextmanager
+def warnings_silenced():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _progress(total, enabled):
+    """A tqdm progress bar when tqdm is installed and stderr is a terminal, else a no-op."""
+    if enabled:
+        try:
+            from tqdm import tqdm
+            return tqdm(total=total, desc="timing", unit="round", leave=False, disable=None)
+        except ImportError:
+            pass
+
+    class _Null:
+        def update(self, n=1):
+            pass
+
+        def close(self):
+            pass
+    return _Null()
+
+
+def time_interleaved(fns, warmup, iterations=None, seconds=None, progress=True):
+    """Time each callable of ``fns`` round-robin; returns name -> array of seconds per call.
+
+    Runs ``warmup`` untimed rounds, then rounds until ``iterations`` rounds or ``seconds`` of
+    wall time have passed (at least 3 rounds).
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    start = time.perf_counter()
+    bar = _progress(iterations, progress)
+    rounds = 0
+    while True:
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        rounds += 1
+        bar.update(1)
+        if iterations is not None and rounds >= iterations:
+            break
+        if iterations is None and rounds >= 3 and time.perf_counter() - start >= seconds:
+            break
+    bar.close()
+    return {name: np.array(t) for name, t in times.items()}
+
+
+def latency_stats(t, batch):
+    """Mean, median, p90, p99, min, max (ms) and images per second of call times ``t``."""
+    ms = t * 1e3
+    return {"mean_ms": float(ms.mean()), "median_ms": float(np.median(ms)),
+            "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99)),
+            "min_ms": float(ms.min()), "max_ms": float(ms.max()), "runs": int(ms.size),
+            "images_per_s": float(batch / np.median(t))}
+
+
+def per_layer_table(model, x, repeats=5):
+    """Rows per layer: name, type, input shape, sparsity, kernel, median ms, effective GFLOP/s
+    (2 * non-zeros * output positions / time for the sparse kernel, all weights for dense),
+    share of the total."""
+    from .nn import profile
+    runs = []
+    for _ in range(repeats):
+        with profile() as records:
+            model(x)
+        runs.append(records)
+    rows = []
+    for i, rec in enumerate(runs[0]):
+        t = float(np.median([r[i].seconds for r in runs]))
+        flops = rec.flops_sparse if rec.kernel == "sparse" else rec.flops_dense
+        rows.append({"layer": rec.name, "type": rec.type, "input_shape": list(rec.input_shape),
+                     "sparsity": rec.sparsity, "kernel": rec.kernel, "ms": t * 1e3,
+                     "gflops": (flops / t / 1e9) if flops and t > 0 else None})
+    total = sum(r["ms"] for r in rows)
+    for r in rows:
+        r["share"] = r["ms"] / total if total else 0.0
+    return rows
+
+
+def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_size=224,
+        warmup=2, iterations=None, seconds=10.0, compare=("torch", "dense"), per_layer=False,
+        kernel="auto", keep=(), seed=0, out=sys.stdout, progress=True):
+    """Run the benchmark and print its report; returns the report as a dict (see ``--json``)."""
+    from .prune import prune, sparsity_report
+    threads = threads or _config.get_num_threads()
+    unknown = set(compare) - set(COMPARISONS)
+    if unknown:
+        raise CommandError(f"--compare: unknown {', '.join(sorted(unknown))} "
+                           f"(choose from {', '.join(COMPARISONS)})")
+    model, name = build_model(target, arch, seed)
+    if sparsity is not None:
+        prune(model, sparsity, keep=list(keep), inplace=True)
+    state = model.state_dict()
+    achieved = sparsity_report(state).total.sparsity
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 3, input_size, input_size), dtype=np.float32)
+    report = {"model": name, "target": target, "sparsity": achieved, "batch": batch,
+              "threads": threads, "input_size": input_size, "kernel": kernel,
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": _cpu_name(),
+              "simd": _config.get_simd_level(), "fscnn_version": _config.config_dict()["fscnn"]}
+    print(f"fscnn bench: {name}, {achieved:.1%} of conv/linear weights zero, batch {batch}, "
+          f"{input_size}x{input_size}, {threads} thread(s), SIMD {report['simd']}", file=out)
+    with _config.threads(threads), _torch_threads(threads):
+        t0 = time.perf_counter()
+        model.prepare(x.shape, kernel=kernel)
+        report["prepare_s"] = time.perf_counter() - t0
+        plan = model.plan()
+        chosen = [k for row in plan for k in row.kernels.values()]
+        report["kernels"] = {k: chosen.count(k) for k in sorted(set(chosen))}
+        print(f"prepared in {report['prepare_s']:.1f} s: "
+              + ", ".join(f"{n} layers {k}" for k, n in report["kernels"].items()), file=out)
+        fns = {"fscnn": lambda: model(x)}
+        tmodel = torch_model(name, state) if ("torch" in compare or "onnxruntime" in compare) \
+            else None
+        ref_name, ref = _reference(model, name, state, x, tmodel, kernel, fns, compare, threads,
+                                   out)
+        y = model(x)
+        err = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
+        report["check"] = {"reference": ref_name, "max_rel_error": err, "ok": err <= 1e-3}
+        print(f"check: max|fscnn - {ref_name}| / max|{ref_name}| = {err:.2e} "
+              f"({'ok' if err <= 1e-3 else 'MISMATCH'})", file=out)
+        times = time_interleaved(fns, warmup, iterations, seconds, progress)
+    report["latency"] = {k: latency_stats(t, batch) for k, t in times.items()}
+    base = report["latency"]["fscnn"]["median_ms"]
+    rows = []
+    for k, s in report["latency"].items():
+        s["fscnn_speedup"] = s["median_ms"] / base
+        rows.append([k, f"{s['mean_ms']:.2f}", f"{s['median_ms']:.2f}", f"{s['p90_ms']:.2f}",
+                     f"{s['p99_ms']:.2f}", f"{s['images_per_s']:.1f}",
+                     "-" if k == "fscnn" else f"x{s['fscnn_speedup']:.2f}"])
+    print(format_table(["", "mean ms", "median ms", "p90 ms", "p99 ms", "images/s",
+                        "fscnn speed-up"], rows), file=out)
+    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if per_layer:
+        with _config.threads(threads):
+            report["layers"] = per_layer_table(model, x)
+        print(format_table(
+            ["layer", "type", "input", "sparsity", "kernel", "ms", "GFLOP/s", "share"],
+            [[r["layer"], r["type"], "x".join(map(str, r["input_shape"][1:])),
+              "-" if r["sparsity"] is None else f"{r['sparsity']:.2f}", r["kernel"] or "-",
+              f"{r['ms']:.3f}", "-" if r["gflops"] is None else f"{r['gflops']:.1f}",
+              f"{r['share']:.1%}"] for r in report["layers"]]), file=out)
+    return report
+
+
+def _reference(model, name, state, x, tmodel, kernel, fns, compare, threads, out):
+    """Add the comparison candidates to ``fns``; return (name, output) of the reference that
+    fscnn's output is checked against: PyTorch when installed, else fscnn's dense path."""
+    ref = None
+    if tmodel is not None:
+        import torch
+        xt = torch.from_numpy(x)
+
+        def run_torch():
+            with torch.no_grad():
+                return tmodel(xt)
+        if "torch" in compare:
+            fns["torch"] = run_torch
+        ref = ("torch", run_torch().numpy())
+        if "onnxruntime" in compare:
+            session = _onnx_session(tmodel, x, threads)
+            if session is None:
+                print("onnxruntime: not installed (pip install onnx onnxruntime); skipped", file=out)
+            else:
+                fns["onnxruntime"] = lambda: session.run(None, {"x": x})
+    elif "torch" in compare or "onnxruntime" in compare:
+        print("torch: not installed; comparing with fscnn's dense path only", file=out)
+    if "dense" in compare or ref is None:
+        dense_model, _ = build_model(name)
+        dense_model.load_state_dict(state)
+        dense_model.prepare(x.shape, kernel="dense")
+        if "dense" in compare:
+            fns["dense"] = lambda: dense_model(x)
+        if ref is None:
+            ref = ("fscnn dense", dense_model(x))
+    return ref
+
+
+@contextlib.contextmanager
+def _torch_threads(threads):
+    torch = sys.modules.get("torch")
+    if torch is None:
+        try:
+            import torch
+        except ImportError:
+            yield
+            return
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_json(report, path):
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1, default=lambda o: o if not isinstance(o, float)
+                  or math.isfinite(o) else None)
