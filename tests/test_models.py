@@ -136,12 +136,10 @@ def test_repr_matches_torch(torch_zoo):
     assert repr(fscnn.models.resnet18(num_classes=NUM_CLASSES)) == repr(reference)
 
 
-@pytest.mark.parametrize("sparsity", SPARSITIES)
-@pytest.mark.parametrize("zoo", MODEL_NAMES, indirect=True)
+@pytest.mark.parametrize("zoo, sparsity", [(n, s) for n in MODEL_NAMES for s in SPARSITIES
+                                            if quick_case(n, s)], indirect=["zoo"])
 def test_matches_torch(zoo, sparsity):
     import torch
-    if not quick_case(zoo.name, sparsity):
-        pytest.skip("deep VGG at more sparsities: set FSCNN_TEST_FULL_ZOO=1")
     state = pruned(zoo.state(), sparsity)
     zoo.model.load_state_dict(state)
     kernel, batch = CASE_AT[sparsity]

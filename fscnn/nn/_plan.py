@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..functional._validate import as_float_array
+from ..ops import Conv2dOp
 from .errors import LayerInputError
 
 KERNELS = ("auto", "sparse", "dense")
@@ -322,7 +323,7 @@ class _Run:
         if isinstance(raw, np.ndarray) and raw.dtype.kind == "f":
             # refuse a wrong shape before converting: a huge bad view must not be copied
             layer._check_input(raw, name)
-            if step is not None and raw.ndim == 4:
+            if step is not None and isinstance(step.op, Conv2dOp):
                 step.op.output_shape(raw.shape)
         x = as_float_array(raw, name)
         layer._check_input(x, name)
