@@ -233,7 +233,7 @@ def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_si
             [[r["layer"], r["type"], "x".join(map(str, r["input_shape"][1:])),
               "-" if r["sparsity"] is None else f"{r['sparsity']:.2f}", r["kernel"] or "-",
               f"{r['ms']:.3f}", "-" if r["gflops"] is None else f"{r['gflops']:.1f}",
-              f"{r['share']:.1%}"] for r in report["layers"]]), file=out)
+              f"{r['share']:.1%}"] for r in report["layers"]], align="lllrlrrr"), file=out)
     return report
 
 

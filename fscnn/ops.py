@@ -19,9 +19,11 @@ from .sparse import CSRMatrix, SparseConvWeight
 from .functional._validate import activation_code, as_float_array, as_vector, is_int, pair
 
 KERNELS = ("auto", "sparse", "dense")
-# Below this fraction of zeros 'auto' does not consider the sparse kernel: it never wins there
-# (bench/bench_layers.py break-even is 50-70%) and converting a dense weight costs time and memory.
-AUTO_MIN_SPARSITY = 0.3
+# Below this fraction of zeros 'auto' does not consider the sparse *linear* kernel: SpMV/SpMM
+# does not beat GEMM there, and converting a dense 100M-weight classifier costs seconds.
+# Convolutions always time both: the direct kernel beats im2col+GEMM even on dense weights
+# for few input channels (first layers) and depthwise layers.
+AUTO_MIN_SPARSITY_LINEAR = 0.3
 ONE_SHOT_SPARSITY = 0.7  # a one-shot call (nothing to amortise timing over) goes sparse above this
 _INT32_MAX = np.iinfo(np.int32).max
 _L1_WINDOW_BYTES = 32 * 1024  # input window per tile kept in L1 by channel blocking
@@ -198,12 +200,14 @@ class _WeightedOp:
             self._sparse = self.sparse_format.from_dense(self.dense.reshape(self.weight_shape))
         return self._sparse
 
+    min_auto_sparsity = 0.0  # below this 'auto' takes the dense kernel without timing
+
     def _pick(self, x, run):
         """(kernel, timings) for input ``x``: the setting, or with 'auto' the faster of the
-        candidates timed on ``x`` (the sparse kernel only above AUTO_MIN_SPARSITY)."""
+        candidates timed on ``x`` (the sparse kernel only from ``min_auto_sparsity`` up)."""
         if self.kernel != "auto":
             return self.kernel, None
-        if self.sparsity < AUTO_MIN_SPARSITY:
+        if self.sparsity < self.min_auto_sparsity:
             return "dense", None
         times = {k: _time_call(lambda: run(x, k)) for k in ("sparse", "dense")}
         return min(times, key=times.get), times
@@ -293,8 +297,7 @@ class Conv2dOp(_WeightedOp):
         chunk = int(np.clip((1 << 18) // K, 64, 4096)) // 16 * 16
         plan["chunk"] = max(16, min(chunk, -(-geo.L // max(1, 2 * threads)) + 15 & ~15))
         plan["tap_offsets"] = geo.tap_offsets.astype(np.int32)
-        if self.kernel == "sparse" or (self.kernel == "auto"
-                                       and self.sparsity >= AUTO_MIN_SPARSITY):
+        if self.kernel in ("sparse", "auto"):
             plan["sparse"] = self._sparse_plan(geo, threads, level)
         x = np.zeros(shape, np.float32) if self.kernel == "auto" else None
         plan["kernel"], plan["timings"] = self._pick(x, lambda x, k: self._run(x, plan, k))
@@ -398,6 +401,7 @@ class LinearOp(_WeightedOp):
     """
 
     sparse_format = CSRMatrix
+    min_auto_sparsity = AUTO_MIN_SPARSITY_LINEAR
 
     def __init__(self, weight, bias=None, activation=None, kernel="auto", name="linear"):
         self._init_weights(weight, bias, activation, kernel, name, 2, "(out_features, in_features)")

@@ -201,3 +201,32 @@ def test_python_m_fscnn(tmp_path):
                                timeout=120)
     assert error_run.returncode == 2
     assert error_run.stderr == "fscnn: error: missing.npz: No such file or directory\n"
+
+
+# ------------------------------------------------------------------ bench
+def test_bench_runs_checks_and_writes_json(capsys, tmp_path):
+    out_json = tmp_path / "r.json"
+    status, out, err = _run(capsys, "bench", "resnet18", "--input-size", "32", "--threads", "1",
+                            "--iterations", "2", "--warmup", "0", "--per-layer", "--compare",
+                            "dense", "--json", out_json)
+    assert status == 0, err
+    assert "check: max|fscnn - " in out and "(ok)" in out
+    assert _cells(out, "fscnn") and _cells(out, "dense")
+    assert _cells(out, "layer1.0.conv1")[1] == "Conv2d+BatchNorm2d+ReLU"
+    import json
+    report = json.loads(out_json.read_text())
+    assert report["model"] == "resnet18" and report["threads"] == 1
+    assert abs(report["sparsity"] - 0.9) < 0.01
+    assert report["check"]["ok"] and report["latency"]["fscnn"]["runs"] == 2
+    assert {r["layer"] for r in report["layers"]} >= {"conv1", "fc"}
+
+
+def test_bench_of_an_archive_needs_its_architecture(capsys, tmp_path):
+    path = tmp_path / "w.npz"
+    np.savez(path, x=np.ones(3, np.float32))
+    status, _, err = _run(capsys, "bench", path)
+    assert status == 2 and "--model" in err and "Traceback" not in err
+    status, _, err = _run(capsys, "bench", "alexnet")
+    assert status == 2 and "unknown model 'alexnet'" in err
+    status, _, err = _run(capsys, "bench", "--compare", "tensorflow")
+    assert status == 2 and "tensorflow" in err
