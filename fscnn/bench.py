@@ -94,21 +94,32 @@ def warnings_silenced():
 
 
 def _progress(total, enabled):
-    """A tqdm progress bar when tqdm is installed and stderr is a terminal, else a no-op."""
-    if enabled:
-        try:
-            from tqdm import tqdm
-            return tqdm(total=total, desc="timing", unit="round", leave=False, disable=None)
-        except ImportError:
-            pass
+    """A progress bar on stderr while timing: tqdm's when installed, else a one-line counter;
+    nothing when stderr is not a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        return _Counter(total, live=False)
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, desc="timing", unit="round", leave=False)
+    except ImportError:
+        return _Counter(total, live=True)
 
-    class _Null:
-        def update(self, n=1):
-            pass
 
-        def close(self):
-            pass
-    return _Null()
+class _Counter:
+    """Minimal stand-in for tqdm: ``timing: round i[/N]`` rewritten in place."""
+
+    def __init__(self, total, live):
+        self.total, self.n, self.live = total, 0, live
+
+    def update(self, n=1):
+        self.n += n
+        if self.live:
+            of = f"/{self.total}" if self.total else ""
+            print(f"\rtiming: round {self.n}{of}", end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.live and self.n:
+            print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
 
 
 def time_interleaved(fns, warmup, iterations=None, seconds=None, progress=True):

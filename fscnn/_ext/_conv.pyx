@@ -31,7 +31,7 @@ cdef void _pack_image(const float *x, int64_t C, int64_t H, int64_t W, int64_t p
                       int64_t pad_left, int64_t sh, int64_t sw, int64_t Hq, int64_t Wq,
                       float *buf, int n_threads) noexcept nogil:
     cdef int64_t c
-    for c in prange(C, num_threads=n_threads, schedule="static"):
+    for c in prange(C, num_threads=n_threads, schedule="dynamic"):
         conv_pack(x, c, c + 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, buf)
 
 
@@ -64,7 +64,7 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
         for n in range(N):
             _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, &buf[0],
                         n_threads)
-            for i in prange(n_items, num_threads=n_threads, schedule="static"):
+            for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
                 spconv_items(level, half, &buf[0], &blkptr[0, 0], ncb, optr, vptr, bptr,
                              &out[n, 0, 0, 0], &partial[threadid(), 0], &oblk[0], n_oblk, i,
                              i + 1, Wq, H_out, W_out, act)
@@ -106,7 +106,7 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
         for n in range(N):
             _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, &buf[0],
                         n_threads)
-            for i in prange(n_items, num_threads=n_threads, schedule="static"):
+            for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
                 panel = &panels[threadid(), 0]
                 wide = panel + K * chunk
                 g = i % groups

@@ -23,15 +23,16 @@ def sparse_linear(const float[:, ::1] x,          # IN  (N, I)
     """out[n, o] = act(bias[o] + sum_k data[k] * x[n, indices[k]]), O(N * nnz).
 
     At batch 1 this is memory-bound: each non-zero costs its 4-byte value plus a 2-byte
-    (uint16, when I <= 65536) or 4-byte column index. Rows are split statically over threads;
-    each output is one sequential sum, so results do not depend on the thread count."""
+    (uint16, when I <= 65536) or 4-byte column index. Rows are handed to threads dynamically
+    (chunks of 16 rows, so a descheduled thread does not stall the others); each output is one
+    sequential sum, so results do not depend on the thread count."""
     cdef int64_t N = x.shape[0], O = out.shape[1]
     cdef int64_t o, n, k, k0, k1
     cdef float acc0, acc1, acc2, acc3
     cdef bint has_bias = bias is not None
     if N == 0 or O == 0:
         return
-    for o in prange(O, nogil=True, num_threads=n_threads, schedule="static"):
+    for o in prange(O, nogil=True, num_threads=n_threads, schedule="dynamic", chunksize=16):
         k0 = indptr[o]
         k1 = indptr[o + 1]
         for n in range(N):
