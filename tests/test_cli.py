@@ -7,11 +7,14 @@ import sys
 import numpy as np
 import pytest
 
+import fscnn
 from fscnn import __version__, cli, nn
 from fscnn.cli import format_table, main
 from fscnn.io import load
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# where the fscnn under test lives: the source tree for an in-place build, site-packages for an
+# installed one (the source tree then has no compiled extensions)
+FSCNN_HOME = os.path.dirname(os.path.dirname(os.path.abspath(fscnn.__file__)))
 
 
 def _toy():
@@ -192,7 +195,7 @@ def test_format_table():
 
 
 def test_python_m_fscnn(tmp_path):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=FSCNN_HOME + os.pathsep + os.environ.get("PYTHONPATH", ""))
     help_run = subprocess.run([sys.executable, "-m", "fscnn", "--help"], capture_output=True,
                               text=True, env=env, cwd=tmp_path, timeout=120)
     assert help_run.returncode == 0 and "usage: fscnn" in help_run.stdout
