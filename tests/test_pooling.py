@@ -131,9 +131,14 @@ def test_many_planes(rng, threads, op, args):
 def test_pools_match_torch(rng, shape, ceil_mode, kernel, stride, padding, dilation):
     F = torch_or_skip().nn.functional
     x = _input(rng, shape)
-    if min(_output_hw(shape, kernel, stride, padding, dilation, ceil_mode)) < 1:
-        pytest.skip("configuration too small for this input (checked against the reference)")
     xt = to_torch(x)
+    if min(_output_hw(shape, kernel, stride, padding, dilation, ceil_mode)) < 1:
+        # too small for this input: both refuse it
+        with pytest.raises(ValueError, match="too small"):
+            max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
+        with pytest.raises(RuntimeError):
+            F.max_pool2d(xt, kernel, stride, padding, dilation, ceil_mode)
+        return
     np.testing.assert_array_equal(max_pool2d(x, kernel, stride, padding, dilation, ceil_mode),
                                   F.max_pool2d(xt, kernel, stride, padding, dilation,
                                                ceil_mode).numpy())
