@@ -24,24 +24,19 @@ MODELS = ["vgg16", "resnet18", "resnet50", "mobilenet_v2"]
 _MEMORY_PROBE = r"""
 import resource, sys, numpy as np
 runtime, model_name, sparsity, batch, size = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-import fscnn, fscnn.models, fscnn.prune, fscnn.nn
-fscnn.nn.manual_seed(0)
-model = getattr(fscnn.models, model_name)()
 x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
 if runtime == "fscnn":
+    import fscnn, fscnn.models, fscnn.prune, fscnn.nn
+    fscnn.nn.manual_seed(0)
+    model = getattr(fscnn.models, model_name)()
     fscnn.prune.prune(model, sparsity, inplace=True)
     model.prepare(x.shape)
     for _ in range(3):
         model(x)
-else:
+else:  # the dense model in PyTorch alone, as a PyTorch user would run it
     import torch
     from fscnn.torch_reference import build
-    state = model.state_dict()
-    del model
     tm = build(model_name, num_classes=1000)
-    tm.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-    del state
-    tm.eval()
     with torch.no_grad():
         for _ in range(3):
             tm(torch.from_numpy(x))
