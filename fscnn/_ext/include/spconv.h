@@ -17,70 +17,34 @@
 #define SPCONV_SUFFIX baseline
 #define SPCONV_TARGET FSCNN_TARGET_BASELINE
 #define SPCONV_VL 4
-#define SPCONV_BCAST(v) v, v, v, v
 #define SPCONV_NV 8
 #include "spconv_impl.h"
-#undef SPCONV_SUFFIX
-#undef SPCONV_TARGET
-#undef SPCONV_VL
-#undef SPCONV_BCAST
-#undef SPCONV_NV
 #define SPCONV_SUFFIX baseline_half
 #define SPCONV_TARGET FSCNN_TARGET_BASELINE
 #define SPCONV_VL 4
-#define SPCONV_BCAST(v) v, v, v, v
 #define SPCONV_NV 4
 #include "spconv_impl.h"
-#undef SPCONV_SUFFIX
-#undef SPCONV_TARGET
-#undef SPCONV_VL
-#undef SPCONV_BCAST
-#undef SPCONV_NV
 #if FSCNN_X86
 #define SPCONV_SUFFIX avx2
 #define SPCONV_TARGET FSCNN_TARGET_AVX2
 #define SPCONV_VL 8
-#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v
 #define SPCONV_NV 12
 #include "spconv_impl.h"
-#undef SPCONV_SUFFIX
-#undef SPCONV_TARGET
-#undef SPCONV_VL
-#undef SPCONV_BCAST
-#undef SPCONV_NV
 #define SPCONV_SUFFIX avx2_half
 #define SPCONV_TARGET FSCNN_TARGET_AVX2
 #define SPCONV_VL 8
-#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v
 #define SPCONV_NV 6
 #include "spconv_impl.h"
-#undef SPCONV_SUFFIX
-#undef SPCONV_TARGET
-#undef SPCONV_VL
-#undef SPCONV_BCAST
-#undef SPCONV_NV
 #define SPCONV_SUFFIX avx512
 #define SPCONV_TARGET FSCNN_TARGET_AVX512
 #define SPCONV_VL 16
-#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
 #define SPCONV_NV 8
 #include "spconv_impl.h"
-#undef SPCONV_SUFFIX
-#undef SPCONV_TARGET
-#undef SPCONV_VL
-#undef SPCONV_BCAST
-#undef SPCONV_NV
 #define SPCONV_SUFFIX avx512_half
 #define SPCONV_TARGET FSCNN_TARGET_AVX512
 #define SPCONV_VL 16
-#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
 #define SPCONV_NV 4
 #include "spconv_impl.h"
-#undef SPCONV_SUFFIX
-#undef SPCONV_TARGET
-#undef SPCONV_VL
-#undef SPCONV_BCAST
-#undef SPCONV_NV
 #endif
 
 /* Output positions per tile at each SIMD level, full or half tile. */

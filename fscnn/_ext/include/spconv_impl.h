@@ -1,6 +1,8 @@
 /* Direct sparse convolution micro-kernel: one SIMD target's copy.
  *
- * Included three times by spconv.h with SPCONV_SUFFIX / SPCONV_TARGET / SPCONV_VL / SPCONV_NV set.
+ * Included once per instantiation by spconv.h with SPCONV_SUFFIX (name suffix), SPCONV_TARGET
+ * (target attribute), SPCONV_VL (floats per vector: 4, 8 or 16) and SPCONV_NV (accumulator
+ * vectors) defined; they are undefined again at the end of this file.
  *
  * Design: the input of one image has been packed (spconv_pack) into "phase planes" of Hq x Wq floats:
  * for stride (sh, sw) there are sh*sw planes per channel and tap (kh, kw) of output pixel (y, x)
@@ -19,6 +21,13 @@
  * thread count.
  */
 
+#if SPCONV_VL == 4
+#define SPCONV_BCAST(v) v, v, v, v
+#elif SPCONV_VL == 8
+#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v
+#else
+#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
+#endif
 #define SPCONV_CAT2(a, b) a##_##b
 #define SPCONV_CAT(a, b) SPCONV_CAT2(a, b)
 #define SPCONV_FN(name) SPCONV_CAT(name, SPCONV_SUFFIX)
@@ -143,3 +152,8 @@ SPCONV_TARGET static void SPCONV_FN(spconv_items)(
 #undef SPCONV_FN
 #undef SPCONV_CAT
 #undef SPCONV_CAT2
+#undef SPCONV_BCAST
+#undef SPCONV_SUFFIX
+#undef SPCONV_TARGET
+#undef SPCONV_VL
+#undef SPCONV_NV
