@@ -331,8 +331,8 @@ class Conv2dOp(_WeightedOp):
         O, Cg, KH, KW = self.weight_shape
         (sh, sw), (dh, dw) = stride, self.dilation
         window = KH * min(KW, sw) * (T + (dw * (KW - 1)) // sw) * 4
-        cb = max(1, _L1_WINDOW_BYTES // window)
-        ncb = -(-Cg // cb)
+        ncb = -(-Cg // max(1, _L1_WINDOW_BYTES // window))
+        cb = -(-Cg // ncb)  # equal blocks: no short last block costing a pass over the partials
         csr = self.sparse.csr
         rows = np.repeat(np.arange(O, dtype=np.int64), np.diff(csr.indptr))
         key = rows * Cg + csr.indices.astype(np.int64) // (KH * KW)  # non-decreasing
