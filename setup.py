@@ -85,6 +85,13 @@ class BuildExt(build_ext):
     def build_extensions(self):
         compiler_cmd = self.compiler.compiler_so[:1] if hasattr(self.compiler, "compiler_so") else ["cc"]
         omp_c, omp_l = self._probe_openmp(compiler_cmd)
+        # setuptools compares timestamps, not flags: each variant compiles its objects into its
+        # own directory, and a variant other than the last one built relinks every extension.
+        variant = _variant() + ("-openmp" if omp_c else "-serial")
+        stamp = os.path.join(self.build_temp, "fscnn-variant")
+        previous = open(stamp).read() if os.path.exists(stamp) else None
+        self.force = self.force or previous != variant
+        self.build_temp = os.path.join(self.build_temp, variant)
         for ext in self.extensions:
             ext.extra_compile_args = ext.extra_compile_args + omp_c
             ext.extra_link_args = ext.extra_link_args + omp_l
@@ -92,6 +99,8 @@ class BuildExt(build_ext):
                 ("FSCNN_BUILD_COMPILER", '"%s"' % _compiler_version(compiler_cmd)),
             ]
         super().build_extensions()
+        with open(stamp, "w") as f:
+            f.write(variant)
 
     def _probe_openmp(self, compiler_cmd):
         if _disabled("FSCNN_OPENMP"):
@@ -116,6 +125,12 @@ def _compiler_version(compiler_cmd):
         return out.splitlines()[0].replace('"', "'").replace("\\", "/")[:120]
     except (OSError, IndexError):
         return " ".join(compiler_cmd)
+
+
+def _variant():
+    """Name of the build variant: the switches that change the generated C or the objects."""
+    return ("debug" if _flag("FSCNN_DEBUG") else "release") + \
+        ("-native" if _flag("FSCNN_NATIVE") else "")
 
 
 def _extensions():
@@ -147,8 +162,10 @@ def _extensions():
         "nonecheck": debug,
         "embedsignature": True,
     }
-    return cythonize(exts, compiler_directives=directives,
-                     compile_time_env={"FSCNN_DEBUG": debug}, quiet=True)
+    # Generated C goes to a directory per variant: Cython regenerates a file only when its
+    # .pyx is newer, so a debug build must not find the release build's C (or vice versa).
+    return cythonize(exts, compiler_directives=directives, build_dir=os.path.join(
+        "build", "cython-" + _variant()), compile_time_env={"FSCNN_DEBUG": debug}, quiet=True)
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})
