@@ -15,7 +15,6 @@ import numpy as np
 from . import _blas, _config
 from ._ext import _conv, _linear
 from .sparse import CSRMatrix, SparseConvWeight
-
 from .functional._validate import activation_code, as_float_array, as_vector, is_int, pair
 
 KERNELS = ("auto", "sparse", "dense")
@@ -151,7 +150,6 @@ class _ConvGeometry:
         self.group_stride = Cg * sh * sw * plane
         self.L = self.H_out * self.Wq
         self.packed = C * sh * sw * plane
-        self.max_tap = self.packed - 1
         if self.packed + 2 * self.L + 4096 > _INT32_MAX:
             raise OpError(f"{op.name}: input of shape {(C, H, W)} is too large for 32-bit "
                           f"offsets ({self.packed + self.L} positions per image)")
