@@ -405,6 +405,7 @@ class LinearOp(_WeightedOp):
         self._init_weights(weight, bias, activation, kernel, name, 2, "(out_features, in_features)")
         self.out_features, self.in_features = self.weight_shape
         self._choice = {}
+        self._panels = None
 
     def output_shape(self, input_shape):
         self.check_input_shape(input_shape)
@@ -424,12 +425,30 @@ class LinearOp(_WeightedOp):
             self._choice[key] = self._pick(x, self._run)[0]
         return self._choice[key]
 
+    def _panel_major(self):
+        """The sparse weights laid out for the kernel (splinear.h): the columns cut into panels
+        of ``_linear.panel_width()``, panel p of row o stored as row p*O + o with indices
+        relative to the panel. Returns (indptr, indices uint16, data), built on first use."""
+        if self._panels is None:
+            m = self.sparse
+            O, width = self.out_features, _linear.panel_width()
+            cols = m.indices.astype(np.int64)
+            rows = np.repeat(np.arange(O, dtype=np.int64), np.diff(m.indptr))
+            key = (cols // width) * O + rows
+            order = np.argsort(key, kind="stable")  # keeps the column order within each row
+            n_panels = max(1, -(-self.in_features // width))
+            counts = np.bincount(key, minlength=n_panels * O)
+            indptr = np.zeros(n_panels * O + 1, dtype=np.int64)
+            np.cumsum(counts, out=indptr[1:])
+            self._panels = (indptr, (cols[order] % width).astype(np.uint16), m.data[order])
+        return self._panels
+
     def _run(self, x, kernel):
         if kernel == "sparse":
             out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
-            m = self.sparse
-            _linear.sparse_linear(x, m.indptr, m.indices, m.data, self.bias, out, self.act_code,
-                                  _config.get_num_threads())
+            indptr, indices, data = self._panel_major()
+            _linear.sparse_linear(x, indptr, indices, data, self.bias, out, self.act_code,
+                                  _config.simd_level_index(), _config.get_num_threads())
             return out
         out = x @ self.dense.T
         if self.bias is not None:

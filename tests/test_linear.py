@@ -51,3 +51,16 @@ def test_linear_errors(rng):
         op(np.zeros((1, 6), np.int64))
     with pytest.raises(ValueError, match="weight must be 2-D"):
         LinearOp(np.zeros((2, 2, 2)))
+
+
+@pytest.mark.parametrize("shape", [(3, 6143), (40, 6145), (7, 13000), (2, 70001)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.7, 0.97])
+def test_sparse_linear_panels_and_tails(shape, sparsity, simd_level, threads, rng):
+    # several column panels (panel_width() inputs each), rows whose non-zero counts hit every
+    # remainder of the 16/32-wide gather loops, inputs past 65536 (16-bit relative indices)
+    w = sparse_weight(shape, sparsity, rng)
+    w[0, :] = 0  # an empty row
+    w[-1, :45] = 1.5  # a dense run across the first gather blocks
+    b = rng.standard_normal(shape[0]).astype(np.float32)
+    x = rng.standard_normal((2, shape[1])).astype(np.float32)
+    assert_close(LinearOp(w, b, kernel="sparse")(x), ref_linear(x, w, b))
