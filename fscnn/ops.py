@@ -110,6 +110,7 @@ def _balanced_blocks(indptr, n_blocks):
 
 
 _workspace = threading.local()
+_NO_BUFFER = np.zeros(1, np.float32)  # the scratch argument of kernels that read x in place
 
 
 def _scratch(slot, shape):
@@ -144,7 +145,12 @@ class _ConvGeometry:
         self.W_out = (Wp - dw * (KW - 1) - 1) // sw + 1
         sh, sw = (1 if self.H_out == 1 else sh), (1 if self.W_out == 1 else sw)
         self.stride = (sh, sw)
-        self.Hq = self.H_out + (dh * (KH - 1)) // sh + 1
+        # An unpadded 1x1 layer of stride 1 reads its input in place: the input already is the
+        # packed layout, without the extra row that keeps the reads of wider kernels in bounds
+        # (the sparse kernel moves its last tile back instead, see spconv_impl.h).
+        self.in_place = (KH == KW == 1 and (self.H_out, self.W_out) == (H, W)
+                         and not any(op.padding))
+        self.Hq = self.H_out + (0 if self.in_place else (dh * (KH - 1)) // sh + 1)
         self.Wq = self.W_out + (dw * (KW - 1)) // sw
         plane = self.Hq * self.Wq
         self.group_stride = Cg * sh * sw * plane
@@ -318,6 +324,7 @@ class Conv2dOp(_WeightedOp):
         n_blocks = 1 if n_tiles >= 8 * threads else min(O, -(-8 * threads // n_tiles))
         oblk = _balanced_blocks(csr.indptr, n_blocks)
         return {"offsets": offsets, "half_tile": half, "oblk": oblk, "reach": n_tiles * T,
+                "pack": not (geo.in_place and geo.L >= T),
                 "blkptr": self._channel_blocks(T, geo.stride),
                 "partial": (threads, int(np.diff(oblk).max()) * T)}
 
@@ -360,19 +367,20 @@ class Conv2dOp(_WeightedOp):
         if kernel == "sparse":
             sp = plan["sparse"]
             _conv.sparse_conv2d(x, sp["blkptr"], sp["offsets"], self.sparse.csr.data, self.bias,
-                                sp["oblk"], geo.scratch(sp["reach"]),
+                                sp["oblk"], geo.scratch(sp["reach"]) if sp["pack"] else _NO_BUFFER,
                                 _scratch("partial", sp["partial"]), out, pt, pl, sh, sw, geo.Hq,
                                 geo.Wq, self.act_code, plan["level"], sp["half_tile"],
-                                plan["threads"])
+                                sp["pack"], plan["threads"])
         else:
             # one single-threaded GEMM per OpenMP thread (see fscnn._blas)
             threads = plan["threads"] if _blas.can_limit_blas() else 1
             panel = (self.dense.shape[1] + self.weight_shape[0] // self.groups) * plan["chunk"]
             with _blas.single_threaded_blas():
                 _conv.dense_conv2d(x, self.dense, plan["tap_offsets"], geo.group_stride,
-                                   self.bias, geo.scratch(geo.L), _scratch("panels", (threads, panel)),
-                                   out, self.groups, pt, pl, sh, sw, geo.Hq, geo.Wq, plan["chunk"],
-                                   self.act_code, threads)
+                                   self.bias, _NO_BUFFER if geo.in_place else geo.scratch(geo.L),
+                                   _scratch("panels", (threads, panel)), out, self.groups, pt, pl,
+                                   sh, sw, geo.Hq, geo.Wq, plan["chunk"], self.act_code,
+                                   not geo.in_place, threads)
         return out
 
     def __call__(self, x):
