@@ -152,16 +152,20 @@ class _ConvGeometry:
                          and not any(op.padding))
         self.Hq = self.H_out + (0 if self.in_place else (dh * (KH - 1)) // sh + 1)
         self.Wq = self.W_out + (dw * (KW - 1)) // sw
+        # a strided unpadded 1x1 layer reads phase (0, 0) only: pack just that one
+        self.one_phase = KH == KW == 1 and not any(op.padding)
+        phases = 1 if self.one_phase else sh * sw
         plane = self.Hq * self.Wq
-        self.group_stride = Cg * sh * sw * plane
+        self.group_stride = Cg * phases * plane
         self.L = self.H_out * self.Wq
-        self.packed = C * sh * sw * plane
+        self.packed = C * phases * plane
         if self.packed + 2 * self.L + 4096 > _INT32_MAX:
             raise OpError(f"{op.name}: input of shape {(C, H, W)} is too large for 32-bit "
                           f"offsets ({self.packed + self.L} positions per image)")
         ci, kh, kw = np.meshgrid(np.arange(Cg), np.arange(KH), np.arange(KW), indexing="ij")
         ah, aw = kh * dh, kw * dw
-        tap = (((ci * sh + ah % sh) * sw + aw % sw) * plane + (ah // sh) * self.Wq + aw // sw)
+        py, px = (0, 0) if self.one_phase else (ah % sh, aw % sw)
+        tap = ((ci * phases + py * sw + px) * plane + (ah // sh) * self.Wq + aw // sw)
         self.tap_offsets = tap.reshape(-1).astype(np.int64)
         self.max_tap = int(self.tap_offsets.max()) + (op.groups - 1) * self.group_stride
 
@@ -370,7 +374,7 @@ class Conv2dOp(_WeightedOp):
                                 sp["oblk"], geo.scratch(sp["reach"]) if sp["pack"] else _NO_BUFFER,
                                 _scratch("partial", sp["partial"]), out, pt, pl, sh, sw, geo.Hq,
                                 geo.Wq, self.act_code, plan["level"], sp["half_tile"],
-                                sp["pack"], plan["threads"])
+                                sp["pack"], geo.one_phase, plan["threads"])
         else:
             # one single-threaded GEMM per OpenMP thread (see fscnn._blas)
             threads = plan["threads"] if _blas.can_limit_blas() else 1
@@ -380,7 +384,7 @@ class Conv2dOp(_WeightedOp):
                                    self.bias, _NO_BUFFER if geo.in_place else geo.scratch(geo.L),
                                    _scratch("panels", (threads, panel)), out, self.groups, pt, pl,
                                    sh, sw, geo.Hq, geo.Wq, plan["chunk"], self.act_code,
-                                   not geo.in_place, threads)
+                                   not geo.in_place, geo.one_phase, threads)
         return out
 
     def __call__(self, x):

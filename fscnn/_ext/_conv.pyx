@@ -16,7 +16,7 @@ cdef extern from "spconv.h" nogil:
                       int64_t Wq, int64_t H_out, int64_t W_out, int act)
     void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t W,
                    int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
-                   int64_t Hq, int64_t Wq, float *buf)
+                   int64_t Hq, int64_t Wq, int one_phase, float *buf)
     void conv_scatter(const float *wide, int64_t ld, int64_t n_out, int64_t o0, int64_t q0,
                       int64_t n, const float *bias, int act, int64_t Wq, int64_t H_out,
                       int64_t W_out, float *out)
@@ -29,10 +29,10 @@ def tile_size(int level, bint half):
 
 cdef void _pack_image(const float *x, int64_t C, int64_t H, int64_t W, int64_t pad_top,
                       int64_t pad_left, int64_t sh, int64_t sw, int64_t Hq, int64_t Wq,
-                      float *buf, int n_threads) noexcept nogil:
+                      bint one_phase, float *buf, int n_threads) noexcept nogil:
     cdef int64_t c
     for c in prange(C, num_threads=n_threads, schedule="dynamic"):
-        conv_pack(x, c, c + 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, buf)
+        conv_pack(x, c, c + 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, one_phase, buf)
 
 
 def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
@@ -45,11 +45,12 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
                   float[:, ::1] partial,              # SCRATCH (n_threads, largest block * tile)
                   float[:, :, :, ::1] out,            # OUT (N, O, H_out, W_out)
                   int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
-                  int act, int level, bint half, bint pack, int n_threads):
+                  int act, int level, bint half, bint pack, bint one_phase, int n_threads):
     """Direct sparse convolution, O(N * nnz * H_out * Wq) multiply-adds.
 
     ``pack`` false: x already has the packed layout (an unpadded 1x1 stride-1 layer whose flat
-    output holds at least one tile) and is read in place; ``buf`` is then unused."""
+    output holds at least one tile) and is read in place; ``buf`` is then unused.
+    ``one_phase``: only phase (0, 0) of each channel is packed (see conv_pack)."""
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t H_out = out.shape[2], W_out = out.shape[3]
     cdef int64_t ncb = blkptr.shape[1] - 1
@@ -68,7 +69,7 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
         for n in range(N):
             if pack:
                 _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
-                            &buf[0], n_threads)
+                            one_phase, &buf[0], n_threads)
                 src = &buf[0]
             else:
                 src = &x[n, 0, 0, 0]
@@ -87,13 +88,13 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
                  float[:, ::1] panels,               # SCRATCH (n_threads, (K + O/groups) * chunk)
                  float[:, :, :, ::1] out,            # OUT (N, O, H_out, W_out)
                  int groups, int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
-                 int chunk, int act, bint pack, int n_threads):
+                 int chunk, int act, bint pack, bint one_phase, int n_threads):
     """Dense convolution as SGEMM over chunks of the flat output: for each chunk of ``chunk``
     positions and each group, the K = Cg*KH*KW shifted input runs are copied into a (K, chunk)
     panel (a plain memcpy per row, thanks to the packed layout) and multiplied by the group's
     (O/groups, K) weights. O(N * O * K * H_out * Wq) multiply-adds. 1x1 kernels read the packed
     planes directly (no panel); ``pack`` false: x already has the packed layout (unpadded 1x1
-    stride 1) and is read in place, ``buf`` is then unused."""
+    stride 1) and is read in place, ``buf`` is then unused. ``one_phase``: see conv_pack."""
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
     cdef int64_t K = weight.shape[1], Og = O // groups
@@ -116,7 +117,7 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
         for n in range(N):
             if pack:
                 _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
-                            &buf[0], n_threads)
+                            one_phase, &buf[0], n_threads)
                 src = &buf[0]
             else:
                 src = &x[n, 0, 0, 0]
@@ -129,7 +130,7 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
                 if direct:
                     # 1x1 taps: the (K, cnt) panel is the packed planes themselves
                     bmat = src + g * group_stride + q0
-                    ldb = <int> (sh * sw * Hq * Wq)
+                    ldb = <int> (Hq * Wq if one_phase else sh * sw * Hq * Wq)
                 else:
                     for r in range(K):
                         memcpy(panel + r * cnt, src + tap_offsets[r] + g * group_stride + q0,

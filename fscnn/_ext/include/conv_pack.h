@@ -14,13 +14,16 @@
 #include "fscnn_common.h"
 
 /* Pack channels [c0, c1) of one image x (C, H, W) into phase planes (see above).
- * buf: (C*sh*sw*Hq*Wq + tail) floats; the caller zeroes the tail once. Every plane element is
- * written (zeros where the padded input is out of range). O(C*sh*sw*Hq*Wq). */
+ * buf: (C*phases*Hq*Wq + tail) floats, phases = 1 if one_phase else sh*sw; the caller zeroes
+ * the tail once. Every plane element is written (zeros where the padded input is out of
+ * range). one_phase: only phase (0, 0) is packed, at plane c (a strided 1x1 layer reads no
+ * other phase). O(C*phases*Hq*Wq). */
 static void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t W,
                         int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
-                        int64_t Hq, int64_t Wq, float *buf)
+                        int64_t Hq, int64_t Wq, int one_phase, float *buf)
 {
     const int64_t plane = Hq * Wq;
+    const int64_t phy = one_phase ? 1 : sh, phx = one_phase ? 1 : sw;
     if (sh == 1 && sw == 1 && pad_left == 0 && Wq == W) {
         /* rows are contiguous in both layouts (e.g. unpadded 1x1 convolutions): one block copy
          * per channel instead of a copy per row */
@@ -36,9 +39,9 @@ static void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t
     }
     for (int64_t c = c0; c < c1; c++) {
         const float *xc = x + c * H * W;
-        for (int64_t py = 0; py < sh; py++) {
-            for (int64_t px = 0; px < sw; px++) {
-                float *dst = buf + ((c * sh + py) * sw + px) * plane;
+        for (int64_t py = 0; py < phy; py++) {
+            for (int64_t px = 0; px < phx; px++) {
+                float *dst = buf + ((c * phy + py) * phx + px) * plane;
                 for (int64_t i = 0; i < Hq; i++) {
                     float *drow = dst + i * Wq;
                     const int64_t yin = i * sh + py - pad_top;
