@@ -60,10 +60,17 @@ static void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t
                         if (j1 > j0) memcpy(drow + j0, srow + (j0 + px - pad_left), (size_t)(j1 - j0) * sizeof(float));
                         memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(float));
                     } else {
-                        for (int64_t j = 0; j < Wq; j++) {
-                            const int64_t xin = j * sw + px - pad_left;
-                            drow[j] = (xin >= 0 && xin < W) ? srow[xin] : 0.0f;
-                        }
+                        /* plane cols j in [j0, j1) read input column j*sw + px - pad_left in
+                         * [0, W): zeros around a strided copy without bounds tests */
+                        const int64_t off = px - pad_left;
+                        int64_t j0 = off >= 0 ? 0 : (-off + sw - 1) / sw;
+                        int64_t j1 = off >= W ? 0 : (W - 1 - off) / sw + 1;
+                        if (j0 > Wq) j0 = Wq;
+                        if (j1 > Wq) j1 = Wq;
+                        if (j1 < j0) j1 = j0;
+                        memset(drow, 0, (size_t)j0 * sizeof(float));
+                        for (int64_t j = j0; j < j1; j++) drow[j] = srow[j * sw + off];
+                        memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(float));
                     }
                 }
             }
