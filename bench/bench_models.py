@@ -51,6 +51,7 @@ def bench_one(model, sparsity, threads, batch, args):
                "--threads", str(threads), "--batch", str(batch), "--input-size",
                str(args.input_size), "--compare", args.compare, "--json", out]
         cmd += ["--iterations", str(args.iterations)] if args.iterations else ["--time", str(args.time)]
+        cmd += ["--warmup", str(args.warmup)]
         subprocess.run(cmd, check=True, stdout=sys.stderr)
         with open(out) as f:
             return json.load(f)
@@ -60,6 +61,24 @@ def peak_memory(runtime, model, sparsity, batch, size):
     res = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, runtime, model, str(sparsity),
                           str(batch), str(size)], check=True, capture_output=True, text=True)
     return float(res.stdout.strip().splitlines()[-1])
+
+
+def markdown_table(rows):
+    """The grid as a Markdown table (median ms and fscnn's speed-up over each runtime)."""
+    others = [k for k in ("torch", "onnxruntime", "dense") if any(f"{k}_ms" in r for r in rows)]
+    names = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "dense": "fscnn dense"}
+    head = ["model", "batch", "threads", "sparsity", "fscnn ms"]
+    for k in others:
+        head += [f"{names[k]} ms", f"vs {names[k]}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], str(r["batch"]), str(r["threads"]), f"{r['sparsity']:.2f}",
+                 f"{r['fscnn_ms']:.1f}"]
+        for k in others:
+            cells += [f"{r[f'{k}_ms']:.1f}", f"x{r[f'speedup_vs_{k}']:.2f}"] if f"{k}_ms" in r \
+                else ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows, path):
@@ -95,6 +114,7 @@ def main(argv=None):
     ap.add_argument("--compare", default="torch,onnxruntime,dense")
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--time", type=float, default=10.0)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds per configuration")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (1 thread)")
     ap.add_argument("--out", default="bench/results/models")
     args = ap.parse_args(argv)
@@ -128,11 +148,13 @@ def main(argv=None):
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    with open(args.out + ".md", "w") as f:
+        f.write(markdown_table(rows))
     try:
         plot(rows, args.out + ".png")
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
-    print(f"wrote {args.out}.json, .csv, .png", file=sys.stderr)
+    print(f"wrote {args.out}.json, .csv, .md, .png", file=sys.stderr)
     return 0
 
 
