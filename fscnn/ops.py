@@ -462,14 +462,11 @@ class LinearOp(_WeightedOp):
             _linear.sparse_linear(x, indptr, indices, data, self.bias, out, self.act_code,
                                   _config.simd_level_index(), _config.get_num_threads())
             return out
-        out = x @ self.dense.T
-        if self.bias is not None:
-            out += self.bias
-        if self.act_code:
-            # NaN stays NaN, as in PyTorch
-            np.maximum(out, 0, out=out, where=~np.isnan(out))
-            if self.activation == "relu6":
-                np.minimum(out, 6, out=out, where=~np.isnan(out))
+        out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
+        # one single-threaded GEMV/GEMM per fscnn thread (see fscnn._blas)
+        threads = _config.get_num_threads() if _blas.can_limit_blas() else 1
+        with _blas.single_threaded_blas():
+            _linear.dense_linear(x, self.dense, self.bias, out, self.act_code, threads)
         return out
 
     def __call__(self, x):
