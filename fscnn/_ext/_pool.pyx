@@ -12,6 +12,8 @@ Inputs are ``const`` memoryviews so read-only (e.g. memory-mapped) arrays are ac
 """
 from cython.parallel cimport prange
 from libc.math cimport INFINITY
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 cdef extern from "fscnn_common.h" nogil:
     float fscnn_act(float v, int act)
@@ -25,6 +27,7 @@ cdef extern from "fscnn_pool.h" nogil:
     double fscnn_run_sum(const float* p, Py_ssize_t n)
     float fscnn_run_max(const float* p, Py_ssize_t n)
     void fscnn_maxpool2x2_row(const float* r0, const float* r1, float* out, Py_ssize_t n)
+    void fscnn_rows_nanmax(float* dst, const float* src, Py_ssize_t n)
 
 ACTIVATION_CODES = {None: FSCNN_ACT_NONE, "relu": FSCNN_ACT_RELU, "relu6": FSCNN_ACT_RELU6}
 
@@ -102,6 +105,31 @@ cdef void _pool_plane(const float* x, float* out, Planes g, Window k, bint take_
             orow[ox] /= divisor
 
 
+cdef void _max_pool_plane_separable(const float* x, float* out, Planes g, Window k,
+                                    float* rowmax) noexcept nogil:
+    """Max pooling of one plane without dilation, as two passes per output row: the rows of
+    the window are combined element by element into ``rowmax`` (W floats; contiguous, so it
+    vectorises), then each output takes the max of its columns of ``rowmax``: kh contiguous
+    and kw strided passes per output row, where the general kernel makes kh*kw strided ones."""
+    cdef Py_ssize_t oy, ox, i, ilo, ihi, y0, j, col, olo, ohi
+    cdef float* orow
+    for oy in range(g.Ho):
+        y0 = oy * k.sh - k.ph
+        _inside(y0, 1, k.kh, g.H, &ilo, &ihi)
+        memcpy(rowmax, x + (y0 + ilo) * g.W, g.W * sizeof(float))
+        for i in range(ilo + 1, ihi):
+            fscnn_rows_nanmax(rowmax, x + (y0 + i) * g.W, g.W)
+        orow = out + oy * g.Wo
+        for ox in range(g.Wo):
+            orow[ox] = -INFINITY
+        for j in range(k.kw):
+            # independent outputs in the inner loop (a strided max over the row, it vectorises)
+            col = j - k.pw
+            _inside(col, k.sw, g.Wo, g.W, &olo, &ohi)
+            for ox in range(olo, ohi):
+                orow[ox] = fscnn_nanmax(orow[ox], rowmax[ox * k.sw + col])
+
+
 def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, int sh, int sw,
                int ph, int pw, int dh, int dw, int n_threads):
     """Max pooling of every plane. x: IN (P, H, W); out: OUT (P, Ho, Wo)."""
@@ -110,10 +138,19 @@ def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, i
     cdef Py_ssize_t p, oy
     cdef bint two_by_two = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
                             and dh == 1 and dw == 1 and 2 * g.Ho <= g.H and 2 * g.Wo <= g.W)
+    cdef bint separable = dh == 1 and dw == 1 and not two_by_two
+    cdef float* rowmax
     for p in prange(x.shape[0], nogil=True, num_threads=n_threads, schedule="dynamic"):
         if two_by_two:
             for oy in range(g.Ho):
                 fscnn_maxpool2x2_row(&x[p, 2 * oy, 0], &x[p, 2 * oy + 1, 0], &out[p, oy, 0], g.Wo)
+        elif separable:
+            rowmax = <float*> malloc(g.W * sizeof(float))
+            if rowmax == NULL:  # no memory for one row: the general kernel needs none
+                _pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, k, True, False, 0)
+            else:
+                _max_pool_plane_separable(&x[p, 0, 0], &out[p, 0, 0], g, k, rowmax)
+                free(rowmax)
         else:
             _pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, k, True, False, 0)
 

@@ -72,6 +72,18 @@ static inline float fscnn_run_max(const float* p, ptrdiff_t n) {
     return m;
 }
 
+/* dst[i] = max(dst[i], src[i]) for i < n, NaN-sticky: the vertical pass of separable max pooling. */
+static inline void fscnn_rows_nanmax(float* dst, const float* src, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const fscnn_v4f a = fscnn_nanmax4(fscnn_load4(dst + i), fscnn_load4(src + i));
+        const fscnn_v4f b = fscnn_nanmax4(fscnn_load4(dst + i + 4), fscnn_load4(src + i + 4));
+        memcpy(dst + i, &a, sizeof a);
+        memcpy(dst + i + 4, &b, sizeof b);
+    }
+    for (; i < n; i++) dst[i] = fscnn_nanmax(dst[i], src[i]);
+}
+
 /* Max pooling 2x2 with stride 2, no padding or dilation (VGG's pools), one output row:
  * out[i] = max(r0[2i], r0[2i+1], r1[2i], r1[2i+1]), NaN-sticky, for i < n. The general kernel
  * reads with stride 2, which does not vectorise; here the two rows are combined with contiguous
