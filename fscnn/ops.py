@@ -167,25 +167,36 @@ class _ConvGeometry:
 
 
 class _WeightedOp:
-    """What Conv2dOp and LinearOp share: weights kept dense (O, K) with the sparse form built
-    on first use, bias, fused activation, kernel setting and timing of candidate kernels."""
+    """What Conv2dOp and LinearOp share: weights, bias, fused activation, kernel setting and
+    timing of candidate kernels.
+
+    Given dense weights, the op keeps them as a (O, K) array and builds the sparse form on
+    first use. Given a sparse weight (CSRMatrix / SparseConvWeight), it keeps only that: the
+    dense form is materialised transiently to time the dense candidate of ``kernel='auto'``
+    (one op at a time) and kept only once a plan picks the dense kernel (see ``holds_dense``).
+    """
 
     sparse_format = None  # CSRMatrix or SparseConvWeight, set by subclasses
 
     def _init_weights(self, weight, bias, activation, kernel, name, ndim, layout):
         self.name = name
+        self._dense_lock = threading.Lock()
         if isinstance(weight, self.sparse_format):
             weight.check_format(full=True)
             self._sparse = weight
-            dense = weight.to_dense()
+            self._dense = None
+            self.weight_shape = tuple(weight.shape)
+            csr = weight.csr if isinstance(weight, SparseConvWeight) else weight
+            self.nnz = int(np.count_nonzero(csr.data))
         else:
             dense = _weight_array(weight, name, ndim, layout)
             self._sparse = None
-        self.weight_shape = dense.shape
-        self.dense = dense.reshape(dense.shape[0], -1)
-        self.nnz = int(np.count_nonzero(self.dense))
-        self.sparsity = 1.0 - self.nnz / self.dense.size
-        n_out = dense.shape[0]
+            self.weight_shape = dense.shape
+            self._dense = dense.reshape(dense.shape[0], -1)
+            self.nnz = int(np.count_nonzero(self._dense))
+        self.size = int(np.prod(self.weight_shape))
+        self.sparsity = 1.0 - self.nnz / self.size
+        n_out = self.weight_shape[0]
         self.bias = None if bias is None else as_vector(bias, f"{name}: bias", n_out)
         self.activation = activation
         self.act_code = activation_code(activation, f"{name}: activation")
@@ -195,20 +206,56 @@ class _WeightedOp:
     def sparse(self):
         """The weights in the sparse format, converted on first use."""
         if self._sparse is None:
-            self._sparse = self.sparse_format.from_dense(self.dense.reshape(self.weight_shape))
+            self._sparse = self.sparse_format.from_dense(self._dense.reshape(self.weight_shape))
         return self._sparse
+
+    @property
+    def dense(self):
+        """The weights as a dense float32 (O, K) array.
+
+        The resident array when the op was given dense weights or a plan chose the dense
+        kernel; otherwise a fresh copy made from the sparse weights on each access, not kept.
+        """
+        dense = self._dense
+        return dense if dense is not None else self._densify()
+
+    @property
+    def holds_dense(self):
+        """Whether the op keeps a dense (O, K) copy of its weights resident."""
+        return self._dense is not None
+
+    def _densify(self):
+        return self._sparse.to_dense().reshape(self.weight_shape[0], -1)
+
+    def _keep_dense(self, dense=None):
+        """Make the dense form resident (a plan picked the dense kernel); return it."""
+        with self._dense_lock:
+            if self._dense is None:
+                self._dense = self._densify() if dense is None else dense
+            return self._dense
 
     min_auto_sparsity = 0.0  # below this 'auto' takes the dense kernel without timing
 
     def _pick(self, x, run):
         """(kernel, timings) for input ``x``: the setting, or with 'auto' the faster of the
-        candidates timed on ``x`` (the sparse kernel only from ``min_auto_sparsity`` up)."""
+        candidates timed on ``x`` (the sparse kernel only from ``min_auto_sparsity`` up).
+
+        ``run(x, kernel, dense)`` runs one kernel, the dense one on the (O, K) ``dense``. The
+        dense form is made resident when the dense kernel is picked; a transient one made for
+        timing is dropped when the sparse kernel wins."""
         if self.kernel != "auto":
+            if self.kernel == "dense":
+                self._keep_dense()
             return self.kernel, None
         if self.sparsity < self.min_auto_sparsity:
+            self._keep_dense()
             return "dense", None
-        times = {k: _time_call(lambda: run(x, k)) for k in ("sparse", "dense")}
-        return min(times, key=times.get), times
+        dense = self.dense
+        times = {k: _time_call(lambda: run(x, k, dense)) for k in ("sparse", "dense")}
+        choice = min(times, key=times.get)
+        if choice == "dense":
+            self._keep_dense(dense)
+        return choice, times
 
 
 class Conv2dOp(_WeightedOp):
@@ -291,14 +338,14 @@ class Conv2dOp(_WeightedOp):
         geo = _ConvGeometry(self, C, H, W)
         plan = {"geo": geo, "threads": threads, "level": level, "sparse": None}
         # dense kernel: chunks of the flat output with a (K, chunk) panel of ~1 MiB
-        K = self.dense.shape[1]
+        K = self.size // self.weight_shape[0]
         chunk = int(np.clip((1 << 18) // K, 64, 4096)) // 16 * 16
         plan["chunk"] = max(16, min(chunk, -(-geo.L // max(1, 2 * threads)) + 15 & ~15))
         plan["tap_offsets"] = geo.tap_offsets.astype(np.int32)
         if self.kernel in ("sparse", "auto"):
             plan["sparse"] = self._sparse_plan(geo, threads, level)
         x = np.zeros(shape, np.float32) if self.kernel == "auto" else None
-        plan["kernel"], plan["timings"] = self._pick(x, lambda x, k: self._run(x, plan, k))
+        plan["kernel"], plan["timings"] = self._pick(x, lambda x, k, d: self._run(x, plan, k, d))
         if plan["kernel"] == "dense":
             plan["sparse"] = None
         return plan
@@ -352,7 +399,7 @@ class Conv2dOp(_WeightedOp):
                 "sparsity": self.sparsity, "output_shape": self.output_shape(input_shape)}
 
     # -- execution --------------------------------------------------------------------------
-    def _run(self, x, plan, kernel):
+    def _run(self, x, plan, kernel, dense=None):
         geo = plan["geo"]
         out = np.empty((x.shape[0], self.weight_shape[0], geo.H_out, geo.W_out), np.float32)
         pt, _, pl, _ = self.padding
@@ -367,9 +414,10 @@ class Conv2dOp(_WeightedOp):
         else:
             # one single-threaded GEMM per OpenMP thread (see fscnn._blas)
             threads = plan["threads"] if _blas.can_limit_blas() else 1
-            panel = (self.dense.shape[1] + self.weight_shape[0] // self.groups) * plan["chunk"]
+            dense = self._dense if dense is None else dense
+            panel = (dense.shape[1] + self.weight_shape[0] // self.groups) * plan["chunk"]
             with _blas.single_threaded_blas():
-                _conv.dense_conv2d(x, self.dense, plan["tap_offsets"], geo.group_stride,
+                _conv.dense_conv2d(x, dense, plan["tap_offsets"], geo.group_stride,
                                    self.bias, geo.scratch(geo.L), _scratch("panels", (threads, panel)),
                                    out, self.groups, pt, pl, sh, sw, geo.Hq, geo.Wq, plan["chunk"],
                                    self.act_code, threads)
@@ -424,14 +472,14 @@ class LinearOp(_WeightedOp):
             self._choice[key] = self._pick(x, self._run)[0]
         return self._choice[key]
 
-    def _run(self, x, kernel):
+    def _run(self, x, kernel, dense=None):
         if kernel == "sparse":
             out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
             m = self.sparse
             _linear.sparse_linear(x, m.indptr, m.indices, m.data, self.bias, out, self.act_code,
                                   _config.get_num_threads())
             return out
-        out = x @ self.dense.T
+        out = x @ (self._dense if dense is None else dense).T
         if self.bias is not None:
             out += self.bias
         if self.act_code:
