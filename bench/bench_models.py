@@ -25,11 +25,26 @@ _MEMORY_PROBE = r"""
 import resource, sys, numpy as np
 runtime, model_name, sparsity, batch, size = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
-if runtime == "fscnn":
+if runtime == "fscnn-save":  # preparatory, not measured: the pruned model as an archive
     import fscnn, fscnn.models, fscnn.prune, fscnn.nn
     fscnn.nn.manual_seed(0)
     model = getattr(fscnn.models, model_name)()
     fscnn.prune.prune(model, sparsity, inplace=True)
+    fscnn.save(model, sys.argv[6])
+    sys.exit()
+if runtime == "fscnn":  # build, prune in place, hold the weights sparse, prepare, run
+    import fscnn, fscnn.models, fscnn.prune, fscnn.nn
+    fscnn.nn.manual_seed(0)
+    model = getattr(fscnn.models, model_name)()
+    fscnn.prune.prune(model, sparsity, inplace=True)
+    model.to_sparse()
+    model.prepare(x.shape)
+    for _ in range(3):
+        model(x)
+elif runtime == "fscnn-load":  # a fresh model loads the pruned archive sparse, prepare, run
+    import fscnn, fscnn.models
+    model = getattr(fscnn.models, model_name)()
+    model.load_state_dict(fscnn.load(sys.argv[6], sparse=True))
     model.prepare(x.shape)
     for _ in range(3):
         model(x)
@@ -56,10 +71,25 @@ def bench_one(model, sparsity, threads, batch, args):
             return json.load(f)
 
 
-def peak_memory(runtime, model, sparsity, batch, size):
+def peak_memory(runtime, model, sparsity, batch, size, archive=""):
+    """Peak RSS (MB, ru_maxrss) of a fresh single-thread process running ``runtime``:
+    'fscnn' (build, prune in place, to_sparse, prepare, 3 runs), 'fscnn-load' (a fresh model
+    loads ``archive`` with ``fscnn.load(sparse=True)``, prepare, 3 runs) or 'torch' (dense)."""
     res = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, runtime, model, str(sparsity),
-                          str(batch), str(size)], check=True, capture_output=True, text=True)
-    return float(res.stdout.strip().splitlines()[-1])
+                          str(batch), str(size), archive], check=True, capture_output=True,
+                         text=True)
+    return float(res.stdout.strip().splitlines()[-1]) if runtime != "fscnn-save" else None
+
+
+def memory_row(model, sparsity, batch, size):
+    """The three peak-memory figures of one configuration (see :func:`peak_memory`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = os.path.join(tmp, "pruned.npz")
+        peak_memory("fscnn-save", model, sparsity, batch, size, archive)
+        return {"fscnn_peak_mb": peak_memory("fscnn", model, sparsity, batch, size),
+                "fscnn_load_peak_mb": peak_memory("fscnn-load", model, sparsity, batch, size,
+                                                  archive),
+                "torch_dense_peak_mb": peak_memory("torch", model, 0.0, batch, size)}
 
 
 def plot(rows, path):
@@ -115,10 +145,7 @@ def main(argv=None):
                             row[f"{other}_ms"] = lat[other]["median_ms"]
                             row[f"speedup_vs_{other}"] = lat[other]["fscnn_speedup"]
                     if args.memory and threads == args.threads[0]:
-                        row["fscnn_peak_mb"] = peak_memory("fscnn", model, sp, batch,
-                                                           args.input_size)
-                        row["torch_dense_peak_mb"] = peak_memory("torch", model, 0.0, batch,
-                                                                 args.input_size)
+                        row.update(memory_row(model, sp, batch, args.input_size))
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     with open(args.out + ".json", "w") as f:

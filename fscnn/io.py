@@ -451,7 +451,7 @@ def _decode_rows(path, name, fields, budget):
     index_dtype = np.dtype(_index_dtype(n_cols))
     _check_budget(path, name, shape, values.dtype,
                   8 * (n_rows + 1) + values.size * (8 + index_dtype.itemsize), budget)
-    stored = values.astype(np.float32)
+    stored = values.astype(np.float32, copy=False)
     nnz = int(np.count_nonzero(stored))
     data = stored if nnz == stored.size else np.empty(nnz, np.float32)
     cols = np.empty(nnz, dtype=index_dtype)
