@@ -3,8 +3,11 @@ extended to ResNet-18, ResNet-50 and MobileNetV2, ONNX Runtime, several thread c
 batch sizes. Writes CSV + JSON and a PNG plot of speed-up vs sparsity.
 
 Each configuration runs ``fscnn bench`` in a fresh process (fscnn, PyTorch dense, ONNX Runtime
-dense and fscnn's dense path timed round-robin on the same weights). Peak memory is measured in
-separate processes that each hold only one runtime: fscnn on the pruned model, and PyTorch on
+dense and fscnn's dense path timed round-robin on the same weights). Peak memory (``--memory``,
+``--memory-only``) is measured in separate processes that each hold only one runtime: fscnn
+building, pruning in place and holding the pruned model sparse (``to_sparse``); fscnn loading the
+pruned model saved with ``fscnn.save`` into a fresh model with ``fscnn.load(sparse=True)``
+(the archive is written by a preparatory process that is not measured); and PyTorch running
 the dense model.
 
     python bench/bench_models.py                                  # the full grid (about an hour)
@@ -126,6 +129,8 @@ def main(argv=None):
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--time", type=float, default=10.0)
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (1 thread)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only measure peak memory (no latency benchmark)")
     ap.add_argument("--out", default="bench/results/models")
     args = ap.parse_args(argv)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -134,6 +139,13 @@ def main(argv=None):
         for batch in args.batch:
             for threads in args.threads:
                 for sp in args.sparsity:
+                    if args.memory_only:
+                        if threads == args.threads[0]:
+                            row = {"model": model, "sparsity": sp, "batch": batch}
+                            row.update(memory_row(model, sp, batch, args.input_size))
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
+                        continue
                     rep = bench_one(model, sp, threads, batch, args)
                     lat = rep["latency"]
                     row = {"model": model, "sparsity": sp, "threads": threads, "batch": batch,
@@ -156,7 +168,8 @@ def main(argv=None):
         w.writeheader()
         w.writerows(rows)
     try:
-        plot(rows, args.out + ".png")
+        if not args.memory_only:
+            plot(rows, args.out + ".png")
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
     print(f"wrote {args.out}.json, .csv, .png", file=sys.stderr)
