@@ -351,7 +351,7 @@ def _check_budget(path, name, shape, dtype, nbytes, budget):
                            "max_bytes to load it)")
 
 
-_POSITION_CHUNK = 1 << 20  # stored entries decoded at a time
+_POSITION_CHUNK = 1 << 18  # stored entries decoded at a time
 
 
 def _position_chunks(path, name, shape, values, encoding, index):

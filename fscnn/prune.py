@@ -147,7 +147,7 @@ def _n_pruned(sparsity, count):
     return min(count, int(math.floor(sparsity * count + 0.5)))
 
 
-_CHUNK = 1 << 20  # entries per chunk of the selection passes (4 MiB of float32 scores)
+_CHUNK = 1 << 18  # entries per chunk of the selection passes (1 MiB of float32 scores)
 _DIGIT = 16  # bits of the key resolved per radix pass (65536-bin histograms)
 
 

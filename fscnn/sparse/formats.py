@@ -13,7 +13,7 @@ class FormatError(ValueError):
     """A sparse format's arrays are inconsistent (wrong dtype, shape, bounds or order)."""
 
 
-_CHECK_CHUNK = 1 << 20  # entries checked at a time by check_format(full=True)
+_CHECK_CHUNK = 1 << 18  # entries checked at a time by check_format(full=True)
 
 
 def _index_dtype(n_cols):
