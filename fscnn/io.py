@@ -130,10 +130,18 @@ def _encode(array, min_sparsity):
         None when the tensor is to be stored dense.
     """
     flat = np.ascontiguousarray(array).reshape(-1)
-    numel, itemsize = flat.size, flat.dtype.itemsize
-    if numel == 0:
+    if flat.size == 0:
         return None
-    positions = np.flatnonzero(flat.view(f"u{itemsize}"))
+    positions = np.flatnonzero(flat.view(f"u{flat.dtype.itemsize}"))
+    return _encode_positions(positions, lambda p: flat[p], flat.size, flat.dtype, min_sparsity,
+                             lambda: np.packbits(flat.view(f"u{flat.dtype.itemsize}") != 0))
+
+
+def _encode_positions(positions, values_at, numel, dtype, min_sparsity, bitmask):
+    """The encoding of a tensor of ``numel`` entries whose stored entries (non-zero bit
+    patterns) are at the increasing flat ``positions``; ``values_at(p)`` gives the values at
+    positions ``p`` and ``bitmask()`` the packed mask. None when it is to be stored dense."""
+    itemsize = dtype.itemsize
     nnz = positions.size
     if 1.0 - nnz / numel < min_sparsity:
         return None
@@ -147,16 +155,50 @@ def _encode(array, min_sparsity):
     if costs[encoding] + _SPARSE_OVERHEAD >= numel * itemsize:
         return None
     if encoding == "bitmask":
-        return encoding, flat[positions], np.packbits(flat.view(f"u{itemsize}") != 0)
+        return encoding, values_at(positions), bitmask()
     if encoding == "index32":
-        return encoding, flat[positions], positions.astype(np.uint32)
+        return encoding, values_at(positions), positions.astype(np.uint32)
     if bridges.any():
         gapped = bridges > 0
         counts = bridges[gapped]
         starts = np.repeat(positions[gapped] - gaps[gapped], counts)
         step = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + 1
         positions = np.sort(np.concatenate([positions, starts + step * _DELTA_MAX]))
-    return encoding, flat[positions], np.diff(positions, prepend=-1).astype(np.uint16)
+    return encoding, values_at(positions), np.diff(positions, prepend=-1).astype(np.uint16)
+
+
+def _encode_rows(weight, min_sparsity):
+    """:func:`_encode` of the dense float32 tensor of a CSRMatrix or SparseConvWeight, computed
+    from its compressed rows (the same members, no dense intermediate)."""
+    csr = getattr(weight, "csr", weight)
+    n_rows, n_cols = csr.shape
+    numel = n_rows * n_cols
+    if numel == 0:
+        return None
+    data = csr.data
+    stored = data.view(np.uint32) != 0  # an explicit +0.0 is not stored, as from dense
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(csr.indptr))
+    positions = rows * n_cols + csr.indices
+    del rows
+    if not stored.all():
+        positions, data = positions[stored], data[stored]
+    del stored
+
+    def values_at(p):  # p: the stored positions, plus zeros bridging long delta16 gaps
+        if p.size == positions.size:
+            return data
+        out = np.zeros(p.size, np.float32)
+        out[np.isin(p, positions, assume_unique=True)] = data
+        return out
+
+    def bitmask():
+        packed = np.zeros(-(-numel // 8), np.uint8)
+        for a in range(0, positions.size, _POSITION_CHUNK):
+            p = positions[a:a + _POSITION_CHUNK]
+            np.bitwise_or.at(packed, p >> 3, (0x80 >> (p & 7)).astype(np.uint8))
+        return packed
+    return _encode_positions(positions, values_at, numel, np.dtype(np.float32), min_sparsity,
+                             bitmask)
 
 
 def encoded_nbytes(array, min_sparsity=0.5):
@@ -181,12 +223,26 @@ def encoded_nbytes(array, min_sparsity=0.5):
 
 def _members(state_dict, min_sparsity):
     """The (key, array) pairs that represent ``state_dict`` in an archive."""
+    from .sparse import CSRMatrix, SparseConvWeight
     yield FORMAT_KEY, np.array(FORMAT_VERSION, dtype=np.int64)
-    for name, value in state_dict.items():
+    stored = getattr(state_dict, "stored", None)  # a model's StateDict: sparse weights as held
+    for name in state_dict:
+        value = stored(name) if stored is not None else state_dict[name]
         if not isinstance(name, str) or not name or _SEP in name \
                 or name.startswith(_RESERVED_PREFIX):
             raise ValueError(f"cannot save key {name!r}: expected a non-empty str without "
                              f"{_SEP!r} that does not start with {_RESERVED_PREFIX!r}")
+        if isinstance(value, (CSRMatrix, SparseConvWeight)):
+            value.check_format(full=False)
+            encoded = _encode_rows(value, min_sparsity)
+            if encoded is None:
+                yield name, value.to_dense()
+            else:
+                encoding, values, index = encoded
+                yield f"{name}{_SEP}shape", np.array(value.shape, dtype=np.int64)
+                yield f"{name}{_SEP}values", values
+                yield f"{name}{_SEP}{encoding}", index
+            continue
         array = np.asarray(value)
         if not _check_dtype(array.dtype):
             raise TypeError(f"cannot save {name!r}: expected a bool, integer or float16/32/64 "
@@ -211,6 +267,9 @@ def save(model_or_state_dict, path, *, min_sparsity=0.5, compress=False):
     ----------
     model_or_state_dict : Mapping or model
         name -> array (bool, integer or float16/32/64), or an object with ``state_dict()``.
+        A :class:`~fscnn.sparse.CSRMatrix` or :class:`~fscnn.sparse.SparseConvWeight` value
+        (a model's sparse-held weight, or what ``load(sparse=True)`` returns) is written as
+        the dense float32 tensor it stands for, encoded from its rows without densifying.
     path : str or os.PathLike
         The file to write (no suffix is added).
     min_sparsity : float, default 0.5

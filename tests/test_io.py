@@ -619,3 +619,40 @@ def test_fuzz_mutated_bytes_sparse(tmp_path, valid_archive, edits):
     for value in result.values():
         if not isinstance(value, np.ndarray):
             value.check_format(full=True)
+
+
+def _member_arrays(path):
+    with np.load(path, allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: _sparse_array(rng, (16, 8, 3, 3), 0.9),  # bitmask
+    lambda rng: np.where(np.arange(6 * 30000).reshape(6, 30000) % 3001 == 0, -2.0, 0),
+    lambda rng: np.where(np.arange(2 * 400000).reshape(2, 400000) % 190000 == 3, 1.5, 0),
+    lambda rng: np.concatenate([rng.standard_normal((1, 1500)), np.zeros((1, 100000)),
+                                rng.standard_normal((1, 1500))], axis=1),  # bridged gap
+    lambda rng: _sparse_array(rng, (40, 40), 0.3),  # stays dense
+])
+def test_sparse_weights_save_like_their_dense_tensor(tmp_path, make):
+    from fscnn.sparse import CSRMatrix, SparseConvWeight
+    array = make(np.random.default_rng(4)).astype(np.float32)
+    sparse = (SparseConvWeight if array.ndim == 4 else CSRMatrix).from_dense(array)
+    dense_path, sparse_path = tmp_path / "d.npz", tmp_path / "s.npz"
+    save({"w": array}, dense_path)
+    save({"w": sparse}, sparse_path)
+    expected, got = _member_arrays(dense_path), _member_arrays(sparse_path)
+    assert list(got) == list(expected)
+    for key in expected:
+        assert got[key].dtype == expected[key].dtype
+        np.testing.assert_array_equal(got[key], expected[key])
+    # a hand-built explicit +0.0 is not stored (as from a dense array), -0.0 is
+    csr = CSRMatrix(np.array([0, 3]), np.array([0, 5, 9], np.uint16),
+                    np.array([0.0, -0.0, 1.0], np.float32), (1, 5000))
+    save({"w": csr}, sparse_path)
+    dense = np.zeros((1, 5000), np.float32)
+    dense[0, 5], dense[0, 9] = -0.0, 1.0
+    save({"w": dense}, dense_path)
+    assert list(_member_arrays(sparse_path)) == list(_member_arrays(dense_path))
+    for key, value in _member_arrays(dense_path).items():
+        assert _member_arrays(sparse_path)[key].tobytes() == value.tobytes()
