@@ -3,6 +3,8 @@
 A module owns named parameters and buffers (read-only float32 NumPy arrays) and named child
 modules, registered in assignment order. ``state_dict()`` joins the names with dots exactly as
 torch does, so a torchvision checkpoint saved as ``.npz`` loads with ``load_state_dict``.
+Convolution and linear weights may instead be held sparse (``Module.to_sparse``, or loading a
+``SparseConvWeight``/``CSRMatrix``); ``state_dict()`` still gives dense arrays, per key on read.
 
 Calling a module runs its *prepared plan* (see :mod:`fscnn.nn._plan`): a separate, fused
 representation with BatchNorm folded into convolutions, ReLU fused into kernel epilogues and
