@@ -158,6 +158,8 @@ def _chunks(array):
     that piece to zero in ``array`` itself. Nothing larger than a piece is copied, also for a
     non-contiguous array (pieces are then whole slices along axis 0)."""
     size = array.size
+    if size == 0:
+        return
     if array.flags.c_contiguous or array.ndim <= 1:
         flat = array.reshape(-1)
         for start in range(0, size, _CHUNK):

@@ -456,3 +456,15 @@ def test_prune_of_sparse_held_model():
     model.to_dense()
     prune(model, 0.9, inplace=True)
     np.testing.assert_array_equal(model.state_dict()["2.weight"], out["2.weight"])
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_selection_with_empty_and_strided_weights(scope):
+    state = OrderedDict([("a.weight", np.zeros((0, 4), np.float32)),
+                         ("b.weight", np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::-2]),
+                         ("c.weight", np.zeros((4, 0, 3, 3), np.float32)[:, :, ::2])])
+    expected = _old_masks(state, 0.5, scope)
+    out = prune(state, 0.5, scope=scope)
+    for name, w in state.items():
+        assert out[name].shape == w.shape
+        np.testing.assert_array_equal(out[name], np.where(expected[name], 0, w))
