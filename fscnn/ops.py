@@ -110,6 +110,7 @@ def _balanced_blocks(indptr, n_blocks):
 
 
 _workspace = threading.local()
+_NO_BUFFER = np.zeros(1, np.float32)  # the scratch argument of kernels that read x in place
 
 
 def _scratch(slot, shape):
@@ -144,7 +145,12 @@ class _ConvGeometry:
         self.W_out = (Wp - dw * (KW - 1) - 1) // sw + 1
         sh, sw = (1 if self.H_out == 1 else sh), (1 if self.W_out == 1 else sw)
         self.stride = (sh, sw)
-        self.Hq = self.H_out + (dh * (KH - 1)) // sh + 1
+        # An unpadded 1x1 layer of stride 1 reads its input in place: the input already is the
+        # packed layout, without the extra row that keeps the reads of wider kernels in bounds
+        # (the sparse kernel moves its last tile back instead, see spconv_impl.h).
+        self.in_place = (KH == KW == 1 and (self.H_out, self.W_out) == (H, W)
+                         and not any(op.padding))
+        self.Hq = self.H_out + (0 if self.in_place else (dh * (KH - 1)) // sh + 1)
         self.Wq = self.W_out + (dw * (KW - 1)) // sw
         plane = self.Hq * self.Wq
         self.group_stride = Cg * sh * sw * plane
@@ -250,8 +256,9 @@ class _WeightedOp:
         if self.sparsity < self.min_auto_sparsity:
             self._keep_dense()
             return "dense", None
-        dense = self.dense
-        times = {k: _time_call(lambda: run(x, k, dense)) for k in ("sparse", "dense")}
+        times = {"sparse": _time_call(lambda: run(x, "sparse", None))}
+        dense = self.dense  # after the sparse timing: not alive with that kernel's set-up
+        times["dense"] = _time_call(lambda: run(x, "dense", dense))
         choice = min(times, key=times.get)
         if choice == "dense":
             self._keep_dense(dense)
@@ -365,6 +372,7 @@ class Conv2dOp(_WeightedOp):
         n_blocks = 1 if n_tiles >= 8 * threads else min(O, -(-8 * threads // n_tiles))
         oblk = _balanced_blocks(csr.indptr, n_blocks)
         return {"offsets": offsets, "half_tile": half, "oblk": oblk, "reach": n_tiles * T,
+                "pack": not (geo.in_place and geo.L >= T),
                 "blkptr": self._channel_blocks(T, geo.stride),
                 "partial": (threads, int(np.diff(oblk).max()) * T)}
 
@@ -407,10 +415,10 @@ class Conv2dOp(_WeightedOp):
         if kernel == "sparse":
             sp = plan["sparse"]
             _conv.sparse_conv2d(x, sp["blkptr"], sp["offsets"], self.sparse.csr.data, self.bias,
-                                sp["oblk"], geo.scratch(sp["reach"]),
+                                sp["oblk"], geo.scratch(sp["reach"]) if sp["pack"] else _NO_BUFFER,
                                 _scratch("partial", sp["partial"]), out, pt, pl, sh, sw, geo.Hq,
                                 geo.Wq, self.act_code, plan["level"], sp["half_tile"],
-                                plan["threads"])
+                                sp["pack"], plan["threads"])
         else:
             # one single-threaded GEMM per OpenMP thread (see fscnn._blas)
             threads = plan["threads"] if _blas.can_limit_blas() else 1
@@ -418,9 +426,10 @@ class Conv2dOp(_WeightedOp):
             panel = (dense.shape[1] + self.weight_shape[0] // self.groups) * plan["chunk"]
             with _blas.single_threaded_blas():
                 _conv.dense_conv2d(x, dense, plan["tap_offsets"], geo.group_stride,
-                                   self.bias, geo.scratch(geo.L), _scratch("panels", (threads, panel)),
-                                   out, self.groups, pt, pl, sh, sw, geo.Hq, geo.Wq, plan["chunk"],
-                                   self.act_code, threads)
+                                   self.bias, _NO_BUFFER if geo.in_place else geo.scratch(geo.L),
+                                   _scratch("panels", (threads, panel)), out, self.groups, pt, pl,
+                                   sh, sw, geo.Hq, geo.Wq, plan["chunk"], self.act_code,
+                                   not geo.in_place, threads)
         return out
 
     def __call__(self, x):
@@ -453,6 +462,7 @@ class LinearOp(_WeightedOp):
         self._init_weights(weight, bias, activation, kernel, name, 2, "(out_features, in_features)")
         self.out_features, self.in_features = self.weight_shape
         self._choice = {}
+        self._panels = None
 
     def output_shape(self, input_shape):
         self.check_input_shape(input_shape)
@@ -472,12 +482,58 @@ class LinearOp(_WeightedOp):
             self._choice[key] = self._pick(x, self._run)[0]
         return self._choice[key]
 
+    def _panel_major(self):
+        """The sparse weights laid out for the kernel (splinear.h): the columns cut into panels
+        of ``_linear.panel_width()``, panel p of row o stored as row p*O + o with indices
+        relative to the panel. Returns (indptr, indices uint16, data), built on first use.
+
+        Built by a counting sort over blocks of rows (entries of one (panel, row) group are
+        contiguous in the compressed rows, columns ascending), so the transients are a few
+        MiB instead of several int64 arrays of all non-zeros."""
+        if self._panels is None:
+            m = self.sparse
+            O, width = self.out_features, _linear.panel_width()
+            n_panels = max(1, -(-self.in_features // width))
+            counts = np.zeros(n_panels * O, dtype=np.int64)
+            for r0, r1, key, _ in self._panel_blocks(m, O, width):
+                counts += np.bincount(key, minlength=n_panels * O)
+            indptr = np.zeros(n_panels * O + 1, dtype=np.int64)
+            np.cumsum(counts, out=indptr[1:])
+            del counts
+            indices = np.empty(m.nnz, dtype=np.uint16)
+            data = np.empty(m.nnz, dtype=np.float32)
+            for r0, r1, key, cols in self._panel_blocks(m, O, width):
+                e0, e1 = m.indptr[r0], m.indptr[r1]
+                n = e1 - e0
+                pos = np.arange(n)
+                change = np.ones(n, dtype=bool)
+                change[1:] = key[1:] != key[:-1]
+                group_start = np.maximum.accumulate(np.where(change, pos, 0))
+                dest = indptr[key] + (pos - group_start)
+                indices[dest] = cols % width
+                data[dest] = m.data[e0:e1]
+            self._panels = (indptr, indices, data)
+        return self._panels
+
+    @staticmethod
+    def _panel_blocks(m, O, width, entries=1 << 18):
+        """Yield (first row, end row, panel-major key, column) for blocks of ~``entries``
+        non-zeros (at least one row)."""
+        r0 = 0
+        while r0 < O:
+            r1 = int(np.searchsorted(m.indptr, m.indptr[r0] + entries, side="right")) - 1
+            r1 = min(O, max(r1, r0 + 1))
+            cols = m.indices[m.indptr[r0]:m.indptr[r1]].astype(np.int64)
+            rows = np.repeat(np.arange(r0, r1, dtype=np.int64), np.diff(m.indptr[r0:r1 + 1]))
+            yield r0, r1, (cols // width) * O + rows, cols
+            r0 = r1
+
     def _run(self, x, kernel, dense=None):
         if kernel == "sparse":
             out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
-            m = self.sparse
-            _linear.sparse_linear(x, m.indptr, m.indices, m.data, self.bias, out, self.act_code,
-                                  _config.get_num_threads())
+            indptr, indices, data = self._panel_major()
+            _linear.sparse_linear(x, indptr, indices, data, self.bias, out, self.act_code,
+                                  _config.simd_level_index(), _config.get_num_threads())
             return out
         out = x @ (self._dense if dense is None else dense).T
         if self.bias is not None:

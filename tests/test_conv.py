@@ -14,6 +14,9 @@ CASES = [
     (1, 3, 8, 9, 11, (3, 3), 1, 1, 1, 1),
     (3, 17, 5, 7, 7, (1, 1), 1, 0, 1, 1),          # 1x1, batch 3, odd channels
     (1, 64, 16, 9, 9, (3, 3), 1, 1, 1, 1),         # several channel blocks
+    (2, 6, 4, 13, 11, (1, 1), 1, 0, 1, 2),         # unpadded 1x1 read in place, last tile moved back
+    (1, 200, 3, 24, 9, (1, 1), 1, 0, 1, 1),        # ... with several channel blocks
+    (1, 4, 3, 23, 12, (1, 1), 2, 0, 1, 1),         # 1x1 stride 2: packed
     (1, 4, 6, 13, 12, (5, 5), 2, 2, 1, 2),         # 5x5 stride 2 groups 2
     (1, 3, 4, 23, 23, (7, 7), 2, 3, 1, 1),         # ResNet stem shape, smaller
     (1, 8, 8, 10, 9, (1, 3), 1, (0, 1), 1, 1),     # non-square kernel

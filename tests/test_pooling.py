@@ -310,3 +310,16 @@ def test_activation_codes():
     for bad in ("gelu", "ReLU", ["relu"], 1):
         with pytest.raises(ValueError, match="act must be one of None, 'relu', 'relu6'"):
             activation_code(bad, "act")
+
+
+@pytest.mark.parametrize("hw", [(2, 2), (5, 9), (8, 16), (6, 41), (3, 67)])
+def test_max_pool2d_2x2_stride2_fast_path(hw, threads, rng):
+    # VGG's pool runs a vectorised kernel: widths cover its 4-output body and scalar tail, odd
+    # sizes drop the last row/column; NaN (anywhere in a window) and -inf as in torch
+    x = rng.standard_normal((2, 3) + hw).astype(np.float32)
+    x[0, 0].flat[::7] = np.nan
+    x[1, 2].flat[::5] = -np.inf
+    x[1, 1, :, :] = np.nan
+    np.testing.assert_array_equal(max_pool2d(x, 2), ref.max_pool2d(x, 2))
+    np.testing.assert_array_equal(max_pool2d(x, 2, ceil_mode=True),
+                                  ref.max_pool2d(x, 2, None, 0, 1, True))

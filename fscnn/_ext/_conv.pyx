@@ -45,8 +45,11 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
                   float[:, ::1] partial,              # SCRATCH (n_threads, largest block * tile)
                   float[:, :, :, ::1] out,            # OUT (N, O, H_out, W_out)
                   int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
-                  int act, int level, bint half, int n_threads):
-    """Direct sparse convolution, O(N * nnz * H_out * Wq) multiply-adds."""
+                  int act, int level, bint half, bint pack, int n_threads):
+    """Direct sparse convolution, O(N * nnz * H_out * Wq) multiply-adds.
+
+    ``pack`` false: x already has the packed layout (an unpadded 1x1 stride-1 layer whose flat
+    output holds at least one tile) and is read in place; ``buf`` is then unused."""
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t H_out = out.shape[2], W_out = out.shape[3]
     cdef int64_t ncb = blkptr.shape[1] - 1
@@ -58,14 +61,19 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
     cdef const int32_t *optr = &offsets[0] if offsets.shape[0] else NULL
     cdef const float *vptr = &values[0] if values.shape[0] else NULL
     cdef int64_t n, i
+    cdef const float *src
     if N == 0 or out.shape[1] == 0 or H_out == 0 or W_out == 0:
         return
     with nogil:
         for n in range(N):
-            _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, &buf[0],
-                        n_threads)
+            if pack:
+                _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
+                            &buf[0], n_threads)
+                src = &buf[0]
+            else:
+                src = &x[n, 0, 0, 0]
             for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
-                spconv_items(level, half, &buf[0], &blkptr[0, 0], ncb, optr, vptr, bptr,
+                spconv_items(level, half, src, &blkptr[0, 0], ncb, optr, vptr, bptr,
                              &out[n, 0, 0, 0], &partial[threadid(), 0], &oblk[0], n_oblk, i,
                              i + 1, Wq, H_out, W_out, act)
 
@@ -79,12 +87,13 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
                  float[:, ::1] panels,               # SCRATCH (n_threads, (K + O/groups) * chunk)
                  float[:, :, :, ::1] out,            # OUT (N, O, H_out, W_out)
                  int groups, int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
-                 int chunk, int act, int n_threads):
+                 int chunk, int act, bint pack, int n_threads):
     """Dense convolution as SGEMM over chunks of the flat output: for each chunk of ``chunk``
     positions and each group, the K = Cg*KH*KW shifted input runs are copied into a (K, chunk)
     panel (a plain memcpy per row, thanks to the packed layout) and multiplied by the group's
     (O/groups, K) weights. O(N * O * K * H_out * Wq) multiply-adds. 1x1 kernels read the packed
-    planes directly (no panel)."""
+    planes directly (no panel); ``pack`` false: x already has the packed layout (unpadded 1x1
+    stride 1) and is read in place, ``buf`` is then unused."""
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
     cdef int64_t K = weight.shape[1], Og = O // groups
@@ -97,6 +106,7 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
     cdef float *panel
     cdef float *wide
     cdef const float *bmat
+    cdef const float *src
     cdef int m, nn, kk, lda, ldb, ldc
     cdef float one = 1.0, zero = 0.0
     cdef char *no = b"N"
@@ -104,8 +114,12 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
         return
     with nogil:
         for n in range(N):
-            _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, &buf[0],
-                        n_threads)
+            if pack:
+                _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
+                            &buf[0], n_threads)
+                src = &buf[0]
+            else:
+                src = &x[n, 0, 0, 0]
             for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
                 panel = &panels[threadid(), 0]
                 wide = panel + K * chunk
@@ -114,11 +128,11 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
                 cnt = chunk if q0 + chunk <= L else L - q0
                 if direct:
                     # 1x1 taps: the (K, cnt) panel is the packed planes themselves
-                    bmat = &buf[0] + g * group_stride + q0
+                    bmat = src + g * group_stride + q0
                     ldb = <int> (sh * sw * Hq * Wq)
                 else:
                     for r in range(K):
-                        memcpy(panel + r * cnt, &buf[0] + tap_offsets[r] + g * group_stride + q0,
+                        memcpy(panel + r * cnt, src + tap_offsets[r] + g * group_stride + q0,
                                sizeof(float) * cnt)
                     bmat = panel
                     ldb = <int> cnt

@@ -24,6 +24,7 @@ cdef extern from "fscnn_pool.h" nogil:
     float fscnn_nanmax(float m, float v)
     double fscnn_run_sum(const float* p, Py_ssize_t n)
     float fscnn_run_max(const float* p, Py_ssize_t n)
+    void fscnn_maxpool2x2_row(const float* r0, const float* r1, float* out, Py_ssize_t n)
 
 ACTIVATION_CODES = {None: FSCNN_ACT_NONE, "relu": FSCNN_ACT_RELU, "relu6": FSCNN_ACT_RELU6}
 
@@ -106,9 +107,15 @@ def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, i
     """Max pooling of every plane. x: IN (P, H, W); out: OUT (P, Ho, Wo)."""
     cdef Planes g = Planes(x.shape[1], x.shape[2], out.shape[1], out.shape[2])
     cdef Window k = Window(kh, kw, sh, sw, ph, pw, dh, dw)
-    cdef Py_ssize_t p
+    cdef Py_ssize_t p, oy
+    cdef bint two_by_two = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+                            and dh == 1 and dw == 1 and 2 * g.Ho <= g.H and 2 * g.Wo <= g.W)
     for p in prange(x.shape[0], nogil=True, num_threads=n_threads, schedule="dynamic"):
-        _pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, k, True, False, 0)
+        if two_by_two:
+            for oy in range(g.Ho):
+                fscnn_maxpool2x2_row(&x[p, 2 * oy, 0], &x[p, 2 * oy + 1, 0], &out[p, oy, 0], g.Wo)
+        else:
+            _pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, k, True, False, 0)
 
 
 def avg_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, int sh, int sw,

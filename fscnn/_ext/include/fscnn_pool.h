@@ -72,4 +72,27 @@ static inline float fscnn_run_max(const float* p, ptrdiff_t n) {
     return m;
 }
 
+/* Max pooling 2x2 with stride 2, no padding or dilation (VGG's pools), one output row:
+ * out[i] = max(r0[2i], r0[2i+1], r1[2i], r1[2i+1]), NaN-sticky, for i < n. The general kernel
+ * reads with stride 2, which does not vectorise; here the two rows are combined with contiguous
+ * vector loads and the even and odd lanes are then split with a shuffle. */
+#if defined(__clang__)
+#define FSCNN_SHUFFLE4(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define FSCNN_SHUFFLE4(a, b, i, j, k, l) __builtin_shuffle(a, b, (fscnn_v4i){i, j, k, l})
+#endif
+static inline void fscnn_maxpool2x2_row(const float* r0, const float* r1, float* out, ptrdiff_t n) {
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const fscnn_v4f a = fscnn_nanmax4(fscnn_load4(r0 + 2 * i), fscnn_load4(r1 + 2 * i));
+        const fscnn_v4f b = fscnn_nanmax4(fscnn_load4(r0 + 2 * i + 4), fscnn_load4(r1 + 2 * i + 4));
+        const fscnn_v4f m = fscnn_nanmax4(FSCNN_SHUFFLE4(a, b, 0, 2, 4, 6),
+                                          FSCNN_SHUFFLE4(a, b, 1, 3, 5, 7));
+        memcpy(out + i, &m, sizeof m);
+    }
+    for (; i < n; i++)
+        out[i] = fscnn_nanmax(fscnn_nanmax(r0[2 * i], r0[2 * i + 1]),
+                              fscnn_nanmax(r1[2 * i], r1[2 * i + 1]));
+}
+
 #endif

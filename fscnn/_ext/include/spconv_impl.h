@@ -40,6 +40,7 @@ typedef int32_t SPCONV_CAT(spconv_ivec, SPCONV_SUFFIX) __attribute__((vector_siz
 
 /* One tile of T output positions [p0, p0+T) for output channels [o0, o1) of one image.
  * in:      packed planes (read-only), readable up to max(offsets) + p0 + T.
+ *          p0 need not be a multiple of T (see spconv_items).
  * blkptr:  (O, ncb+1) row-major: non-zeros of output channel o that read input-channel block b
  *          are blkptr[o*(ncb+1)+b] .. blkptr[o*(ncb+1)+b+1] (offsets/values are sorted by channel).
  * offsets, values: (nnz,). bias: (O,) or NULL. out: (O, H_out, W_out) of this image.
@@ -77,6 +78,7 @@ SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
             x = 0;
         }
     }
+    const int whole = n_runs == 1 && run_len[0] == SPCONV_T;
     for (int64_t b = 0; b < ncb; b++) {
         const int first = b == 0, last = b == ncb - 1;
         for (int64_t o = o0; o < o1; o++) {
@@ -124,8 +126,16 @@ SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
                     acc[v] = (SPVEC)r;
                 }
             }
-            memcpy(tmp, acc, sizeof tmp);
             float *restrict orow = out + o * plane;
+            if (whole) {
+                /* the tile is one run of valid outputs (always when Wq == W_out, e.g. 1x1
+                 * layers): store the accumulators straight to the output */
+#pragma GCC unroll 16
+                for (int v = 0; v < SPCONV_NV; v++)
+                    memcpy(orow + run_dst[0] + v * SPCONV_VL, &acc[v], sizeof(SPVEC));
+                continue;
+            }
+            memcpy(tmp, acc, sizeof tmp);
             for (int r = 0; r < n_runs; r++)
                 memcpy(orow + run_dst[r], tmp + run_src[r], (size_t)run_len[r] * sizeof(float));
         }
@@ -139,10 +149,17 @@ SPCONV_TARGET static void SPCONV_FN(spconv_items)(
         float *restrict out, float *restrict partial, const int64_t *restrict oblk, int64_t n_oblk,
         int64_t i0, int64_t i1, int64_t Wq, int64_t H_out, int64_t W_out, int act)
 {
+    const int64_t L = H_out * Wq;
     for (int64_t i = i0; i < i1; i++) {
         const int64_t t = i / n_oblk, b = i - t * n_oblk;
+        /* The last tile is moved back to end at L when the flat output holds a whole tile, so
+         * no read goes past position L-1+max(offsets): an unpadded 1x1 layer then reads its
+         * input in place (no packing). The positions it recomputes get bit-identical values:
+         * each is the same sequence of FMAs whatever its lane. */
+        int64_t p0 = t * SPCONV_T;
+        if (p0 + SPCONV_T > L && L >= SPCONV_T) p0 = L - SPCONV_T;
         SPCONV_FN(spconv_tile)(in, blkptr, ncb, offsets, values, bias, out, partial, oblk[b],
-                               oblk[b + 1], t * SPCONV_T, Wq, H_out, W_out, act);
+                               oblk[b + 1], p0, Wq, H_out, W_out, act);
     }
 }
 

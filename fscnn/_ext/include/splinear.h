@@ -1,0 +1,167 @@
+/* Sparse Linear (CSR weights times a batch of vectors): the SIMD-dispatched row kernel.
+ *
+ * Design: at batch 1 a sparse Linear layer is a stream over the weights (4-byte value plus a
+ * 2- or 4-byte column index per non-zero) and scattered reads of the input vector x. Two things
+ * keep that stream at the memory bandwidth:
+ *  - column panels: the columns are cut into panels of at most SPLIN_PANEL floats of x (24 KB,
+ *    half of L1d); a block of rows is swept panel by panel, so the scattered reads of x hit L1
+ *    instead of L2 (VGG16's classifier.0 has a 100 KB input). The weights are laid out
+ *    panel-major (all rows of panel 0, then panel 1, ...) so that each panel is one contiguous
+ *    stream for the hardware prefetcher: row segments cut out of a plain CSR (a jump per row and
+ *    panel) ran 6.2-7.0 ms against 3.2-4.3 ms for contiguous panels.
+ *  - gathers: AVX-512 and AVX2 load 16 (8) indices, gather the x values and FMA with 16 (8)
+ *    weights at once, with software prefetch of the weight stream ahead of use.
+ * Measured on VGG16's classifier.0 (4096 x 25088, 90% sparse, one thread): scalar 10.4 ms,
+ * gather 7.2 ms, gather + prefetch + panels 5.5 ms (~11 GB/s, the machine streams ~12.5 GB/s).
+ *
+ * Each output is summed panel by panel in a fixed order, whatever the thread count, so results
+ * do not depend on the thread count (they do depend on the SIMD level, within float rounding).
+ */
+#ifndef FSCNN_SPLINEAR_H
+#define FSCNN_SPLINEAR_H
+#include "fscnn_common.h"
+#if FSCNN_X86
+#include <immintrin.h>
+#endif
+
+#define SPLIN_PANEL 6144
+
+/* Dot product of one row segment (val, idx: n non-zeros) with x. */
+/* Scalar dot product of one row segment with x: four partial sums break the dependency chain. */
+#define SPLIN_DOT_SCALAR(NAME, IDX_T)                                                              \
+static inline float NAME(const float *restrict val, const IDX_T *restrict idx, int64_t n,      \
+                         const float *restrict x)                                              \
+{                                                                                              \
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                      \
+    int64_t k = 0;                                                                             \
+    for (; k + 4 <= n; k += 4) {                                                               \
+        a0 += val[k] * x[idx[k]];                                                              \
+        a1 += val[k + 1] * x[idx[k + 1]];                                                      \
+        a2 += val[k + 2] * x[idx[k + 2]];                                                      \
+        a3 += val[k + 3] * x[idx[k + 3]];                                                      \
+    }                                                                                          \
+    for (; k < n; k++) a0 += val[k] * x[idx[k]];                                               \
+    return (a0 + a1) + (a2 + a3);                                                              \
+}
+SPLIN_DOT_SCALAR(splin_dot_baseline_u16, uint16_t)
+
+#if FSCNN_X86
+/* Indices of a short tail, copied so that no load reads past the end of the arrays. */
+#define SPLIN_TAIL(IDX_T, W, n, idx, val)                                                          \
+    IDX_T tidx[W] = {0};                                                                       \
+    float tval[W] = {0};                                                                       \
+    memcpy(tidx, idx, (size_t)(n) * sizeof(IDX_T));                                            \
+    memcpy(tval, val, (size_t)(n) * sizeof(float));
+
+#define SPLIN_IDX16_U16(p) _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p)))
+#define SPLIN_DOT_AVX512(NAME, IDX_T, LOADIDX)                                                     \
+FSCNN_TARGET_AVX512 static inline float NAME(const float *restrict val,                        \
+                                             const IDX_T *restrict idx, int64_t n,             \
+                                             const float *restrict x)                          \
+{                                                                                              \
+    __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();                                   \
+    int64_t k = 0;                                                                             \
+    for (; k + 32 <= n; k += 32) {                                                             \
+        _mm_prefetch((const char *)(val + k + 512), _MM_HINT_T0);                              \
+        _mm_prefetch((const char *)(val + k + 528), _MM_HINT_T0);                              \
+        _mm_prefetch((const char *)(idx + k + 512), _MM_HINT_T0);                              \
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(val + k),                                          \
+                            _mm512_i32gather_ps(LOADIDX(idx + k), x, 4), a);                   \
+        b = _mm512_fmadd_ps(_mm512_loadu_ps(val + k + 16),                                     \
+                            _mm512_i32gather_ps(LOADIDX(idx + k + 16), x, 4), b);              \
+    }                                                                                          \
+    for (; k + 16 <= n; k += 16)                                                               \
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(val + k),                                          \
+                            _mm512_i32gather_ps(LOADIDX(idx + k), x, 4), a);                   \
+    if (k < n) {                                                                               \
+        /* zero-padded copies: padded lanes gather x[0] and multiply it by 0 */               \
+        SPLIN_TAIL(IDX_T, 16, n - k, idx + k, val + k)                                         \
+        const __mmask16 m = (__mmask16)((1u << (n - k)) - 1);                                  \
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(tval),                                             \
+                            _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, LOADIDX(tidx),    \
+                                                     x, 4), a);                                \
+    }                                                                                          \
+    return _mm512_reduce_add_ps(_mm512_add_ps(a, b));                                          \
+}
+SPLIN_DOT_AVX512(splin_dot_avx512_u16, uint16_t, SPLIN_IDX16_U16)
+
+#define SPLIN_IDX8_U16(p) _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p)))
+#define SPLIN_DOT_AVX2(NAME, IDX_T, LOADIDX)                                                       \
+FSCNN_TARGET_AVX2 static inline float NAME(const float *restrict val,                          \
+                                           const IDX_T *restrict idx, int64_t n,               \
+                                           const float *restrict x)                            \
+{                                                                                              \
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();                                   \
+    int64_t k = 0;                                                                             \
+    for (; k + 16 <= n; k += 16) {                                                             \
+        _mm_prefetch((const char *)(val + k + 512), _MM_HINT_T0);                              \
+        _mm_prefetch((const char *)(idx + k + 512), _MM_HINT_T0);                              \
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(val + k),                                          \
+                            _mm256_i32gather_ps(x, LOADIDX(idx + k), 4), a);                   \
+        b = _mm256_fmadd_ps(_mm256_loadu_ps(val + k + 8),                                      \
+                            _mm256_i32gather_ps(x, LOADIDX(idx + k + 8), 4), b);               \
+    }                                                                                          \
+    for (; k + 8 <= n; k += 8)                                                                 \
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(val + k),                                          \
+                            _mm256_i32gather_ps(x, LOADIDX(idx + k), 4), a);                   \
+    if (k < n) {                                                                               \
+        SPLIN_TAIL(IDX_T, 8, n - k, idx + k, val + k)                                          \
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(tval),                                             \
+                            _mm256_i32gather_ps(x, LOADIDX(tidx), 4), a);                      \
+    }                                                                                          \
+    a = _mm256_add_ps(a, b);                                                                   \
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));             \
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                                    \
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));                                                     \
+    return _mm_cvtss_f32(s);                                                                   \
+}
+SPLIN_DOT_AVX2(splin_dot_avx2_u16, uint16_t, SPLIN_IDX8_U16)
+#endif
+
+/* Rows [r0, r1) of out (N, O) = act(x (N, I) . W^T + bias). W is stored panel-major: the
+ * columns are cut into P panels of `width` columns, and panel p of row o is row p*O + o of a
+ * CSR matrix (indptr, idx, val) whose column indices are relative to the panel (so they always
+ * fit 16 bits). The rows are swept panel by panel, each panel's weights being one contiguous
+ * stream; out holds the partial sums between panels. */
+#define SPLIN_ROWS(NAME, TARGET, DOT)                                                              \
+TARGET static void NAME(const float *restrict x, int64_t N, int64_t I, int64_t O,              \
+                        const int64_t *restrict indptr, int64_t P, int64_t width,              \
+                        const uint16_t *restrict idx, const float *restrict val,               \
+                        const float *restrict bias, float *restrict out, int64_t r0,           \
+                        int64_t r1, int act)                                                   \
+{                                                                                              \
+    for (int64_t p = 0; p < P; p++) {                                                          \
+        for (int64_t o = r0; o < r1; o++) {                                                    \
+            const int64_t k0 = indptr[p * O + o], k1 = indptr[p * O + o + 1];                  \
+            for (int64_t n = 0; n < N; n++) {                                                  \
+                const float s = DOT(val + k0, idx + k0, k1 - k0, x + n * I + p * width);       \
+                float v = p == 0 ? s : out[n * O + o] + s;                                     \
+                if (p == P - 1) v = fscnn_act(bias ? v + bias[o] : v, act);                    \
+                out[n * O + o] = v;                                                            \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+}
+SPLIN_ROWS(splin_rows_baseline, FSCNN_TARGET_BASELINE, splin_dot_baseline_u16)
+#if FSCNN_X86
+SPLIN_ROWS(splin_rows_avx2, FSCNN_TARGET_AVX2, splin_dot_avx2_u16)
+SPLIN_ROWS(splin_rows_avx512, FSCNN_TARGET_AVX512, splin_dot_avx512_u16)
+#endif
+
+/* Column panel width in input features (the caller lays the weights out with it). */
+static inline int64_t splin_panel_width(void) { return SPLIN_PANEL; }
+
+#define SPLIN_ARGS x, N, I, O, indptr, P, width, idx, val, bias, out, r0, r1, act
+static inline void splin_rows(int level, const float *x, int64_t N, int64_t I, int64_t O,
+        const int64_t *indptr, int64_t P, int64_t width, const uint16_t *idx, const float *val,
+        const float *bias, float *out, int64_t r0, int64_t r1, int act)
+{
+#if FSCNN_X86
+    if (level >= FSCNN_SIMD_AVX512) { splin_rows_avx512(SPLIN_ARGS); return; }
+    if (level == FSCNN_SIMD_AVX2) { splin_rows_avx2(SPLIN_ARGS); return; }
+#endif
+    (void)level;
+    splin_rows_baseline(SPLIN_ARGS);
+}
+#undef SPLIN_ARGS
+#endif
