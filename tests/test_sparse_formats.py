@@ -99,3 +99,15 @@ def test_full_check_in_chunks_finds_the_same_first_problem(monkeypatch, chunk):
                         check=None)
         with pytest.raises(FormatError, match=re.escape(message)):
             bad.check_format(full=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 18])
+def test_to_dense_in_chunks(monkeypatch, chunk, rng):
+    import fscnn.sparse.formats as formats
+    monkeypatch.setattr(formats, "_CHECK_CHUNK", chunk)
+    for shape, sparsity in [((7, 13), 0.6), ((1, 70000), 0.999), ((5, 4), 1.0), ((3, 2), 0.0)]:
+        w = sparse_weight(shape, sparsity, rng)
+        w[min(2, shape[0] - 1)] = 0  # an empty row
+        assert np.array_equal(CSRMatrix.from_dense(w).to_dense(), w)
+    w = sparse_weight((6, 3, 2, 2), 0.5, rng)
+    assert np.array_equal(SparseConvWeight.from_dense(w).to_dense(), w)

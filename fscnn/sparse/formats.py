@@ -13,7 +13,7 @@ class FormatError(ValueError):
     """A sparse format's arrays are inconsistent (wrong dtype, shape, bounds or order)."""
 
 
-_CHECK_CHUNK = 1 << 18  # entries checked at a time by check_format(full=True)
+_CHECK_CHUNK = 1 << 18  # entries at a time in check_format(full=True) and to_dense
 
 
 def _index_dtype(n_cols):
@@ -92,8 +92,12 @@ class CSRMatrix:
     def to_dense(self):
         """The dense float32 array of shape ``self.shape``."""
         out = np.zeros(self.shape, dtype=np.float32)
-        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
-        out[rows, self.indices.astype(np.int64)] = self.data
+        flat, n_cols = out.reshape(-1), self.shape[1]
+        # a chunk of entries at a time: no int64 row and column arrays of all non-zeros
+        for e0 in range(0, self.nnz, _CHECK_CHUNK):
+            e1 = min(self.nnz, e0 + _CHECK_CHUNK)
+            rows = np.searchsorted(self.indptr, np.arange(e0, e1), side="right") - 1
+            flat[rows * n_cols + self.indices[e0:e1]] = self.data[e0:e1]
         return out
 
     @property
