@@ -21,4 +21,5 @@ __all__ = ["Module", "Layer", "Sequential", "ModuleList", "Conv2d", "Linear", "B
            "ReLU", "ReLU6", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid",
            "SiLU", "Softmax", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
            "Flatten", "Dropout", "Identity", "StateDictError", "LayerInputError",
-           "IncompatibleKeys", "StateDict", "LayerPlan", "PlanReport", "LayerTime", "profile", "manual_seed"]
+           "IncompatibleKeys", "StateDict", "LayerPlan", "PlanReport", "LayerTime", "profile",
+           "manual_seed"]
