@@ -3,8 +3,11 @@ extended to ResNet-18, ResNet-50 and MobileNetV2, ONNX Runtime, several thread c
 batch sizes. Writes CSV + JSON and a PNG plot of speed-up vs sparsity.
 
 Each configuration runs ``fscnn bench`` in a fresh process (fscnn, PyTorch dense, ONNX Runtime
-dense and fscnn's dense path timed round-robin on the same weights). Peak memory is measured in
-separate processes that each hold only one runtime: fscnn on the pruned model, and PyTorch on
+dense and fscnn's dense path timed round-robin on the same weights). Peak memory (``--memory``,
+``--memory-only``) is measured in separate processes that each hold only one runtime: fscnn
+building, pruning in place and holding the pruned model sparse (``to_sparse``); fscnn loading the
+pruned model saved with ``fscnn.save`` into a fresh model with ``fscnn.load(sparse=True)``
+(the archive is written by a preparatory process that is not measured); and PyTorch running
 the dense model.
 
     python bench/bench_models.py                                  # the full grid (about an hour)
@@ -25,11 +28,26 @@ _MEMORY_PROBE = r"""
 import resource, sys, numpy as np
 runtime, model_name, sparsity, batch, size = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
-if runtime == "fscnn":
+if runtime == "fscnn-save":  # preparatory, not measured: the pruned model as an archive
     import fscnn, fscnn.models, fscnn.prune, fscnn.nn
     fscnn.nn.manual_seed(0)
     model = getattr(fscnn.models, model_name)()
     fscnn.prune.prune(model, sparsity, inplace=True)
+    fscnn.save(model, sys.argv[6])
+    sys.exit()
+if runtime == "fscnn":  # build, prune in place, hold the weights sparse, prepare, run
+    import fscnn, fscnn.models, fscnn.prune, fscnn.nn
+    fscnn.nn.manual_seed(0)
+    model = getattr(fscnn.models, model_name)()
+    fscnn.prune.prune(model, sparsity, inplace=True)
+    model.to_sparse()
+    model.prepare(x.shape)
+    for _ in range(3):
+        model(x)
+elif runtime == "fscnn-load":  # a fresh model loads the pruned archive sparse, prepare, run
+    import fscnn, fscnn.models
+    model = getattr(fscnn.models, model_name)()
+    model.load_state_dict(fscnn.load(sys.argv[6], sparse=True))
     model.prepare(x.shape)
     for _ in range(3):
         model(x)
@@ -57,10 +75,25 @@ def bench_one(model, sparsity, threads, batch, args):
             return json.load(f)
 
 
-def peak_memory(runtime, model, sparsity, batch, size):
+def peak_memory(runtime, model, sparsity, batch, size, archive=""):
+    """Peak RSS (MB, ru_maxrss) of a fresh single-thread process running ``runtime``:
+    'fscnn' (build, prune in place, to_sparse, prepare, 3 runs), 'fscnn-load' (a fresh model
+    loads ``archive`` with ``fscnn.load(sparse=True)``, prepare, 3 runs) or 'torch' (dense)."""
     res = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, runtime, model, str(sparsity),
-                          str(batch), str(size)], check=True, capture_output=True, text=True)
-    return float(res.stdout.strip().splitlines()[-1])
+                          str(batch), str(size), archive], check=True, capture_output=True,
+                         text=True)
+    return float(res.stdout.strip().splitlines()[-1]) if runtime != "fscnn-save" else None
+
+
+def memory_row(model, sparsity, batch, size):
+    """The three peak-memory figures of one configuration (see :func:`peak_memory`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = os.path.join(tmp, "pruned.npz")
+        peak_memory("fscnn-save", model, sparsity, batch, size, archive)
+        return {"fscnn_peak_mb": peak_memory("fscnn", model, sparsity, batch, size),
+                "fscnn_load_peak_mb": peak_memory("fscnn-load", model, sparsity, batch, size,
+                                                  archive),
+                "torch_dense_peak_mb": peak_memory("torch", model, 0.0, batch, size)}
 
 
 def markdown_table(rows):
@@ -116,6 +149,8 @@ def main(argv=None):
     ap.add_argument("--time", type=float, default=10.0)
     ap.add_argument("--warmup", type=int, default=2, help="untimed rounds per configuration")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory (1 thread)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only measure peak memory (no latency benchmark)")
     ap.add_argument("--out", default="bench/results/models")
     args = ap.parse_args(argv)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
@@ -124,6 +159,13 @@ def main(argv=None):
         for batch in args.batch:
             for threads in args.threads:
                 for sp in args.sparsity:
+                    if args.memory_only:
+                        if threads == args.threads[0]:
+                            row = {"model": model, "sparsity": sp, "batch": batch}
+                            row.update(memory_row(model, sp, batch, args.input_size))
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
+                        continue
                     rep = bench_one(model, sp, threads, batch, args)
                     lat = rep["latency"]
                     row = {"model": model, "sparsity": sp, "threads": threads, "batch": batch,
@@ -135,10 +177,7 @@ def main(argv=None):
                             row[f"{other}_ms"] = lat[other]["median_ms"]
                             row[f"speedup_vs_{other}"] = lat[other]["fscnn_speedup"]
                     if args.memory and threads == args.threads[0]:
-                        row["fscnn_peak_mb"] = peak_memory("fscnn", model, sp, batch,
-                                                           args.input_size)
-                        row["torch_dense_peak_mb"] = peak_memory("torch", model, 0.0, batch,
-                                                                 args.input_size)
+                        row.update(memory_row(model, sp, batch, args.input_size))
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     with open(args.out + ".json", "w") as f:
@@ -151,7 +190,8 @@ def main(argv=None):
     with open(args.out + ".md", "w") as f:
         f.write(markdown_table(rows))
     try:
-        plot(rows, args.out + ".png")
+        if not args.memory_only:
+            plot(rows, args.out + ".png")
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
     print(f"wrote {args.out}.json, .csv, .md, .png", file=sys.stderr)

@@ -130,10 +130,18 @@ def _encode(array, min_sparsity):
         None when the tensor is to be stored dense.
     """
     flat = np.ascontiguousarray(array).reshape(-1)
-    numel, itemsize = flat.size, flat.dtype.itemsize
-    if numel == 0:
+    if flat.size == 0:
         return None
-    positions = np.flatnonzero(flat.view(f"u{itemsize}"))
+    positions = np.flatnonzero(flat.view(f"u{flat.dtype.itemsize}"))
+    return _encode_positions(positions, lambda p: flat[p], flat.size, flat.dtype, min_sparsity,
+                             lambda: np.packbits(flat.view(f"u{flat.dtype.itemsize}") != 0))
+
+
+def _encode_positions(positions, values_at, numel, dtype, min_sparsity, bitmask):
+    """The encoding of a tensor of ``numel`` entries whose stored entries (non-zero bit
+    patterns) are at the increasing flat ``positions``; ``values_at(p)`` gives the values at
+    positions ``p`` and ``bitmask()`` the packed mask. None when it is to be stored dense."""
+    itemsize = dtype.itemsize
     nnz = positions.size
     if 1.0 - nnz / numel < min_sparsity:
         return None
@@ -147,16 +155,50 @@ def _encode(array, min_sparsity):
     if costs[encoding] + _SPARSE_OVERHEAD >= numel * itemsize:
         return None
     if encoding == "bitmask":
-        return encoding, flat[positions], np.packbits(flat.view(f"u{itemsize}") != 0)
+        return encoding, values_at(positions), bitmask()
     if encoding == "index32":
-        return encoding, flat[positions], positions.astype(np.uint32)
+        return encoding, values_at(positions), positions.astype(np.uint32)
     if bridges.any():
         gapped = bridges > 0
         counts = bridges[gapped]
         starts = np.repeat(positions[gapped] - gaps[gapped], counts)
         step = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + 1
         positions = np.sort(np.concatenate([positions, starts + step * _DELTA_MAX]))
-    return encoding, flat[positions], np.diff(positions, prepend=-1).astype(np.uint16)
+    return encoding, values_at(positions), np.diff(positions, prepend=-1).astype(np.uint16)
+
+
+def _encode_rows(weight, min_sparsity):
+    """:func:`_encode` of the dense float32 tensor of a CSRMatrix or SparseConvWeight, computed
+    from its compressed rows (the same members, no dense intermediate)."""
+    csr = getattr(weight, "csr", weight)
+    n_rows, n_cols = csr.shape
+    numel = n_rows * n_cols
+    if numel == 0:
+        return None
+    data = csr.data
+    stored = data.view(np.uint32) != 0  # an explicit +0.0 is not stored, as from dense
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(csr.indptr))
+    positions = rows * n_cols + csr.indices
+    del rows
+    if not stored.all():
+        positions, data = positions[stored], data[stored]
+    del stored
+
+    def values_at(p):  # p: the stored positions, plus zeros bridging long delta16 gaps
+        if p.size == positions.size:
+            return data
+        out = np.zeros(p.size, np.float32)
+        out[np.isin(p, positions, assume_unique=True)] = data
+        return out
+
+    def bitmask():
+        packed = np.zeros(-(-numel // 8), np.uint8)
+        for a in range(0, positions.size, _POSITION_CHUNK):
+            p = positions[a:a + _POSITION_CHUNK]
+            np.bitwise_or.at(packed, p >> 3, (0x80 >> (p & 7)).astype(np.uint8))
+        return packed
+    return _encode_positions(positions, values_at, numel, np.dtype(np.float32), min_sparsity,
+                             bitmask)
 
 
 def encoded_nbytes(array, min_sparsity=0.5):
@@ -181,12 +223,26 @@ def encoded_nbytes(array, min_sparsity=0.5):
 
 def _members(state_dict, min_sparsity):
     """The (key, array) pairs that represent ``state_dict`` in an archive."""
+    from .sparse import CSRMatrix, SparseConvWeight
     yield FORMAT_KEY, np.array(FORMAT_VERSION, dtype=np.int64)
-    for name, value in state_dict.items():
+    stored = getattr(state_dict, "stored", None)  # a model's StateDict: sparse weights as held
+    for name in state_dict:
+        value = stored(name) if stored is not None else state_dict[name]
         if not isinstance(name, str) or not name or _SEP in name \
                 or name.startswith(_RESERVED_PREFIX):
             raise ValueError(f"cannot save key {name!r}: expected a non-empty str without "
                              f"{_SEP!r} that does not start with {_RESERVED_PREFIX!r}")
+        if isinstance(value, (CSRMatrix, SparseConvWeight)):
+            value.check_format(full=False)
+            encoded = _encode_rows(value, min_sparsity)
+            if encoded is None:
+                yield name, value.to_dense()
+            else:
+                encoding, values, index = encoded
+                yield f"{name}{_SEP}shape", np.array(value.shape, dtype=np.int64)
+                yield f"{name}{_SEP}values", values
+                yield f"{name}{_SEP}{encoding}", index
+            continue
         array = np.asarray(value)
         if not _check_dtype(array.dtype):
             raise TypeError(f"cannot save {name!r}: expected a bool, integer or float16/32/64 "
@@ -211,6 +267,9 @@ def save(model_or_state_dict, path, *, min_sparsity=0.5, compress=False):
     ----------
     model_or_state_dict : Mapping or model
         name -> array (bool, integer or float16/32/64), or an object with ``state_dict()``.
+        A :class:`~fscnn.sparse.CSRMatrix` or :class:`~fscnn.sparse.SparseConvWeight` value
+        (a model's sparse-held weight, or what ``load(sparse=True)`` returns) is written as
+        the dense float32 tensor it stands for, encoded from its rows without densifying.
     path : str or os.PathLike
         The file to write (no suffix is added).
     min_sparsity : float, default 0.5
@@ -318,20 +377,11 @@ def _read_member(path, zf, info):
     return data.astype(dtype.newbyteorder("="), copy=False)
 
 
-def _decode_sparse(path, name, fields, budget):
-    """Rebuild a dense tensor from its validated ``shape``, ``values`` and index arrays.
+_BITMASK_CHUNK = 1 << 20  # mask bytes unpacked at a time (8 Mi entries)
 
-    Parameters
-    ----------
-    fields : dict
-        field name -> array for one ``NAME::field`` group.
-    budget : int
-        Bytes the dense result may still take.
 
-    Returns
-    -------
-    ndarray
-    """
+def _sparse_fields(path, name, fields):
+    """Validate one ``NAME::field`` group; return (shape, values, encoding, index)."""
     def fail(field, problem):
         raise ArchiveError(path, f"{name}{_SEP}{field}", problem)
 
@@ -349,11 +399,31 @@ def _decode_sparse(path, name, fields, budget):
                       f"{shape.shape}")
     shape = tuple(shape.tolist())
     _check_shape(path, f"{name}{_SEP}shape", shape, values.dtype)
+    return shape, values, encoding, index
+
+
+def _check_budget(path, name, shape, dtype, nbytes, budget):
+    if nbytes > budget:
+        raise ArchiveError(path, f"{name}{_SEP}shape",
+                           f"a tensor of shape {shape} and dtype {dtype} needs {nbytes} bytes, "
+                           f"over the {budget} bytes left under max_bytes (pass a larger "
+                           "max_bytes to load it)")
+
+
+_POSITION_CHUNK = 1 << 18  # stored entries decoded at a time
+
+
+def _position_chunks(path, name, shape, values, encoding, index):
+    """Yield ``(offset, positions)``: the flat positions (int64) of ``values[offset:offset +
+    len(positions)]``, validated (strictly increasing, in range, one per value) as they go.
+
+    Works a chunk of stored entries at a time (a bitmask a chunk of bytes at a time), so
+    the transients are a few MiB whatever the size of the tensor. A problem raises
+    ArchiveError naming the key, possibly after earlier chunks were yielded."""
+    def fail(field, problem):
+        raise ArchiveError(path, f"{name}{_SEP}{field}", problem)
+
     numel = math.prod(shape)
-    if numel * values.dtype.itemsize > budget:
-        fail("shape", f"a tensor of shape {shape} and dtype {values.dtype} "
-                      f"needs {numel * values.dtype.itemsize} bytes, over the {budget} bytes "
-                      "left under max_bytes (pass a larger max_bytes to load it)")
     if values.ndim != 1:
         fail("values", f"expected 1 dimension, received shape {values.shape}")
     expected = _INDEX_DTYPES[encoding]
@@ -364,33 +434,110 @@ def _decode_sparse(path, name, fields, budget):
         if index.size != -(-numel // 8):
             fail(encoding, f"expected {-(-numel // 8)} bytes for {numel} entries, received "
                            f"{index.size}")
-        bits = np.unpackbits(index)
-        if bits[numel:].any():
+        if numel % 8 and int(index[-1]) & ((1 << (8 - numel % 8)) - 1):
             fail(encoding, "padding bits after the last entry are set")
-        positions = np.flatnonzero(bits[:numel])
-    else:
-        if index.size != values.size:
-            fail(encoding, f"expected {values.size} entries like 'values', received "
-                           f"{index.size}")
+        step = max(1, _POSITION_CHUNK // 8)
+        counts = [int(np.unpackbits(index[b0:b0 + step]).sum())
+                  for b0 in range(0, index.size, step)]
+        if sum(counts) != values.size:
+            fail(encoding, f"{sum(counts)} positions for {values.size} values")
+        offset = 0
+        for b0 in range(0, index.size, step):
+            positions = np.flatnonzero(np.unpackbits(index[b0:b0 + step])) + 8 * b0
+            yield offset, positions
+            offset += positions.size
+        return
+    if index.size != values.size:
+        fail(encoding, f"expected {values.size} entries like 'values', received {index.size}")
+    last = -1
+    for offset in range(0, index.size, _POSITION_CHUNK):
+        chunk = index[offset:offset + _POSITION_CHUNK]
         if encoding == "delta16":
-            if (index == 0).any():
+            if (chunk == 0).any():
                 fail(encoding, "a zero gap repeats a position")
-            positions = np.cumsum(index, dtype=np.int64) - 1
+            positions = np.cumsum(chunk, dtype=np.int64) + last
         else:
-            positions = index.astype(np.int64)
-            if (np.diff(positions) <= 0).any():
+            positions = chunk.astype(np.int64)
+            if positions[0] <= last or (np.diff(positions) <= 0).any():
                 fail(encoding, "positions are not strictly increasing")
-    if positions.size != values.size:
-        fail(encoding, f"{positions.size} positions for {values.size} values")
-    if positions.size and positions[-1] >= numel:
-        fail(encoding, f"position {int(positions[-1])} is out of range for {numel} entries")
+        last = int(positions[-1])
+        if last >= numel:
+            fail(encoding, f"position {last} is out of range for {numel} entries")
+        yield offset, positions
+
+
+def _decode_sparse(path, name, fields, budget):
+    """Rebuild a dense tensor from its validated ``shape``, ``values`` and index arrays.
+
+    Parameters
+    ----------
+    fields : dict
+        field name -> array for one ``NAME::field`` group.
+    budget : int
+        Bytes the dense result may still take.
+
+    Returns
+    -------
+    ndarray
+    """
+    shape, values, encoding, index = _sparse_fields(path, name, fields)
+    numel = math.prod(shape)
+    _check_budget(path, name, shape, values.dtype, numel * values.dtype.itemsize, budget)
     dense = np.zeros(numel, dtype=values.dtype)
-    dense[positions] = values
+    for offset, positions in _position_chunks(path, name, shape, values, encoding, index):
+        dense[positions] = values[offset:offset + positions.size]
     return dense.reshape(shape)
 
 
-def _assemble(path, arrays, max_bytes):
-    """Turn the archive's arrays (key -> array, file order) into name -> dense array."""
+def _decodes_to_rows(fields):
+    """Whether ``load(sparse=True)`` returns this sparse group as compressed rows."""
+    shape, values = fields.get("shape"), fields.get("values")
+    return (shape is not None and values is not None and shape.dtype == np.int64
+            and shape.shape in ((2,), (4,)) and values.dtype.kind == "f")
+
+
+def _decode_rows(path, name, fields, budget):
+    """A CSRMatrix (2-D) or SparseConvWeight (4-D) straight from a sparse group.
+
+    Values become float32 and entries that are then zero (stored ``-0.0``, the zeros that
+    bridge long delta16 gaps) are dropped, so the result equals ``from_dense`` of the dense
+    tensor; it is checked with ``check_format(full=True)``. No dense intermediate."""
+    from .sparse import CSRMatrix, FormatError, SparseConvWeight
+    from .sparse.formats import _index_dtype
+
+    shape, values, encoding, index = _sparse_fields(path, name, fields)
+    n_rows, n_cols = shape[0], math.prod(shape[1:])
+    index_dtype = np.dtype(_index_dtype(n_cols))
+    _check_budget(path, name, shape, values.dtype,
+                  8 * (n_rows + 1) + values.size * (8 + index_dtype.itemsize), budget)
+    stored = values.astype(np.float32, copy=False)
+    nnz = int(np.count_nonzero(stored))
+    data = stored if nnz == stored.size else np.empty(nnz, np.float32)
+    cols = np.empty(nnz, dtype=index_dtype)
+    counts = np.zeros(n_rows, dtype=np.int64)
+    done = 0
+    for offset, positions in _position_chunks(path, name, shape, values, encoding, index):
+        chunk = stored[offset:offset + positions.size]
+        if data is not stored:
+            nonzero = chunk != 0
+            positions, chunk = positions[nonzero], chunk[nonzero]
+            data[done:done + chunk.size] = chunk
+        rows, cols[done:done + positions.size] = np.divmod(positions, n_cols)
+        counts += np.bincount(rows, minlength=n_rows)
+        done += positions.size
+    del stored
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    try:
+        csr = CSRMatrix(indptr, cols, data, (n_rows, n_cols), check="full")
+        return csr if len(shape) == 2 else SparseConvWeight(csr, shape[1:])
+    except (FormatError, ValueError) as exc:
+        raise ArchiveError(path, name, f"cannot form compressed rows: {exc}") from exc
+
+
+def _assemble(path, arrays, max_bytes, sparse=False):
+    """Turn the archive's arrays (key -> array, file order) into name -> dense array (or,
+    with ``sparse``, compressed rows for sparse-stored 2-D and 4-D float tensors)."""
     tagged = FORMAT_KEY in arrays
     if tagged:
         version = arrays.pop(FORMAT_KEY)
@@ -419,6 +566,8 @@ def _assemble(path, arrays, max_bytes):
     for name, fields in groups.items():
         if "" in fields:
             result[name] = fields[""]
+        elif sparse and _decodes_to_rows(fields):
+            result[name] = _decode_rows(path, name, fields, budget)
         else:
             result[name] = _decode_sparse(path, name, fields, budget)
         budget -= result[name].nbytes
@@ -428,7 +577,7 @@ def _assemble(path, arrays, max_bytes):
     return result
 
 
-def load(path, *, max_bytes=None):
+def load(path, *, max_bytes=None, sparse=False):
     """Read an archive written by `save`, or any plain dense ``.npz`` of named arrays.
 
     Nothing is unpickled and every size and index is checked before memory is allocated or
@@ -440,12 +589,20 @@ def load(path, *, max_bytes=None):
     max_bytes : int, optional
         Bound on the bytes of the returned arrays (and of the raw data read). Default:
         ``max(2**30, 64 * file size)``.
+    sparse : bool, default False
+        Return every float tensor of 2 or 4 dimensions that is stored in a sparse encoding
+        as compressed rows, decoded without a dense intermediate: a
+        :class:`~fscnn.sparse.CSRMatrix` (2-D, a linear weight) or
+        :class:`~fscnn.sparse.SparseConvWeight` (4-D, a convolution weight) with float32
+        values, validated with ``check_format(full=True)``. ``Module.load_state_dict`` keeps
+        them sparse, so a pruned model loads without ever holding its dense weights. Other
+        tensors are returned as with ``sparse=False``.
 
     Returns
     -------
     OrderedDict
-        name -> dense array (original dtype, native byte order), in the archive's order;
-        ``Module.load_state_dict`` accepts it.
+        name -> dense array (original dtype, native byte order), or sparse weight with
+        ``sparse=True``, in the archive's order; ``Module.load_state_dict`` accepts it.
 
     Raises
     ------
@@ -473,4 +630,4 @@ def load(path, *, max_bytes=None):
         except _CORRUPT as exc:
             what = "not a valid .npz (zip) archive" if key is None else "unreadable member"
             raise ArchiveError(path, key, f"{what}: {exc}") from exc
-    return _assemble(path, arrays, max_bytes)
+    return _assemble(path, arrays, max_bytes, sparse=bool(sparse))

@@ -177,25 +177,36 @@ class _ConvGeometry:
 
 
 class _WeightedOp:
-    """What Conv2dOp and LinearOp share: weights kept dense (O, K) with the sparse form built
-    on first use, bias, fused activation, kernel setting and timing of candidate kernels."""
+    """What Conv2dOp and LinearOp share: weights, bias, fused activation, kernel setting and
+    timing of candidate kernels.
+
+    Given dense weights, the op keeps them as a (O, K) array and builds the sparse form on
+    first use. Given a sparse weight (CSRMatrix / SparseConvWeight), it keeps only that: the
+    dense form is materialised transiently to time the dense candidate of ``kernel='auto'``
+    (one op at a time) and kept only once a plan picks the dense kernel (see ``holds_dense``).
+    """
 
     sparse_format = None  # CSRMatrix or SparseConvWeight, set by subclasses
 
     def _init_weights(self, weight, bias, activation, kernel, name, ndim, layout):
         self.name = name
+        self._dense_lock = threading.Lock()
         if isinstance(weight, self.sparse_format):
             weight.check_format(full=True)
             self._sparse = weight
-            dense = weight.to_dense()
+            self._dense = None
+            self.weight_shape = tuple(weight.shape)
+            csr = weight.csr if isinstance(weight, SparseConvWeight) else weight
+            self.nnz = int(np.count_nonzero(csr.data))
         else:
             dense = _weight_array(weight, name, ndim, layout)
             self._sparse = None
-        self.weight_shape = dense.shape
-        self.dense = dense.reshape(dense.shape[0], -1)
-        self.nnz = int(np.count_nonzero(self.dense))
-        self.sparsity = 1.0 - self.nnz / self.dense.size
-        n_out = dense.shape[0]
+            self.weight_shape = dense.shape
+            self._dense = dense.reshape(dense.shape[0], -1)
+            self.nnz = int(np.count_nonzero(self._dense))
+        self.size = int(np.prod(self.weight_shape))
+        self.sparsity = 1.0 - self.nnz / self.size
+        n_out = self.weight_shape[0]
         self.bias = None if bias is None else as_vector(bias, f"{name}: bias", n_out)
         self.activation = activation
         self.act_code = activation_code(activation, f"{name}: activation")
@@ -205,20 +216,57 @@ class _WeightedOp:
     def sparse(self):
         """The weights in the sparse format, converted on first use."""
         if self._sparse is None:
-            self._sparse = self.sparse_format.from_dense(self.dense.reshape(self.weight_shape))
+            self._sparse = self.sparse_format.from_dense(self._dense.reshape(self.weight_shape))
         return self._sparse
+
+    @property
+    def dense(self):
+        """The weights as a dense float32 (O, K) array.
+
+        The resident array when the op was given dense weights or a plan chose the dense
+        kernel; otherwise a fresh copy made from the sparse weights on each access, not kept.
+        """
+        dense = self._dense
+        return dense if dense is not None else self._densify()
+
+    @property
+    def holds_dense(self):
+        """Whether the op keeps a dense (O, K) copy of its weights resident."""
+        return self._dense is not None
+
+    def _densify(self):
+        return self._sparse.to_dense().reshape(self.weight_shape[0], -1)
+
+    def _keep_dense(self, dense=None):
+        """Make the dense form resident (a plan picked the dense kernel); return it."""
+        with self._dense_lock:
+            if self._dense is None:
+                self._dense = self._densify() if dense is None else dense
+            return self._dense
 
     min_auto_sparsity = 0.0  # below this 'auto' takes the dense kernel without timing
 
     def _pick(self, x, run):
         """(kernel, timings) for input ``x``: the setting, or with 'auto' the faster of the
-        candidates timed on ``x`` (the sparse kernel only from ``min_auto_sparsity`` up)."""
+        candidates timed on ``x`` (the sparse kernel only from ``min_auto_sparsity`` up).
+
+        ``run(x, kernel, dense)`` runs one kernel, the dense one on the (O, K) ``dense``. The
+        dense form is made resident when the dense kernel is picked; a transient one made for
+        timing is dropped when the sparse kernel wins."""
         if self.kernel != "auto":
+            if self.kernel == "dense":
+                self._keep_dense()
             return self.kernel, None
         if self.sparsity < self.min_auto_sparsity:
+            self._keep_dense()
             return "dense", None
-        times = {k: _time_call(lambda: run(x, k)) for k in ("sparse", "dense")}
-        return min(times, key=times.get), times
+        times = {"sparse": _time_call(lambda: run(x, "sparse", None))}
+        dense = self.dense  # after the sparse timing: not alive with that kernel's set-up
+        times["dense"] = _time_call(lambda: run(x, "dense", dense))
+        choice = min(times, key=times.get)
+        if choice == "dense":
+            self._keep_dense(dense)
+        return choice, times
 
 
 class Conv2dOp(_WeightedOp):
@@ -301,14 +349,14 @@ class Conv2dOp(_WeightedOp):
         geo = _ConvGeometry(self, C, H, W)
         plan = {"geo": geo, "threads": threads, "level": level, "sparse": None}
         # dense kernel: chunks of the flat output with a (K, chunk) panel of ~1 MiB
-        K = self.dense.shape[1]
+        K = self.size // self.weight_shape[0]
         chunk = int(np.clip((1 << 18) // K, 64, 4096)) // 16 * 16
         plan["chunk"] = max(16, min(chunk, -(-geo.L // max(1, 2 * threads)) + 15 & ~15))
         plan["tap_offsets"] = geo.tap_offsets.astype(np.int32)
         if self.kernel in ("sparse", "auto"):
             plan["sparse"] = self._sparse_plan(geo, threads, level)
         x = np.zeros(shape, np.float32) if self.kernel == "auto" else None
-        plan["kernel"], plan["timings"] = self._pick(x, lambda x, k: self._run(x, plan, k))
+        plan["kernel"], plan["timings"] = self._pick(x, lambda x, k, d: self._run(x, plan, k, d))
         if plan["kernel"] == "dense":
             plan["sparse"] = None
         return plan
@@ -363,7 +411,7 @@ class Conv2dOp(_WeightedOp):
                 "sparsity": self.sparsity, "output_shape": self.output_shape(input_shape)}
 
     # -- execution --------------------------------------------------------------------------
-    def _run(self, x, plan, kernel):
+    def _run(self, x, plan, kernel, dense=None):
         geo = plan["geo"]
         out = np.empty((x.shape[0], self.weight_shape[0], geo.H_out, geo.W_out), np.float32)
         pt, _, pl, _ = self.padding
@@ -378,9 +426,10 @@ class Conv2dOp(_WeightedOp):
         else:
             # one single-threaded GEMM per OpenMP thread (see fscnn._blas)
             threads = plan["threads"] if _blas.can_limit_blas() else 1
-            panel = (self.dense.shape[1] + self.weight_shape[0] // self.groups) * plan["chunk"]
+            dense = self._dense if dense is None else dense
+            panel = (dense.shape[1] + self.weight_shape[0] // self.groups) * plan["chunk"]
             with _blas.single_threaded_blas():
-                _conv.dense_conv2d(x, self.dense, plan["tap_offsets"], geo.group_stride,
+                _conv.dense_conv2d(x, dense, plan["tap_offsets"], geo.group_stride,
                                    self.bias, _NO_BUFFER if geo.in_place else geo.scratch(geo.L),
                                    _scratch("panels", (threads, panel)), out, self.groups, pt, pl,
                                    sh, sw, geo.Hq, geo.Wq, plan["chunk"], self.act_code,
@@ -440,22 +489,50 @@ class LinearOp(_WeightedOp):
     def _panel_major(self):
         """The sparse weights laid out for the kernel (splinear.h): the columns cut into panels
         of ``_linear.panel_width()``, panel p of row o stored as row p*O + o with indices
-        relative to the panel. Returns (indptr, indices uint16, data), built on first use."""
+        relative to the panel. Returns (indptr, indices uint16, data), built on first use.
+
+        Built by a counting sort over blocks of rows (entries of one (panel, row) group are
+        contiguous in the compressed rows, columns ascending), so the transients are a few
+        MiB instead of several int64 arrays of all non-zeros."""
         if self._panels is None:
             m = self.sparse
             O, width = self.out_features, _linear.panel_width()
-            cols = m.indices.astype(np.int64)
-            rows = np.repeat(np.arange(O, dtype=np.int64), np.diff(m.indptr))
-            key = (cols // width) * O + rows
-            order = np.argsort(key, kind="stable")  # keeps the column order within each row
             n_panels = max(1, -(-self.in_features // width))
-            counts = np.bincount(key, minlength=n_panels * O)
+            counts = np.zeros(n_panels * O, dtype=np.int64)
+            for r0, r1, key, _ in self._panel_blocks(m, O, width):
+                counts += np.bincount(key, minlength=n_panels * O)
             indptr = np.zeros(n_panels * O + 1, dtype=np.int64)
             np.cumsum(counts, out=indptr[1:])
-            self._panels = (indptr, (cols[order] % width).astype(np.uint16), m.data[order])
+            del counts
+            indices = np.empty(m.nnz, dtype=np.uint16)
+            data = np.empty(m.nnz, dtype=np.float32)
+            for r0, r1, key, cols in self._panel_blocks(m, O, width):
+                e0, e1 = m.indptr[r0], m.indptr[r1]
+                n = e1 - e0
+                pos = np.arange(n)
+                change = np.ones(n, dtype=bool)
+                change[1:] = key[1:] != key[:-1]
+                group_start = np.maximum.accumulate(np.where(change, pos, 0))
+                dest = indptr[key] + (pos - group_start)
+                indices[dest] = cols % width
+                data[dest] = m.data[e0:e1]
+            self._panels = (indptr, indices, data)
         return self._panels
 
-    def _run(self, x, kernel):
+    @staticmethod
+    def _panel_blocks(m, O, width, entries=1 << 18):
+        """Yield (first row, end row, panel-major key, column) for blocks of ~``entries``
+        non-zeros (at least one row)."""
+        r0 = 0
+        while r0 < O:
+            r1 = int(np.searchsorted(m.indptr, m.indptr[r0] + entries, side="right")) - 1
+            r1 = min(O, max(r1, r0 + 1))
+            cols = m.indices[m.indptr[r0]:m.indptr[r1]].astype(np.int64)
+            rows = np.repeat(np.arange(r0, r1, dtype=np.int64), np.diff(m.indptr[r0:r1 + 1]))
+            yield r0, r1, (cols // width) * O + rows, cols
+            r0 = r1
+
+    def _run(self, x, kernel, dense=None):
         if kernel == "sparse":
             out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
             indptr, indices, data = self._panel_major()
@@ -466,7 +543,8 @@ class LinearOp(_WeightedOp):
         # one single-threaded GEMV/GEMM per fscnn thread (see fscnn._blas)
         threads = _config.get_num_threads() if _blas.can_limit_blas() else 1
         with _blas.single_threaded_blas():
-            _linear.dense_linear(x, self.dense, self.bias, out, self.act_code, threads)
+            _linear.dense_linear(x, self._dense if dense is None else dense, self.bias, out,
+                                 self.act_code, threads)
         return out
 
     def __call__(self, x):

@@ -53,7 +53,21 @@ class _Pattern(NamedTuple):
 
 
 def _is_prunable(name, array):
-    return (name == "weight" or name.endswith(".weight")) and np.ndim(array) in (2, 4)
+    ndim = len(array.shape) if hasattr(array, "shape") else np.ndim(array)
+    return (name == "weight" or name.endswith(".weight")) and ndim in (2, 4)
+
+
+def _stored_items(state_dict):
+    """(name, value) pairs; a model's :class:`~fscnn.nn.StateDict` gives its sparse-held
+    weights as held (not densified)."""
+    stored = getattr(state_dict, "stored", None)
+    if stored is None:
+        return state_dict.items()
+    return ((name, stored(name)) for name in state_dict)
+
+
+def _is_sparse(value):
+    return hasattr(value, "csr") or hasattr(value, "indptr")
 
 
 def prunable_names(model_or_state_dict):
@@ -69,7 +83,7 @@ def prunable_names(model_or_state_dict):
         In state_dict order.
     """
     state_dict = state_dict_of(model_or_state_dict)
-    return [name for name, value in state_dict.items() if _is_prunable(name, value)]
+    return [name for name, value in _stored_items(state_dict) if _is_prunable(name, value)]
 
 
 def _parse_pattern(pattern):
@@ -133,15 +147,116 @@ def _n_pruned(sparsity, count):
     return min(count, int(math.floor(sparsity * count + 0.5)))
 
 
-def _smallest(scores, k):
-    """Mask of the ``k`` smallest entries of the 1-D ``scores``; ties go to lower indices."""
-    if k == 0:
-        return np.zeros(scores.size, dtype=bool)
-    threshold = np.partition(scores, k - 1)[k - 1]
-    mask = scores < threshold
-    ties = np.flatnonzero(scores == threshold)[:k - np.count_nonzero(mask)]
-    mask[ties] = True
-    return mask
+_CHUNK = 1 << 18  # entries per chunk of the selection passes (1 MiB of float32 scores)
+_DIGIT = 16  # bits of the key resolved per radix pass (65536-bin histograms)
+
+
+def _chunks(array):
+    """Consecutive pieces of ``array`` in flattened C order: (start, 1-D piece, zero).
+
+    Each piece holds about ``_CHUNK`` entries and ``zero(mask)`` sets the masked entries of
+    that piece to zero in ``array`` itself. Nothing larger than a piece is copied, also for a
+    non-contiguous array (pieces are then whole slices along axis 0)."""
+    size = array.size
+    if size == 0:
+        return
+    if array.flags.c_contiguous or array.ndim <= 1:
+        flat = array.reshape(-1)
+        for start in range(0, size, _CHUNK):
+            piece = flat[start:start + _CHUNK]
+            yield start, piece, lambda mask, piece=piece: piece.__setitem__(mask, 0)
+        return
+    row = size // array.shape[0]
+    step = max(1, _CHUNK // max(row, 1))
+    for r0 in range(0, array.shape[0], step):
+        block = array[r0:r0 + step]
+        yield r0 * row, block.reshape(-1), \
+            lambda mask, block=block: block.__setitem__(mask.reshape(block.shape), 0)
+
+
+class _Keys:
+    """Magnitudes of a list of score arrays as unsigned integer keys, chunk by chunk.
+
+    The bit pattern of a non-negative IEEE float, read as an unsigned integer of its width,
+    orders like the float, so |score| cast to the common float type of all arrays (exact)
+    and viewed as uint gives keys that rank exactly as ``np.abs`` of the concatenated
+    scores does. Keys are computed per chunk, never for a whole array at once."""
+
+    def __init__(self, arrays):
+        self.arrays = arrays
+        dtype = np.result_type(*[a.dtype for a in arrays]) if arrays else np.dtype(np.float32)
+        if dtype.kind != "f":
+            dtype = np.dtype(np.float64)
+        self.float = dtype
+        self.uint = np.dtype(f"u{dtype.itemsize}")
+        self.bits = 8 * dtype.itemsize
+
+    def of(self, piece):
+        return np.abs(piece.astype(self.float, copy=False)).view(self.uint)
+
+    def chunks(self, index):
+        for start, piece, write in _chunks(self.arrays[index]):
+            yield start, self.of(piece), write
+
+
+def _threshold(keys, k):
+    """(key of rank k (1-based) among all keys, number of keys smaller than it).
+
+    A most-significant-digit radix select: each pass histograms the next ``_DIGIT`` bits
+    of the keys that share the prefix found so far (``np.bincount`` over chunks), so the
+    memory used is one chunk plus a 65536-bin histogram."""
+    prefix, below, rank = 0, 0, k
+    for shift in range(keys.bits - _DIGIT, -1, -_DIGIT):
+        hist = np.zeros(1 << _DIGIT, dtype=np.int64)
+        for index in range(len(keys.arrays)):
+            for _, key, _ in keys.chunks(index):
+                if shift + _DIGIT < keys.bits:
+                    key = key[(key >> (shift + _DIGIT)) == prefix]
+                digit = ((key >> shift) & ((1 << _DIGIT) - 1)).astype(np.intp)
+                hist += np.bincount(digit, minlength=1 << _DIGIT)
+        cumulative = np.cumsum(hist)
+        d = int(np.searchsorted(cumulative, rank))  # first digit reaching the rank
+        before = int(cumulative[d - 1]) if d else 0
+        below += before
+        rank -= before
+        prefix = (prefix << _DIGIT) | d
+    return prefix, below
+
+
+class _Selection:
+    """The ``k`` smallest |entries| of ``arrays`` taken together.
+
+    Ties at the threshold go to lower indices (earlier arrays first, then C order), exactly
+    like ``np.partition`` of the concatenation followed by taking the first tied entries.
+    :meth:`chunks` must be called for the arrays in order (the tie quota is spent along the
+    way); memory is bounded by a chunk (see :func:`_chunks`)."""
+
+    def __init__(self, arrays, k):
+        self.keys = _Keys(arrays)
+        self.k = k
+        self.threshold, below = _threshold(self.keys, k) if k > 0 else (0, 0)
+        self.quota = k - below
+
+    def chunks(self, index):
+        """Yield ``(start, mask, zero)`` for the chunks of array ``index``: mask of the
+        selected entries of the chunk, and the function zeroing them in the array."""
+        for start, key, zero in self.keys.chunks(index):
+            if self.k == 0:
+                mask = np.zeros(key.size, dtype=bool)
+            else:
+                mask = key < self.threshold
+                if self.quota:
+                    ties = np.flatnonzero(key == self.threshold)[:self.quota]
+                    mask[ties] = True
+                    self.quota -= ties.size
+            yield start, mask, zero
+
+    def mask(self, index):
+        """The selection in array ``index`` as one flat boolean mask."""
+        out = np.zeros(self.keys.arrays[index].size, dtype=bool)
+        for start, chunk, _ in self.chunks(index):
+            out[start:start + chunk.size] = chunk
+        return out
 
 
 def _to_rows(weight):
@@ -220,23 +335,94 @@ def _scores_to_mask(pruned, weight, pattern):
     return pruned.reshape(weight.shape)
 
 
-def _masks(weights, sparsity, scope, pattern):
-    """name -> boolean mask of the entries to zero, for the prunable ``weights``."""
-    if pattern.kind == "nm":
-        return {name: _nm_mask(w, pattern.a, pattern.b) for name, w in weights.items()}
+def _unstructured_selections(weights, sparsity, scope):
+    """Yield ``(name, selection, index)`` per weight for unstructured pruning, in order."""
     if scope == "layer":
-        pruned = {}
+        for name, weight in weights.items():
+            yield name, _Selection([weight], _n_pruned(sparsity, weight.size)), 0
+    else:
+        arrays = list(weights.values())
+        selection = _Selection(arrays, _n_pruned(sparsity, sum(a.size for a in arrays)))
+        for index, name in enumerate(weights):
+            yield name, selection, index
+
+
+def _masks(weights, sparsity, scope, pattern):
+    """Yield ``(name, boolean mask of the entries to zero)`` for the prunable ``weights``, one
+    weight at a time (only one mask is alive at once when the caller drops it).
+
+    Unstructured and block selections rank with :class:`_Selection` (exact, no copy of all
+    scores); block scores (one float64 per block) are computed per weight, and for
+    ``scope="global"`` kept for all weights during the selection. N:M masks are computed per
+    weight with sorts of the weight's groups (transients the size of that weight)."""
+    if pattern.kind == "nm":
+        for name, w in weights.items():
+            yield name, _nm_mask(w, pattern.a, pattern.b)
+    elif pattern.kind == "unstructured":
+        for name, selection, index in _unstructured_selections(weights, sparsity, scope):
+            yield name, selection.mask(index).reshape(weights[name].shape)
+    elif scope == "layer":
         for name, weight in weights.items():
             scores = _scores(weight, pattern)
-            pruned[name] = _smallest(scores, _n_pruned(sparsity, scores.size))
+            pruned = _Selection([scores], _n_pruned(sparsity, scores.size)).mask(0)
+            yield name, _scores_to_mask(pruned, weight, pattern)
     else:
         scores = [_scores(weight, pattern) for weight in weights.values()]
-        bounds = np.cumsum([s.size for s in scores])[:-1]
-        flat = np.concatenate(scores) if scores else np.zeros(0)
-        del scores  # one copy of the scores at a time: VGG16 has 138M weights
-        mask = _smallest(flat, _n_pruned(sparsity, flat.size))
-        pruned = dict(zip(weights, np.split(mask, bounds)))
-    return {name: _scores_to_mask(pruned[name], w, pattern) for name, w in weights.items()}
+        selection = _Selection(scores, _n_pruned(sparsity, sum(s.size for s in scores)))
+        for index, (name, weight) in enumerate(weights.items()):
+            yield name, _scores_to_mask(selection.mask(index), weight, pattern)
+
+
+def _zero_in_place(weights, sparsity, scope, pattern):
+    """Zero the pruned entries of the (writeable) ``weights`` themselves. Unstructured
+    pruning goes chunk by chunk, with no mask or copy the size of a weight."""
+    if pattern.kind != "unstructured":
+        for name, mask in _masks(weights, sparsity, scope, pattern):
+            weights[name][mask] = 0
+        return
+    for _, selection, index in _unstructured_selections(weights, sparsity, scope):
+        for _, mask, zero in selection.chunks(index):
+            zero(mask)
+
+
+def _has_nan(weight):
+    return any(np.isnan(piece).any() for _, piece, _ in _chunks(weight))
+
+
+def _module_slots(obj):
+    """``{key: (module, attribute, value)}`` of an fscnn Module, else None."""
+    from .nn import Module
+    return obj._state_slots() if isinstance(obj, Module) else None
+
+
+class _Writeable:
+    """Make the read-only parameter arrays of an fscnn module writeable for in-place pruning,
+    and read-only again (and the module marked changed, so plans are rebuilt) afterwards.
+    An array that cannot be made writeable (a view of read-only memory) is replaced by a
+    writeable copy, assigned back to its module at the end."""
+
+    def __init__(self, slots, names):
+        self.slots, self.names, self.arrays, self.copies = slots, names, {}, set()
+
+    def __enter__(self):
+        for name in self.names:
+            array = self.slots[name][2]
+            try:
+                array.setflags(write=True)
+            except ValueError:
+                array = np.array(array)
+                self.copies.add(name)
+            self.arrays[name] = array
+        return self.arrays
+
+    def __exit__(self, *exc):
+        for name, array in self.arrays.items():
+            module, attribute, _ = self.slots[name]
+            if name in self.copies:
+                setattr(module, attribute, array)
+            else:
+                array.setflags(write=False)
+                module._touch()
 
 
 def prune(model_or_state_dict, sparsity=None, *, scope="layer", keep=(),
@@ -264,8 +450,13 @@ def prune(model_or_state_dict, sparsity=None, *, scope="layer", keep=(),
         ``"RxC"`` such as ``"1x4"``: blocks of R outputs x C consecutive inputs, ranked by
         L2 norm; edge blocks hold only the entries that exist.
     inplace : bool, default False
-        Zero the input's arrays (a state_dict of writeable ndarrays) or load the pruned
-        weights into the model, and return the input. Otherwise the input is untouched.
+        Zero the input's arrays (a state_dict of writeable ndarrays, or the parameter arrays
+        of an fscnn model, whose plan is then rebuilt on the next call) or load the pruned
+        weights into another model, and return the input. Otherwise the input is untouched.
+        Unstructured pruning in place allocates no copy or mask the size of a weight: the
+        ranking is an exact radix select over chunks of a few MiB. An fscnn model holding
+        weights sparse (:meth:`~fscnn.nn.Module.to_sparse`) cannot be pruned in place:
+        prune before converting, or call ``model.to_dense()`` first.
 
     Returns
     -------
@@ -290,29 +481,37 @@ def prune(model_or_state_dict, sparsity=None, *, scope="layer", keep=(),
     if scope == "global" and pattern.kind == "nm":
         raise ValueError("scope='global' does not apply to N:M patterns, which prune every "
                          "group alike")
-    state_dict = state_dict_of(model_or_state_dict)
+    slots = _module_slots(model_or_state_dict) if inplace else None
+    if slots is not None:
+        state_dict = OrderedDict((key, slot[2]) for key, slot in slots.items())
+    else:
+        state_dict = state_dict_of(model_or_state_dict)
     names = prunable_names(state_dict)
     kept = _select_kept(names, keep)
-    weights = {}
-    for name in names:
-        if name in kept:
-            continue
+    pruned = [name for name in names if name not in kept]
+    for name in pruned:
+        if slots is not None and _is_sparse(state_dict[name]):
+            raise TypeError(f"{name!r}: the model holds this weight sparse (Module.to_sparse); "
+                            "prune before converting, call model.to_dense() first, or prune "
+                            "with inplace=False and load the result")
         weight = np.asarray(state_dict[name])
         if weight.dtype.kind != "f":
             raise TypeError(f"{name!r}: expected a float weight, received dtype {weight.dtype}")
-        if np.isnan(weight).any():
+        if _has_nan(weight):
             raise ValueError(f"{name!r}: the weight contains NaN, which has no magnitude rank")
-        if inplace and state_dict is model_or_state_dict and \
+        if inplace and slots is None and state_dict is model_or_state_dict and \
                 not (weight is state_dict[name] and weight.flags.writeable):
             raise TypeError(f"{name!r}: inplace=True needs a writeable numpy array")
-        weights[name] = weight
-    masks = _masks(weights, sparsity, scope, pattern)
+    if slots is not None:  # an fscnn model: zero its parameter arrays themselves
+        with _Writeable(slots, pruned) as weights:
+            _zero_in_place(weights, sparsity, scope, pattern)
+        return model_or_state_dict
+    weights = {name: np.asarray(state_dict[name]) for name in pruned}
     if inplace and state_dict is model_or_state_dict:
-        for name, mask in masks.items():
-            weights[name][mask] = 0
+        _zero_in_place(weights, sparsity, scope, pattern)
         return state_dict
     result = OrderedDict(state_dict)
-    for name, mask in masks.items():
+    for name, mask in _masks(weights, sparsity, scope, pattern):
         result[name] = np.where(mask, np.zeros((), weights[name].dtype), weights[name])
     if inplace:
         model_or_state_dict.load_state_dict(result)
@@ -336,8 +535,15 @@ def sparsity_report(model_or_state_dict):
     """
     state_dict = state_dict_of(model_or_state_dict)
     rows = []
-    for name in prunable_names(state_dict):
-        weight = np.asarray(state_dict[name])
+    for name, weight in _stored_items(state_dict):
+        if not _is_prunable(name, weight):
+            continue
+        if _is_sparse(weight):  # a sparse-held weight of a model: count without densifying
+            csr = getattr(weight, "csr", weight)
+            shape = tuple(weight.shape)
+            rows.append(_row(name, shape, math.prod(shape), int(np.count_nonzero(csr.data))))
+            continue
+        weight = np.asarray(weight)
         rows.append(_row(name, weight.shape, weight.size, int(np.count_nonzero(weight))))
     total = _row("total", None, sum(r.params for r in rows), sum(r.nonzeros for r in rows))
     return SparsityReport(rows, total)

@@ -491,3 +491,168 @@ def test_fuzz_sparse_fields(tmp_path, shape, positions, encoding, n_values):
         return
     assert result["w"].shape == tuple(shape)
     assert np.count_nonzero(result["w"]) <= n_values
+
+
+# --------------------------------------------------------------------------- sparse loading
+
+def _as_dense(value):
+    return value.to_dense() if hasattr(value, "to_dense") else value
+
+
+@pytest.mark.parametrize("chunk", [3, 1 << 20])
+@pytest.mark.parametrize("encoding, array", [
+    ("bitmask", np.where(np.arange(4 * 3 * 5 * 5).reshape(4, 3, 5, 5) % 3 == 0, -1.5, 0)),
+    ("delta16", np.where(np.arange(3 * 70000).reshape(3, 70000) % 40000 == 7, 2.5, 0)),
+    ("index32", np.where(np.arange(2 * 300000).reshape(2, 300000) % 100000 == 5, 3.0, 0)),
+])
+def test_sparse_load_decodes_each_encoding_to_rows(tmp_path, monkeypatch, chunk, encoding,
+                                                    array):
+    import fscnn.io
+    from fscnn.sparse import CSRMatrix, SparseConvWeight
+    monkeypatch.setattr(fscnn.io, "_POSITION_CHUNK", chunk)  # several chunks per tensor
+    array = array.astype(np.float32)
+    array.reshape(-1)[1] = -0.0  # stored (bit pattern), dropped from the rows like a zero
+    path = tmp_path / "w.npz"
+    save({"layer.weight": array, "layer.bias": np.ones(3, np.float32)}, path)
+    assert f"layer.weight::{encoding}" in _members(path)
+    loaded = load(path, sparse=True)
+    weight = loaded["layer.weight"]
+    expected_type = SparseConvWeight if array.ndim == 4 else CSRMatrix
+    assert type(weight) is expected_type and weight.shape == array.shape
+    weight.check_format(full=True)
+    reference = expected_type.from_dense(array)
+    csr, ref = getattr(weight, "csr", weight), getattr(reference, "csr", reference)
+    for field in ("indptr", "indices", "data"):
+        got, want = getattr(csr, field), getattr(ref, field)
+        assert got.dtype == want.dtype and np.array_equal(got, want), field
+    np.testing.assert_array_equal(loaded["layer.bias"], np.ones(3))  # 1-D: dense as before
+    np.testing.assert_array_equal(load(path)["layer.weight"], array)
+
+
+def test_sparse_load_into_a_model_keeps_weights_sparse(tmp_path):
+    from fscnn import nn, prune
+    from fscnn.sparse import CSRMatrix, SparseConvWeight
+
+    def build():
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(8 * 25, 4))
+    model = build()
+    prune.prune(model, 0.8, inplace=True)
+    path = tmp_path / "pruned.npz"
+    save(model, path)
+    loaded = load(path, sparse=True)
+    assert isinstance(loaded["0.weight"], SparseConvWeight)
+    assert isinstance(loaded["4.weight"], CSRMatrix)
+    fresh = build()
+    fresh.load_state_dict(loaded)
+    assert isinstance(fresh[0].weight, SparseConvWeight) and isinstance(fresh[4].weight, CSRMatrix)
+    x = np.random.default_rng(1).standard_normal((2, 3, 5, 5), dtype=np.float32)
+    for kernel in ("sparse", "dense"):
+        np.testing.assert_array_equal(fresh.prepare(x.shape, kernel=kernel)(x),
+                                      model.prepare(x.shape, kernel=kernel)(x))
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(fresh.state_dict()[key], value)
+    again = tmp_path / "again.npz"
+    save(fresh, again)  # a sparse-held model saves the same archive
+    _assert_same({k: _as_dense(v) for k, v in load(path).items()}, load(again))
+
+
+def test_sparse_load_float64_and_float16_values_become_float32(tmp_path):
+    from fscnn.sparse import CSRMatrix
+    array = np.zeros((20, 500))
+    array[::2, ::7] = 1e-300  # underflows to zero in float32: dropped like from_dense does
+    array[1::2, ::5] = 0.1
+    path = tmp_path / "f64.npz"
+    save({"w": array, "h": array.astype(np.float16)}, path)
+    assert {"w::values", "h::values"} <= set(_members(path))
+    loaded = load(path, sparse=True)
+    for key in ("w", "h"):
+        reference = CSRMatrix.from_dense(np.asarray(array, np.float32 if key == "w" else
+                                                    np.float16))
+        assert loaded[key].data.dtype == np.float32
+        np.testing.assert_array_equal(loaded[key].to_dense(), reference.to_dense())
+        assert loaded[key].nnz == reference.nnz
+
+
+@pytest.mark.parametrize("change, key, fragment", [
+    ({"index": ("index32", [3, 20])}, "w::index32", "out of range"),
+    ({"index": ("index32", [17, 3])}, "w::index32", "strictly increasing"),
+    ({"index": ("index32", [3])}, "w::index32", "expected 2 entries"),
+    ({"index": ("delta16", [4, 0])}, "w::delta16", "zero gap"),
+    ({"index": ("delta16", [4, 17])}, "w::delta16", "out of range"),
+    ({"index": ("bitmask", [0, 0, 0])}, "w::bitmask", "0 positions for 2 values"),
+    ({"index": ("bitmask", [0b10000000, 0, 0b00001000])}, "w::bitmask", "padding bits"),
+    ({"shape": (4, -5)}, "w::shape", "non-negative"),
+    ({"shape": (2**40, 2**10)}, "w::shape", "max_bytes"),
+    ({"shape": (2**40, 2, 2, 2)}, "w::shape", "max_bytes"),
+    ({"values": [[1.0, 2.0]]}, "w::values", "expected 1 dimension"),
+])
+def test_sparse_load_rejects_corrupt_archives(tmp_path, change, key, fragment):
+    path = tmp_path / "bad.npz"
+    _write_members(path, _sparse_members(**change))
+    _expect_archive_error(path, repr(key), fragment, sparse=True)
+
+
+def test_sparse_load_budget_counts_compressed_rows(tmp_path):
+    path = tmp_path / "big.npz"
+    array = np.zeros((1000, 1000), np.float32)
+    array[::10, ::10] = 1.0
+    save({"w": array}, path)
+    _expect_archive_error(path, "'w::shape'", "max_bytes", max_bytes=10**6)  # dense: 4 MB
+    assert load(path, sparse=True, max_bytes=10**6)["w"].nnz == 10**4  # rows: ~0.1 MB
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)),
+                      min_size=1, max_size=6))
+def test_fuzz_mutated_bytes_sparse(tmp_path, valid_archive, edits):
+    data = bytearray(valid_archive)
+    for where, value in edits:
+        data[int(where * len(data))] = value
+    path = tmp_path / "fuzz.npz"
+    path.write_bytes(bytes(data))
+    try:
+        result = load(path, max_bytes=10**7, sparse=True)
+    except ArchiveError as exc:
+        assert str(path) in str(exc)
+        return
+    for value in result.values():
+        if not isinstance(value, np.ndarray):
+            value.check_format(full=True)
+
+
+def _member_arrays(path):
+    with np.load(path, allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng: _sparse_array(rng, (16, 8, 3, 3), 0.9),  # bitmask
+    lambda rng: np.where(np.arange(6 * 30000).reshape(6, 30000) % 3001 == 0, -2.0, 0),
+    lambda rng: np.where(np.arange(2 * 400000).reshape(2, 400000) % 190000 == 3, 1.5, 0),
+    lambda rng: np.concatenate([rng.standard_normal((1, 1500)), np.zeros((1, 100000)),
+                                rng.standard_normal((1, 1500))], axis=1),  # bridged gap
+    lambda rng: _sparse_array(rng, (40, 40), 0.3),  # stays dense
+])
+def test_sparse_weights_save_like_their_dense_tensor(tmp_path, make):
+    from fscnn.sparse import CSRMatrix, SparseConvWeight
+    array = make(np.random.default_rng(4)).astype(np.float32)
+    sparse = (SparseConvWeight if array.ndim == 4 else CSRMatrix).from_dense(array)
+    dense_path, sparse_path = tmp_path / "d.npz", tmp_path / "s.npz"
+    save({"w": array}, dense_path)
+    save({"w": sparse}, sparse_path)
+    expected, got = _member_arrays(dense_path), _member_arrays(sparse_path)
+    assert list(got) == list(expected)
+    for key in expected:
+        assert got[key].dtype == expected[key].dtype
+        np.testing.assert_array_equal(got[key], expected[key])
+    # a hand-built explicit +0.0 is not stored (as from a dense array), -0.0 is
+    csr = CSRMatrix(np.array([0, 3]), np.array([0, 5, 9], np.uint16),
+                    np.array([0.0, -0.0, 1.0], np.float32), (1, 5000))
+    save({"w": csr}, sparse_path)
+    dense = np.zeros((1, 5000), np.float32)
+    dense[0, 5], dense[0, 9] = -0.0, 1.0
+    save({"w": dense}, dense_path)
+    assert list(_member_arrays(sparse_path)) == list(_member_arrays(dense_path))
+    for key, value in _member_arrays(dense_path).items():
+        assert _member_arrays(sparse_path)[key].tobytes() == value.tobytes()

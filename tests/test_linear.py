@@ -64,3 +64,36 @@ def test_sparse_linear_panels_and_tails(shape, sparsity, simd_level, threads, rn
     b = rng.standard_normal(shape[0]).astype(np.float32)
     x = rng.standard_normal((2, shape[1])).astype(np.float32)
     assert_close(LinearOp(w, b, kernel="sparse")(x), ref_linear(x, w, b))
+
+
+def _panel_major_by_argsort(m, width):
+    """The panel-major layout as first written (a stable argsort of all non-zeros): the
+    reference for the blockwise counting sort."""
+    O, n_cols = m.shape
+    cols = m.indices.astype(np.int64)
+    rows = np.repeat(np.arange(O, dtype=np.int64), np.diff(m.indptr))
+    key = (cols // width) * O + rows
+    order = np.argsort(key, kind="stable")
+    n_panels = max(1, -(-n_cols // width))
+    indptr = np.zeros(n_panels * O + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key, minlength=n_panels * O), out=indptr[1:])
+    return indptr, (cols[order] % width).astype(np.uint16), m.data[order]
+
+
+@pytest.mark.parametrize("entries", [1, 7, 1 << 18])
+@pytest.mark.parametrize("shape, sparsity", [((3, 6143), 0.0), ((40, 6145), 0.7),
+                                             ((2, 70001), 0.97), ((1, 9000), 0.5),
+                                             ((5, 10), 1.0)])
+def test_panel_major_layout_matches_argsort(monkeypatch, entries, shape, sparsity, rng):
+    from fscnn._ext import _linear
+    from fscnn.sparse import CSRMatrix
+    blocks = LinearOp._panel_blocks
+    monkeypatch.setattr(LinearOp, "_panel_blocks",
+                        staticmethod(lambda m, O, width: blocks(m, O, width, entries)))
+    w = sparse_weight(shape, sparsity, rng)
+    op = LinearOp(CSRMatrix.from_dense(w), kernel="sparse")
+    got = op._panel_major()
+    want = _panel_major_by_argsort(op.sparse, _linear.panel_width())
+    for g, e in zip(got, want):
+        assert g.dtype == e.dtype
+        np.testing.assert_array_equal(g, e)

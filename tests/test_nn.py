@@ -630,3 +630,158 @@ def test_plan_reports_density_after_folding(rng):
     net[0].weight = w
     density = next(row.density for row in net.plan() if row.name == "0")
     assert density == pytest.approx(np.count_nonzero(w) / w.size)
+
+
+# ---------------------------------------------------------------- sparse-held weights
+def _pruned_composite(n, rng):
+    """``composite`` with random batch-norm statistics and 70% of each weight zero."""
+    model = composite(n)
+    randomize(model.stem[1], rng)
+    state = fscnn.prune.prune(model.state_dict(), 0.7)
+    model.load_state_dict(state)
+    return model
+
+
+@pytest.mark.parametrize("kernel", ["auto", "sparse", "dense"])
+def test_sparse_held_model_matches_dense_and_torch(kernel, rng):
+    torch = pytest.importorskip("torch")
+    dense = _pruned_composite(nn, rng)
+    held = composite(nn)
+    held.load_state_dict(dense.state_dict())
+    assert held.to_sparse() is held
+    assert isinstance(held.stem[0].weight, fscnn.sparse.SparseConvWeight)
+    assert isinstance(held.head[1].weight, fscnn.sparse.CSRMatrix)
+    x = rng.standard_normal((2, 3, 10, 10), dtype=np.float32)
+    dense.prepare(x.shape, kernel="dense" if kernel == "dense" else "sparse")
+    held.prepare(x.shape, kernel=kernel)  # the stem's batch norm is folded into sparse rows
+    out = held(x)
+    if kernel != "auto":  # same kernel: the same result bit for bit
+        np.testing.assert_array_equal(out, dense.prepare(x.shape, kernel=kernel)(x))
+    assert_close(out, dense(x))
+    reference = composite(torch.nn).eval()
+    reference.load_state_dict({k: torch.from_numpy(np.array(v))
+                               for k, v in held.state_dict().items()})
+    with torch.no_grad():
+        assert_close(out, reference(torch.from_numpy(x)).numpy())
+    assert [(r.name, r.layers, r.density) for r in held.plan()] == \
+        [(r.name, r.layers, r.density) for r in dense.plan()]
+    with nn.profile() as records:
+        held(x)
+    with nn.profile() as expected:
+        dense(x)
+    assert [(r.name, r.type, r.sparsity, r.flops_dense, r.flops_sparse) for r in records] == \
+        [(r.name, r.type, r.sparsity, r.flops_dense, r.flops_sparse) for r in expected]
+
+
+def test_sparse_held_forward_unprepared_matches_reference(rng):
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+    conv.weight = fscnn.prune.prune({"weight": conv.weight}, 0.6)["weight"]
+    dense_weight = conv.weight
+    conv.to_sparse()
+    x = rng.standard_normal((2, 4, 7, 7), dtype=np.float32)
+    expected = R.conv2d(x, dense_weight, conv.bias, 1, 1, 1, 2)
+    assert_close(conv.forward(x), expected)
+    assert_close(conv(x), expected)
+    lin = nn.Linear(12, 5)
+    lin.weight = fscnn.prune.prune({"weight": lin.weight}, 0.6)["weight"]
+    dense_lin = lin.weight
+    lin.to_sparse()
+    xl = rng.standard_normal((3, 2, 12), dtype=np.float32)
+    expected = R.linear(xl.reshape(-1, 12), dense_lin, lin.bias).reshape(3, 2, 5)
+    assert_close(lin.forward(xl), expected)
+    assert_close(lin(xl), expected)
+
+
+def test_sparse_held_state_dict_equals_dense(rng):
+    dense = _pruned_composite(nn, rng)
+    held = composite(nn)
+    held.load_state_dict(dense.state_dict())
+    held.to_sparse()
+    sd, expected = held.state_dict(), dense.state_dict()
+    assert list(sd) == list(expected) and len(sd) == len(expected)
+    for key in expected:
+        value = sd[key]
+        assert isinstance(value, np.ndarray) and value.dtype == np.float32
+        assert not value.flags.writeable
+        np.testing.assert_array_equal(value, expected[key])
+    assert isinstance(sd.stored("stem.0.weight"), fscnn.sparse.SparseConvWeight)
+    # round trips: into a dense model (dense arrays), into another model (kept sparse)
+    other = composite(nn)
+    other.load_state_dict(sd)
+    assert isinstance(other.stem[0].weight, fscnn.sparse.SparseConvWeight)
+    assert other.stem[0].weight.nnz == held.stem[0].weight.nnz
+    other.load_state_dict(dict(sd))  # dense arrays: dense-held again
+    assert isinstance(other.stem[0].weight, np.ndarray)
+    held.to_dense()
+    assert isinstance(held.stem[0].weight, np.ndarray)
+    for key, value in held.state_dict().items():
+        np.testing.assert_array_equal(value, expected[key])
+
+
+def test_to_sparse_min_sparsity_and_validation(rng):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    model.load_state_dict(fscnn.prune.prune(model.state_dict(), 0.5, keep="2"))
+    model.to_sparse(min_sparsity=0.6)  # the conv has 50% zeros: stays dense
+    assert isinstance(model[0].weight, np.ndarray) and isinstance(model[2].weight, np.ndarray)
+    model.to_sparse(min_sparsity=0.5)
+    assert isinstance(model[0].weight, fscnn.sparse.SparseConvWeight)
+    assert isinstance(model[2].weight, np.ndarray)
+    model.to_sparse(min_sparsity=0.0)
+    assert isinstance(model[2].weight, fscnn.sparse.CSRMatrix)
+    for bad in (-0.1, 1.5, "0.5", True):
+        with pytest.raises(ValueError, match="min_sparsity"):
+            model.to_sparse(min_sparsity=bad)
+
+
+def test_load_sparse_values_validates_shape_type_and_format():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    good = model.state_dict()
+    wrong_shape = dict(good, **{"0.weight": fscnn.sparse.SparseConvWeight.from_dense(
+        np.ones((4, 3, 1, 1), np.float32)), "3.weight": fscnn.sparse.CSRMatrix.from_dense(
+        np.ones((3, 4), np.float32))})
+    with pytest.raises(nn.StateDictError) as info:
+        model.load_state_dict(wrong_shape)
+    assert info.value.mismatched == [("0.weight", (4, 3, 3, 3), (4, 3, 1, 1)),
+                                     ("3.weight", (2, 4), (3, 4))]
+    assert "shape mismatch for '0.weight'" in str(info.value)
+    wrong_type = dict(good, **{
+        "0.weight": fscnn.sparse.CSRMatrix.from_dense(np.ones((4, 27), np.float32)),
+        "1.weight": fscnn.sparse.CSRMatrix.from_dense(np.ones((1, 4), np.float32))})
+    with pytest.raises(nn.StateDictError) as info:
+        model.load_state_dict(wrong_type)
+    assert [key for key, _ in info.value.invalid] == ["0.weight", "1.weight"]
+    assert "Conv2d.weight cannot be held as a CSRMatrix" in str(info.value)
+    assert "BatchNorm2d.weight cannot be held as a CSRMatrix" in str(info.value)
+    broken = fscnn.sparse.CSRMatrix.from_dense(np.eye(2, 4, dtype=np.float32))
+    broken.indices = np.array([3, 9], np.uint16)  # column out of range
+    with pytest.raises(nn.StateDictError, match="invalid value for '3.weight': invalid CSRMatrix"):
+        model.load_state_dict(dict(good, **{"3.weight": broken}))
+    assert isinstance(model[0].weight, np.ndarray)  # nothing loaded
+    with pytest.raises(TypeError, match="cannot be held as a CSRMatrix"):
+        model[1].weight = fscnn.sparse.CSRMatrix.from_dense(np.ones((1, 4), np.float32))
+    with pytest.raises(ValueError, match=r"expected shape \(2, 4\)"):
+        model[3].weight = fscnn.sparse.CSRMatrix.from_dense(np.ones((2, 5), np.float32))
+
+
+def test_sparse_held_ops_keep_no_dense_copy(rng):
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 36, 6))
+    model.load_state_dict(fscnn.prune.prune(model.state_dict(), 0.9))
+    model.to_sparse()
+    x = rng.standard_normal((1, 4, 6, 6), dtype=np.float32)
+    model.prepare(x.shape, kernel="sparse")
+    ops = [step.op for step in model._prepared.steps.values()]
+    assert [op.holds_dense for op in ops] == [False, False]
+    assert ops[0].dense.shape == (8, 36)  # on demand, not kept
+    assert [op.holds_dense for op in ops] == [False, False]
+    model.prepare(x.shape)  # auto: dense kept exactly where the plan picked it
+    for step in model._prepared.steps.values():
+        shapes = list(step.shapes)
+        picked = {step.op.kernel_for(s) for s in shapes}
+        assert step.op.holds_dense == ("dense" in picked)
+    model.prepare(x.shape, kernel={"0": "dense", "4": "sparse"})
+    ops = [step.op for step in model._prepared.steps.values()]
+    assert [op.holds_dense for op in ops] == [True, False]
+    # a dense-held model's ops keep the dense weights as before
+    dense = nn.Sequential(nn.Conv2d(4, 8, 3)).prepare((1, 4, 6, 6), kernel="sparse")
+    assert [s.op.holds_dense for s in dense._prepared.steps.values()] == [True]

@@ -4,6 +4,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
+from conftest import assert_close
 
 from fscnn.prune import (SparsityRow, format_sparsity_report, prunable_names, prune,
                          sparsity_report)
@@ -343,3 +344,127 @@ def test_format_sparsity_report():
     assert lines[3].split() == ["features.3.weight", "16x8x3x3", "1,152", "115", "90.02%"]
     assert lines[-1].split() == ["total", "2,008", "201", "89.99%"]
     assert len({len(line) for line in lines[:2]}) == 1
+
+
+# -- exact selection without full-size transients -------------------------------------------
+
+def _old_smallest(scores, k):
+    """The selection before the chunked radix select (np.partition of a full copy), kept as
+    the reference: mask of the k smallest; ties at the threshold go to lower indices."""
+    if k == 0:
+        return np.zeros(scores.size, dtype=bool)
+    threshold = np.partition(scores, k - 1)[k - 1]
+    mask = scores < threshold
+    ties = np.flatnonzero(scores == threshold)[:k - np.count_nonzero(mask)]
+    mask[ties] = True
+    return mask
+
+
+def _old_masks(weights, sparsity, scope):
+    """name -> mask of unstructured pruning as computed before (per layer or one concatenation)."""
+    if scope == "layer":
+        return {name: _old_smallest(np.abs(w).reshape(-1), _half_up(sparsity * w.size))
+                .reshape(w.shape) for name, w in weights.items()}
+    flat = np.concatenate([np.abs(w).reshape(-1) for w in weights.values()])
+    mask = _old_smallest(flat, min(flat.size, _half_up(sparsity * flat.size)))
+    bounds = np.cumsum([w.size for w in weights.values()])[:-1]
+    return {name: m.reshape(w.shape)
+            for (name, w), m in zip(weights.items(), np.split(mask, bounds))}
+
+
+def _tied_state(rng, dtypes=(np.float32, np.float32, np.float32)):
+    """Weights drawn from a few magnitudes of both signs (many ties, also across layers,
+    and -0.0 next to 0.0)."""
+    values = np.array([0.0, -0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -2.0, 0.25])
+    shapes = [(6, 5, 3, 3), (7, 11), (4, 3, 1, 2)]
+    return OrderedDict((f"l{i}.weight", rng.choice(values, size=shape).astype(dtype))
+                       for i, (shape, dtype) in enumerate(zip(shapes, dtypes)))
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 20])
+@pytest.mark.parametrize("scope", ["layer", "global"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.13, 0.5, 0.77, 0.9, 1.0])
+def test_selection_matches_partition_with_ties(monkeypatch, chunk, scope, sparsity):
+    import fscnn.prune as fp
+    monkeypatch.setattr(fp, "_CHUNK", chunk)  # chunk boundaries inside tie runs
+    rng = np.random.default_rng(int(sparsity * 100) + chunk)
+    for dtypes in [(np.float32,) * 3, (np.float16, np.float64, np.float32)]:
+        state = _tied_state(rng, dtypes)
+        expected = _old_masks(state, sparsity, scope)
+        out = prune(state, sparsity, scope=scope)
+        inplace = OrderedDict((k, v.copy()) for k, v in state.items())
+        prune(inplace, sparsity, scope=scope, inplace=True)
+        for name, w in state.items():
+            np.testing.assert_array_equal(out[name] == 0, expected[name] | (w == 0), err_msg=name)
+            np.testing.assert_array_equal(out[name], np.where(expected[name], 0, w))
+            np.testing.assert_array_equal(inplace[name], out[name])
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_selection_matches_partition_random_and_non_contiguous(monkeypatch, scope):
+    import fscnn.prune as fp
+    monkeypatch.setattr(fp, "_CHUNK", 50)
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((9, 4, 5, 5)).astype(np.float32)
+    state = OrderedDict([("a.weight", base.transpose(1, 0, 2, 3)),  # non-contiguous
+                         ("b.weight", rng.standard_normal((13, 17)).astype(np.float64)),
+                         ("c.weight", np.zeros((3, 2), np.float32))])  # all ties at zero
+    for sparsity in (0.3, 0.95):
+        expected = _old_masks(state, sparsity, scope)
+        out = prune(state, sparsity, scope=scope)
+        inplace = OrderedDict((k, np.array(v)) for k, v in state.items())
+        inplace["a.weight"] = base.copy().transpose(1, 0, 2, 3)
+        prune(inplace, sparsity, scope=scope, inplace=True)
+        for name, w in state.items():
+            np.testing.assert_array_equal(out[name], np.where(expected[name], 0, w))
+            np.testing.assert_array_equal(inplace[name], out[name])
+
+
+def test_fscnn_model_is_pruned_in_place_without_copies():
+    from fscnn import nn
+    rng = np.random.default_rng(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    before = model(x)  # prepared on the dense weights
+    reference = prune(model.state_dict(), 0.7, scope="global")
+    arrays = [model[0].weight, model[3].weight]
+    assert prune(model, 0.7, scope="global", inplace=True) is model
+    assert model[0].weight is arrays[0] and model[3].weight is arrays[1]  # zeroed in place
+    assert not model[0].weight.flags.writeable  # read-only again
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, reference[name])
+    after = model(x)  # the plan was rebuilt on the pruned weights
+    expected = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(128, 5))
+    expected.load_state_dict(reference)
+    assert_close(after, expected(x))  # kernels may differ ('auto'), so not bit-equal
+    assert not np.allclose(after, before)
+
+
+def test_prune_of_sparse_held_model():
+    from fscnn import nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    prune(model, 0.8, inplace=True)
+    dense_state = OrderedDict((k, v.copy()) for k, v in model.state_dict().items())
+    model.to_sparse()
+    with pytest.raises(TypeError, match=r"'0.weight'.*sparse.*to_dense\(\)"):
+        prune(model, 0.9, inplace=True)
+    out = prune(model, 0.9)  # not in place: a dense state_dict, the model untouched
+    np.testing.assert_array_equal(out["2.weight"], prune(dense_state, 0.9)["2.weight"])
+    report = sparsity_report(model)  # counted on the sparse weights, not densified
+    assert report == sparsity_report(dense_state)
+    assert prunable_names(model) == prunable_names(dense_state)
+    model.to_dense()
+    prune(model, 0.9, inplace=True)
+    np.testing.assert_array_equal(model.state_dict()["2.weight"], out["2.weight"])
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_selection_with_empty_and_strided_weights(scope):
+    state = OrderedDict([("a.weight", np.zeros((0, 4), np.float32)),
+                         ("b.weight", np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::-2]),
+                         ("c.weight", np.zeros((4, 0, 3, 3), np.float32)[:, :, ::2])])
+    expected = _old_masks(state, 0.5, scope)
+    out = prune(state, 0.5, scope=scope)
+    for name, w in state.items():
+        assert out[name].shape == w.shape
+        np.testing.assert_array_equal(out[name], np.where(expected[name], 0, w))

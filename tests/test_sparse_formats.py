@@ -1,4 +1,6 @@
 """Sparse weight formats: conversion, validation, storage size."""
+import re
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,33 @@ def test_constructor_validates_and_errors_are_value_errors(rng):
         SparseConvWeight(m, (5, 3, 3))
     with pytest.raises(FormatError, match="4-D"):
         SparseConvWeight.from_dense(np.ones((3, 3)))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1 << 20])
+def test_full_check_in_chunks_finds_the_same_first_problem(monkeypatch, chunk):
+    import fscnn.sparse.formats as formats
+    monkeypatch.setattr(formats, "_CHECK_CHUNK", chunk)
+    dense = np.array([[0, 1, 2, 0], [0, 0, 0, 0], [3, 0, 0, 4], [5, 6, 7, 8]], np.float32)
+    good = CSRMatrix.from_dense(dense)
+    good.check_format(full=True)  # row starts at chunk boundaries are not order errors
+    cases = [([1, 2, 0, 3, 0, 1, 3, 2], "entry 7 (2) follows 3"),
+             ([1, 1, 0, 3, 0, 1, 2, 3], "entry 1 (1) follows 1"),
+             ([2, 1, 0, 3, 0, 1, 2, 9], "indices[7] = 9 is out of range"),  # before order
+             ([1, 2, 0, 3, 0, 2, 1, 3], "entry 6 (1) follows 2")]
+    for indices, message in cases:
+        bad = CSRMatrix(good.indptr, np.array(indices, np.uint16), good.data, good.shape,
+                        check=None)
+        with pytest.raises(FormatError, match=re.escape(message)):
+            bad.check_format(full=True)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1 << 18])
+def test_to_dense_in_chunks(monkeypatch, chunk, rng):
+    import fscnn.sparse.formats as formats
+    monkeypatch.setattr(formats, "_CHECK_CHUNK", chunk)
+    for shape, sparsity in [((7, 13), 0.6), ((1, 70000), 0.999), ((5, 4), 1.0), ((3, 2), 0.0)]:
+        w = sparse_weight(shape, sparsity, rng)
+        w[min(2, shape[0] - 1)] = 0  # an empty row
+        assert np.array_equal(CSRMatrix.from_dense(w).to_dense(), w)
+    w = sparse_weight((6, 3, 2, 2), 0.5, rng)
+    assert np.array_equal(SparseConvWeight.from_dense(w).to_dense(), w)

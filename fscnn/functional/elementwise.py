@@ -8,6 +8,7 @@ fused ReLU costs no extra pass over memory. Activations accept arrays of any sha
 import numpy as np
 
 from .._ext import _pool
+from ..sparse import CSRMatrix, SparseConvWeight
 from ._validate import activation_code, as_float_array, as_vector, is_int, real, threads_for
 
 
@@ -312,15 +313,42 @@ def fold_batch_norm(conv_weight, conv_bias, running_mean, running_var, bn_weight
     Returns
     -------
     weight : ndarray of the shape of ``conv_weight``, float32
+        Or, for a sparse ``conv_weight`` (:class:`~fscnn.sparse.SparseConvWeight` or
+        :class:`~fscnn.sparse.CSRMatrix`), the same type with every row scaled: the same
+        values as the dense result (products that come out zero are dropped).
     bias : ndarray of shape (O,), float32
     """
-    w = as_float_array(conv_weight, "fold_batch_norm: conv_weight", min_ndim=2)
-    out_channels = w.shape[0]
+    if isinstance(conv_weight, (CSRMatrix, SparseConvWeight)):
+        w = None
+        out_channels = conv_weight.shape[0]
+    else:
+        w = as_float_array(conv_weight, "fold_batch_norm: conv_weight", min_ndim=2)
+        out_channels = w.shape[0]
     scale, shift = _bn_affine("fold_batch_norm", out_channels, running_mean, running_var,
                               bn_weight, bn_bias, eps, ("bn_weight", "bn_bias"))
     if conv_bias is not None:
         shift += as_vector(conv_bias, "fold_batch_norm: conv_bias", out_channels,
                            np.float64) * scale
+    if w is None:
+        return _scale_sparse_rows(conv_weight, scale.astype(np.float32)), shift.astype(np.float32)
     # float32 product: a float64 copy of a large linear weight would cost 8 bytes per weight.
     folded = np.multiply(w, scale.astype(np.float32).reshape((-1,) + (1,) * (w.ndim - 1)))
     return folded, shift.astype(np.float32)
+
+
+def _scale_sparse_rows(weight, scale):
+    """``weight`` (CSRMatrix or SparseConvWeight) with row ``r`` multiplied by ``scale[r]``
+    (float32 products, as the dense fold computes them); zero products are dropped."""
+    csr = weight.csr if isinstance(weight, SparseConvWeight) else weight
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    data = np.multiply(csr.data, scale[rows])
+    indices, indptr = csr.indices, csr.indptr
+    keep = data != 0
+    if not keep.all():
+        data, indices = data[keep], indices[keep]
+        indptr = np.zeros_like(csr.indptr)
+        np.cumsum(np.bincount(rows[keep], minlength=csr.shape[0]), out=indptr[1:])
+    scaled = CSRMatrix(indptr, indices, data, csr.shape, check="cheap")  # shares the index arrays
+    if isinstance(weight, SparseConvWeight):
+        return SparseConvWeight(scaled, weight.kernel_shape)
+    return scaled

@@ -14,11 +14,12 @@ from .container import ModuleList, Sequential
 from .errors import LayerInputError, StateDictError
 from .init import manual_seed
 from .layers import BatchNorm2d, Conv2d, Dropout, Flatten, Identity, Linear
-from .module import IncompatibleKeys, Layer, Module
+from .module import IncompatibleKeys, Layer, Module, StateDict
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 
 __all__ = ["Module", "Layer", "Sequential", "ModuleList", "Conv2d", "Linear", "BatchNorm2d",
            "ReLU", "ReLU6", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid",
            "SiLU", "Softmax", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
            "Flatten", "Dropout", "Identity", "StateDictError", "LayerInputError",
-           "IncompatibleKeys", "LayerPlan", "PlanReport", "LayerTime", "profile", "manual_seed"]
+           "IncompatibleKeys", "StateDict", "LayerPlan", "PlanReport", "LayerTime", "profile",
+           "manual_seed"]

@@ -102,7 +102,16 @@ def _record(records, name, layer, step, x, out, seconds):
     rows = x.reshape(-1, x.shape[-1]).shape if out.ndim != 4 else x.shape
     kernel = op.kernel_for(rows)
     records.append(LayerTime(name, step.layers, x.shape, kernel, op.sparsity, seconds,
-                             2.0 * op.dense.size * positions, 2.0 * op.nnz * positions))
+                             2.0 * op.size * positions, 2.0 * op.nnz * positions))
+
+
+def _density(weight):
+    """Fraction of non-zero entries of a dense or sparse (CSRMatrix, SparseConvWeight) weight."""
+    size = int(np.prod(weight.shape))
+    if isinstance(weight, np.ndarray):
+        return float(np.count_nonzero(weight)) / max(size, 1)
+    csr = getattr(weight, "csr", weight)
+    return float(np.count_nonzero(csr.data)) / max(size, 1)
 
 
 def label(name, module):
@@ -179,7 +188,7 @@ class _Step:
         self.owner = owner
         self.layers = "+".join(type(m).__name__ for m in (head, norm, act) if m is not None)
         self.kernel = kernel
-        self.density = float(np.count_nonzero(weight)) / max(weight.size, 1)
+        self.density = _density(weight)
         self.shapes = {}
         self.op = head._make_op(weight, bias, act._fused_activation if act else None, kernel,
                                 label)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import ops
+from ..sparse import CSRMatrix, SparseConvWeight
 from ..functional._validate import is_int, pair, sliding_output_hw
 from . import init
 from .errors import LayerInputError
@@ -60,6 +61,8 @@ class Conv2d(Layer):
     Attributes
     ----------
     weight : ndarray of shape (out_channels, in_channels // groups, kH, kW)
+        Or a :class:`~fscnn.sparse.SparseConvWeight` of that shape once held sparse
+        (:meth:`~fscnn.nn.Module.to_sparse`, or loaded as one).
     bias : ndarray of shape (out_channels,) or None
 
     Examples
@@ -69,6 +72,8 @@ class Conv2d(Layer):
     >>> conv(np.ones((1, 4, 16, 16))).shape
     (1, 8, 16, 16)
     """
+
+    _sparse_weights = {"weight": SparseConvWeight}
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros"):
@@ -142,7 +147,8 @@ class Conv2d(Layer):
                 and module.num_features == self.out_channels)
 
     def _fold(self, bn):
-        """(weight, bias) of this convolution followed by the batch norm ``bn``."""
+        """(weight, bias) of this convolution followed by the batch norm ``bn``; a sparse-held
+        weight stays sparse (its rows are scaled)."""
         return F.fold_batch_norm(self.weight, self.bias, bn.running_mean, bn.running_var,
                                  bn.weight, bn.bias, bn.eps)
 
@@ -172,6 +178,8 @@ class Linear(Layer):
     Attributes
     ----------
     weight : ndarray of shape (out_features, in_features)
+        Or a :class:`~fscnn.sparse.CSRMatrix` of that shape once held sparse
+        (:meth:`~fscnn.nn.Module.to_sparse`, or loaded as one).
     bias : ndarray of shape (out_features,) or None
 
     Examples
@@ -179,6 +187,8 @@ class Linear(Layer):
     >>> fscnn.nn.Linear(512, 10)(np.ones((2, 512))).shape
     (2, 10)
     """
+
+    _sparse_weights = {"weight": CSRMatrix}
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()

@@ -3,6 +3,8 @@
 A module owns named parameters and buffers (read-only float32 NumPy arrays) and named child
 modules, registered in assignment order. ``state_dict()`` joins the names with dots exactly as
 torch does, so a torchvision checkpoint saved as ``.npz`` loads with ``load_state_dict``.
+Convolution and linear weights may instead be held sparse (``Module.to_sparse``, or loading a
+``SparseConvWeight``/``CSRMatrix``); ``state_dict()`` still gives dense arrays, per key on read.
 
 Calling a module runs its *prepared plan* (see :mod:`fscnn.nn._plan`): a separate, fused
 representation with BatchNorm folded into convolutions, ReLU fused into kernel epilogues and
@@ -11,11 +13,15 @@ by preparation, so ``state_dict()`` and ``repr`` stay torch-like.
 """
 import threading
 from collections import OrderedDict, namedtuple
+from collections.abc import MutableMapping
 
 import numpy as np
 
+from ..sparse import CSRMatrix, FormatError, SparseConvWeight
 from . import _plan
 from .errors import LayerInputError, StateDictError
+
+SPARSE_TYPES = (CSRMatrix, SparseConvWeight)
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 """What a non-strict :meth:`Module.load_state_dict` could not match, as in torch."""
@@ -40,6 +46,79 @@ def _as_array(value, label, expected_shape=None):
     arr = np.array(arr, dtype=np.float32, order="C", copy=True)
     arr.setflags(write=False)
     return arr
+
+
+def _freeze_sparse(value):
+    """Make the arrays of a sparse weight read-only (in place, not copied) and return it."""
+    csr = value.csr if isinstance(value, SparseConvWeight) else value
+    for arr in (csr.indptr, csr.indices, csr.data):
+        arr.setflags(write=False)
+    return value
+
+
+def _dense_of(value):
+    """A read-only dense float32 array of a sparse weight (fresh each call)."""
+    arr = value.to_dense()
+    arr.setflags(write=False)
+    return arr
+
+
+def _sparse_problem(module, name, value, expected_shape):
+    """Why ``value`` (a sparse weight) cannot be ``module``'s ``name``, or None if it can."""
+    kind = getattr(module, "_sparse_weights", {}).get(name)
+    if kind is None or type(value) is not kind:
+        allowed = f"a {kind.__name__}" if kind is not None else "only a dense array"
+        return (f"{type(module).__name__}.{name} cannot be held as a {type(value).__name__} "
+                f"(it takes {allowed})")
+    if expected_shape is not None and tuple(value.shape) != tuple(expected_shape):
+        return None  # reported as a shape mismatch by the caller
+    try:
+        value.check_format(full=True)
+    except FormatError as exc:
+        return f"invalid {type(value).__name__}: {exc}"
+    return None
+
+
+class StateDict(MutableMapping):
+    """The state_dict of a model holding some weights sparse (see :meth:`Module.to_sparse`).
+
+    A mutable, ordered mapping name -> ndarray that reads like the ``OrderedDict`` a dense
+    model returns (same keys, same order, dense float32 arrays that torch can load), but
+    materialises each sparse-held weight as a fresh read-only dense array *when that key is
+    read*, so iterating over it holds at most one densified weight at a time (unless the
+    caller keeps them). :meth:`stored` gives the value as held (sparse or dense) without
+    densifying; :meth:`Module.load_state_dict` uses it, so loading one sparse model's
+    state_dict into another keeps the weights sparse.
+    """
+
+    def __init__(self, items=()):
+        self._items = OrderedDict(items)
+
+    def __getitem__(self, key):
+        value = self._items[key]
+        return _dense_of(value) if isinstance(value, SPARSE_TYPES) else value
+
+    def stored(self, key):
+        """The value of ``key`` as held: a sparse weight object or an ndarray."""
+        return self._items[key]
+
+    def __setitem__(self, key, value):
+        self._items[key] = value
+
+    def __delitem__(self, key):
+        del self._items[key]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def copy(self):
+        return StateDict(self._items)
+
+    def __repr__(self):
+        return f"StateDict({list(self._items)!r})"
 
 
 def _check_name(name, owner):
@@ -114,8 +193,17 @@ class Module:
         elif name in params or name in buffers:
             registry = params if name in params else buffers
             old = registry[name]
-            registry[name] = _as_array(value, f"{self._get_name()}.{name}",
-                                       None if old is None else old.shape)
+            label = f"{self._get_name()}.{name}"
+            if isinstance(value, SPARSE_TYPES):
+                problem = _sparse_problem(self, name, value, None)
+                if problem is not None:
+                    raise TypeError(f"{label}: {problem}")
+                if old is not None and tuple(value.shape) != tuple(old.shape):
+                    raise ValueError(f"{label}: expected shape {tuple(old.shape)}, got "
+                                     f"{tuple(value.shape)}")
+                registry[name] = _freeze_sparse(value)
+            else:
+                registry[name] = _as_array(value, label, None if old is None else old.shape)
         elif name in modules:
             if value is not None:
                 raise TypeError(f"cannot assign a {type(value).__name__} as child module "
@@ -265,21 +353,32 @@ class Module:
 
         Returns
         -------
-        OrderedDict of str -> ndarray
+        OrderedDict of str -> ndarray, or StateDict
             The module's own read-only float32 arrays (not copies). BatchNorm's
-            ``num_batches_tracked`` is not kept (it only matters for training).
+            ``num_batches_tracked`` is not kept (it only matters for training). When some
+            weights are held sparse (:meth:`to_sparse`), a :class:`StateDict` with the same
+            keys whose sparse-held weights are materialised as dense arrays per tensor, when
+            read (so saving or converting it to torch never holds every dense weight at once).
         """
-        return OrderedDict((key, slot[2]) for key, slot in self._state_slots().items())
+        slots = self._state_slots()
+        items = ((key, slot[2]) for key, slot in slots.items())
+        if any(isinstance(slot[2], SPARSE_TYPES) for slot in slots.values()):
+            return StateDict(items)
+        return OrderedDict(items)
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy parameters and buffers from a mapping of name -> array.
 
         Parameters
         ----------
-        state_dict : mapping of str -> array_like
-            E.g. a dict, the ``NpzFile`` of ``np.load("model.npz")`` or a torch state dict.
-            Values are converted to float32; ``*.num_batches_tracked`` keys of batch norm
-            layers are accepted and ignored.
+        state_dict : mapping of str -> array_like, CSRMatrix or SparseConvWeight
+            E.g. a dict, the ``NpzFile`` of ``np.load("model.npz")``, a torch state dict or
+            what ``fscnn.load(path, sparse=True)`` returns. Arrays are copied as float32;
+            ``*.num_batches_tracked`` keys of batch norm layers are accepted and ignored.
+            A Conv2d weight may be a :class:`~fscnn.sparse.SparseConvWeight` and a Linear
+            weight a :class:`~fscnn.sparse.CSRMatrix` of the same shape: the layer then holds
+            it sparse (not copied; its arrays are made read-only), as after :meth:`to_sparse`.
+            A dense array loaded into a sparse-held weight makes it dense-held again.
         strict : bool
             Require the keys to match exactly.
 
@@ -292,9 +391,11 @@ class Module:
         ------
         StateDictError
             Naming every missing and unexpected key (when ``strict``), every array of the
-            wrong shape and every non-numeric value, all in one error. Nothing is loaded then.
+            wrong shape and every non-numeric value (or sparse weight in the wrong place or
+            of an invalid format), all in one error. Nothing is loaded then.
         """
         slots = self._state_slots()
+        stored = getattr(state_dict, "stored", None)  # a StateDict: keep its sparse values
         provided = list(state_dict.keys())
         provided_set = set(provided)
         optional = self._optional_state_keys()
@@ -304,7 +405,17 @@ class Module:
         for key, (module, name, current) in slots.items():
             if key not in provided_set:
                 continue
-            value = np.asarray(state_dict[key])
+            value = stored(key) if stored is not None else state_dict[key]
+            if isinstance(value, SPARSE_TYPES):
+                problem = _sparse_problem(module, name, value, current.shape)
+                if problem is not None:
+                    invalid.append((key, problem))
+                elif tuple(value.shape) != tuple(current.shape):
+                    mismatched.append((key, current.shape, tuple(value.shape)))
+                else:
+                    arrays[key] = value
+                continue
+            value = np.asarray(value)
             if value.dtype.kind not in "fiub":
                 invalid.append((key, f"expected a real numeric array, got dtype {value.dtype}"))
             elif value.shape != current.shape:
@@ -318,6 +429,73 @@ class Module:
             module, name, _ = slots[key]
             setattr(module, name, value)
         return IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------------ sparse storage
+    def to_sparse(self, min_sparsity=0.5):
+        """Hold Conv2d and Linear weights in compressed rows and drop their dense arrays.
+
+        Each convolution weight with at least ``min_sparsity`` zeros becomes a
+        :class:`~fscnn.sparse.SparseConvWeight`, each such linear weight a
+        :class:`~fscnn.sparse.CSRMatrix` (6 bytes per non-zero with uint16 column indices,
+        8 with int32, instead of 4 bytes per weight). The layer's ``weight`` attribute is then
+        that object; running, :meth:`prepare`, :meth:`plan`, batch-norm folding and ReLU
+        fusion work as before and give the same results. Prepared operators keep a dense copy
+        only for layers whose plan picks the dense kernel. :meth:`state_dict` still returns
+        dense arrays, materialised one tensor at a time (see :class:`StateDict`).
+
+        Converting one layer at a time, the extra memory is that layer's compressed form.
+        Any prepared plan is dropped (the next call or :meth:`prepare` builds a new one).
+
+        Parameters
+        ----------
+        min_sparsity : float in [0, 1], default 0.5
+            Weights with a smaller fraction of zeros stay dense (compressed rows are larger
+            than the dense array below about 1/3 zeros).
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> fscnn.prune(model, 0.9, inplace=True)
+        >>> model.to_sparse().prepare((1, 3, 224, 224))
+        """
+        if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) \
+                or not 0.0 <= min_sparsity <= 1.0:
+            raise ValueError(f"{self._get_name()}.to_sparse: min_sparsity must be a number in "
+                             f"[0, 1], got {min_sparsity!r}")
+        with _prepare_lock:
+            modules = [m for _, m in self.named_modules()]
+            for module in modules:  # old plans may hold the dense arrays
+                module.__dict__["_prepared"] = None
+            for module in modules:
+                for name, kind in getattr(module, "_sparse_weights", {}).items():
+                    weight = module._parameters.get(name)
+                    if weight is None or isinstance(weight, SPARSE_TYPES):
+                        continue
+                    zeros = weight.size - np.count_nonzero(weight)
+                    if weight.size == 0 or zeros < min_sparsity * weight.size:
+                        continue
+                    module._parameters[name] = _freeze_sparse(kind.from_dense(weight))
+                    del weight
+                    module._touch()
+        return self
+
+    def to_dense(self):
+        """Hold every sparse-held weight (see :meth:`to_sparse`) as a dense array again.
+
+        Returns
+        -------
+        self
+        """
+        with _prepare_lock:
+            for _, module in self.named_modules():
+                for name, weight in list(module._parameters.items()):
+                    if isinstance(weight, SPARSE_TYPES):
+                        module._parameters[name] = _dense_of(weight)
+                        module._touch()
+        return self
 
     # ------------------------------------------------------------------ modes
     def train(self, mode=True):

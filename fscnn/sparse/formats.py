@@ -13,6 +13,9 @@ class FormatError(ValueError):
     """A sparse format's arrays are inconsistent (wrong dtype, shape, bounds or order)."""
 
 
+_CHECK_CHUNK = 1 << 18  # entries at a time in check_format(full=True) and to_dense
+
+
 def _index_dtype(n_cols):
     return np.uint16 if n_cols <= np.iinfo(np.uint16).max + 1 else np.int32
 
@@ -89,8 +92,12 @@ class CSRMatrix:
     def to_dense(self):
         """The dense float32 array of shape ``self.shape``."""
         out = np.zeros(self.shape, dtype=np.float32)
-        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
-        out[rows, self.indices.astype(np.int64)] = self.data
+        flat, n_cols = out.reshape(-1), self.shape[1]
+        # a chunk of entries at a time: no int64 row and column arrays of all non-zeros
+        for e0 in range(0, self.nnz, _CHECK_CHUNK):
+            e1 = min(self.nnz, e0 + _CHECK_CHUNK)
+            rows = np.searchsorted(self.indptr, np.arange(e0, e1), side="right") - 1
+            flat[rows * n_cols + self.indices[e0:e1]] = self.data[e0:e1]
         return out
 
     @property
@@ -138,19 +145,27 @@ class CSRMatrix:
                               f"{self.indptr[r + 1]} < indptr[{r}] = {self.indptr[r]}")
         if nnz == 0:
             return
-        cols = self.indices.astype(np.int64)
-        if cols.min() < 0 or cols.max() >= n_cols:
-            bad = int(np.argmax((cols < 0) | (cols >= n_cols)))
-            raise FormatError(f"indices[{bad}] = {cols[bad]} is out of range [0, {n_cols})")
+        # in chunks, so that checking a 100-million-entry matrix needs a few MiB
+        for a in range(0, nnz, _CHECK_CHUNK):
+            cols = self.indices[a:a + _CHECK_CHUNK].astype(np.int64)
+            if cols.min() < 0 or cols.max() >= n_cols:
+                bad = a + int(np.argmax((cols < 0) | (cols >= n_cols)))
+                raise FormatError(f"indices[{bad}] = {self.indices[bad]} is out of range "
+                                  f"[0, {n_cols})")
         # strictly increasing within each row: a non-increase is allowed only at a row start
-        step = np.diff(cols)
-        row_start = np.zeros(nnz, dtype=bool)
-        row_start[self.indptr[1:-1][counts[1:] > 0]] = True
-        bad = (step <= 0) & ~row_start[1:]
-        if bad.any():
-            k = int(np.argmax(bad)) + 1
-            raise FormatError(f"indices: columns must be strictly increasing within a row; "
-                              f"entry {k} ({cols[k]}) follows {cols[k - 1]}")
+        starts = self.indptr[1:-1][counts[1:] > 0]
+        for a in range(0, nnz, _CHECK_CHUNK):
+            b = min(nnz, a + _CHECK_CHUNK)
+            first = max(a, 1)  # entry k is compared with entry k - 1
+            cols = self.indices[first - 1:b].astype(np.int64)
+            row_start = np.zeros(b - first, dtype=bool)
+            lo, hi = np.searchsorted(starts, [first, b])
+            row_start[starts[lo:hi] - first] = True
+            bad = (np.diff(cols) <= 0) & ~row_start
+            if bad.any():
+                k = first + int(np.argmax(bad))
+                raise FormatError(f"indices: columns must be strictly increasing within a row; "
+                                  f"entry {k} ({self.indices[k]}) follows {self.indices[k - 1]}")
 
     def _check_shape(self):
         if len(self.shape) != 2 or min(self.shape) < 0:
