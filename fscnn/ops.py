@@ -36,6 +36,7 @@ WINOGRAD_G = np.array([[4, 0, 0], [2 / 3, 2 / 3, 2 / 3], [2 / 3, -2 / 3, 2 / 3],
 # are kept within this many bytes (the 2 MB L2 of the machines fscnn is tuned on).
 _WINOGRAD_CHUNK_BYTES = 2 << 20
 _WINOGRAD_U_FACTOR = 1.0
+_WINOGRAD_MIN_CHUNK = 16
 
 
 class OpError(ValueError):
@@ -372,7 +373,7 @@ class Conv2dOp(_WeightedOp):
         # Each chunk's 36 GEMMs stream all of U (36*O*C floats) from memory: chunks must also
         # be long enough that this costs no more per tile than the chunk's own V and M
         # (36*(C+O) floats per tile), hence at least O*C/(C+O) tiles, even past L2.
-        cap = max(16, _WINOGRAD_CHUNK_BYTES // (36 * 4 * (C + O)),
+        cap = max(_WINOGRAD_MIN_CHUNK, _WINOGRAD_CHUNK_BYTES // (36 * 4 * (C + O)),
                   int(_WINOGRAD_U_FACTOR * O * C / (C + O)))
         n_chunks = -(-T // cap)
         chunk = -(-T // n_chunks)  # equal chunks
