@@ -1,9 +1,10 @@
-"""Per-layer benchmark: fscnn sparse vs fscnn dense vs PyTorch dense, side by side in one run.
+"""Per-layer benchmark: fscnn sparse, dense and Winograd vs PyTorch dense, side by side in one run.
 
 Layer shapes come from VGG16, ResNet-50 and MobileNetV2 at 224x224, batch 1. For each layer and
-sparsity the three kernels run on the same weights (magnitude-free random pruning) and the same
-input, interleaved, and the report gives median time, min-max spread, effective GFLOP/s
-(2 * nnz * H_out * W_out * N / time for sparse, all weights for dense) and the speed-ups.
+sparsity the kernels (Winograd only on 3x3 stride-1 layers) run on the same weights
+(magnitude-free random pruning) and the same input, interleaved (one call of each per round),
+and the report gives median time, min-max spread, effective GFLOP/s (2 * nnz * H_out * W_out * N
+/ time for sparse, all weights for dense, Winograd and torch) and the speed-ups.
 
     python bench/bench_layers.py --models vgg16 --sparsity 0.9 --threads 1
     python bench/bench_layers.py --json bench/results/layers.json
@@ -39,6 +40,7 @@ RESNET50 = [
     ("resnet50.l2.conv1", 256, 128, 1, 1, 0, 1, 56),
     ("resnet50.l2.conv2", 128, 128, 3, 2, 1, 1, 56),
     ("resnet50.l2.conv3", 128, 512, 1, 1, 0, 1, 28),
+    ("resnet50.l2.conv2b", 128, 128, 3, 1, 1, 1, 28),
     ("resnet50.l3.conv1", 512, 256, 1, 1, 0, 1, 28),
     ("resnet50.l3.conv2", 256, 256, 3, 1, 1, 1, 14),
     ("resnet50.l3.conv3", 256, 1024, 1, 1, 0, 1, 14),
@@ -66,16 +68,20 @@ def prune_random(w, sparsity, rng):
     return w
 
 
-def median_spread(fn, reps, warmup):
+def median_spread(fns, reps, warmup):
+    """{key: (median, min, max) seconds} of the callables in ``fns``, run interleaved: each
+    round calls every candidate once, so machine noise hits them alike."""
     for _ in range(warmup):
-        fn()
-    ts = []
+        for fn in fns.values():
+            fn()
+    ts = {key: [] for key in fns}
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    ts = np.array(ts)
-    return float(np.median(ts)), float(ts.min()), float(ts.max())
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            ts[key].append(time.perf_counter() - t0)
+    return {key: (float(np.median(v)), float(np.min(v)), float(np.max(v)))
+            for key, v in ts.items()}
 
 
 def run(args):
@@ -101,6 +107,9 @@ def run(args):
                     sparse = Conv2dOp(w, None, s, p, 1, g, kernel="sparse")
                     dense = Conv2dOp(w, None, s, p, 1, g, kernel="dense")
                     cands = {"sparse": lambda: sparse(x), "dense": lambda: dense(x)}
+                    if k == 3 and s == 1 and g == 1:
+                        wino = Conv2dOp(w, None, s, p, 1, g, kernel="winograd")
+                        cands["winograd"] = lambda: wino(x)
                     if torch is not None:
                         xt, wt = torch.from_numpy(x), torch.from_numpy(w)
 
@@ -108,7 +117,7 @@ def run(args):
                             with torch.no_grad():
                                 torch.nn.functional.conv2d(xt, wt, None, s, p, 1, g)
                         cands["torch"] = torch_fn
-                    res = {key: median_spread(fn, args.reps, args.warmup) for key, fn in cands.items()}
+                    res = median_spread(cands, args.reps, args.warmup)
                     ho = sparse.output_shape(x.shape)[2]
                     dense_flop = 2.0 * w.size * ho * ho * args.batch
                     nnz_flop = 2.0 * np.count_nonzero(w) * ho * ho * args.batch
@@ -124,6 +133,8 @@ def run(args):
                         row["sparse_vs_torch"] = res["torch"][0] / res["sparse"][0]
                         row["dense_vs_torch"] = res["torch"][0] / res["dense"][0]
                         row["efficiency"] = row["sparse_gflops"] / row["torch_gflops"]
+                        if "winograd" in res:
+                            row["winograd_vs_torch"] = res["torch"][0] / res["winograd"][0]
                     rows.append(row)
                     print_row(row)
     return rows
@@ -134,6 +145,8 @@ def print_row(row):
     print(f"{row['layer']:<20} {row['shape']:<28} s={row['sparsity']:<5} T={row['threads']} "
           f"sparse {row['sparse_ms']:8.2f}ms ({row['sparse_gflops']:6.1f} GF/s) "
           f"dense {row['dense_ms']:8.2f}ms ({row['dense_gflops']:6.1f}) "
+          + (f"wino {row['winograd_ms']:8.2f}ms ({row['winograd_gflops']:6.1f}) "
+             if "winograd_ms" in row else "")
           + (f"torch {t:8.2f}ms ({row['torch_gflops']:6.1f})  sparse/torch x{row['sparse_vs_torch']:.2f}"
              f"  eff {row['efficiency']:.0%}" if t is not None else ""), flush=True)
 
@@ -146,11 +159,12 @@ def summary(rows):
                and r["threads"] == th and "sparse_vs_torch" in r]
         if sel:
             gm = float(np.exp(np.mean(np.log([r["sparse_vs_torch"] for r in sel]))))
-            best = float(np.exp(np.mean(np.log([max(r["sparse_vs_torch"], r["dense_vs_torch"])
+            best = float(np.exp(np.mean(np.log([max(r["sparse_vs_torch"], r["dense_vs_torch"],
+                                                    r.get("winograd_vs_torch", 0.0))
                                                 for r in sel]))))
             eff = float(np.exp(np.mean(np.log([r["efficiency"] for r in sel]))))
             print(f"  {model:<14} sparsity {sp:<5} threads {th}: sparse x{gm:.2f}, "
-                  f"best-of(sparse,dense) x{best:.2f}, efficiency {eff:.0%}")
+                  f"best-of(sparse,dense,winograd) x{best:.2f}, efficiency {eff:.0%}")
 
 
 def main(argv=None):

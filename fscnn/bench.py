@@ -161,7 +161,8 @@ def latency_stats(t, batch):
 
 def per_layer_table(model, x, repeats=5):
     """Rows per layer: name, type, input shape, sparsity, kernel, median ms, effective GFLOP/s
-    (2 * non-zeros * output positions / time for the sparse kernel, all weights for dense),
+    (2 * non-zeros * output positions / time for the sparse kernel, all weights for dense and
+    winograd: an effective rate that Winograd can push past the machine's FMA peak),
     share of the total."""
     from .nn import profile
     runs = []

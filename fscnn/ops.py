@@ -17,7 +17,8 @@ from ._ext import _conv, _linear
 from .sparse import CSRMatrix, SparseConvWeight
 from .functional._validate import activation_code, as_float_array, as_vector, is_int, pair
 
-KERNELS = ("auto", "sparse", "dense")
+KERNELS = ("auto", "sparse", "dense", "winograd")
+LINEAR_KERNELS = ("auto", "sparse", "dense")
 # Below this fraction of zeros 'auto' does not consider the sparse *linear* kernel: SpMV/SpMM
 # does not beat GEMM there, and converting a dense 100M-weight classifier costs seconds.
 # Convolutions always time both: the direct kernel beats im2col+GEMM even on dense weights
@@ -27,21 +28,46 @@ ONE_SHOT_SPARSITY = 0.7  # a one-shot call (nothing to amortise timing over) goe
 _INT32_MAX = np.iinfo(np.int32).max
 _L1_WINDOW_BYTES = 32 * 1024  # input window per tile kept in L1 by channel blocking
 _MAX_PLANS = 16  # input shapes whose plans an operator keeps (least recently used dropped)
+# Winograd F(4x4, 3x3), interpolation points 0, 1, -1, 1/2, -1/2, infinity (see winograd.h,
+# which holds B^T and A^T): the weight transform U = G g G^T, computed in float64.
+WINOGRAD_G = np.array([[4, 0, 0], [2 / 3, 2 / 3, 2 / 3], [2 / 3, -2 / 3, 2 / 3],
+                       [-8 / 3, -4 / 3, -2 / 3], [-8 / 3, 4 / 3, -2 / 3], [0, 0, 1]])
+# Tiles per Winograd chunk: the chunk's transformed input and output (36*(C+O)*chunk floats)
+# are kept within this many bytes (the 2 MB L2 of the machines fscnn is tuned on).
+_WINOGRAD_CHUNK_BYTES = 2 << 20
+_WINOGRAD_U_FACTOR = 1.0
+_WINOGRAD_MIN_CHUNK = 16
 
 
 class OpError(ValueError):
     """Invalid operator argument or input (subclass of ValueError)."""
 
 
-def _check_kernel(kernel, owner):
-    if not isinstance(kernel, str) or kernel not in KERNELS:
-        raise OpError(f"{owner}: kernel must be one of {KERNELS}, got {kernel!r}")
+def _check_kernel(kernel, owner, kernels=KERNELS):
+    if not isinstance(kernel, str) or kernel not in kernels:
+        raise OpError(f"{owner}: kernel must be one of {kernels}, got {kernel!r}")
     return kernel
 
 
-def one_shot_kernel(kernel, sparsity, owner):
+def winograd_ineligibility(weight_shape, stride, dilation, groups):
+    """Why the Winograd kernel cannot run a convolution, or None when it can: it needs a
+    3x3 kernel, stride 1, dilation 1 and groups 1 (any padding)."""
+    KH, KW = weight_shape[2:]
+    problems = []
+    if (KH, KW) != (3, 3):
+        problems.append(f"a 3x3 kernel (got {KH}x{KW})")
+    if tuple(stride) != (1, 1):
+        problems.append(f"stride 1 (got {tuple(stride)})")
+    if tuple(dilation) != (1, 1):
+        problems.append(f"dilation 1 (got {tuple(dilation)})")
+    if groups != 1:
+        problems.append(f"groups=1 (got {groups})")
+    return "the Winograd kernel needs " + ", ".join(problems) if problems else None
+
+
+def one_shot_kernel(kernel, sparsity, owner, kernels=KERNELS):
     """Kernel for a call that is not repeated: by sparsity, without timing."""
-    if _check_kernel(kernel, owner) != "auto":
+    if _check_kernel(kernel, owner, kernels) != "auto":
         return kernel
     return "sparse" if sparsity >= ONE_SHOT_SPARSITY else "dense"
 
@@ -187,6 +213,7 @@ class _WeightedOp:
     """
 
     sparse_format = None  # CSRMatrix or SparseConvWeight, set by subclasses
+    kernels = KERNELS  # valid kernel settings
 
     def _init_weights(self, weight, bias, activation, kernel, name, ndim, layout):
         self.name = name
@@ -210,7 +237,7 @@ class _WeightedOp:
         self.bias = None if bias is None else as_vector(bias, f"{name}: bias", n_out)
         self.activation = activation
         self.act_code = activation_code(activation, f"{name}: activation")
-        self.kernel = _check_kernel(kernel, name)
+        self.kernel = _check_kernel(kernel, name, self.kernels)
 
     @property
     def sparse(self):
@@ -246,13 +273,18 @@ class _WeightedOp:
 
     min_auto_sparsity = 0.0  # below this 'auto' takes the dense kernel without timing
 
+    def _candidates(self):
+        """Kernels 'auto' times, dense last (see _pick)."""
+        return ("sparse", "dense")
+
     def _pick(self, x, run):
-        """(kernel, timings) for input ``x``: the setting, or with 'auto' the faster of the
+        """(kernel, timings) for input ``x``: the setting, or with 'auto' the fastest of the
         candidates timed on ``x`` (the sparse kernel only from ``min_auto_sparsity`` up).
 
         ``run(x, kernel, dense)`` runs one kernel, the dense one on the (O, K) ``dense``. The
         dense form is made resident when the dense kernel is picked; a transient one made for
-        timing is dropped when the sparse kernel wins."""
+        timing (the last candidate, so it is never alive with another kernel's set-up) is
+        dropped otherwise."""
         if self.kernel != "auto":
             if self.kernel == "dense":
                 self._keep_dense()
@@ -260,9 +292,11 @@ class _WeightedOp:
         if self.sparsity < self.min_auto_sparsity:
             self._keep_dense()
             return "dense", None
-        times = {"sparse": _time_call(lambda: run(x, "sparse", None))}
-        dense = self.dense  # after the sparse timing: not alive with that kernel's set-up
-        times["dense"] = _time_call(lambda: run(x, "dense", dense))
+        times, dense = {}, None
+        for k in self._candidates():
+            if k == "dense":
+                dense = self.dense
+            times[k] = _time_call(lambda: run(x, k, dense))
         choice = min(times, key=times.get)
         if choice == "dense":
             self._keep_dense(dense)
@@ -281,8 +315,12 @@ class Conv2dOp(_WeightedOp):
     groups : int
     activation : None, 'relu' or 'relu6'
         Fused into the kernel epilogue.
-    kernel : {'auto', 'sparse', 'dense'}
-        'auto' times both kernels on each new input shape and keeps the faster.
+    kernel : {'auto', 'sparse', 'dense', 'winograd'}
+        'auto' times the kernels on each new input shape and keeps the fastest. 'winograd'
+        (F(4x4, 3x3)) needs a 3x3 kernel, stride 1, dilation 1 and groups 1; 'auto' times it
+        only on such layers. Its float32 error is larger than the others' (still ~1e-5 of the
+        output's scale on 512-channel layers), and a NaN or infinity in the input spreads to
+        the whole 4x4 output tiles around it (infinities may turn into NaN).
     name : str
         Used in error messages (the layer's name in its model).
 
@@ -308,8 +346,27 @@ class Conv2dOp(_WeightedOp):
         self.stride = pair(stride, f"{name}: stride")
         self.dilation = pair(dilation, f"{name}: dilation")
         self.padding = conv_padding(padding, (KH, KW), self.dilation, name, self.stride)
+        self.winograd_reason = winograd_ineligibility(self.weight_shape, self.stride,
+                                                      self.dilation, self.groups)
+        if self.kernel == "winograd" and self.winograd_reason:
+            raise OpError(f"{name}: kernel='winograd': {self.winograd_reason}")
+        self._winograd_u = None  # (36, O, C) transformed weights, built when first planned
         self._plans = OrderedDict()
         self._plans_lock = threading.Lock()
+
+    def _candidates(self):
+        return ("sparse", "dense") if self.winograd_reason else ("sparse", "winograd", "dense")
+
+    def _winograd_weights(self):
+        """U = G g G^T as (36, O, C) float32, alpha^2 index a = 6*k + l; built on first use."""
+        u = self._winograd_u
+        if u is None:
+            O, C = self.weight_shape[:2]
+            g = self.dense.reshape(self.weight_shape).astype(np.float64)
+            u = np.einsum("ki,ocij,lj->kloc", WINOGRAD_G, g, WINOGRAD_G)
+            u = np.ascontiguousarray(u.reshape(36, O, C), dtype=np.float32)
+            self._winograd_u = u
+        return u
 
     # -- planning ---------------------------------------------------------------------------
     def check_input_shape(self, shape):
@@ -355,11 +412,35 @@ class Conv2dOp(_WeightedOp):
         plan["tap_offsets"] = geo.tap_offsets.astype(np.int32)
         if self.kernel in ("sparse", "auto"):
             plan["sparse"] = self._sparse_plan(geo, threads, level)
+        if self.kernel in ("winograd", "auto") and not self.winograd_reason:
+            plan["winograd"] = self._winograd_plan(geo, C)
         x = np.zeros(shape, np.float32) if self.kernel == "auto" else None
         plan["kernel"], plan["timings"] = self._pick(x, lambda x, k, d: self._run(x, plan, k, d))
-        if plan["kernel"] == "dense":
+        if plan["kernel"] != "sparse":
             plan["sparse"] = None
+        if plan["kernel"] != "winograd" and "winograd" in plan:
+            del plan["winograd"]
+            with self._plans_lock:
+                if not any("winograd" in p for p in self._plans.values()):
+                    self._winograd_u = None  # no plan runs it: do not hold 4x the weights
         return plan
+
+    def _winograd_plan(self, geo, C):
+        """Chunk of tiles per work item and scratch shape of the Winograd kernel. The chunk
+        depends on the layer's shape only (not on the thread count), so results do not either."""
+        O = self.weight_shape[0]
+        tiles_w = -(-geo.W_out // 4)
+        T = tiles_w * -(-geo.H_out // 4)
+        # Each chunk's 36 GEMMs stream all of U (36*O*C floats) from memory: chunks must also
+        # be long enough that this costs no more per tile than the chunk's own V and M
+        # (36*(C+O) floats per tile), hence at least O*C/(C+O) tiles, even past L2.
+        cap = max(_WINOGRAD_MIN_CHUNK, _WINOGRAD_CHUNK_BYTES // (36 * 4 * (C + O)),
+                  int(_WINOGRAD_U_FACTOR * O * C / (C + O)))
+        n_chunks = -(-T // cap)
+        chunk = -(-T // n_chunks)  # equal chunks
+        self._winograd_weights()
+        return {"chunk": chunk,
+                "work": (chunk * 36 * (C + O) + _conv.winograd_tmp_len(tiles_w) + 64,)}
 
     def _sparse_plan(self, geo, threads, level):
         """Offsets of every non-zero in the packed input, tile size and work split."""
@@ -400,7 +481,7 @@ class Conv2dOp(_WeightedOp):
         return blkptr
 
     def kernel_for(self, input_shape):
-        """The kernel ('sparse' or 'dense') used for inputs of ``input_shape``."""
+        """The kernel ('sparse', 'dense' or 'winograd') used for inputs of ``input_shape``."""
         self.check_input_shape(input_shape)
         return self._plan(tuple(input_shape))["kernel"]
 
@@ -416,7 +497,14 @@ class Conv2dOp(_WeightedOp):
         out = np.empty((x.shape[0], self.weight_shape[0], geo.H_out, geo.W_out), np.float32)
         pt, _, pl, _ = self.padding
         sh, sw = geo.stride
-        if kernel == "sparse":
+        if kernel == "winograd":
+            wp = plan["winograd"]
+            threads = plan["threads"] if _blas.can_limit_blas() else 1
+            with _blas.single_threaded_blas():
+                _conv.winograd_conv2d(x, self._winograd_weights(), self.bias,
+                                      _scratch("winograd", (threads,) + wp["work"]), out, pt, pl,
+                                      wp["chunk"], self.act_code, plan["level"], threads)
+        elif kernel == "sparse":
             sp = plan["sparse"]
             _conv.sparse_conv2d(x, sp["blkptr"], sp["offsets"], self.sparse.csr.data, self.bias,
                                 sp["oblk"], geo.scratch(sp["reach"]) if sp["pack"] else _NO_BUFFER,
@@ -460,6 +548,7 @@ class LinearOp(_WeightedOp):
     """
 
     sparse_format = CSRMatrix
+    kernels = LINEAR_KERNELS
     min_auto_sparsity = AUTO_MIN_SPARSITY_LINEAR
 
     def __init__(self, weight, bias=None, activation=None, kernel="auto", name="linear"):

@@ -74,6 +74,37 @@ def test_conv2d_matches_reference(cfg, sparsity, kernel, activation, bias, as_sp
     assert_close(y, _activate(ref.conv2d(x, w, b, **cfg["hp"]), activation))
 
 
+@st.composite
+def winograd_configs(draw):
+    kind = draw(st.sampled_from(["int", "pair", "four", "same", "valid"]))
+    padding = {"int": lambda: draw(st.integers(0, 3)),
+               "pair": lambda: (draw(st.integers(0, 3)), draw(st.integers(0, 3))),
+               "four": lambda: tuple(draw(st.integers(0, 3)) for _ in range(4)),
+               "same": lambda: "same", "valid": lambda: "valid"}[kind]()
+    pads = ref.conv_padding(padding, (3, 3), (1, 1), (1, 1))
+    smallest = [max(1, 3 - lo - hi) for lo, hi in zip(pads[::2], pads[1::2])]
+    hw = tuple(draw(st.integers(lo, lo + 20)) for lo in smallest)  # partial and many tiles
+    return dict(n=draw(st.integers(0, 2)), c=draw(st.integers(1, 9)), o=draw(st.integers(1, 6)),
+                hw=hw, hp=dict(padding=padding))
+
+
+@FUZZ
+@given(cfg=winograd_configs(), sparsity=SPARSITIES, activation=st.sampled_from(list(ACTIVATIONS)),
+       bias=st.booleans(), as_sparse=st.booleans(), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**32 - 1))
+def test_winograd_conv2d_matches_reference(cfg, sparsity, activation, bias, as_sparse, threads,
+                                           seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((cfg["n"], cfg["c"]) + cfg["hw"]).astype(np.float32)
+    w = sparse_weight((cfg["o"], cfg["c"], 3, 3), sparsity, rng)
+    b = rng.standard_normal(cfg["o"]).astype(np.float32) if bias else None
+    weight = SparseConvWeight.from_dense(w) if as_sparse else w
+    with _config.threads(threads):
+        y = Conv2dOp(weight, b, activation=activation, kernel="winograd", **cfg["hp"])(x)
+    # Winograd's float32 budget, as in test_conv.py (WINO_RTOL)
+    assert_close(y, _activate(ref.conv2d(x, w, b, **cfg["hp"]), activation), rtol=1e-4)
+
+
 @FUZZ
 @given(c=st.integers(1, 8), hw=st.tuples(st.integers(0, 2**20), st.integers(0, 2**20)),
        k=st.tuples(st.integers(1, 9), st.integers(1, 9)),

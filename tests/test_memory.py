@@ -74,9 +74,17 @@ def test_repeated_operator_calls(kernel, n_threads, calls, data):
         assert growth(lambda i: (conv(data["x"]), lin(data["xl"])), calls) < BOUND
 
 
+@pytest.mark.parametrize("n_threads, calls", [(1, 2000), (2, 300)])
+def test_repeated_winograd_calls(n_threads, calls, data):
+    conv = Conv2dOp(data["w"], data["b"], padding=1, activation="relu", kernel="winograd")
+    with _config.threads(n_threads):
+        assert growth(lambda i: conv(data["x"]), calls) < BOUND
+
+
 def test_repeated_one_shot_functional_calls(data):
     def call(i):
-        F.conv2d(data["x"], data["w"], data["b"], padding=1, kernel=("sparse", "dense")[i % 2])
+        F.conv2d(data["x"], data["w"], data["b"], padding=1,
+                 kernel=("sparse", "dense", "winograd")[i % 3])
         F.linear(data["xl"], data["wl"])
         F.max_pool2d(data["x"], 3, 2, 1)
         F.avg_pool2d(data["x"], 2)

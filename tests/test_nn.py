@@ -330,6 +330,10 @@ def test_state_dict_round_trip_through_npz(tmp_path, rng):
     for (k1, v1), (k2, v2) in zip(model.state_dict().items(), fresh.state_dict().items()):
         assert k1 == k2 and np.array_equal(v1, v2)
     x = rng.standard_normal((1, 3, 10, 10))
+    # the same kernels on both: 'auto' times three kernels per layer, and two timings need not
+    # pick the same one (each kernel rounds differently)
+    model.prepare(kernel="dense")
+    fresh.prepare(kernel="dense")
     assert np.array_equal(model(x), fresh(x))
 
 
@@ -535,7 +539,7 @@ def test_prepare_folds_and_fuses_without_touching_the_module(rng):
     assert [(row.name, row.layers) for row in plan] == [
         ("0", "Conv2d+BatchNorm2d+ReLU"), ("3", "Conv2d+ReLU6"), ("6", "Linear+ReLU")]
     assert [list(row.kernels) for row in plan] == [[(2, 3, 5, 5)], [(2, 6, 5, 5)], [(2, 100)]]
-    assert all(k in ("sparse", "dense") for row in plan for k in row.kernels.values())
+    assert all(k in ("sparse", "dense", "winograd") for row in plan for k in row.kernels.values())
     assert "Conv2d+BatchNorm2d+ReLU" in str(plan)
     assert_close(net(x), conv_bn_relu_reference(net, x))
     for k, v in net.state_dict().items():
@@ -609,6 +613,21 @@ def test_kernel_override_per_model_and_per_layer(rng):
     net[6] = nn.Linear(6 * 25, 3)
     assert net(x).shape == (1, 3)
     assert [row.kernel_setting for row in net.plan()] == ["auto", "dense"]
+
+
+def test_winograd_setting_for_a_model(rng):
+    net = conv_bn_relu(rng)
+    x = rng.standard_normal((1, 3, 5, 5))
+    expected = conv_bn_relu_reference(net, x)
+    net.prepare(kernel="winograd")  # the 3x3 layer only; 'auto' for the 1x1 and the linear
+    assert_close(net(x), expected, rtol=1e-4)  # Winograd's float32 budget (see test_conv.py)
+    assert [row.kernel_setting for row in net.plan()] == ["winograd", "auto", "auto"]
+    assert net.plan()[0].kernels[(1, 3, 5, 5)] == "winograd"
+    net.prepare(kernel={"0": "winograd"})
+    assert_close(net(x), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"needs a 3x3 kernel \(got 1x1\)"):
+        net.prepare(kernel={"3": "winograd"})
+        net(x)
 
 
 def test_prepare_validates_its_arguments():

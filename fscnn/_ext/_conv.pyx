@@ -1,4 +1,5 @@
-"""Convolution kernels: direct sparse (register-blocked SIMD) and dense (flat im2col + SGEMM).
+"""Convolution kernels: direct sparse (register-blocked SIMD), dense (flat im2col + SGEMM) and
+Winograd F(4x4, 3x3) (transforms in C, 36 SGEMMs per chunk of tiles).
 
 Callers (fscnn.ops) validate every argument; nothing here checks shapes or index bounds. Arrays
 are C-contiguous float32 unless said otherwise; outputs are preallocated by the caller.
@@ -20,6 +21,20 @@ cdef extern from "spconv.h" nogil:
     void conv_scatter(const float *wide, int64_t ld, int64_t n_out, int64_t o0, int64_t q0,
                       int64_t n, const float *bias, int act, int64_t Wq, int64_t H_out,
                       int64_t W_out, float *out)
+
+cdef extern from "winograd.h" nogil:
+    int64_t wino_tmp_len(int64_t tiles_w)
+    void wino_input(int level, const float *x, int64_t C, int64_t H, int64_t W, int64_t pad_top,
+                    int64_t pad_left, int64_t tiles_w, int64_t t0, int64_t cnt, float *V,
+                    float *tmp)
+    void wino_output(int level, const float *M, int64_t O, int64_t tiles_w, int64_t t0,
+                     int64_t cnt, const float *bias, int act, int64_t H_out, int64_t W_out,
+                     float *out, float *tmp)
+
+
+def winograd_tmp_len(int64_t tiles_w):
+    """Floats of transform scratch per thread for a grid ``tiles_w`` tiles wide."""
+    return wino_tmp_len(tiles_w)
 
 
 def tile_size(int level, bint half):
@@ -147,3 +162,51 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
                       <float *> &weight[g * Og, 0], &lda, &zero, wide, &ldc)
                 conv_scatter(wide, cnt, Og, g * Og, q0, cnt, bptr, act, Wq, H_out, W_out,
                              &out[n, 0, 0, 0])
+
+
+def winograd_conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
+                    const float[:, :, ::1] U,        # IN  (36, O, C) transformed weights G g G^T
+                    const float[::1] bias,           # IN  (O,) or None
+                    float[:, ::1] work,              # SCRATCH (n_threads, 36*(C+O)*chunk + tmp)
+                    float[:, :, :, ::1] out,         # OUT (N, O, H_out, W_out)
+                    int pad_top, int pad_left, int chunk, int act, int level, int n_threads):
+    """Winograd F(4x4, 3x3) convolution (see winograd.h). The 4x4 output tiles of each image,
+    in row-major order, are cut into chunks of ``chunk`` tiles; a work item (image, chunk)
+    transforms its input tiles into V (36, C, cnt), runs the 36 GEMMs M_a = U_a . V_a (O x cnt)
+    with single-threaded BLAS and transforms M into the output. Work items are independent and
+    computed the same way whatever thread runs them."""
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
+    cdef int64_t tiles_w = (W_out + 3) // 4, tiles_h = (H_out + 3) // 4
+    cdef int64_t T = tiles_w * tiles_h
+    cdef int64_t n_chunks = (T + chunk - 1) // chunk
+    cdef const float *bptr = &bias[0] if bias is not None else NULL
+    cdef int64_t i, n, t0, cnt, a
+    cdef float *V
+    cdef float *Mb
+    cdef int m, nn, kk, lda, ldb, ldc
+    cdef float one = 1.0, zero = 0.0
+    cdef char *no = b"N"
+    if N == 0 or O == 0 or H_out == 0 or W_out == 0:
+        return
+    with nogil:
+        for i in prange(N * n_chunks, num_threads=n_threads, schedule="dynamic"):
+            n = i // n_chunks
+            t0 = (i % n_chunks) * chunk
+            cnt = chunk if t0 + chunk <= T else T - t0
+            V = &work[threadid(), 0]
+            Mb = V + 36 * C * cnt
+            wino_input(level, &x[n, 0, 0, 0], C, H, W, pad_top, pad_left, tiles_w, t0, cnt, V,
+                       Mb + 36 * O * cnt)
+            m = <int> cnt
+            nn = <int> O
+            kk = <int> C
+            lda = <int> cnt
+            ldb = <int> C
+            ldc = <int> cnt
+            for a in range(36):
+                # column-major view: M_a^T (cnt x O) = V_a^T (cnt x C) . U_a^T (C x O)
+                sgemm(no, no, &m, &nn, &kk, &one, V + a * C * cnt, &lda, <float *> &U[a, 0, 0],
+                      &ldb, &zero, Mb + a * O * cnt, &ldc)
+            wino_output(level, Mb, O, tiles_w, t0, cnt, bptr, act, H_out, W_out,
+                        &out[n, 0, 0, 0], Mb + 36 * O * cnt)

@@ -20,5 +20,5 @@ def linear(x, weight, bias=None, activation=None, kernel="auto"):
     ndarray of shape (N, out_features), float32
     """
     op = ops.LinearOp(weight, bias, activation, kernel="dense")
-    op.kernel = ops.one_shot_kernel(kernel, op.sparsity, "linear")
+    op.kernel = ops.one_shot_kernel(kernel, op.sparsity, "linear", ops.LINEAR_KERNELS)
     return op(x)
