@@ -157,10 +157,15 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
                 kk = <int> K
                 lda = <int> K
                 ldc = <int> cnt
+                if Wq == W_out:
+                    # flat positions are output positions (1x1 layers): the GEMM writes into
+                    # the output, and the epilogue adds bias and activation in place
+                    wide = &out[n, g * Og, 0, 0] + q0
+                    ldc = <int> (H_out * W_out)
                 # column-major view: wide^T (cnt x Og) = B^T (cnt x K) . W_g^T (K x Og)
                 sgemm(no, no, &m, &nn, &kk, &one, <float *> bmat, &ldb,
                       <float *> &weight[g * Og, 0], &lda, &zero, wide, &ldc)
-                conv_scatter(wide, cnt, Og, g * Og, q0, cnt, bptr, act, Wq, H_out, W_out,
+                conv_scatter(wide, ldc, Og, g * Og, q0, cnt, bptr, act, Wq, H_out, W_out,
                              &out[n, 0, 0, 0])
 
 
