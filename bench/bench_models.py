@@ -1,6 +1,6 @@
 """Whole-model benchmark: the seed report's experiment (VGG16 at increasing sparsity vs PyTorch),
 extended to ResNet-18, ResNet-50 and MobileNetV2, ONNX Runtime, several thread counts and
-batch sizes. Writes CSV + JSON and a PNG plot of speed-up vs sparsity.
+batch sizes. Writes JSON, CSV, a Markdown table and a PNG plot of speed-up vs sparsity.
 
 Each configuration runs ``fscnn bench`` in a fresh process (fscnn, PyTorch dense, ONNX Runtime
 dense and fscnn's dense path timed round-robin on the same weights). Peak memory (``--memory``,
@@ -12,6 +12,15 @@ the dense model.
 
     python bench/bench_models.py                                  # the full grid (about an hour)
     python bench/bench_models.py --models vgg16 --sparsity 0 0.9 --threads 1 --batch 1
+
+The README's figures come from three runs joined by ``--merge`` (about 50 minutes on 2 cores):
+
+    python bench/bench_models.py --batch 1 --iterations 10 --warmup 1 --out bench/results/b1
+    python bench/bench_models.py --batch 8 --iterations 3 --warmup 1 --out bench/results/b8
+    python bench/bench_models.py --memory-only --sparsity 0 0.9 --threads 1 --batch 1 \
+        --out bench/results/memory
+    python bench/bench_models.py --merge bench/results/b1.json bench/results/b8.json \
+        bench/results/memory.json --out bench/results/models
 """
 import argparse
 import csv
@@ -97,44 +106,87 @@ def memory_row(model, sparsity, batch, size):
 
 
 def markdown_table(rows):
-    """The grid as a Markdown table (median ms and fscnn's speed-up over each runtime)."""
-    others = [k for k in ("torch", "onnxruntime", "dense") if any(f"{k}_ms" in r for r in rows)]
+    """The grid as Markdown: latency rows (median ms and fscnn's speed-up over each runtime)
+    and peak-memory rows, each in a table of its own."""
     names = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "dense": "fscnn dense"}
-    head = ["model", "batch", "threads", "sparsity", "fscnn ms"]
-    for k in others:
-        head += [f"{names[k]} ms", f"vs {names[k]}"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["model"], str(r["batch"]), str(r["threads"]), f"{r['sparsity']:.2f}",
-                 f"{r['fscnn_ms']:.1f}"]
+    out = []
+    timed = [r for r in rows if "fscnn_ms" in r]
+    if timed:
+        others = [k for k in names if any(f"{k}_ms" in r for r in timed)]
+        head = ["model", "batch", "threads", "sparsity", "fscnn ms"]
         for k in others:
-            cells += [f"{r[f'{k}_ms']:.1f}", f"x{r[f'speedup_vs_{k}']:.2f}"] if f"{k}_ms" in r \
-                else ["-", "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            head += [f"{names[k]} ms", f"vs {names[k]}"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in timed:
+            cells = [r["model"], str(r["batch"]), str(r["threads"]), f"{r['sparsity']:.2f}",
+                     f"{r['fscnn_ms']:.1f}"]
+            for k in others:
+                cells += ([f"{r[f'{k}_ms']:.1f}", f"x{r[f'speedup_vs_{k}']:.2f}"]
+                          if f"{k}_ms" in r else ["-", "-"])
+            out.append("| " + " | ".join(cells) + " |")
+    memory = [r for r in rows if "fscnn_peak_mb" in r]
+    if memory:
+        out += ["", "| model | batch | sparsity | fscnn peak MB (build, prune, to_sparse) | "
+                "fscnn peak MB (load sparse archive) | PyTorch dense peak MB |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {r['model']} | {r['batch']} | {r['sparsity']:.2f} | "
+                f"{r['fscnn_peak_mb']:.0f} | {r.get('fscnn_load_peak_mb', float('nan')):.0f} | "
+                f"{r['torch_dense_peak_mb']:.0f} |" for r in memory]
+    return "\n".join(out).lstrip("\n") + "\n"
 
 
 def plot(rows, path):
+    """Speed-up over PyTorch vs sparsity, one panel per batch size, a line per model and
+    thread count."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    configs = sorted({(r["model"], r["threads"], r["batch"]) for r in rows})
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for model, threads, batch in configs:
-        sel = sorted((r for r in rows if (r["model"], r["threads"], r["batch"]) ==
-                      (model, threads, batch) and r.get("speedup_vs_torch")),
-                     key=lambda r: r["sparsity"])
-        if sel:
-            ax.plot([r["sparsity"] for r in sel], [r["speedup_vs_torch"] for r in sel], "o-",
-                    label=f"{model} T={threads} N={batch}")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel("sparsity (fraction of conv/linear weights zero)")
-    ax.set_ylabel("speed-up of fscnn over PyTorch dense (median latency)")
-    ax.set_yscale("log")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    from matplotlib.ticker import FuncFormatter
+    rows = [r for r in rows if r.get("speedup_vs_torch")]
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(1, len(batches), figsize=(7 * len(batches), 5), squeeze=False,
+                             sharey=True)
+    for ax, batch in zip(axes[0], batches):
+        for model, threads in sorted({(r["model"], r["threads"]) for r in rows
+                                      if r["batch"] == batch}):
+            sel = sorted((r for r in rows if (r["model"], r["threads"], r["batch"]) ==
+                          (model, threads, batch)), key=lambda r: r["sparsity"])
+            ax.plot([r["sparsity"] for r in sel], [r["speedup_vs_torch"] for r in sel],
+                    "o-" if threads == 1 else "s--", label=f"{model}, {threads} thread(s)")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_title(f"batch {batch}")
+        ax.set_xlabel("sparsity (fraction of conv/linear weights zero)")
+        ax.set_yscale("log")
+        ax.set_yticks([0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12])
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"x{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("fscnn speed-up over PyTorch dense (median latency)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+
+
+def write_outputs(rows, out):
+    """rows as OUT.json, OUT.csv, OUT.md and (latency rows, matplotlib installed) OUT.png."""
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump(rows, f, indent=1)
+    keys = sorted({k for r in rows for k in r if k != "kernels"})
+    with open(out + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with open(out + ".md", "w") as f:
+        f.write(markdown_table(rows))
+    written = [".json", ".csv", ".md"]
+    if any("speedup_vs_torch" in r for r in rows):
+        try:
+            plot(rows, out + ".png")
+            written.append(".png")
+        except ImportError:
+            print("matplotlib not installed: no plot", file=sys.stderr)
+    print(f"wrote {out}{', '.join(written)}", file=sys.stderr)
 
 
 def main(argv=None):
@@ -152,8 +204,16 @@ def main(argv=None):
     ap.add_argument("--memory-only", action="store_true",
                     help="only measure peak memory (no latency benchmark)")
     ap.add_argument("--out", default="bench/results/models")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="run nothing: join the rows of earlier runs' JSON files into --out")
     args = ap.parse_args(argv)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    if args.merge:
+        rows = []
+        for path in args.merge:
+            with open(path) as f:
+                rows += json.load(f)
+        write_outputs(rows, args.out)
+        return 0
     rows = []
     for model in args.models:
         for batch in args.batch:
@@ -180,21 +240,7 @@ def main(argv=None):
                         row.update(memory_row(model, sp, batch, args.input_size))
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(rows, f, indent=1)
-    keys = sorted({k for r in rows for k in r if k != "kernels"})
-    with open(args.out + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown_table(rows))
-    try:
-        if not args.memory_only:
-            plot(rows, args.out + ".png")
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
-    print(f"wrote {args.out}.json, .csv, .md, .png", file=sys.stderr)
+    write_outputs(rows, args.out)
     return 0
 
 

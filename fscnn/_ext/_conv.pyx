@@ -50,6 +50,18 @@ cdef void _pack_image(const float *x, int64_t C, int64_t H, int64_t W, int64_t p
         conv_pack(x, c, c + 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, one_phase, buf)
 
 
+cdef const float *_packed_image(const float *x, int64_t C, int64_t H, int64_t W,
+                                int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
+                                int64_t Hq, int64_t Wq, bint one_phase, bint pack, float *buf,
+                                int n_threads) noexcept nogil:
+    """The packed layout of image x: packed into buf, or x itself when ``pack`` is false (an
+    unpadded 1x1 stride-1 layer, whose input already has that layout)."""
+    if not pack:
+        return x
+    _pack_image(x, C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, one_phase, buf, n_threads)
+    return buf
+
+
 def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
                   const int64_t[:, ::1] blkptr,       # IN  (O, ncb+1) non-zero range per channel block
                   const int32_t[::1] offsets,         # IN  (nnz,) positions in the packed image
@@ -82,12 +94,8 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
         return
     with nogil:
         for n in range(N):
-            if pack:
-                _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
-                            one_phase, &buf[0], n_threads)
-                src = &buf[0]
-            else:
-                src = &x[n, 0, 0, 0]
+            src = _packed_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
+                                one_phase, pack, &buf[0], n_threads)
             for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
                 spconv_items(level, half, src, &blkptr[0, 0], ncb, optr, vptr, bptr,
                              &out[n, 0, 0, 0], &partial[threadid(), 0], &oblk[0], n_oblk, i,
@@ -130,12 +138,8 @@ def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
         return
     with nogil:
         for n in range(N):
-            if pack:
-                _pack_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
-                            one_phase, &buf[0], n_threads)
-                src = &buf[0]
-            else:
-                src = &x[n, 0, 0, 0]
+            src = _packed_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
+                                one_phase, pack, &buf[0], n_threads)
             for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
                 panel = &panels[threadid(), 0]
                 wide = panel + K * chunk
