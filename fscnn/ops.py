@@ -171,15 +171,14 @@ class _ConvGeometry:
         self.W_out = (Wp - dw * (KW - 1) - 1) // sw + 1
         sh, sw = (1 if self.H_out == 1 else sh), (1 if self.W_out == 1 else sw)
         self.stride = (sh, sw)
-        # An unpadded 1x1 layer of stride 1 reads its input in place: the input already is the
-        # packed layout, without the extra row that keeps the reads of wider kernels in bounds
-        # (the sparse kernel moves its last tile back instead, see spconv_impl.h).
-        self.in_place = (KH == KW == 1 and (self.H_out, self.W_out) == (H, W)
-                         and not any(op.padding))
+        # An unpadded 1x1 layer reads phase (0, 0) only: pack just that one. With stride 1 it
+        # reads its input in place: the input already is the packed layout, without the extra
+        # row that keeps the reads of wider kernels in bounds (the sparse kernel moves its last
+        # tile back instead, see spconv_impl.h).
+        self.one_phase = KH == KW == 1 and not any(op.padding)
+        self.in_place = self.one_phase and (self.H_out, self.W_out) == (H, W)
         self.Hq = self.H_out + (0 if self.in_place else (dh * (KH - 1)) // sh + 1)
         self.Wq = self.W_out + (dw * (KW - 1)) // sw
-        # a strided unpadded 1x1 layer reads phase (0, 0) only: pack just that one
-        self.one_phase = KH == KW == 1 and not any(op.padding)
         phases = 1 if self.one_phase else sh * sw
         plane = self.Hq * self.Wq
         self.group_stride = Cg * phases * plane
@@ -625,13 +624,12 @@ class LinearOp(_WeightedOp):
             r0 = r1
 
     def _run(self, x, kernel, dense=None):
+        out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
         if kernel == "sparse":
-            out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
             indptr, indices, data = self._panel_major()
             _linear.sparse_linear(x, indptr, indices, data, self.bias, out, self.act_code,
                                   _config.simd_level_index(), _config.get_num_threads())
             return out
-        out = np.empty((x.shape[0], self.out_features), dtype=np.float32)
         # one single-threaded GEMV/GEMM per fscnn thread (see fscnn._blas)
         threads = _config.get_num_threads() if _blas.can_limit_blas() else 1
         with _blas.single_threaded_blas():

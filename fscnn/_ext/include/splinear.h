@@ -26,96 +26,89 @@
 
 #define SPLIN_PANEL 6144
 
-/* Dot product of one row segment (val, idx: n non-zeros) with x. */
-/* Scalar dot product of one row segment with x: four partial sums break the dependency chain. */
-#define SPLIN_DOT_SCALAR(NAME, IDX_T)                                                              \
-static inline float NAME(const float *restrict val, const IDX_T *restrict idx, int64_t n,      \
-                         const float *restrict x)                                              \
-{                                                                                              \
-    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;                                                      \
-    int64_t k = 0;                                                                             \
-    for (; k + 4 <= n; k += 4) {                                                               \
-        a0 += val[k] * x[idx[k]];                                                              \
-        a1 += val[k + 1] * x[idx[k + 1]];                                                      \
-        a2 += val[k + 2] * x[idx[k + 2]];                                                      \
-        a3 += val[k + 3] * x[idx[k + 3]];                                                      \
-    }                                                                                          \
-    for (; k < n; k++) a0 += val[k] * x[idx[k]];                                               \
-    return (a0 + a1) + (a2 + a3);                                                              \
+/* Dot products of one row segment (val, idx: n non-zeros, indices relative to x) with x, one
+ * per SIMD level. Scalar: four partial sums break the dependency chain. */
+static inline float splin_dot_baseline(const float *restrict val, const uint16_t *restrict idx,
+                                       int64_t n, const float *restrict x)
+{
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4) {
+        a0 += val[k] * x[idx[k]];
+        a1 += val[k + 1] * x[idx[k + 1]];
+        a2 += val[k + 2] * x[idx[k + 2]];
+        a3 += val[k + 3] * x[idx[k + 3]];
+    }
+    for (; k < n; k++) a0 += val[k] * x[idx[k]];
+    return (a0 + a1) + (a2 + a3);
 }
-SPLIN_DOT_SCALAR(splin_dot_baseline_u16, uint16_t)
 
 #if FSCNN_X86
-/* Indices of a short tail, copied so that no load reads past the end of the arrays. */
-#define SPLIN_TAIL(IDX_T, W, n, idx, val)                                                          \
-    IDX_T tidx[W] = {0};                                                                       \
+/* A short tail's indices and values, copied into zero-padded arrays so that no load reads past
+ * the end of the arrays: padded lanes gather x[0] and multiply it by 0. */
+#define SPLIN_TAIL(W, n, idx, val)                                                                 \
+    uint16_t tidx[W] = {0};                                                                    \
     float tval[W] = {0};                                                                       \
-    memcpy(tidx, idx, (size_t)(n) * sizeof(IDX_T));                                            \
+    memcpy(tidx, idx, (size_t)(n) * sizeof(uint16_t));                                         \
     memcpy(tval, val, (size_t)(n) * sizeof(float));
 
-#define SPLIN_IDX16_U16(p) _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p)))
-#define SPLIN_DOT_AVX512(NAME, IDX_T, LOADIDX)                                                     \
-FSCNN_TARGET_AVX512 static inline float NAME(const float *restrict val,                        \
-                                             const IDX_T *restrict idx, int64_t n,             \
-                                             const float *restrict x)                          \
-{                                                                                              \
-    __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();                                   \
-    int64_t k = 0;                                                                             \
-    for (; k + 32 <= n; k += 32) {                                                             \
-        _mm_prefetch((const char *)(val + k + 512), _MM_HINT_T0);                              \
-        _mm_prefetch((const char *)(val + k + 528), _MM_HINT_T0);                              \
-        _mm_prefetch((const char *)(idx + k + 512), _MM_HINT_T0);                              \
-        a = _mm512_fmadd_ps(_mm512_loadu_ps(val + k),                                          \
-                            _mm512_i32gather_ps(LOADIDX(idx + k), x, 4), a);                   \
-        b = _mm512_fmadd_ps(_mm512_loadu_ps(val + k + 16),                                     \
-                            _mm512_i32gather_ps(LOADIDX(idx + k + 16), x, 4), b);              \
-    }                                                                                          \
-    for (; k + 16 <= n; k += 16)                                                               \
-        a = _mm512_fmadd_ps(_mm512_loadu_ps(val + k),                                          \
-                            _mm512_i32gather_ps(LOADIDX(idx + k), x, 4), a);                   \
-    if (k < n) {                                                                               \
-        /* zero-padded copies: padded lanes gather x[0] and multiply it by 0 */               \
-        SPLIN_TAIL(IDX_T, 16, n - k, idx + k, val + k)                                         \
-        const __mmask16 m = (__mmask16)((1u << (n - k)) - 1);                                  \
-        a = _mm512_fmadd_ps(_mm512_loadu_ps(tval),                                             \
-                            _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, LOADIDX(tidx),    \
-                                                     x, 4), a);                                \
-    }                                                                                          \
-    return _mm512_reduce_add_ps(_mm512_add_ps(a, b));                                          \
+#define SPLIN_IDX16(p) _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p)))
+FSCNN_TARGET_AVX512 static inline float splin_dot_avx512(const float *restrict val,
+                                                         const uint16_t *restrict idx,
+                                                         int64_t n, const float *restrict x)
+{
+    __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= n; k += 32) {
+        _mm_prefetch((const char *)(val + k + 512), _MM_HINT_T0);
+        _mm_prefetch((const char *)(val + k + 528), _MM_HINT_T0);
+        _mm_prefetch((const char *)(idx + k + 512), _MM_HINT_T0);
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(val + k),
+                            _mm512_i32gather_ps(SPLIN_IDX16(idx + k), x, 4), a);
+        b = _mm512_fmadd_ps(_mm512_loadu_ps(val + k + 16),
+                            _mm512_i32gather_ps(SPLIN_IDX16(idx + k + 16), x, 4), b);
+    }
+    for (; k + 16 <= n; k += 16)
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(val + k),
+                            _mm512_i32gather_ps(SPLIN_IDX16(idx + k), x, 4), a);
+    if (k < n) {
+        SPLIN_TAIL(16, n - k, idx + k, val + k)
+        const __mmask16 m = (__mmask16)((1u << (n - k)) - 1);
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(tval),
+                            _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, SPLIN_IDX16(tidx),
+                                                     x, 4), a);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(a, b));
 }
-SPLIN_DOT_AVX512(splin_dot_avx512_u16, uint16_t, SPLIN_IDX16_U16)
 
-#define SPLIN_IDX8_U16(p) _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p)))
-#define SPLIN_DOT_AVX2(NAME, IDX_T, LOADIDX)                                                       \
-FSCNN_TARGET_AVX2 static inline float NAME(const float *restrict val,                          \
-                                           const IDX_T *restrict idx, int64_t n,               \
-                                           const float *restrict x)                            \
-{                                                                                              \
-    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();                                   \
-    int64_t k = 0;                                                                             \
-    for (; k + 16 <= n; k += 16) {                                                             \
-        _mm_prefetch((const char *)(val + k + 512), _MM_HINT_T0);                              \
-        _mm_prefetch((const char *)(idx + k + 512), _MM_HINT_T0);                              \
-        a = _mm256_fmadd_ps(_mm256_loadu_ps(val + k),                                          \
-                            _mm256_i32gather_ps(x, LOADIDX(idx + k), 4), a);                   \
-        b = _mm256_fmadd_ps(_mm256_loadu_ps(val + k + 8),                                      \
-                            _mm256_i32gather_ps(x, LOADIDX(idx + k + 8), 4), b);               \
-    }                                                                                          \
-    for (; k + 8 <= n; k += 8)                                                                 \
-        a = _mm256_fmadd_ps(_mm256_loadu_ps(val + k),                                          \
-                            _mm256_i32gather_ps(x, LOADIDX(idx + k), 4), a);                   \
-    if (k < n) {                                                                               \
-        SPLIN_TAIL(IDX_T, 8, n - k, idx + k, val + k)                                          \
-        a = _mm256_fmadd_ps(_mm256_loadu_ps(tval),                                             \
-                            _mm256_i32gather_ps(x, LOADIDX(tidx), 4), a);                      \
-    }                                                                                          \
-    a = _mm256_add_ps(a, b);                                                                   \
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));             \
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                                    \
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));                                                     \
-    return _mm_cvtss_f32(s);                                                                   \
+#define SPLIN_IDX8(p) _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p)))
+FSCNN_TARGET_AVX2 static inline float splin_dot_avx2(const float *restrict val,
+                                                     const uint16_t *restrict idx, int64_t n,
+                                                     const float *restrict x)
+{
+    __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) {
+        _mm_prefetch((const char *)(val + k + 512), _MM_HINT_T0);
+        _mm_prefetch((const char *)(idx + k + 512), _MM_HINT_T0);
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(val + k),
+                            _mm256_i32gather_ps(x, SPLIN_IDX8(idx + k), 4), a);
+        b = _mm256_fmadd_ps(_mm256_loadu_ps(val + k + 8),
+                            _mm256_i32gather_ps(x, SPLIN_IDX8(idx + k + 8), 4), b);
+    }
+    for (; k + 8 <= n; k += 8)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(val + k),
+                            _mm256_i32gather_ps(x, SPLIN_IDX8(idx + k), 4), a);
+    if (k < n) {
+        SPLIN_TAIL(8, n - k, idx + k, val + k)
+        a = _mm256_fmadd_ps(_mm256_loadu_ps(tval), _mm256_i32gather_ps(x, SPLIN_IDX8(tidx), 4), a);
+    }
+    a = _mm256_add_ps(a, b);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
 }
-SPLIN_DOT_AVX2(splin_dot_avx2_u16, uint16_t, SPLIN_IDX8_U16)
 #endif
 
 /* Rows [r0, r1) of out (N, O) = act(x (N, I) . W^T + bias). W is stored panel-major: the
@@ -142,10 +135,10 @@ TARGET static void NAME(const float *restrict x, int64_t N, int64_t I, int64_t O
         }                                                                                      \
     }                                                                                          \
 }
-SPLIN_ROWS(splin_rows_baseline, FSCNN_TARGET_BASELINE, splin_dot_baseline_u16)
+SPLIN_ROWS(splin_rows_baseline, FSCNN_TARGET_BASELINE, splin_dot_baseline)
 #if FSCNN_X86
-SPLIN_ROWS(splin_rows_avx2, FSCNN_TARGET_AVX2, splin_dot_avx2_u16)
-SPLIN_ROWS(splin_rows_avx512, FSCNN_TARGET_AVX512, splin_dot_avx512_u16)
+SPLIN_ROWS(splin_rows_avx2, FSCNN_TARGET_AVX2, splin_dot_avx2)
+SPLIN_ROWS(splin_rows_avx512, FSCNN_TARGET_AVX512, splin_dot_avx512)
 #endif
 
 /* Column panel width in input features (the caller lays the weights out with it). */
