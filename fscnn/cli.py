@@ -360,10 +360,11 @@ def add_bench_parser(subparsers):
                             "(default 10)")
     parser.add_argument("--compare", default="torch,dense", metavar="LIST",
                         help="comparisons among torch, onnxruntime, dense (default torch,dense)")
-    parser.add_argument("--kernel", choices=("auto", "sparse", "dense", "winograd"),
+    parser.add_argument("--kernel", choices=("auto", "sparse", "dense", "winograd", "depthwise"),
                         default="auto",
                         help="fscnn's kernel choice per layer (default auto: timed; winograd: "
-                             "on 3x3 stride-1 convolutions, auto elsewhere)")
+                             "on 3x3 stride-1 convolutions, depthwise: on depthwise "
+                             "convolutions, auto elsewhere)")
     parser.add_argument("--per-layer", action="store_true",
                         help="add a per-layer table: shape, sparsity, kernel, time, GFLOP/s")
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)

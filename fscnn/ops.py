@@ -17,7 +17,7 @@ from ._ext import _conv, _linear
 from .sparse import CSRMatrix, SparseConvWeight
 from .functional._validate import activation_code, as_float_array, as_vector, is_int, pair
 
-KERNELS = ("auto", "sparse", "dense", "winograd")
+KERNELS = ("auto", "sparse", "dense", "winograd", "depthwise")
 LINEAR_KERNELS = ("auto", "sparse", "dense")
 # Below this fraction of zeros 'auto' does not consider the sparse *linear* kernel: SpMV/SpMM
 # does not beat GEMM there, and converting a dense 100M-weight classifier costs seconds.
@@ -63,6 +63,26 @@ def winograd_ineligibility(weight_shape, stride, dilation, groups):
     if groups != 1:
         problems.append(f"groups=1 (got {groups})")
     return "the Winograd kernel needs " + ", ".join(problems) if problems else None
+
+
+def depthwise_ineligibility(weight_shape, stride, dilation, groups):
+    """Why the depthwise kernel cannot run a convolution, or None when it can: it needs one
+    input channel per group (groups = input channels; any kernel size, stride, dilation,
+    padding and channel multiplier)."""
+    if weight_shape[1] != 1:
+        return (f"the depthwise kernel needs one input channel per group (groups = input "
+                f"channels), got {weight_shape[1]} per group")
+    return None
+
+
+# Kernels that run only some convolutions: name -> function giving the reason it cannot run one
+RESTRICTED_KERNELS = {"winograd": winograd_ineligibility, "depthwise": depthwise_ineligibility}
+
+
+def kernel_ineligibility(kernel, weight_shape, stride, dilation, groups):
+    """Why ``kernel`` cannot run a convolution of this geometry, or None when it can."""
+    check = RESTRICTED_KERNELS.get(kernel)
+    return None if check is None else check(weight_shape, stride, dilation, groups)
 
 
 def one_shot_kernel(kernel, sparsity, owner, kernels=KERNELS):
@@ -314,10 +334,10 @@ class Conv2dOp(_WeightedOp):
     groups : int
     activation : None, 'relu' or 'relu6'
         Fused into the kernel epilogue.
-    kernel : {'auto', 'sparse', 'dense', 'winograd'}
+    kernel : {'auto', 'sparse', 'dense', 'winograd', 'depthwise'}
         'auto' times the kernels on each new input shape and keeps the fastest. 'winograd'
-        (F(4x4, 3x3)) needs a 3x3 kernel, stride 1, dilation 1 and groups 1; 'auto' times it
-        only on such layers. Its float32 error is larger than the others' (still ~1e-5 of the
+        (F(4x4, 3x3)) needs a 3x3 kernel, stride 1, dilation 1 and groups 1, 'depthwise' one
+        input channel per group; 'auto' times each only on such layers. Its float32 error is larger than the others' (still ~1e-5 of the
         output's scale on 512-channel layers), and a NaN or infinity in the input spreads to
         the whole 4x4 output tiles around it (infinities may turn into NaN).
     name : str
@@ -345,16 +365,24 @@ class Conv2dOp(_WeightedOp):
         self.stride = pair(stride, f"{name}: stride")
         self.dilation = pair(dilation, f"{name}: dilation")
         self.padding = conv_padding(padding, (KH, KW), self.dilation, name, self.stride)
-        self.winograd_reason = winograd_ineligibility(self.weight_shape, self.stride,
-                                                      self.dilation, self.groups)
-        if self.kernel == "winograd" and self.winograd_reason:
-            raise OpError(f"{name}: kernel='winograd': {self.winograd_reason}")
+        # kernel name -> why it cannot run this layer (None: it can)
+        self.ineligible = {k: kernel_ineligibility(k, self.weight_shape, self.stride,
+                                                   self.dilation, self.groups)
+                           for k in RESTRICTED_KERNELS}
+        self.check_kernel(self.kernel)
         self._winograd_u = None  # (36, O, C) transformed weights, built when first planned
         self._plans = OrderedDict()
         self._plans_lock = threading.Lock()
 
+    def check_kernel(self, kernel, owner=None):
+        """Raise OpError when the kernel setting ``kernel`` cannot run this layer."""
+        reason = self.ineligible.get(kernel)
+        if reason:
+            raise OpError(f"{owner or self.name}: kernel={kernel!r}: {reason}")
+
     def _candidates(self):
-        return ("sparse", "dense") if self.winograd_reason else ("sparse", "winograd", "dense")
+        return tuple(k for k in ("depthwise", "sparse", "winograd", "dense")
+                     if not self.ineligible.get(k))
 
     def _winograd_weights(self):
         """U = G g G^T as (36, O, C) float32, alpha^2 index a = 6*k + l; built on first use."""
@@ -414,12 +442,16 @@ class Conv2dOp(_WeightedOp):
         plan["tap_offsets"] = geo.tap_offsets.astype(np.int32)
         if self.kernel in ("sparse", "auto"):
             plan["sparse"] = self._sparse_plan(geo, threads, level)
-        if self.kernel in ("winograd", "auto") and not self.winograd_reason:
+        if self.kernel in ("winograd", "auto") and not self.ineligible["winograd"]:
             plan["winograd"] = self._winograd_plan(geo, C)
+        if self.kernel in ("depthwise", "auto") and not self.ineligible["depthwise"]:
+            plan["depthwise"] = self._depthwise_plan(geo, threads, level)
         x = np.zeros(shape, np.float32) if self.kernel == "auto" else None
         plan["kernel"], plan["timings"] = self._pick(x, lambda x, k, d: self._run(x, plan, k, d))
         if plan["kernel"] != "sparse":
             plan["sparse"] = None
+        if plan["kernel"] != "depthwise":
+            plan.pop("depthwise", None)
         if plan["kernel"] != "winograd" and "winograd" in plan:
             del plan["winograd"]
             with self._plans_lock:
@@ -443,6 +475,16 @@ class Conv2dOp(_WeightedOp):
         self._winograd_weights()
         return {"chunk": chunk,
                 "work": (chunk * 36 * (C + O) + _conv.winograd_tmp_len(tiles_w) + 64,)}
+
+    def _depthwise_plan(self, geo, threads, level):
+        """Tap offsets within one channel's packed planes (zero taps dropped) and scratch."""
+        csr = self.sparse.csr
+        T = _conv.depthwise_tile_size(level)
+        planes = (1 if geo.one_phase else geo.stride[0] * geo.stride[1]) * geo.Hq * geo.Wq
+        return {"ptr": csr.indptr.astype(np.int64),
+                "offsets": geo.tap_offsets[csr.indices.astype(np.int64)].astype(np.int32),
+                "tail": (planes, planes + T + 16),
+                "work": (threads, planes + T + 16 + geo.L + T)}
 
     def _sparse_plan(self, geo, threads, level):
         """Offsets of every non-zero in the packed input, tile size and work split."""
@@ -483,7 +525,8 @@ class Conv2dOp(_WeightedOp):
         return blkptr
 
     def kernel_for(self, input_shape):
-        """The kernel ('sparse', 'dense' or 'winograd') used for inputs of ``input_shape``."""
+        """The kernel ('sparse', 'dense', 'winograd' or 'depthwise') used for inputs of
+        ``input_shape``."""
         self.check_input_shape(input_shape)
         return self._plan(tuple(input_shape))["kernel"]
 
@@ -506,6 +549,13 @@ class Conv2dOp(_WeightedOp):
                 _conv.winograd_conv2d(x, self._winograd_weights(), self.bias,
                                       _scratch("winograd", (threads,) + wp["work"]), out, pt, pl,
                                       wp["chunk"], self.act_code, plan["level"], threads)
+        elif kernel == "depthwise":
+            dw = plan["depthwise"]
+            work = _scratch("depthwise", dw["work"])
+            work[:, dw["tail"][0]:dw["tail"][1]] = 0.0
+            _conv.depthwise_conv2d(x, dw["ptr"], dw["offsets"], self.sparse.csr.data, self.bias,
+                                   work, out, pt, pl, sh, sw, geo.Hq, geo.Wq, self.act_code,
+                                   plan["level"], geo.one_phase, plan["threads"])
         elif kernel == "sparse":
             sp = plan["sparse"]
             _conv.sparse_conv2d(x, sp["blkptr"], sp["offsets"], self.sparse.csr.data, self.bias,

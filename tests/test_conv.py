@@ -1,4 +1,5 @@
-"""Convolution kernels (sparse direct, dense, Winograd) against the float64 reference and PyTorch."""
+"""Convolution kernels (sparse direct, dense, Winograd, depthwise) against the float64 reference
+and PyTorch."""
 import numpy as np
 import pytest
 
@@ -320,7 +321,7 @@ def test_winograd_refused_on_ineligible_layers(shape, kwargs, message, rng):
     op = Conv2dOp(w, kernel="auto", **kwargs)
     op(np.zeros((1, shape[1] * kwargs.get("groups", 1), 8, 8), np.float32))
     assert set(op.plan_info((1, shape[1] * kwargs.get("groups", 1), 8, 8))["timings"]) == \
-        {"sparse", "dense"}
+        {"sparse", "dense"} | ({"depthwise"} if shape[1] == 1 else set())
 
 
 def test_linear_refuses_winograd(rng):
@@ -348,3 +349,126 @@ def test_auto_times_winograd_and_drops_its_weights_when_unused(rng):
     assert info["kernel"] == min(info["timings"], key=info["timings"].get)
     assert (op._winograd_u is not None) == (info["kernel"] == "winograd")
     assert_close(y, ref_conv2d(x, w, padding=1), rtol=WINO_RTOL)
+
+
+# -- depthwise (one input channel per group) ----------------------------------------------------
+# (N, C, multiplier, H, W, (KH, KW), stride, padding, dilation): MobileNet's shapes, smaller,
+# and every geometry the kernel treats differently (phases, tile tails, planes under a tile).
+DW_CASES = [
+    (1, 8, 1, 14, 14, (3, 3), 1, 1, 1),            # MobileNet stride 1
+    (2, 6, 1, 15, 16, (3, 3), 2, 1, 1),            # MobileNet stride 2, odd size, batch 2
+    (1, 5, 3, 9, 7, (3, 3), 1, 1, 1),              # channel multiplier 3
+    (1, 4, 2, 13, 12, (5, 5), 2, 2, 2),            # 5x5, stride 2, dilation 2
+    (1, 3, 1, 10, 11, (7, 7), 3, 3, 1),            # 7x7, stride 3
+    (1, 7, 1, 6, 9, (1, 3), (1, 2), (0, 1), 1),    # non-square kernel and stride
+    (3, 4, 1, 7, 7, (3, 3), 1, (1, 2, 0, 1), 1),   # asymmetric padding
+    (1, 9, 1, 5, 5, (1, 1), 1, 0, 1),              # 1x1 unpadded (one phase, packed copy)
+    (1, 4, 1, 12, 11, (1, 1), 2, 0, 1),            # 1x1 strided: phase (0, 0) only
+    (1, 5, 1, 1, 1, (3, 3), 1, 1, 1),              # 1x1 plane
+    (1, 1, 6, 20, 45, (3, 3), 1, 1, (2, 1)),       # one input channel (groups=1), wide rows
+    (1, 16, 1, 40, 37, (3, 3), 1, 1, 1),           # flat output of many tiles
+]
+
+
+def _dw_id(case):
+    n, c, m, h, w, k, s, p, d = case
+    return f"n{n}c{c}m{m}_{h}x{w}_k{k[0]}x{k[1]}_s{s}_p{p}_d{d}".replace(" ", "")
+
+
+def _dw_make(case, sparsity, rng):
+    n, c, m, h, w, k, s, p, d = case
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32) * 4  # relu6 clamps some outputs
+    wt = sparse_weight((c * m, 1) + k, sparsity, rng)
+    b = rng.standard_normal(c * m).astype(np.float32)
+    return x, wt, b, dict(stride=s, padding=p, dilation=d, groups=c)
+
+
+def _act_ref(ref, activation):
+    if activation:
+        ref = np.maximum(ref, 0)
+    if activation == "relu6":
+        ref = np.minimum(ref, 6)
+    return ref
+
+
+@pytest.mark.parametrize("case", DW_CASES, ids=_dw_id)
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("activation", [None, "relu6"])
+def test_depthwise_matches_reference(case, sparsity, activation, threads, rng):
+    x, w, b, hp = _dw_make(case, sparsity, rng)
+    y = Conv2dOp(w, b, activation=activation, kernel="depthwise", **hp)(x)
+    assert_close(y, _act_ref(ref_conv2d(x, w, b, **hp), activation))
+
+
+@pytest.mark.parametrize("case", DW_CASES[:4], ids=_dw_id)
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_depthwise_every_simd_level(case, activation, simd_level, rng):
+    x, w, b, hp = _dw_make(case, 0.3, rng)
+    y = Conv2dOp(w, b, activation=activation, kernel="depthwise", **hp)(x)
+    assert_close(y, _act_ref(ref_conv2d(x, w, b, **hp), activation))
+
+
+@pytest.mark.parametrize("case", DW_CASES, ids=_dw_id)
+def test_depthwise_matches_torch(case, rng):
+    torch = torch_or_skip()
+    x, w, b, hp = _dw_make(case, 0.5, rng)
+    p = hp["padding"]
+    xt = to_torch(x)
+    if isinstance(p, tuple) and len(p) == 4:
+        xt = torch.nn.functional.pad(xt, (p[2], p[3], p[0], p[1]))
+        p = 0
+    ref = torch.nn.functional.conv2d(xt, to_torch(w), to_torch(b), hp["stride"], p,
+                                     hp["dilation"], hp["groups"]).numpy()
+    assert_close(Conv2dOp(w, b, kernel="depthwise", **hp)(x), ref, rtol=1e-4)
+
+
+def test_depthwise_does_not_depend_on_threads(rng):
+    x, w, b, hp = _dw_make((3, 16, 2, 23, 19, (3, 3), 2, 1, 1), 0.5, rng)
+    outs = []
+    for t in (1, 2):
+        with _config.threads(t):
+            outs.append(Conv2dOp(w, b, kernel="depthwise", **hp)(x))
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_depthwise_non_finite_inputs_propagate(rng):
+    torch = torch_or_skip()
+    x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    x[0, 2, 6, 6] = np.inf
+    w = sparse_weight((3, 1, 3, 3), 0.0, rng)
+    ref = torch.nn.functional.conv2d(to_torch(x), to_torch(w), padding=1, groups=3).numpy()
+    for activation in (None, "relu6"):
+        y = Conv2dOp(w, padding=1, groups=3, activation=activation, kernel="depthwise")(x)
+        assert np.array_equal(np.isnan(y), np.isnan(_act_ref(ref, activation)))
+
+
+def test_depthwise_skips_zero_taps(rng):
+    # pruned taps are not stored: the plan holds the non-zeros only
+    x, w, b, hp = _dw_make(DW_CASES[0], 0.7, rng)
+    op = Conv2dOp(w, b, kernel="depthwise", **hp)
+    op(x)
+    assert op._plan(x.shape)["depthwise"]["offsets"].size == np.count_nonzero(w)
+
+
+@pytest.mark.parametrize("shape, groups", [((4, 2, 3, 3), 1), ((4, 2, 3, 3), 2)])
+def test_depthwise_refused_on_ineligible_layers(shape, groups, rng):
+    w = sparse_weight(shape, 0.0, rng)
+    with pytest.raises(OpError, match="features.3: kernel='depthwise': the depthwise kernel "
+                                      "needs one input channel per group"):
+        Conv2dOp(w, groups=groups, kernel="depthwise", name="features.3")
+    with pytest.raises(OpError, match="conv2d: kernel='depthwise'"):
+        F.conv2d(np.zeros((1, 2 * groups, 8, 8)), w, groups=groups, kernel="depthwise")
+
+
+def test_auto_times_depthwise_on_depthwise_layers(rng):
+    x, w, b, hp = _dw_make(DW_CASES[1], 0.0, rng)
+    op = Conv2dOp(w, b, kernel="auto", **hp)
+    y = op(x)
+    info = op.plan_info(x.shape)
+    assert set(info["timings"]) == {"depthwise", "sparse", "dense"}
+    assert info["kernel"] == min(info["timings"], key=info["timings"].get)
+    assert ("depthwise" in op._plan(x.shape)) == (info["kernel"] == "depthwise")
+    assert_close(y, ref_conv2d(x, w, b, **hp))
+    # a one-shot call takes the depthwise kernel
+    assert_close(F.conv2d(x, w, b, **hp), ref_conv2d(x, w, b, **hp))

@@ -539,7 +539,8 @@ def test_prepare_folds_and_fuses_without_touching_the_module(rng):
     assert [(row.name, row.layers) for row in plan] == [
         ("0", "Conv2d+BatchNorm2d+ReLU"), ("3", "Conv2d+ReLU6"), ("6", "Linear+ReLU")]
     assert [list(row.kernels) for row in plan] == [[(2, 3, 5, 5)], [(2, 6, 5, 5)], [(2, 100)]]
-    assert all(k in ("sparse", "dense", "winograd") for row in plan for k in row.kernels.values())
+    assert all(k in ("sparse", "dense", "winograd", "depthwise") for row in plan
+               for k in row.kernels.values())
     assert "Conv2d+BatchNorm2d+ReLU" in str(plan)
     assert_close(net(x), conv_bn_relu_reference(net, x))
     for k, v in net.state_dict().items():
@@ -627,6 +628,21 @@ def test_winograd_setting_for_a_model(rng):
     assert_close(net(x), expected, rtol=1e-4)
     with pytest.raises(ValueError, match=r"needs a 3x3 kernel \(got 1x1\)"):
         net.prepare(kernel={"3": "winograd"})
+        net(x)
+
+
+def test_depthwise_setting_for_a_model(rng):
+    # a MobileNet block: depthwise 3x3 + BN + ReLU6, then a pointwise 1x1
+    net = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False), nn.BatchNorm2d(4),
+                        nn.ReLU6(), nn.Conv2d(4, 6, 1))
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    expected = net.prepare(kernel="dense")(x)  # the GEMM path (each kernel has its own tests)
+    net.prepare(kernel="depthwise")  # the depthwise layer only; 'auto' for the 1x1
+    assert [row.kernel_setting for row in net.plan()] == ["depthwise", "auto"]
+    assert_close(net(x), expected)
+    assert net.plan()[0].kernels[(2, 4, 9, 9)] == "depthwise"
+    with pytest.raises(ValueError, match="needs one input channel per group"):
+        net.prepare(kernel={"3": "depthwise"})
         net(x)
 
 

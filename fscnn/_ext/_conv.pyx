@@ -1,5 +1,6 @@
-"""Convolution kernels: direct sparse (register-blocked SIMD), dense (flat im2col + SGEMM) and
-Winograd F(4x4, 3x3) (transforms in C, 36 SGEMMs per chunk of tiles).
+"""Convolution kernels: direct sparse (register-blocked SIMD), dense (flat im2col + SGEMM),
+Winograd F(4x4, 3x3) (transforms in C, 36 SGEMMs per chunk of tiles) and depthwise (one input
+channel per group, a channel at a time in cache).
 
 Callers (fscnn.ops) validate every argument; nothing here checks shapes or index bounds. Arrays
 are C-contiguous float32 unless said otherwise; outputs are preallocated by the caller.
@@ -22,6 +23,13 @@ cdef extern from "spconv.h" nogil:
                       int64_t n, const float *bias, int act, int64_t Wq, int64_t H_out,
                       int64_t W_out, float *out)
 
+cdef extern from "dwconv.h" nogil:
+    int64_t dwconv_tile_size(int level)
+    void dwconv_channels(int level, const float *inp, const int64_t *ptr, const int32_t *offsets,
+                         const float *values, const float *bias, int64_t o0, int64_t o1,
+                         float *wide, float *out, int64_t Wq, int64_t H_out, int64_t W_out,
+                         int act)
+
 cdef extern from "winograd.h" nogil:
     int64_t wino_tmp_len(int64_t tiles_w)
     void wino_input(int level, const float *x, int64_t C, int64_t H, int64_t W, int64_t pad_top,
@@ -30,6 +38,11 @@ cdef extern from "winograd.h" nogil:
     void wino_output(int level, const float *M, int64_t O, int64_t tiles_w, int64_t t0,
                      int64_t cnt, const float *bias, int act, int64_t H_out, int64_t W_out,
                      float *out, float *tmp)
+
+
+def depthwise_tile_size(int level):
+    """Output positions per depthwise-kernel tile at SIMD level ``level``."""
+    return dwconv_tile_size(level)
 
 
 def winograd_tmp_len(int64_t tiles_w):
@@ -219,3 +232,40 @@ def winograd_conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
                       &ldb, &zero, Mb + a * O * cnt, &ldc)
             wino_output(level, Mb, O, tiles_w, t0, cnt, bptr, act, H_out, W_out,
                         &out[n, 0, 0, 0], Mb + 36 * O * cnt)
+
+
+def depthwise_conv2d(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
+                     const int64_t[::1] ptr,         # IN  (O+1,) taps of each output channel
+                     const int32_t[::1] offsets,     # IN  (n_taps,) positions in a channel's planes
+                     const float[::1] values,        # IN  (n_taps,)
+                     const float[::1] bias,          # IN  (O,) or None
+                     float[:, ::1] work,             # SCRATCH (n_threads, planes + T + 16 + L + T)
+                     float[:, :, :, ::1] out,        # OUT (N, O, H_out, W_out), O = mult * C
+                     int pad_top, int pad_left, int sh, int sw, int Hq, int Wq, int act,
+                     int level, bint one_phase, int n_threads):
+    """Depthwise convolution (see dwconv.h): a work item (image, input channel) packs the
+    channel's phase planes into the thread's scratch (``work[t, :planes]``, followed by a
+    zeroed tail of T + 16 floats that the caller clears) and computes its O/C output channels,
+    O(N * n_taps * H_out * Wq) multiply-adds. Items are computed the same way whatever thread
+    runs them."""
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
+    cdef int64_t mult = O // C if C else 0
+    cdef int64_t planes = (1 if one_phase else sh * sw) * Hq * Wq
+    cdef int64_t wide_at = planes + dwconv_tile_size(level) + 16
+    cdef const float *bptr = &bias[0] if bias is not None else NULL
+    cdef const int32_t *optr = &offsets[0] if offsets.shape[0] else NULL
+    cdef const float *vptr = &values[0] if values.shape[0] else NULL
+    cdef int64_t i, n, c
+    cdef float *buf
+    if N == 0 or O == 0 or H_out == 0 or W_out == 0:
+        return
+    with nogil:
+        for i in prange(N * C, num_threads=n_threads, schedule="dynamic"):
+            n = i // C
+            c = i % C
+            buf = &work[threadid(), 0]
+            conv_pack(&x[n, c, 0, 0], 0, 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, one_phase,
+                      buf)
+            dwconv_channels(level, buf, &ptr[0], optr, vptr, bptr, c * mult, (c + 1) * mult,
+                            buf + wide_at, &out[n, 0, 0, 0], Wq, H_out, W_out, act)

@@ -17,9 +17,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     padding : int, (ph, pw), (top, bottom, left, right), 'same' or 'valid'
     groups : int
     activation : None, 'relu' or 'relu6'
-    kernel : {'auto', 'sparse', 'dense', 'winograd'}
-        'winograd' needs a 3x3 kernel, stride 1, dilation 1 and groups 1. 'auto' picks by the weight's sparsity (a one-shot call has nothing to cache timings
-        in; layers and :class:`fscnn.ops.Conv2dOp` time both kernels instead).
+    kernel : {'auto', 'sparse', 'dense', 'winograd', 'depthwise'}
+        'winograd' needs a 3x3 kernel, stride 1, dilation 1 and groups 1; 'depthwise' one
+        input channel per group. 'auto' picks by the weight's sparsity, and the depthwise
+        kernel for depthwise layers (a one-shot call has nothing to cache timings in; layers
+        and :class:`fscnn.ops.Conv2dOp` time the kernels instead).
 
     Returns
     -------
@@ -33,6 +35,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     """
     op = ops.Conv2dOp(weight, bias, stride, padding, dilation, groups, activation, kernel="dense")
     op.kernel = ops.one_shot_kernel(kernel, op.sparsity, "conv2d")
-    if op.kernel == "winograd" and op.winograd_reason:
-        raise ops.OpError(f"conv2d: kernel='winograd': {op.winograd_reason}")
+    if kernel == "auto" and not op.ineligible["depthwise"]:
+        op.kernel = "depthwise"
+    op.check_kernel(op.kernel, "conv2d")
     return op(x)

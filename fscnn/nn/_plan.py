@@ -25,10 +25,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..functional._validate import as_float_array
-from ..ops import Conv2dOp, winograd_ineligibility
+from ..ops import KERNELS, RESTRICTED_KERNELS, Conv2dOp, kernel_ineligibility
 from .errors import LayerInputError
-
-KERNELS = ("auto", "sparse", "dense", "winograd")
 
 _epoch = [0]
 _local = threading.local()
@@ -62,7 +60,8 @@ LayerTime = namedtuple("LayerTime", ["name", "type", "input_shape", "kernel", "s
 LayerTime.__doc__ = """One layer call recorded by :func:`profile`.
 
 Fields: ``name`` (qualified name), ``type`` (what runs, e.g. ``"Conv2d+BatchNorm2d+ReLU"``),
-``input_shape``, ``kernel`` ('sparse'/'dense'/'winograd' for convolution and linear layers, else None),
+``input_shape``, ``kernel`` ('sparse'/'dense'/'winograd'/'depthwise' for convolution and linear layers,
+else None),
 ``sparsity`` (of the prepared weights, else None), ``seconds``, and the FLOPs of the call
 counted on all weights (``flops_dense``) and on the non-zeros (``flops_sparse``), 2 per
 multiply-add, None for layers without weights.
@@ -147,13 +146,13 @@ def _occurrences(module):
     return counts
 
 
-def _winograd_ok(module):
-    """Whether the Winograd kernel can run this layer (a 3x3, stride-1, dilation-1 ungrouped
-    convolution)."""
+def _kernel_ok(module, kernel):
+    """Whether ``kernel``, one that runs only some convolutions (Winograd, depthwise), can run
+    this layer."""
     if not hasattr(module, "kernel_size"):
         return False
-    return winograd_ineligibility(module.weight.shape, module.stride, module.dilation,
-                                  module.groups) is None
+    return kernel_ineligibility(kernel, module.weight.shape, module.stride, module.dilation,
+                                module.groups) is None
 
 
 def _kernel_choice(kernel, named, strict):
@@ -168,9 +167,9 @@ def _kernel_choice(kernel, named, strict):
         if kernel not in KERNELS:
             raise ValueError(f"prepare: kernel must be one of {', '.join(map(repr, KERNELS))} "
                              f"or a dict of layer name -> kernel, got {kernel!r}")
-        if kernel == "winograd":
+        if kernel in RESTRICTED_KERNELS:
             # for the whole model: the layers it can run, 'auto' for the others
-            return {name: kernel if _winograd_ok(m) else "auto" for name, m in named
+            return {name: kernel if _kernel_ok(m, kernel) else "auto" for name, m in named
                     if hasattr(m, "_make_op")}
         return dict.fromkeys(op_names, kernel)
     if not isinstance(kernel, Mapping):
@@ -216,8 +215,8 @@ LayerPlan.__doc__ = """One prepared operator of a plan.
 
 Fields: ``name`` (qualified name of the convolution or linear layer), ``layers`` (what it
 fuses, e.g. ``"Conv2d+BatchNorm2d+ReLU"``), ``density`` (fraction of non-zero weights after
-folding), ``kernel_setting`` ('auto', 'sparse', 'dense' or 'winograd') and ``kernels`` (dict: input shape
--> kernel chosen, for each shape the layer has run on).
+folding), ``kernel_setting`` ('auto', 'sparse', 'dense', 'winograd' or 'depthwise') and
+``kernels`` (dict: input shape -> kernel chosen, for each shape the layer has run on).
 """
 
 

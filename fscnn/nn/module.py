@@ -567,12 +567,13 @@ class Module:
         input_shape : tuple of int, optional
             E.g. ``(1, 3, 224, 224)``. When given, the model runs once on zeros of this shape
             so that each layer chooses its kernel for its actual input (see :meth:`plan`).
-        kernel : {'auto', 'sparse', 'dense', 'winograd'} or dict of str -> str
+        kernel : {'auto', 'sparse', 'dense', 'winograd', 'depthwise'} or dict of str -> str
             Kernel for every convolution and linear layer, or a mapping from qualified layer
             names (``"features.0"``) to a kernel, the others using ``'auto'``. Kept for later
             (lazy) preparations. ``'winograd'`` for the whole model applies to the 3x3,
-            stride-1, dilation-1, ungrouped convolutions and leaves ``'auto'`` to the other
-            layers; in a mapping it must name such a layer.
+            stride-1, dilation-1, ungrouped convolutions, ``'depthwise'`` to the convolutions
+            with one input channel per group, and both leave ``'auto'`` to the other layers;
+            in a mapping they must name such a layer.
 
         Returns
         -------

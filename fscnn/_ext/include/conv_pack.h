@@ -69,7 +69,16 @@ static void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t
                         if (j1 > Wq) j1 = Wq;
                         if (j1 < j0) j1 = j0;
                         memset(drow, 0, (size_t)j0 * sizeof(float));
-                        for (int64_t j = j0; j < j1; j++) drow[j] = srow[j * sw + off];
+                        if (sw == 2) {
+                            /* a constant stride lets the compiler vectorise the copy
+                             * (shuffles); with a variable one it copies a float at a time,
+                             * which made packing MobileNetV2's stride-2 layers 4x slower */
+                            const float *restrict s2 = srow + off;
+                            float *restrict d2 = drow;
+                            for (int64_t j = j0; j < j1; j++) d2[j] = s2[2 * j];
+                        } else {
+                            for (int64_t j = j0; j < j1; j++) drow[j] = srow[j * sw + off];
+                        }
                         memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(float));
                     }
                 }
