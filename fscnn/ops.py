@@ -440,6 +440,9 @@ class Conv2dOp(_WeightedOp):
         chunk = int(np.clip((1 << 18) // K, 128, 4096)) // 16 * 16
         plan["chunk"] = max(16, min(chunk, -(-geo.L // max(1, threads)) + 15 & ~15))
         plan["tap_offsets"] = geo.tap_offsets.astype(np.int32)
+        if self.kernel in ("dense", "auto") and self._pointwise_ok():
+            plan["pointwise"] = self._pointwise_plan(geo, shape, threads, level,
+                                                     timed=self.kernel == "auto")
         if self.kernel in ("sparse", "auto"):
             plan["sparse"] = self._sparse_plan(geo, threads, level)
         if self.kernel in ("winograd", "auto") and not self.ineligible["winograd"]:
@@ -452,6 +455,8 @@ class Conv2dOp(_WeightedOp):
             plan["sparse"] = None
         if plan["kernel"] != "depthwise":
             plan.pop("depthwise", None)
+        if plan["kernel"] != "dense":
+            plan.pop("pointwise", None)
         if plan["kernel"] != "winograd" and "winograd" in plan:
             del plan["winograd"]
             with self._plans_lock:
@@ -475,6 +480,53 @@ class Conv2dOp(_WeightedOp):
         self._winograd_weights()
         return {"chunk": chunk,
                 "work": (chunk * 36 * (C + O) + _conv.winograd_tmp_len(tiles_w) + 64,)}
+
+    def _pointwise_ok(self):
+        """Whether the dense kernel runs as the pointwise GEMM (1x1, groups 1)."""
+        return self.weight_shape[2:] == (1, 1) and self.groups == 1
+
+    def _pointwise_plan(self, geo, shape, threads, level, timed):
+        """Packed weights and work split of the pointwise kernel (pointwise.h). ``timed``:
+        time every tile-shape variant on ``shape`` and keep the fastest (they give
+        bit-identical results); otherwise take the first."""
+        dense = self.dense  # transient for sparse-held weights: the packed copy replaces it
+        n_variants = len(_conv.pointwise_variants(level))
+        if not timed or n_variants == 1:
+            return self._pointwise_variant(geo, threads, level, 0, dense)
+        x = np.zeros(shape, np.float32)
+        best, best_t = None, np.inf
+        for v in range(n_variants):
+            pw = self._pointwise_variant(geo, threads, level, v, dense)
+            t = _time_call(lambda: self._run_pointwise(x, geo, pw, level, threads), repeats=2)
+            if t < best_t:
+                best, best_t = pw, t
+        return best
+
+    def _pointwise_variant(self, geo, threads, level, v, dense):
+        """Plan of variant ``v`` of the pointwise kernel: weights packed (O/MR, K, MR), the
+        last block padded with zero rows."""
+        O, K = self.weight_shape[:2]
+        mr, T = _conv.pointwise_variants(level)[v]
+        n_blk = -(-O // mr)
+        wpack = np.zeros((n_blk * mr, K), np.float32)
+        wpack[:O] = dense
+        wpack = np.ascontiguousarray(wpack.reshape(n_blk, mr, K).transpose(0, 2, 1))
+        n_tiles = -(-geo.L // T)
+        # enough items for the threads: chunks of output-channel blocks when tiles are few
+        n_bchunks = 1 if n_tiles >= 4 * threads else min(n_blk, -(-4 * threads // n_tiles))
+        return {"variant": v, "wpack": wpack, "n_bchunks": n_bchunks, "small": ((K + O) * T,)}
+
+    def _run_pointwise(self, x, geo, pw, level, threads, out=None):
+        if out is None:
+            out = np.empty((x.shape[0], self.weight_shape[0], geo.H_out, geo.W_out), np.float32)
+        pt, _, pl, _ = self.padding
+        sh, sw = geo.stride
+        _conv.pointwise_conv2d(x, pw["wpack"], self.bias,
+                               _NO_BUFFER if geo.in_place else geo.scratch(geo.L),
+                               _scratch("small", pw["small"]), out, pt, pl, sh, sw, geo.Hq,
+                               geo.Wq, pw["n_bchunks"], self.act_code, level, pw["variant"],
+                               not geo.in_place, geo.one_phase, threads)
+        return out
 
     def _depthwise_plan(self, geo, threads, level):
         """Tap offsets within one channel's packed planes (zero taps dropped) and scratch."""
@@ -563,6 +615,8 @@ class Conv2dOp(_WeightedOp):
                                 _scratch("partial", sp["partial"]), out, pt, pl, sh, sw, geo.Hq,
                                 geo.Wq, self.act_code, plan["level"], sp["half_tile"],
                                 sp["pack"], geo.one_phase, plan["threads"])
+        elif "pointwise" in plan:
+            self._run_pointwise(x, geo, plan["pointwise"], plan["level"], plan["threads"], out)
         else:
             # one single-threaded GEMM per OpenMP thread (see fscnn._blas)
             threads = plan["threads"] if _blas.can_limit_blas() else 1

@@ -6,6 +6,7 @@ import pytest
 import fscnn.functional as F
 from conftest import assert_close, sparse_weight, to_torch, torch_or_skip
 from fscnn import _config
+from fscnn._ext import _conv
 from fscnn.ops import Conv2dOp, OpError, conv_padding
 from reference import conv2d as ref_conv2d
 
@@ -472,3 +473,83 @@ def test_auto_times_depthwise_on_depthwise_layers(rng):
     assert_close(y, ref_conv2d(x, w, b, **hp))
     # a one-shot call takes the depthwise kernel
     assert_close(F.conv2d(x, w, b, **hp), ref_conv2d(x, w, b, **hp))
+
+
+# -- pointwise (the dense kernel of 1x1 ungrouped layers) ---------------------------------------
+# (N, C, O, H, W, stride, padding): flat outputs shorter than a tile, between one and two tiles
+# (last tile moved back), many tiles; output channels that fill no block exactly; packed
+# (padded, strided) and in-place inputs.
+PW_CASES = [
+    (1, 3, 5, 1, 1, 1, 0),          # one position
+    (2, 17, 13, 5, 5, 1, 0),        # 25 positions: under every tile
+    (1, 40, 30, 7, 7, 1, 0),        # 49: last tile moved back
+    (3, 8, 12, 13, 11, 1, 0),       # batch 3, several tiles
+    (1, 300, 7, 9, 9, 1, 0),        # many input channels, one block
+    (1, 6, 9, 10, 12, 2, 0),        # strided: phase (0, 0) packed
+    (1, 5, 6, 6, 7, 1, 1),          # padded: every phase plane packed
+    (1, 1, 24, 20, 20, 1, 0),       # one input channel
+]
+
+
+def _pw_id(case):
+    return "n{}c{}o{}_{}x{}_s{}_p{}".format(*case)
+
+
+def _pw_make(case, sparsity, rng):
+    n, c, o, h, w, s, p = case
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32) * 4
+    wt = sparse_weight((o, c, 1, 1), sparsity, rng)
+    b = rng.standard_normal(o).astype(np.float32)
+    return x, wt, b, dict(stride=s, padding=p)
+
+
+def _pw_variant_outputs(x, w, b, activation, hp, threads=None):
+    op = Conv2dOp(w, b, activation=activation, kernel="dense", **hp)
+    geo = op._plan(x.shape)["geo"]
+    level = _config.simd_level_index()
+    threads = threads or _config.get_num_threads()
+    return [op._run_pointwise(x, geo, op._pointwise_variant(geo, threads, level, v, op.dense),
+                              level, threads)
+            for v in range(len(_conv.pointwise_variants(level)))]
+
+
+@pytest.mark.parametrize("case", PW_CASES, ids=_pw_id)
+@pytest.mark.parametrize("activation", [None, "relu6"])
+def test_pointwise_variants_match_reference(case, activation, simd_level, rng):
+    x, w, b, hp = _pw_make(case, 0.3, rng)
+    ref = _act_ref(ref_conv2d(x, w, b, **hp), activation)
+    outs = _pw_variant_outputs(x, w, b, activation, hp)
+    assert len(outs) >= 2
+    for y in outs:
+        assert_close(y, ref)
+        assert np.array_equal(y, outs[0])  # same sums in the same order: bit-identical
+
+
+@pytest.mark.parametrize("case", PW_CASES, ids=_pw_id)
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
+def test_pointwise_is_the_dense_kernel_of_1x1_layers(case, sparsity, threads, rng):
+    x, w, b, hp = _pw_make(case, sparsity, rng)
+    op = Conv2dOp(w, b, kernel="dense", **hp)
+    assert_close(op(x), ref_conv2d(x, w, b, **hp))
+    assert "pointwise" in op._plan(x.shape)
+    grouped = Conv2dOp(np.ones((4, 1, 1, 1), np.float32), groups=2, kernel="dense")
+    assert "pointwise" not in grouped._plan((1, 2, 5, 5))  # grouped 1x1: the GEMM path
+
+
+def test_pointwise_does_not_depend_on_threads(rng):
+    x, w, b, hp = _pw_make((2, 33, 70, 14, 14, 1, 0), 0.0, rng)
+    one = _pw_variant_outputs(x, w, b, "relu", hp, threads=1)
+    two = _pw_variant_outputs(x, w, b, "relu", hp, threads=2)
+    for a, c in zip(one, two):
+        assert np.array_equal(a, c)
+
+
+def test_auto_times_pointwise_variants(rng):
+    x, w, b, hp = _pw_make(PW_CASES[2], 0.0, rng)
+    op = Conv2dOp(w, b, kernel="auto", **hp)
+    y = op(x)
+    plan = op._plan(x.shape)
+    assert ("pointwise" in plan) == (plan["kernel"] == "dense")
+    if "pointwise" in plan:
+        assert plan["pointwise"]["variant"] in range(len(_conv.pointwise_variants(plan["level"])))
+    assert_close(y, ref_conv2d(x, w, b, **hp))

@@ -7,7 +7,7 @@ are C-contiguous float32 unless said otherwise; outputs are preallocated by the 
 """
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
 
 cdef extern from "spconv.h" nogil:
@@ -30,6 +30,16 @@ cdef extern from "dwconv.h" nogil:
                          float *wide, float *out, int64_t Wq, int64_t H_out, int64_t W_out,
                          int act)
 
+cdef extern from "pointwise.h" nogil:
+    ctypedef void (*pw_items_fn)(const float *x, int64_t ldx, const float *wpack, int64_t K,
+                                 int64_t O, const float *bias, float *out, int64_t ldo,
+                                 int64_t L, int64_t t, int64_t b0, int64_t b1, int act)
+    ctypedef struct pw_variant:
+        int64_t mr
+        int64_t t
+        pw_items_fn fn
+    const pw_variant *pw_variants "pointwise_variants"(int level, int *n)
+
 cdef extern from "winograd.h" nogil:
     int64_t wino_tmp_len(int64_t tiles_w)
     void wino_input(int level, const float *x, int64_t C, int64_t H, int64_t W, int64_t pad_top,
@@ -43,6 +53,14 @@ cdef extern from "winograd.h" nogil:
 def depthwise_tile_size(int level):
     """Output positions per depthwise-kernel tile at SIMD level ``level``."""
     return dwconv_tile_size(level)
+
+
+def pointwise_variants(int level):
+    """(output channels per block, positions per tile) of each pointwise-kernel variant at
+    SIMD level ``level``."""
+    cdef int n, v
+    cdef const pw_variant *vs = pw_variants(level, &n)
+    return [(vs[v].mr, vs[v].t) for v in range(n)]
 
 
 def winograd_tmp_len(int64_t tiles_w):
@@ -269,3 +287,56 @@ def depthwise_conv2d(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
                       buf)
             dwconv_channels(level, buf, &ptr[0], optr, vptr, bptr, c * mult, (c + 1) * mult,
                             buf + wide_at, &out[n, 0, 0, 0], Wq, H_out, W_out, act)
+
+
+def pointwise_conv2d(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
+                     const float[:, :, ::1] wpack,   # IN  (ceil(O/MR), C, MR) packed weights
+                     const float[::1] bias,          # IN  (O,) or None
+                     float[::1] buf,                 # SCRATCH packed image (pack true)
+                     float[::1] small,               # SCRATCH (C + O) * T floats (L < T)
+                     float[:, :, :, ::1] out,        # OUT (N, O, H_out, W_out)
+                     int pad_top, int pad_left, int sh, int sw, int Hq, int Wq, int n_bchunks,
+                     int act, int level, int variant, bint pack, bint one_phase, int n_threads):
+    """Dense 1x1 convolution, groups 1 (see pointwise.h): for each image, work items (position
+    tile, chunk of output-channel blocks) of output = W . X, with X the packed planes (or x
+    itself when ``pack`` is false) and positions y*Wq + x, Wq == W_out; ``variant`` indexes
+    pointwise_variants(level). An image with fewer positions than a tile is computed in
+    ``small``. Items are computed the same way whatever thread runs them."""
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
+    cdef int n_var
+    cdef const pw_variant *var = &pw_variants(level, &n_var)[variant]
+    cdef int64_t T = var.t
+    cdef pw_items_fn items = var.fn
+    cdef int64_t L = H_out * Wq
+    cdef int64_t n_blk = wpack.shape[0]
+    cdef int64_t bc = (n_blk + n_bchunks - 1) // n_bchunks
+    cdef int64_t n_tiles = (L + T - 1) // T
+    cdef int64_t n_items = n_tiles * n_bchunks
+    cdef int64_t ldx = L if not pack else (Hq * Wq if one_phase else sh * sw * Hq * Wq)
+    cdef const float *bptr = &bias[0] if bias is not None else NULL
+    cdef int64_t n, i, k, b0, b1
+    cdef const float *src
+    cdef float *dst
+    if N == 0 or O == 0 or H_out == 0 or W_out == 0:
+        return
+    with nogil:
+        for n in range(N):
+            src = _packed_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
+                                one_phase, pack, &buf[0], n_threads)
+            if L < T:
+                # fewer positions than a tile: compute T-wide copies, keep the first L columns
+                for k in range(C):
+                    memcpy(&small[k * T], src + k * ldx, sizeof(float) * L)
+                    memset(&small[k * T + L], 0, sizeof(float) * (T - L))
+                items(&small[0], T, &wpack[0, 0, 0], C, O, bptr, &small[C * T], T, T, 0, 0,
+                      n_blk, act)
+                dst = &out[n, 0, 0, 0]
+                for k in range(O):
+                    memcpy(dst + k * L, &small[(C + k) * T], sizeof(float) * L)
+                continue
+            for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
+                b0 = (i % n_bchunks) * bc
+                b1 = b0 + bc if b0 + bc < n_blk else n_blk
+                items(src, ldx, &wpack[0, 0, 0], C, O, bptr, &out[n, 0, 0, 0], L, L,
+                      i // n_bchunks, b0, b1, act)
