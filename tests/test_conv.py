@@ -553,3 +553,73 @@ def test_auto_times_pointwise_variants(rng):
     if "pointwise" in plan:
         assert plan["pointwise"]["variant"] in range(len(_conv.pointwise_variants(plan["level"])))
     assert_close(y, ref_conv2d(x, w, b, **hp))
+
+
+# -- 2x2 max pool fused into the convolution -----------------------------------------------------
+POOL_CASES = [
+    (1, 3, 8, 9, 11, (3, 3), 1, 1, 1, 1),           # odd output: floor mode drops a row/column
+    (2, 64, 16, 17, 16, (3, 3), 1, 1, 1, 1),        # several channel blocks, batch 2
+    (1, 16, 4, 6, 230, (3, 3), 1, 1, 1, 1),         # wide rows: bands of two rows
+    (1, 5, 7, 30, 31, (3, 3), 1, 1, 1, 1),          # many bands, the last one short
+    (1, 4, 6, 13, 12, (5, 5), 2, 2, 1, 2),          # strided, grouped
+    (3, 6, 6, 11, 11, (3, 3), 1, 2, 2, 6),          # depthwise, dilated
+    (1, 8, 8, 2, 2, (1, 1), 1, 0, 1, 1),            # one pooled output
+]
+
+
+def _pool_ref(x, w, b, activation, hp):
+    y = _act_ref(ref_conv2d(x, w, b, **hp), activation)
+    n, o, h, wd = y.shape
+    y = y[:, :, :h // 2 * 2, :wd // 2 * 2].reshape(n, o, h // 2, 2, wd // 2, 2)
+    return y.max(axis=(3, 5))
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=_case_id)
+@pytest.mark.parametrize("sparsity", [0.0, 0.9, 1.0])
+@pytest.mark.parametrize("kernel", ["sparse", "dense", "auto"])
+def test_fused_max_pool_matches_reference(case, sparsity, kernel, threads, rng):
+    x, w, b, hp = _make(case, sparsity, rng)
+    op = Conv2dOp(w, b, activation="relu", kernel=kernel, pool="max2x2", **hp)
+    assert_close(op(x), _pool_ref(x, w, b, "relu", hp),
+                 rtol=1e-4 if op.kernel_for(x.shape) == "winograd" else None)
+
+
+@pytest.mark.parametrize("activation", [None, "relu6"])
+def test_fused_max_pool_every_simd_level(activation, simd_level, rng):
+    x, w, b, hp = _make(POOL_CASES[3], 0.5, rng)
+    x *= 8
+    y = Conv2dOp(w, b, activation=activation, kernel="sparse", pool="max2x2", **hp)(x)
+    assert_close(y, _pool_ref(x, w, b, activation, hp))
+
+
+def test_fused_max_pool_bands_and_threads(rng):
+    # bands hold an even number of rows and the fewest positions; results do not depend on
+    # the thread count
+    x, w, b, hp = _make((2, 8, 12, 45, 37, (3, 3), 1, 1, 1, 1), 0.7, rng)
+    outs = []
+    for t in (1, 2):
+        with _config.threads(t):
+            op = Conv2dOp(w, b, kernel="sparse", pool="max2x2", **hp)
+            outs.append(op(x))
+            rows = op._plan(x.shape)["sparse"]["band_rows"]
+            assert rows % 2 == 0 and 2 <= rows <= 44
+    assert np.array_equal(outs[0], outs[1])
+    assert_close(outs[0], _pool_ref(x, w, b, None, hp))
+
+
+def test_fused_max_pool_nan_is_sticky(rng):
+    x = rng.standard_normal((1, 2, 8, 8)).astype(np.float32)
+    x[0, 1, 3, 3] = np.nan
+    w = sparse_weight((3, 2, 3, 3), 0.0, rng)
+    for kernel in ("sparse", "dense"):
+        y = Conv2dOp(w, padding=1, kernel=kernel, pool="max2x2")(x)
+        ref = _pool_ref(x, w, None, None, dict(padding=1))
+        assert np.array_equal(np.isnan(y), np.isnan(ref)) and np.isnan(y).any()
+
+
+def test_fused_max_pool_refuses_bad_settings(rng):
+    w = sparse_weight((3, 2, 3, 3), 0.0, rng)
+    with pytest.raises(OpError, match="pool must be None or 'max2x2'"):
+        Conv2dOp(w, pool="avg")
+    with pytest.raises(OpError, match=r"conv2d: the convolution's 1x3 output is smaller"):
+        Conv2dOp(w, pool="max2x2")(np.zeros((1, 2, 3, 5), np.float32))

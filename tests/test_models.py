@@ -216,10 +216,14 @@ def test_mobilenet_v2_folds_every_batch_norm():
     assert sum(row.layers.endswith("ReLU6") for row in rows) == 35
 
 
-def test_vgg_plan_fuses_relu_into_classifier():
+def test_vgg_plan_fuses_relu_into_classifier_and_pools_into_convolutions():
     model = fscnn.models.vgg11_bn(num_classes=NUM_CLASSES)
     rows = {row.name: row.layers for row in model.plan()}
-    assert rows["features.0"] == "Conv2d+BatchNorm2d+ReLU"
+    # vgg11's features: conv-bn-relu-pool twice, then pairs of convolutions before each pool
+    assert rows["features.0"] == rows["features.4"] == "Conv2d+BatchNorm2d+ReLU+MaxPool2d"
+    assert rows["features.8"] == "Conv2d+BatchNorm2d+ReLU"
+    assert rows["features.11"] == "Conv2d+BatchNorm2d+ReLU+MaxPool2d"
+    assert sum(r.endswith("MaxPool2d") for r in rows.values()) == 5
     assert rows["classifier.0"] == rows["classifier.3"] == "Linear+ReLU"
     assert rows["classifier.6"] == "Linear"
 

@@ -820,3 +820,31 @@ def test_sparse_held_ops_keep_no_dense_copy(rng):
     # a dense-held model's ops keep the dense weights as before
     dense = nn.Sequential(nn.Conv2d(4, 8, 3)).prepare((1, 4, 6, 6), kernel="sparse")
     assert [s.op.holds_dense for s in dense._prepared.steps.values()] == [True]
+
+
+@pytest.mark.parametrize("pool, fused", [
+    (nn.MaxPool2d(2), True), (nn.MaxPool2d((2, 2), stride=2), True),
+    (nn.MaxPool2d(2, ceil_mode=True), False), (nn.MaxPool2d(3, stride=2), False),
+    (nn.MaxPool2d(2, stride=1), False), (nn.MaxPool2d(2, padding=1), False),
+])
+def test_max_pool_fuses_into_the_preceding_convolution(pool, fused, rng):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), pool)
+    x = rng.standard_normal((2, 3, 11, 13)).astype(np.float32)
+    expected = pool(net[1](net[0](x)))  # each layer on its own (separately prepared)
+    y = net(x)
+    assert [row.layers for row in net.plan()] == \
+        ["Conv2d+ReLU+MaxPool2d" if fused else "Conv2d+ReLU"]
+    assert_close(y, expected)
+    # without the activation the pool still fuses
+    bare = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), pool)
+    assert (bare.plan()[0].layers == "Conv2d+MaxPool2d") == fused
+
+
+def test_profile_counts_the_flops_of_a_pooled_convolution(rng):
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+    x = rng.standard_normal((1, 3, 10, 10)).astype(np.float32)
+    with fscnn.nn.profile() as records:
+        net(x)
+    conv = [r for r in records if r.kernel is not None][0]
+    assert conv.type == "Conv2d+ReLU+MaxPool2d"
+    assert conv.flops_dense == 2 * 8 * 3 * 9 * 10 * 10  # the convolution's 10x10 output

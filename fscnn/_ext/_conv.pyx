@@ -23,6 +23,9 @@ cdef extern from "spconv.h" nogil:
                       int64_t n, const float *bias, int act, int64_t Wq, int64_t H_out,
                       int64_t W_out, float *out)
 
+cdef extern from "fscnn_pool.h" nogil:
+    void fscnn_maxpool2x2_row(const float *r0, const float *r1, float *out, Py_ssize_t n)
+
 cdef extern from "dwconv.h" nogil:
     int64_t dwconv_tile_size(int level)
     void dwconv_channels(int level, const float *inp, const int64_t *ptr, const int32_t *offsets,
@@ -131,6 +134,57 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
                 spconv_items(level, half, src, &blkptr[0, 0], ncb, optr, vptr, bptr,
                              &out[n, 0, 0, 0], &partial[threadid(), 0], &oblk[0], n_oblk, i,
                              i + 1, Wq, H_out, W_out, act)
+
+
+def sparse_conv2d_maxpool2(const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                           const int64_t[:, ::1] blkptr,    # IN  as in sparse_conv2d
+                           const int32_t[::1] offsets,      # IN
+                           const float[::1] values,         # IN
+                           const float[::1] bias,           # IN  (O,) or None
+                           const int64_t[::1] oblk,         # IN  (2,): [0, O]
+                           float[::1] buf,                  # SCRATCH packed image, readable
+                                                            #   to max(offsets) + L + T
+                           float[:, ::1] partial,           # SCRATCH (n_threads, O * T)
+                           float[:, ::1] band,              # SCRATCH (n_threads, O*band_rows*W_conv)
+                           float[:, :, :, ::1] out,         # OUT (N, O, H_conv//2, W_conv//2)
+                           int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
+                           int W_conv, int band_rows, int act, int level, bint half,
+                           bint one_phase, int n_threads):
+    """Direct sparse convolution followed by 2x2 stride-2 max pooling (floor mode), fused: a
+    work item is a band of ``band_rows`` (even) convolution output rows of one image, computed
+    for all output channels into the thread's ``band`` scratch (the sparse tiles of
+    sparse_conv2d, with the band's flat positions) and pooled from there, so the full-size
+    convolution output is never written to memory."""
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t O = out.shape[1], Hpo = out.shape[2], Wpo = out.shape[3]
+    cdef int64_t ncb = blkptr.shape[1] - 1
+    cdef int64_t T = spconv_tile_size(level, half)
+    cdef int64_t n_bands = (2 * Hpo + band_rows - 1) // band_rows
+    cdef const float *bptr = &bias[0] if bias is not None else NULL
+    cdef const int32_t *optr = &offsets[0] if offsets.shape[0] else NULL
+    cdef const float *vptr = &values[0] if values.shape[0] else NULL
+    cdef int64_t n, b, r0, rows, o, j
+    cdef float *scr
+    cdef const float *src
+    if N == 0 or O == 0 or Hpo == 0 or Wpo == 0:
+        return
+    with nogil:
+        for n in range(N):
+            src = _packed_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
+                                one_phase, True, &buf[0], n_threads)
+            for b in prange(n_bands, num_threads=n_threads, schedule="dynamic"):
+                r0 = b * band_rows
+                rows = band_rows if r0 + band_rows <= 2 * Hpo else 2 * Hpo - r0
+                scr = &band[threadid(), 0]
+                # the band's rows r0 .. r0+rows-1 are flat positions r0*Wq + [0, rows*Wq)
+                spconv_items(level, half, src + r0 * Wq, &blkptr[0, 0], ncb, optr, vptr, bptr,
+                             scr, &partial[threadid(), 0], &oblk[0], 1, 0,
+                             (rows * Wq + T - 1) // T, Wq, rows, W_conv, act)
+                for o in range(O):
+                    for j in range(rows // 2):
+                        fscnn_maxpool2x2_row(scr + (o * rows + 2 * j) * W_conv,
+                                             scr + (o * rows + 2 * j + 1) * W_conv,
+                                             &out[n, o, r0 // 2 + j, 0], Wpo)
 
 
 def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)

@@ -2,14 +2,15 @@
 
 A :class:`Plan` is built from a module tree in one walk and kept beside it (the tree is not
 modified). It holds one *step* per convolution or linear layer: a :mod:`fscnn.ops` operator
-owning the layer's converted weights, with a following BatchNorm2d folded into them and a
-following ReLU/ReLU6 fused into the kernel's epilogue.
+owning the layer's converted weights, with a following BatchNorm2d folded into them, a
+following ReLU/ReLU6 fused into the kernel's epilogue and a following 2x2 stride-2 max pool
+computed by the convolution's kernel.
 
 Fusion chains come from the containers: :class:`~fscnn.nn.Sequential` finds adjacent
-Conv2d -> BatchNorm2d -> ReLU runs itself, other modules declare theirs in ``_fusions``. The
-module's ordinary ``forward`` still runs: the step of the head layer returns the fused output,
-and the absorbed batch norm and activation, when then called on exactly that array, return it
-unchanged. A folded batch norm called on anything else raises, and so does a forward that
+Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d runs itself, other modules declare theirs in
+``_fusions``. The module's ordinary ``forward`` still runs: the step of the head layer returns
+the fused output, and the absorbed batch norm, activation and pool, when then called on exactly
+that array, return it unchanged. A folded batch norm called on anything else raises, and so does a forward that
 returns with a chain left half-run, so a wrong declaration cannot give silently wrong results.
 
 A plan is current while no module of its tree has changed since it was built: every
@@ -73,8 +74,8 @@ def profile():
     """Record every leaf-layer call made on this thread inside the block.
 
     Yields a list that fills with :class:`LayerTime` records, in call order; layers absorbed
-    by a fused operator (a folded batch norm, a fused ReLU) take no time of their own and are
-    not listed.
+    by a fused operator (a folded batch norm, a fused ReLU or max pool) take no time of their
+    own and are not listed.
 
     Examples
     --------
@@ -97,6 +98,8 @@ def _record(records, name, layer, step, x, out, seconds):
                                  None))
         return
     op = step.op
+    if step.pool is not None:  # FLOPs of the convolution, whose output the pool shrank
+        out = np.empty(op.conv_output_shape(x.shape), np.int8)
     positions = out.size // out.shape[1] if out.ndim == 4 else out.size // out.shape[-1]
     rows = x.reshape(-1, x.shape[-1]).shape if out.ndim != 4 else x.shape
     kernel = op.kernel_for(rows)
@@ -120,18 +123,21 @@ def label(name, module):
 
 
 def fusable_chain(modules):
-    """The prefix of ``modules`` that runs as one kernel, as ``(head, norm, activation)``.
+    """The prefix of ``modules`` that runs as one kernel, as ``(head, norm, activation, pool)``.
 
     ``head`` is a layer with an operator (Conv2d, Linear); ``norm`` a batch norm it can fold,
-    ``activation`` a layer its kernel can apply in the epilogue; either may be None. Returns
+    ``activation`` a layer its kernel can apply in the epilogue, ``pool`` a 2x2 stride-2 max
+    pool after a convolution (see ``MaxPool2d._fused_pool``); any of them may be None. Returns
     None when the first module has no operator.
     """
     if not modules or not hasattr(modules[0], "_make_op"):
         return None
     head, rest = modules[0], list(modules[1:])
     norm = rest.pop(0) if rest and head._can_fold(rest[0]) else None
-    act = rest[0] if rest and getattr(rest[0], "_fused_activation", None) else None
-    return head, norm, act
+    act = rest.pop(0) if rest and getattr(rest[0], "_fused_activation", None) else None
+    pool = rest[0] if (rest and hasattr(head, "kernel_size")
+                       and getattr(rest[0], "_fused_pool", None)) else None
+    return head, norm, act, pool
 
 
 def _occurrences(module):
@@ -192,18 +198,20 @@ def _kernel_choice(kernel, named, strict):
 class _Step:
     """One prepared operator: a convolution or linear layer and what it absorbed."""
 
-    def __init__(self, name, label, head, norm, act, owner, kernel):
+    def __init__(self, name, label, head, norm, act, owner, kernel, pool=None):
         weight, bias = head._fold(norm) if norm is not None else (head.weight, head.bias)
         self.name = name
         self.head = head
-        self.followers = tuple(m for m in (norm, act) if m is not None)
+        self.pool = pool
+        self.followers = tuple(m for m in (norm, act, pool) if m is not None)
         self.owner = owner
-        self.layers = "+".join(type(m).__name__ for m in (head, norm, act) if m is not None)
+        self.layers = "+".join(type(m).__name__ for m in (head,) + self.followers)
         self.kernel = kernel
         self.density = _density(weight)
         self.shapes = {}
+        extra = {"pool": pool._fused_pool} if pool is not None else {}
         self.op = head._make_op(weight, bias, act._fused_activation if act else None, kernel,
-                                label)
+                                label, **extra)
 
     def __call__(self, x):
         self.shapes[x.shape] = None
@@ -261,15 +269,15 @@ class Plan:
         for _, owner in named:
             for chain in owner._fusion_chains():
                 found = fusable_chain(chain)
-                if found is None or found[1:] == (None, None):
+                if found is None or found[1:] == (None, None, None):
                     continue
-                head, norm, act = found
+                head, norm, act, pool = found
                 if uses[id(head)] > 1 or id(head) in self.steps or (
                         norm is not None and (uses[id(norm)] > 1 or id(norm) in self.folded)):
                     continue
                 name = names[id(head)]
                 self.steps[id(head)] = _Step(name, self.labels[id(head)], head, norm, act, owner,
-                                             kernels[name])
+                                             kernels[name], pool)
                 self.owners.add(id(owner))
                 if norm is not None:
                     self.folded.add(id(norm))
@@ -345,9 +353,11 @@ class _Run:
             # refuse a wrong shape before converting: a huge bad view must not be copied
             layer._check_input(raw, name)
             if step is not None and isinstance(step.op, Conv2dOp):
+                self._check_pool(step, raw.shape)
                 step.op.output_shape(raw.shape)
         x = as_float_array(raw, name)
         layer._check_input(x, name)
+        self._check_pool(step, x.shape)
         profiles = getattr(_local, "profiles", None)
         t0 = time.perf_counter() if profiles else 0.0
         out = layer.forward(x) if step is None else step(x)
@@ -359,6 +369,13 @@ class _Run:
         for follower in step.followers:
             self.pending.setdefault(id(follower), []).append((out, step))
         return out
+
+    def _check_pool(self, step, shape):
+        """A fused pool refuses an input too small for it as the pool layer itself would,
+        naming itself (the convolution's output it would have been given is never made)."""
+        if step is not None and step.pool is not None:
+            conv_out = np.broadcast_to(np.float32(0), step.op.conv_output_shape(shape))
+            step.pool._check_input(conv_out, self.plan.labels[id(step.pool)])
 
     def _check_chains_done(self, owner):
         for key, waiting in self.pending.items():

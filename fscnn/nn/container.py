@@ -112,7 +112,7 @@ class Sequential(_IndexedModules):
         children = list(self)
         chains, i = [], 0
         while i < len(children):
-            found = _plan.fusable_chain(children[i:i + 3])
+            found = _plan.fusable_chain(children[i:i + 4])
             size = 1 if found is None else sum(m is not None for m in found)
             if size > 1:
                 chains.append(children[i:i + size])

@@ -133,10 +133,10 @@ class Conv2d(Layer):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
                         self.groups)
 
-    def _make_op(self, weight, bias, activation, kernel, name):
+    def _make_op(self, weight, bias, activation, kernel, name, pool=None):
         return ops.Conv2dOp(weight, bias, stride=self.stride, padding=self.padding,
                             dilation=self.dilation, groups=self.groups, activation=activation,
-                            kernel=kernel, name=name)
+                            kernel=kernel, name=name, pool=pool)
 
     @staticmethod
     def _apply_op(op, x):

@@ -66,6 +66,14 @@ class MaxPool2d(_Pool2d):
         self.ceil_mode = bool(ceil_mode)
         self._window()
 
+    @property
+    def _fused_pool(self):
+        """'max2x2' when a preceding convolution's kernel can pool for this layer (a 2x2
+        window, stride 2, no padding or dilation, floor mode), else None."""
+        if self.ceil_mode or self._window() != ((2, 2), (2, 2), (0, 0), (1, 1)):
+            return None
+        return "max2x2"
+
     def forward(self, x):
         """Pooled ``x``: (N, C, H, W) -> (N, C, Ho, Wo)."""
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
