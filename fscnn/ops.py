@@ -335,11 +335,12 @@ class Conv2dOp(_WeightedOp):
     activation : None, 'relu' or 'relu6'
         Fused into the kernel epilogue.
     kernel : {'auto', 'sparse', 'dense', 'winograd', 'depthwise'}
-        'auto' times the kernels on each new input shape and keeps the fastest. 'winograd'
-        (F(4x4, 3x3)) needs a 3x3 kernel, stride 1, dilation 1 and groups 1, 'depthwise' one
-        input channel per group; 'auto' times each only on such layers. Its float32 error is larger than the others' (still ~1e-5 of the
-        output's scale on 512-channel layers), and a NaN or infinity in the input spreads to
-        the whole 4x4 output tiles around it (infinities may turn into NaN).
+        'auto' times the kernels on each new input shape and keeps the fastest. 'depthwise'
+        needs one input channel per group. 'winograd' (F(4x4, 3x3)) needs a 3x3 kernel,
+        stride 1, dilation 1 and groups 1; its float32 error is larger than the others' (still
+        ~1e-5 of the output's scale on 512-channel layers), and a NaN or infinity in the input
+        spreads to the whole 4x4 output tiles around it (infinities may turn into NaN). 'auto'
+        times these two only on layers they can run.
     name : str
         Used in error messages (the layer's name in its model).
     pool : None or 'max2x2'
@@ -447,6 +448,7 @@ class Conv2dOp(_WeightedOp):
 
     def _make_plan(self, shape, threads, level):
         N, C, H, W = shape
+        self.output_shape(shape)  # refuse an output too small for the pool before any timing
         geo = _ConvGeometry(self, C, H, W)
         plan = {"geo": geo, "threads": threads, "level": level, "sparse": None}
         # dense kernel: chunks of the flat output with a (K, chunk) panel of ~1 MiB, at least
@@ -460,7 +462,6 @@ class Conv2dOp(_WeightedOp):
         if self.kernel in ("dense", "auto") and self._pointwise_ok():
             plan["pointwise"] = self._pointwise_plan(geo, shape, threads, level,
                                                      timed=self.kernel == "auto")
-        self.output_shape(shape)  # refuse an output too small for the pool here
         if self.kernel in ("sparse", "auto"):
             plan["sparse"] = self._sparse_plan(geo, threads, level)
         if self.kernel in ("winograd", "auto") and not self.ineligible["winograd"]:

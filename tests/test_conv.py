@@ -87,17 +87,23 @@ def test_results_do_not_depend_on_threads_or_simd_beyond_rounding(rng):
     assert np.array_equal(one, two)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_conv_matches_torch(case, rng):
+def _torch_conv2d(x, w, b, hp):
+    """torch.nn.functional.conv2d with fscnn's hyper-parameters (a 4-tuple padding applied
+    with F.pad, as torch's conv2d takes symmetric padding only)."""
     torch = torch_or_skip()
-    x, w, b, hp = _make(case, 0.9, rng)
     p = hp["padding"]
     xt = to_torch(x)
     if isinstance(p, tuple) and len(p) == 4:
         xt = torch.nn.functional.pad(xt, (p[2], p[3], p[0], p[1]))
         p = 0
-    ref = torch.nn.functional.conv2d(xt, to_torch(w), to_torch(b), hp["stride"], p,
-                                     hp["dilation"], hp["groups"]).numpy()
+    return torch.nn.functional.conv2d(xt, to_torch(w), to_torch(b), hp["stride"], p,
+                                      hp["dilation"], hp["groups"]).numpy()
+
+
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_conv_matches_torch(case, rng):
+    x, w, b, hp = _make(case, 0.9, rng)
+    ref = _torch_conv2d(x, w, b, hp)
     for kernel in ("sparse", "dense"):
         assert_close(Conv2dOp(w, b, kernel=kernel, **hp)(x), ref, rtol=1e-4)
 
@@ -411,16 +417,9 @@ def test_depthwise_every_simd_level(case, activation, simd_level, rng):
 
 @pytest.mark.parametrize("case", DW_CASES, ids=_dw_id)
 def test_depthwise_matches_torch(case, rng):
-    torch = torch_or_skip()
     x, w, b, hp = _dw_make(case, 0.5, rng)
-    p = hp["padding"]
-    xt = to_torch(x)
-    if isinstance(p, tuple) and len(p) == 4:
-        xt = torch.nn.functional.pad(xt, (p[2], p[3], p[0], p[1]))
-        p = 0
-    ref = torch.nn.functional.conv2d(xt, to_torch(w), to_torch(b), hp["stride"], p,
-                                     hp["dilation"], hp["groups"]).numpy()
-    assert_close(Conv2dOp(w, b, kernel="depthwise", **hp)(x), ref, rtol=1e-4)
+    assert_close(Conv2dOp(w, b, kernel="depthwise", **hp)(x), _torch_conv2d(x, w, b, hp),
+                 rtol=1e-4)
 
 
 def test_depthwise_does_not_depend_on_threads(rng):
