@@ -35,6 +35,15 @@ CASES = [
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
 
 
+def _act_ref(ref, activation):
+    """``ref`` after the fused activation (None, 'relu' or 'relu6')."""
+    if activation:
+        ref = np.maximum(ref, 0)
+    if activation == "relu6":
+        ref = np.minimum(ref, 6)
+    return ref
+
+
 def _case_id(case):
     n, c, o, h, w, k, s, p, d, g = case
     return f"n{n}c{c}o{o}_{h}x{w}_k{k[0]}x{k[1]}_s{s}_p{p}_d{d}_g{g}".replace(" ", "")
@@ -64,10 +73,7 @@ def test_conv_every_simd_level(case, kernel, activation, simd_level, rng):
     x, w, b, hp = _make(case, 0.5, rng)
     x *= 8  # push outputs past 6 so relu6's upper clamp is exercised
     y = Conv2dOp(w, b, activation=activation, kernel=kernel, **hp)(x)
-    ref = np.maximum(ref_conv2d(x, w, b, **hp), 0)
-    if activation == "relu6":
-        ref = np.minimum(ref, 6)
-    assert_close(y, ref)
+    assert_close(y, _act_ref(ref_conv2d(x, w, b, **hp), activation))
 
 
 def test_results_do_not_depend_on_threads_or_simd_beyond_rounding(rng):
@@ -230,12 +236,7 @@ def _wino_id(case):
 
 
 def _wino_ref(x, w, b, padding, act):
-    ref = ref_conv2d(x, w, b, padding=padding)
-    if act:
-        ref = np.maximum(ref, 0)
-    if act == "relu6":
-        ref = np.minimum(ref, 6)
-    return ref
+    return _act_ref(ref_conv2d(x, w, b, padding=padding), act)
 
 
 @pytest.mark.parametrize("case", WINO_CASES, ids=_wino_id)
@@ -389,13 +390,6 @@ def _dw_make(case, sparsity, rng):
     b = rng.standard_normal(c * m).astype(np.float32)
     return x, wt, b, dict(stride=s, padding=p, dilation=d, groups=c)
 
-
-def _act_ref(ref, activation):
-    if activation:
-        ref = np.maximum(ref, 0)
-    if activation == "relu6":
-        ref = np.minimum(ref, 6)
-    return ref
 
 
 @pytest.mark.parametrize("case", DW_CASES, ids=_dw_id)
