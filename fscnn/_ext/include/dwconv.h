@@ -43,20 +43,7 @@ static inline void dwconv_channels(int level, const float *in, const int64_t *pt
         const int32_t *offsets, const float *values, const float *bias, int64_t o0, int64_t o1,
         float *wide, float *out, int64_t Wq, int64_t H_out, int64_t W_out, int act)
 {
-#if FSCNN_X86
-    if (level >= FSCNN_SIMD_AVX512) {
-        dwconv_channels_avx512(in, ptr, offsets, values, bias, o0, o1, wide, out, Wq, H_out,
-                               W_out, act);
-        return;
-    }
-    if (level == FSCNN_SIMD_AVX2) {
-        dwconv_channels_avx2(in, ptr, offsets, values, bias, o0, o1, wide, out, Wq, H_out,
-                             W_out, act);
-        return;
-    }
-#endif
-    (void)level;
-    dwconv_channels_baseline(in, ptr, offsets, values, bias, o0, o1, wide, out, Wq, H_out,
-                             W_out, act);
+    FSCNN_SIMD_CALL(level, dwconv_channels, in, ptr, offsets, values, bias, o0, o1, wide, out,
+                    Wq, H_out, W_out, act);
 }
 #endif

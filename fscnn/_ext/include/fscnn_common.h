@@ -51,6 +51,17 @@ static inline int fscnn_cpu_simd_level(void) {
     return FSCNN_SIMD_BASELINE;
 }
 
+/* Call the copy of kernel `fn` (fn_avx512, fn_avx2 or fn_baseline) for SIMD level `level`. */
+#if FSCNN_X86
+#define FSCNN_SIMD_CALL(level, fn, ...) do {                                  \
+        if ((level) >= FSCNN_SIMD_AVX512) fn##_avx512(__VA_ARGS__);           \
+        else if ((level) == FSCNN_SIMD_AVX2) fn##_avx2(__VA_ARGS__);          \
+        else fn##_baseline(__VA_ARGS__);                                      \
+    } while (0)
+#else
+#define FSCNN_SIMD_CALL(level, fn, ...) do { (void)(level); fn##_baseline(__VA_ARGS__); } while (0)
+#endif
+
 /* Activation fused into kernel epilogues; values are part of the Python API (fscnn._ext). */
 enum { FSCNN_ACT_NONE = 0, FSCNN_ACT_RELU = 1, FSCNN_ACT_RELU6 = 2 };
 

@@ -12,14 +12,15 @@
 #include "fscnn_common.h"
 #include "conv_pack.h"
 
-/* Each target is instantiated with a full tile and a half tile (suffix _half): layers whose
- * flat output is short (7x7, 14x14 planes) waste less of a half tile on positions past the end. */
+/* Each target is instantiated with a full tile and a half tile (suffix half_<level>): layers
+ * whose flat output is short (7x7, 14x14 planes) waste less of a half tile on positions past the
+ * end. */
 #define SPCONV_SUFFIX baseline
 #define SPCONV_TARGET FSCNN_TARGET_BASELINE
 #define SPCONV_VL 4
 #define SPCONV_NV 8
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX baseline_half
+#define SPCONV_SUFFIX half_baseline
 #define SPCONV_TARGET FSCNN_TARGET_BASELINE
 #define SPCONV_VL 4
 #define SPCONV_NV 4
@@ -30,7 +31,7 @@
 #define SPCONV_VL 8
 #define SPCONV_NV 12
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX avx2_half
+#define SPCONV_SUFFIX half_avx2
 #define SPCONV_TARGET FSCNN_TARGET_AVX2
 #define SPCONV_VL 8
 #define SPCONV_NV 6
@@ -40,7 +41,7 @@
 #define SPCONV_VL 16
 #define SPCONV_NV 8
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX avx512_half
+#define SPCONV_SUFFIX half_avx512
 #define SPCONV_TARGET FSCNN_TARGET_AVX512
 #define SPCONV_VL 16
 #define SPCONV_NV 4
@@ -58,26 +59,16 @@ static inline int64_t spconv_tile_size(int level, int half) {
     return half ? t / 2 : t;
 }
 
-#define SPCONV_CALL(fn) fn(in, blkptr, ncb, offsets, values, bias, out, partial, oblk, n_oblk, \
-                           i0, i1, Wq, H_out, W_out, act)
-
 static inline void spconv_items(int level, int half,
         const float *in, const int64_t *blkptr, int64_t ncb, const int32_t *offsets,
         const float *values, const float *bias, float *out, float *partial, const int64_t *oblk,
         int64_t n_oblk, int64_t i0, int64_t i1, int64_t Wq, int64_t H_out, int64_t W_out, int act)
 {
-#if FSCNN_X86
-    if (level >= FSCNN_SIMD_AVX512) {
-        if (half) SPCONV_CALL(spconv_items_avx512_half); else SPCONV_CALL(spconv_items_avx512);
-        return;
-    }
-    if (level == FSCNN_SIMD_AVX2) {
-        if (half) SPCONV_CALL(spconv_items_avx2_half); else SPCONV_CALL(spconv_items_avx2);
-        return;
-    }
-#endif
-    (void)level;
-    if (half) SPCONV_CALL(spconv_items_baseline_half); else SPCONV_CALL(spconv_items_baseline);
+    if (half)
+        FSCNN_SIMD_CALL(level, spconv_items_half, in, blkptr, ncb, offsets, values, bias, out,
+                        partial, oblk, n_oblk, i0, i1, Wq, H_out, W_out, act);
+    else
+        FSCNN_SIMD_CALL(level, spconv_items, in, blkptr, ncb, offsets, values, bias, out,
+                        partial, oblk, n_oblk, i0, i1, Wq, H_out, W_out, act);
 }
-#undef SPCONV_CALL
 #endif

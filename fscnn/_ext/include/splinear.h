@@ -144,17 +144,11 @@ SPLIN_ROWS(splin_rows_avx512, FSCNN_TARGET_AVX512, splin_dot_avx512)
 /* Column panel width in input features (the caller lays the weights out with it). */
 static inline int64_t splin_panel_width(void) { return SPLIN_PANEL; }
 
-#define SPLIN_ARGS x, N, I, O, indptr, P, width, idx, val, bias, out, r0, r1, act
 static inline void splin_rows(int level, const float *x, int64_t N, int64_t I, int64_t O,
         const int64_t *indptr, int64_t P, int64_t width, const uint16_t *idx, const float *val,
         const float *bias, float *out, int64_t r0, int64_t r1, int act)
 {
-#if FSCNN_X86
-    if (level >= FSCNN_SIMD_AVX512) { splin_rows_avx512(SPLIN_ARGS); return; }
-    if (level == FSCNN_SIMD_AVX2) { splin_rows_avx2(SPLIN_ARGS); return; }
-#endif
-    (void)level;
-    splin_rows_baseline(SPLIN_ARGS);
+    FSCNN_SIMD_CALL(level, splin_rows, x, N, I, O, indptr, P, width, idx, val, bias, out, r0, r1,
+                    act);
 }
-#undef SPLIN_ARGS
 #endif

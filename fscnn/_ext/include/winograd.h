@@ -64,35 +64,14 @@ static inline void wino_input(int level, const float *x, int64_t C, int64_t H, i
         int64_t pad_top, int64_t pad_left, int64_t tiles_w, int64_t t0, int64_t cnt, float *V,
         float *tmp)
 {
-#if FSCNN_X86
-    if (level >= FSCNN_SIMD_AVX512) {
-        wino_input_avx512(x, C, H, W, pad_top, pad_left, tiles_w, t0, cnt, V, tmp);
-        return;
-    }
-    if (level == FSCNN_SIMD_AVX2) {
-        wino_input_avx2(x, C, H, W, pad_top, pad_left, tiles_w, t0, cnt, V, tmp);
-        return;
-    }
-#endif
-    (void)level;
-    wino_input_baseline(x, C, H, W, pad_top, pad_left, tiles_w, t0, cnt, V, tmp);
+    FSCNN_SIMD_CALL(level, wino_input, x, C, H, W, pad_top, pad_left, tiles_w, t0, cnt, V, tmp);
 }
 
 static inline void wino_output(int level, const float *M, int64_t O, int64_t tiles_w,
         int64_t t0, int64_t cnt, const float *bias, int act, int64_t H_out, int64_t W_out,
         float *out, float *tmp)
 {
-#if FSCNN_X86
-    if (level >= FSCNN_SIMD_AVX512) {
-        wino_output_avx512(M, O, tiles_w, t0, cnt, bias, act, H_out, W_out, out, tmp);
-        return;
-    }
-    if (level == FSCNN_SIMD_AVX2) {
-        wino_output_avx2(M, O, tiles_w, t0, cnt, bias, act, H_out, W_out, out, tmp);
-        return;
-    }
-#endif
-    (void)level;
-    wino_output_baseline(M, O, tiles_w, t0, cnt, bias, act, H_out, W_out, out, tmp);
+    FSCNN_SIMD_CALL(level, wino_output, M, O, tiles_w, t0, cnt, bias, act, H_out, W_out, out,
+                    tmp);
 }
 #endif
