@@ -6,6 +6,7 @@ shape once (input offsets, work split, scratch size) and, with ``kernel="auto"``
 candidate kernels on that shape and keeps the fastest, so a prepared layer is never slower than
 its dense path. Calls never re-convert weights; plans are cached per (shape, threads, SIMD level).
 """
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -207,12 +208,25 @@ class _ConvGeometry:
         if self.packed + 2 * self.L + 4096 > _INT32_MAX:
             raise OpError(f"{op.name}: input of shape {(C, H, W)} is too large for 32-bit "
                           f"offsets ({self.packed + self.L} positions per image)")
+        # what tap_offsets needs (not the op itself: its plans hold this object)
+        self._taps = (Cg, KH, KW, dh, dw, phases, plane, op.groups)
+
+    @functools.cached_property
+    def tap_offsets(self):
+        """(Cg*KH*KW,) int64: position of each tap (ci, kh, kw) of group 0 in the packed
+        input. Built on first use (by a plan): every layer call checks its input shape with
+        this class, and building them took ~120 us on a 512-channel 3x3 layer."""
+        Cg, KH, KW, dh, dw, phases, plane, _ = self._taps
+        sh, sw = self.stride
         ci, kh, kw = np.meshgrid(np.arange(Cg), np.arange(KH), np.arange(KW), indexing="ij")
         ah, aw = kh * dh, kw * dw
         py, px = (0, 0) if self.one_phase else (ah % sh, aw % sw)
         tap = ((ci * phases + py * sw + px) * plane + (ah // sh) * self.Wq + aw // sw)
-        self.tap_offsets = tap.reshape(-1).astype(np.int64)
-        self.max_tap = int(self.tap_offsets.max()) + (op.groups - 1) * self.group_stride
+        return tap.reshape(-1).astype(np.int64)
+
+    @functools.cached_property
+    def max_tap(self):
+        return int(self.tap_offsets.max()) + (self._taps[-1] - 1) * self.group_stride
 
     def scratch(self, reach):
         """A packed-input buffer readable up to ``max_tap + reach``, tail zeroed."""
