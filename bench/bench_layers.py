@@ -20,6 +20,7 @@ import numpy as np
 
 import fscnn
 from fscnn import _config
+from fscnn._memory import aligned_empty
 from fscnn.ops import Conv2dOp
 
 # (name, C_in, C_out, kernel, stride, padding, groups, input H=W)
@@ -100,7 +101,9 @@ def run(args):
             torch.set_num_threads(threads)
         with _config.threads(threads):
             for name, cin, cout, k, s, p, g, hw in layers:
-                x = rng.standard_normal((args.batch, cin, hw, hw), dtype=np.float32)
+                # in a model every layer's input is the 64-byte aligned output of an fscnn op
+                x = aligned_empty((args.batch, cin, hw, hw))
+                x[...] = rng.standard_normal(x.shape, dtype=np.float32)
                 w0 = rng.standard_normal((cout, cin // g, k, k), dtype=np.float32)
                 for sp in args.sparsity:
                     w = prune_random(w0, sp, rng)

@@ -7,6 +7,7 @@ import fscnn.functional as F
 from conftest import assert_close, sparse_weight, to_torch, torch_or_skip
 from fscnn import _config
 from fscnn._ext import _conv
+from fscnn._memory import aligned_empty
 from fscnn.ops import Conv2dOp, OpError, conv_padding
 from reference import conv2d as ref_conv2d
 
@@ -31,6 +32,8 @@ CASES = [
     (1, 4, 4, 9, 8, (2, 2), (1, 2), 0, (2, 1), 1),  # mixed stride and dilation
     (1, 64, 8, 5, 5, (3, 3), 1, 1, 1, 1),          # many channels, tile bigger than output
     (1, 5, 4, 6, 7, (3, 1), 1, (1, 0), 1, 1),      # rows padded only: block-copy packing
+    (1, 5, 6, 3, 40, (1, 9), 1, (0, 4), (1, 3), 1),  # taps 0..24 columns apart: every residue
+    (2, 5, 6, 4, 41, (1, 9), (1, 2), (0, 4), (1, 3), 1),  # ... and with stride 2 phases
 ]
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
 
@@ -74,6 +77,47 @@ def test_conv_every_simd_level(case, kernel, activation, simd_level, rng):
     x *= 8  # push outputs past 6 so relu6's upper clamp is exercised
     y = Conv2dOp(w, b, activation=activation, kernel=kernel, **hp)(x)
     assert_close(y, _act_ref(ref_conv2d(x, w, b, **hp), activation))
+
+
+@pytest.mark.parametrize("case", CASES[-2:], ids=_case_id)
+def test_sparse_residues_every_simd_level(case, simd_level, rng):
+    # taps whose columns are not a whole number of vectors apart are summed per residue and
+    # shifted into place (spconv_impl.h); these wide dilated rows reach every residue
+    x, w, b, hp = _make(case, 0.5, rng)
+    op = Conv2dOp(w, b, kernel="sparse", **hp)
+    s = hp["stride"] if isinstance(hp["stride"], tuple) else (hp["stride"],) * 2
+    last_column = hp["dilation"][1] * (w.shape[3] - 1) // s[1]  # of a tap in its phase plane
+    VL = _conv.vector_len(_config.simd_level_index())
+    assert op._plan(x.shape)["sparse"]["R"] == min(VL, last_column + 1)
+    assert_close(op(x), ref_conv2d(x, w, b, **hp))
+
+
+def _misaligned_copy(x, floats=1):
+    """A copy of ``x`` that starts ``floats`` floats past a 64-byte boundary."""
+    raw = aligned_empty((x.size + 16,))
+    y = raw[floats:floats + x.size].reshape(x.shape)
+    y[...] = x
+    return y
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 4, 12, 12, 2), (1, 200, 3, 16, 9, 1), (1, 8, 5, 4, 4, 1)],
+                         ids=["moved_back_tile", "channel_blocks", "shorter_than_a_tile"])
+def test_sparse_1x1_reads_an_aligned_input_in_place(shape, simd_level, threads, rng):
+    # planes of a whole number of vectors are read in place when the input is 64-byte aligned
+    # (fscnn's activations are), and copied first otherwise; both give the same bits
+    n, c, o, h, w_, g = shape
+    w = sparse_weight((o, c // g, 1, 1), 0.5, rng)
+    b = rng.standard_normal(o).astype(np.float32)
+    x = aligned_empty((n, c, h, w_))
+    x[...] = rng.standard_normal(x.shape)
+    op = Conv2dOp(w, b, groups=g, kernel="sparse")
+    y = op(x)
+    sp = op._plan(x.shape)["sparse"]
+    assert sp["layout"]["in_place"] and sp["R"] == 1
+    assert sp["pack"] == (h * w_ < _conv.tile_size(_config.simd_level_index(), sp["half_tile"]))
+    assert_close(y, ref_conv2d(x, w, b, groups=g))
+    for floats in (1, 4):
+        assert np.array_equal(op(_misaligned_copy(x, floats)), y)
 
 
 def test_results_do_not_depend_on_threads_or_simd_beyond_rounding(rng):

@@ -12,13 +12,14 @@ from scipy.linalg.cython_blas cimport sgemm
 
 cdef extern from "spconv.h" nogil:
     int64_t spconv_tile_size(int level, int half)
-    void spconv_items(int level, int half, const float *inp, const int64_t *blkptr, int64_t ncb,
-                      const int32_t *offsets, const float *values, const float *bias, float *out,
+    int64_t spconv_vector_len(int level)
+    void spconv_items(int level, int half, const float *inp, const int64_t *ptr, int64_t ncb,
+                      int64_t R, const int32_t *offsets, const float *values, const float *bias, float *out,
                       float *partial, const int64_t *oblk, int64_t n_oblk, int64_t i0, int64_t i1,
                       int64_t Wq, int64_t H_out, int64_t W_out, int act)
     void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t W,
                    int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
-                   int64_t Hq, int64_t Wq, int one_phase, float *buf)
+                   int64_t Hq, int64_t Wq, int64_t plane, int one_phase, float *buf)
     void conv_scatter(const float *wide, int64_t ld, int64_t n_out, int64_t o0, int64_t q0,
                       int64_t n, const float *bias, int act, int64_t Wq, int64_t H_out,
                       int64_t W_out, float *out)
@@ -76,48 +77,62 @@ def tile_size(int level, bint half):
     return spconv_tile_size(level, half)
 
 
+def vector_len(int level):
+    """Floats per vector of the sparse kernel at SIMD level ``level``: the alignment of its
+    packed rows and loads."""
+    return spconv_vector_len(level)
+
+
 cdef void _pack_image(const float *x, int64_t C, int64_t H, int64_t W, int64_t pad_top,
                       int64_t pad_left, int64_t sh, int64_t sw, int64_t Hq, int64_t Wq,
-                      bint one_phase, float *buf, int n_threads) noexcept nogil:
+                      int64_t plane, bint one_phase, float *buf, int n_threads) noexcept nogil:
     cdef int64_t c
     for c in prange(C, num_threads=n_threads, schedule="dynamic"):
-        conv_pack(x, c, c + 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, one_phase, buf)
+        conv_pack(x, c, c + 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, plane, one_phase, buf)
 
 
 cdef const float *_packed_image(const float *x, int64_t C, int64_t H, int64_t W,
                                 int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
                                 int64_t Hq, int64_t Wq, bint one_phase, bint pack, float *buf,
-                                int n_threads) noexcept nogil:
-    """The packed layout of image x: packed into buf, or x itself when ``pack`` is false (an
-    unpadded 1x1 stride-1 layer, whose input already has that layout)."""
+                                int n_threads, int64_t plane=-1) noexcept nogil:
+    """The packed layout of image x: packed into buf (planes ``plane`` floats apart, Hq*Wq by
+    default), or x itself when ``pack`` is false (an unpadded 1x1 stride-1 layer, whose input
+    already has that layout)."""
     if not pack:
         return x
-    _pack_image(x, C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, one_phase, buf, n_threads)
+    _pack_image(x, C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, Hq * Wq if plane < 0 else plane,
+                one_phase, buf, n_threads)
     return buf
 
 
 def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
-                  const int64_t[:, ::1] blkptr,       # IN  (O, ncb+1) non-zero range per channel block
-                  const int32_t[::1] offsets,         # IN  (nnz,) positions in the packed image
-                  const float[::1] values,            # IN  (nnz,)
+                  const int64_t[:, ::1] ptr,          # IN  (O, ncb*R+1) non-zeros per (block, residue)
+                  int R,                              # IN  residues (see spconv_impl.h)
+                  const int32_t[::1] offsets,         # IN  (nnz,) aligned positions in the packed image
+                  const float[::1] values,            # IN  (nnz,) in the order of offsets
                   const float[::1] bias,              # IN  (O,) or None
                   const int64_t[::1] oblk,            # IN  (n_oblk+1,) output-channel blocks
-                  float[::1] buf,                     # SCRATCH packed image + tail, tail zeroed
+                  float[::1] buf,                     # SCRATCH packed image + tail, tail zeroed,
+                                                      #   vector-aligned
                   float[:, ::1] partial,              # SCRATCH (n_threads, largest block * tile)
-                  float[:, :, :, ::1] out,            # OUT (N, O, H_out, W_out)
-                  int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
-                  int act, int level, bint half, bint pack, bint one_phase, int n_threads):
-    """Direct sparse convolution, O(N * nnz * H_out * Wq) multiply-adds.
+                  float[:, :, :, ::1] out,            # OUT (N, O, H_c, W_c) computed positions
+                  int pad_top, int pad_left, int sh, int sw, int Hq, int Wq, int64_t plane,
+                  int64_t Wc, int act, int level, bint half, bint pack, bint one_phase,
+                  int n_threads):
+    """Direct sparse convolution, O(N * nnz * H_c * Wc) multiply-adds.
 
-    ``pack`` false: x already has the packed layout (an unpadded 1x1 stride-1 layer whose flat
-    output holds at least one tile) and is read in place; ``buf`` is then unused.
-    ``one_phase``: only phase (0, 0) of each channel is packed (see conv_pack)."""
+    The input is packed into planes of Hq rows of Wq floats, ``plane`` floats apart; output
+    (y, x) is flat position y*Wc + x of the packed image's positions (Wc == Wq, or an unpadded
+    1x1 layer viewed as one row: H_c == 1, W_c == H_out*W_out, Wc == plane).
+    ``pack`` false: x already has the packed layout (an unpadded 1x1 stride-1 layer whose
+    planes are a whole number of vectors, vector-aligned) and is read in place; ``buf`` is
+    then unused. ``one_phase``: only phase (0, 0) of each channel is packed (see conv_pack)."""
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t H_out = out.shape[2], W_out = out.shape[3]
-    cdef int64_t ncb = blkptr.shape[1] - 1
+    cdef int64_t ncb = (ptr.shape[1] - 1) // R
     cdef int64_t n_oblk = oblk.shape[0] - 1
     cdef int64_t T = spconv_tile_size(level, half)
-    cdef int64_t n_tiles = (H_out * Wq + T - 1) // T
+    cdef int64_t n_tiles = (H_out * Wc + T - 1) // T
     cdef int64_t n_items = n_tiles * n_oblk
     cdef const float *bptr = &bias[0] if bias is not None else NULL
     cdef const int32_t *optr = &offsets[0] if offsets.shape[0] else NULL
@@ -129,15 +144,16 @@ def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
     with nogil:
         for n in range(N):
             src = _packed_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
-                                one_phase, pack, &buf[0], n_threads)
+                                one_phase, pack, &buf[0], n_threads, plane)
             for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
-                spconv_items(level, half, src, &blkptr[0, 0], ncb, optr, vptr, bptr,
+                spconv_items(level, half, src, &ptr[0, 0], ncb, R, optr, vptr, bptr,
                              &out[n, 0, 0, 0], &partial[threadid(), 0], &oblk[0], n_oblk, i,
-                             i + 1, Wq, H_out, W_out, act)
+                             i + 1, Wc, H_out, W_out, act)
 
 
 def sparse_conv2d_maxpool2(const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
-                           const int64_t[:, ::1] blkptr,    # IN  as in sparse_conv2d
+                           const int64_t[:, ::1] ptr,       # IN  as in sparse_conv2d
+                           int R,                           # IN
                            const int32_t[::1] offsets,      # IN
                            const float[::1] values,         # IN
                            const float[::1] bias,           # IN  (O,) or None
@@ -157,7 +173,7 @@ def sparse_conv2d_maxpool2(const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
     convolution output is never written to memory."""
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t O = out.shape[1], Hpo = out.shape[2], Wpo = out.shape[3]
-    cdef int64_t ncb = blkptr.shape[1] - 1
+    cdef int64_t ncb = (ptr.shape[1] - 1) // R
     cdef int64_t T = spconv_tile_size(level, half)
     cdef int64_t n_bands = (2 * Hpo + band_rows - 1) // band_rows
     cdef const float *bptr = &bias[0] if bias is not None else NULL
@@ -177,7 +193,7 @@ def sparse_conv2d_maxpool2(const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
                 rows = band_rows if r0 + band_rows <= 2 * Hpo else 2 * Hpo - r0
                 scr = &band[threadid(), 0]
                 # the band's rows r0 .. r0+rows-1 are flat positions r0*Wq + [0, rows*Wq)
-                spconv_items(level, half, src + r0 * Wq, &blkptr[0, 0], ncb, optr, vptr, bptr,
+                spconv_items(level, half, src + r0 * Wq, &ptr[0, 0], ncb, R, optr, vptr, bptr,
                              scr, &partial[threadid(), 0], &oblk[0], 1, 0,
                              (rows * Wq + T - 1) // T, Wq, rows, W_conv, act)
                 for o in range(O):
@@ -337,7 +353,7 @@ def depthwise_conv2d(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
             n = i // C
             c = i % C
             buf = &work[threadid(), 0]
-            conv_pack(&x[n, c, 0, 0], 0, 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, one_phase,
+            conv_pack(&x[n, c, 0, 0], 0, 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, Hq * Wq, one_phase,
                       buf)
             dwconv_channels(level, buf, &ptr[0], optr, vptr, bptr, c * mult, (c + 1) * mult,
                             buf + wide_at, &out[n, 0, 0, 0], Wq, H_out, W_out, act)

@@ -8,6 +8,7 @@ fused ReLU costs no extra pass over memory. Activations accept arrays of any sha
 import numpy as np
 
 from .._ext import _pool
+from .._memory import aligned_empty
 from ..sparse import CSRMatrix, SparseConvWeight
 from ._validate import activation_code, as_float_array, as_vector, is_int, real, threads_for
 
@@ -237,7 +238,7 @@ def add(a, b, activation=None):
     if a.shape != b.shape:
         raise ValueError(f"add: a and b must have the same shape, got {a.shape} and {b.shape}")
     act = activation_code(activation, "add: activation")
-    out = np.empty_like(a)
+    out = aligned_empty(a.shape)
     if out.size:
         _pool.add(a.reshape(-1), b.reshape(-1), out.reshape(-1), act, threads_for(out.size))
     return out

@@ -7,6 +7,7 @@ must start inside the input or its leading padding). The kernels are in
 import numpy as np
 
 from .._ext import _pool
+from .._memory import aligned_empty
 from ._validate import (MAX_HYPER_PARAMETER, as_float32_nchw, check_nonempty_hw, is_int, pair,
                         sliding_output_hw,
                         threads_for)
@@ -30,7 +31,7 @@ def _windowed(name, x, kernel_size, stride, padding, dilation, ceil_mode):
 def _planes(x, out_hw):
     """The input as (N*C, H, W) planes and a new output of shape (N, C, Ho, Wo) with its planes."""
     n, c, h, w = x.shape
-    out = np.empty((n, c) + tuple(out_hw), dtype=np.float32)
+    out = aligned_empty((n, c) + tuple(out_hw))
     return x.reshape(n * c, h, w), out, out.reshape((n * c,) + tuple(out_hw))
 
 

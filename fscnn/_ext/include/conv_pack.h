@@ -6,7 +6,8 @@
  * Wq = W_out + (dw*(KW-1))/sw; then tap (kh, kw) of output (y, x) sits at flat position
  * (y + kh*dh/sh)*Wq + x + kw*dw/sw of plane (c, kh*dh%sh, kw*dw%sw), and all outputs of one tap
  * form one contiguous run of H_out*Wq positions (the Wq-W_out extra columns per row are computed
- * and dropped by the epilogue). The extra plane row plus a zeroed tail of one tile after the last
+ * and dropped by the epilogue). The sparse kernel rounds Wq, and the distance between planes,
+ * up to a whole number of vectors (see spconv_impl.h). The extra plane row plus a zeroed tail of one tile after the last
  * plane keep every read in bounds.
  */
 #ifndef FSCNN_CONV_PACK_H
@@ -14,15 +15,17 @@
 #include "fscnn_common.h"
 
 /* Pack channels [c0, c1) of one image x (C, H, W) into phase planes (see above).
- * buf: (C*phases*Hq*Wq + tail) floats, phases = 1 if one_phase else sh*sw; the caller zeroes
- * the tail once. Every plane element is written (zeros where the padded input is out of
- * range). one_phase: only phase (0, 0) is packed, at plane c (a strided 1x1 layer reads no
- * other phase). O(C*phases*Hq*Wq). */
+ * buf: (C*phases*plane + tail) floats, phases = 1 if one_phase else sh*sw, plane >= Hq*Wq
+ * floats from one plane to the next (the sparse kernel rounds it up to its vector length);
+ * the caller zeroes the tail once. Every plane element is written, the plane's last
+ * plane - Hq*Wq floats too (zeros where the padded input is out of range). one_phase: only
+ * phase (0, 0) is packed, at plane c (a strided 1x1 layer reads no other phase).
+ * O(C*phases*plane). */
 static void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t W,
                         int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
-                        int64_t Hq, int64_t Wq, int one_phase, float *buf)
+                        int64_t Hq, int64_t Wq, int64_t plane, int one_phase, float *buf)
 {
-    const int64_t plane = Hq * Wq;
+    const int64_t gap = plane - Hq * Wq;
     const int64_t phy = one_phase ? 1 : sh, phx = one_phase ? 1 : sw;
     if (sh == 1 && sw == 1 && pad_left == 0 && Wq == W) {
         /* rows are contiguous in both layouts (e.g. unpadded 1x1 convolutions): one block copy
@@ -33,7 +36,7 @@ static void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t
             const int64_t rows = (H < Hq - i0) ? H : Hq - i0;
             memset(dst, 0, (size_t)(i0 * Wq) * sizeof(float));
             memcpy(dst + i0 * Wq, x + c * H * W, (size_t)(rows * W) * sizeof(float));
-            memset(dst + (i0 + rows) * Wq, 0, (size_t)((Hq - i0 - rows) * Wq) * sizeof(float));
+            memset(dst + (i0 + rows) * Wq, 0, (size_t)((Hq - i0 - rows) * Wq + gap) * sizeof(float));
         }
         return;
     }
@@ -42,6 +45,7 @@ static void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t
         for (int64_t py = 0; py < phy; py++) {
             for (int64_t px = 0; px < phx; px++) {
                 float *dst = buf + ((c * phy + py) * phx + px) * plane;
+                memset(dst + Hq * Wq, 0, (size_t)gap * sizeof(float));
                 for (int64_t i = 0; i < Hq; i++) {
                     float *drow = dst + i * Wq;
                     const int64_t yin = i * sh + py - pad_top;

@@ -4,14 +4,25 @@
  * (target attribute), SPCONV_VL (floats per vector: 4, 8 or 16) and SPCONV_NV (accumulator
  * vectors) defined; they are undefined again at the end of this file.
  *
- * Design: the input of one image has been packed (spconv_pack) into "phase planes" of Hq x Wq floats:
- * for stride (sh, sw) there are sh*sw planes per channel and tap (kh, kw) of output pixel (y, x)
- * reads plane (c, kh*dh % sh, kw*dw % sw) at flat position (y + kh*dh/sh)*Wq + x + kw*dw/sw. The
- * per-non-zero constant part of that position is precomputed into `offsets`, so output pixels
- * (y, x) at flat position p = y*Wq + x form ONE contiguous run of length H_out*Wq for every tap: a
- * tile of T = NV*VL consecutive positions is computed with NV vector accumulators that stay in
- * registers across the whole non-zero list of an output channel (broadcast weight, one load, one
- * FMA per vector), then bias and activation are applied and only the columns x < W_out are stored.
+ * Design: the input of one image has been packed (conv_pack) into "phase planes" of Hq rows of
+ * Wq floats: for stride (sh, sw) there are sh*sw planes per channel and tap (kh, kw) of output
+ * pixel (y, x) reads plane (c, kh*dh % sh, kw*dw % sw) at flat position
+ * (y + kh*dh/sh)*Wq + x + kw*dw/sw. The per-non-zero constant part of that position is
+ * precomputed, so output pixels (y, x) at flat position p = y*Wq + x form ONE contiguous run of
+ * length H_out*Wq for every tap: a tile of T = NV*VL consecutive positions is computed with NV
+ * vector accumulators that stay in registers across the whole non-zero list of an output
+ * channel (broadcast weight, one load, one FMA per vector), then bias and activation are applied
+ * and only the columns x < W_out are stored.
+ * Aligned loads: rows (Wq) and planes are padded to a whole number of vectors and the packed
+ * buffer is vector-aligned, so a non-zero's position is a + r with a aligned and r (its
+ * "residue", 0 <= r < VL) fixed by the tap's column alone. The non-zeros of an output channel
+ * are grouped by residue: residue 0 loads at a + p0 + v*VL, all aligned, into the
+ * accumulators; residue r > 0 accumulates NV+1 aligned vectors from a + p0 into a temporary
+ * and adds it shifted down by r lanes (one two-source shuffle per vector) at the end of its
+ * segment. An unaligned load of VL floats at a random position splits a cache line VL-1 times
+ * in VL, and the kernel was bound by those loads (spconv.h). The cost: the padding columns
+ * (6-12% more positions on VGG16's planes), a ninth vector per non-zero of residue r > 0,
+ * and the shuffles.
  * Loop order: a work item is (tile, block of output channels); inside it the tile's input window
  * (all channels) is reused from cache by every output channel of the block. Items are handed to
  * threads dynamically (prange schedule "dynamic"), so a thread that the OS deschedules on a busy
@@ -21,13 +32,6 @@
  * thread count.
  */
 
-#if SPCONV_VL == 4
-#define SPCONV_BCAST(v) v, v, v, v
-#elif SPCONV_VL == 8
-#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v
-#else
-#define SPCONV_BCAST(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
-#endif
 #define SPCONV_CAT2(a, b) a##_##b
 #define SPCONV_CAT(a, b) SPCONV_CAT2(a, b)
 #define SPCONV_FN(name) SPCONV_CAT(name, SPCONV_SUFFIX)
@@ -39,16 +43,19 @@ typedef int32_t SPCONV_CAT(spconv_ivec, SPCONV_SUFFIX) __attribute__((vector_siz
 #define SPCONV_T (SPCONV_VL * SPCONV_NV)
 
 /* One tile of T output positions [p0, p0+T) for output channels [o0, o1) of one image.
- * in:      packed planes (read-only), readable up to max(offsets) + p0 + T.
- *          p0 need not be a multiple of T (see spconv_items).
- * blkptr:  (O, ncb+1) row-major: non-zeros of output channel o that read input-channel block b
- *          are blkptr[o*(ncb+1)+b] .. blkptr[o*(ncb+1)+b+1] (offsets/values are sorted by channel).
- * offsets, values: (nnz,). bias: (O,) or NULL. out: (O, H_out, W_out) of this image.
+ * in:      packed planes (read-only), SPCONV_VL-aligned, readable up to max(offsets) + p0 + T
+ *          (+ SPCONV_VL when R > 1). p0 is a multiple of SPCONV_VL (see spconv_items).
+ * ptr:     (O, ncb*R+1) row-major: the non-zeros of output channel o that read input-channel
+ *          block b with residue r are ptr[o*(ncb*R+1) + b*R + r] .. that + 1.
+ * offsets: (nnz,) aligned part of each non-zero's position (a multiple of SPCONV_VL); its
+ *          residue r (0 <= r < R) is the segment it sits in. values: (nnz,).
+ * bias:    (O,) or NULL. out: (O, H_out, W_out) of this image.
  * partial: scratch of (o1-o0)*T floats holding the accumulators between channel blocks.
- * Channel blocks keep the tile's input window in L1 while every output channel of the block
- * reads it; the accumulators go to `partial` (L1/L2) between blocks. */
+ * Residue 0 accumulates straight into the tile's accumulators. A residue r > 0 accumulates
+ * T + SPCONV_VL positions (from the aligned position below) and is shifted into them by r
+ * lanes at the end of its segment, so every load of the input is aligned. */
 SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
-        const float *restrict in, const int64_t *restrict blkptr, int64_t ncb,
+        const float *restrict in, const int64_t *restrict ptr, int64_t ncb, int64_t R,
         const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
         float *restrict out, float *restrict partial,
         int64_t o0, int64_t o1, int64_t p0, int64_t Wq, int64_t H_out, int64_t W_out, int act)
@@ -56,7 +63,10 @@ SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
     float tmp[SPCONV_T] __attribute__((aligned(64)));
     const int64_t plane = H_out * W_out;
     const int64_t L = H_out * Wq;
+    const int64_t stride = ncb * R + 1;
     const float *restrict base = in + p0;
+    SPIVEC iota;
+    for (int j = 0; j < SPCONV_VL; j++) iota[j] = j;
     /* The tile's valid outputs: runs of columns x < W_out within each output row it touches,
      * computed once per tile and reused by every output channel. */
     int64_t run_dst[SPCONV_T], run_src[SPCONV_T], run_len[SPCONV_T];
@@ -92,11 +102,9 @@ SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
 #pragma GCC unroll 16
                 for (int v = 0; v < SPCONV_NV; v++) memcpy(&acc[v], part + v * SPCONV_VL, sizeof(SPVEC));
             }
-            const int64_t *bp = blkptr + o * (ncb + 1) + b;
-            const int64_t kend = bp[1];
-            for (int64_t k = bp[0]; k < kend; k++) {
-                const float wk = values[k];
-            const SPVEC w = {SPCONV_BCAST(wk)};
+            const int64_t *bp = ptr + o * stride + b * R;
+            for (int64_t k = bp[0], kend = bp[1]; k < kend; k++) {
+                const SPVEC w = (SPVEC){0} + values[k];
                 const float *restrict p = base + offsets[k];
 #pragma GCC unroll 16
                 for (int v = 0; v < SPCONV_NV; v++) {
@@ -104,6 +112,28 @@ SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
                     memcpy(&x, p + v * SPCONV_VL, sizeof x);
                     acc[v] += w * x;
                 }
+            }
+            for (int64_t r = 1; r < R; r++) {
+                const int64_t kend = bp[r + 1];
+                int64_t k = bp[r];
+                if (k == kend) continue;
+                SPVEC t[SPCONV_NV + 1];
+#pragma GCC unroll 17
+                for (int v = 0; v <= SPCONV_NV; v++) t[v] = (SPVEC){0};
+                for (; k < kend; k++) {
+                    const SPVEC w = (SPVEC){0} + values[k];
+                    const float *restrict p = base + offsets[k];
+#pragma GCC unroll 17
+                    for (int v = 0; v <= SPCONV_NV; v++) {
+                        SPVEC x;
+                        memcpy(&x, p + v * SPCONV_VL, sizeof x);
+                        t[v] += w * x;
+                    }
+                }
+                /* lanes r .. r+VL-1 of (t[v], t[v+1]): positions p0 + v*VL + [0, VL) */
+                const SPIVEC idx = iota + (int32_t)r;
+#pragma GCC unroll 16
+                for (int v = 0; v < SPCONV_NV; v++) acc[v] += __builtin_shuffle(t[v], t[v + 1], idx);
             }
             if (!last) {
 #pragma GCC unroll 16
@@ -117,13 +147,13 @@ SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
                 const SPVEC six = zero + 6.0f;
 #pragma GCC unroll 16
                 for (int v = 0; v < SPCONV_NV; v++) {
-                    SPIVEC r = (SPIVEC)acc[v];
-                    r &= ~(SPIVEC)(acc[v] < zero);
+                    SPIVEC m = (SPIVEC)acc[v];
+                    m &= ~(SPIVEC)(acc[v] < zero);
                     if (act == FSCNN_ACT_RELU6) {
                         const SPIVEC big = (SPIVEC)(acc[v] > six);
-                        r = (r & ~big) | ((SPIVEC)six & big);
+                        m = (m & ~big) | ((SPIVEC)six & big);
                     }
-                    acc[v] = (SPVEC)r;
+                    acc[v] = (SPVEC)m;
                 }
             }
             float *restrict orow = out + o * plane;
@@ -136,15 +166,15 @@ SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
                 continue;
             }
             memcpy(tmp, acc, sizeof tmp);
-            for (int r = 0; r < n_runs; r++)
-                memcpy(orow + run_dst[r], tmp + run_src[r], (size_t)run_len[r] * sizeof(float));
+            for (int q = 0; q < n_runs; q++)
+                memcpy(orow + run_dst[q], tmp + run_src[q], (size_t)run_len[q] * sizeof(float));
         }
     }
 }
 
 /* All items [i0, i1) of one image; item i = (tile i / n_oblk, output block i % n_oblk). */
 SPCONV_TARGET static void SPCONV_FN(spconv_items)(
-        const float *restrict in, const int64_t *restrict blkptr, int64_t ncb,
+        const float *restrict in, const int64_t *restrict ptr, int64_t ncb, int64_t R,
         const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
         float *restrict out, float *restrict partial, const int64_t *restrict oblk, int64_t n_oblk,
         int64_t i0, int64_t i1, int64_t Wq, int64_t H_out, int64_t W_out, int act)
@@ -158,7 +188,7 @@ SPCONV_TARGET static void SPCONV_FN(spconv_items)(
          * each is the same sequence of FMAs whatever its lane. */
         int64_t p0 = t * SPCONV_T;
         if (p0 + SPCONV_T > L && L >= SPCONV_T) p0 = L - SPCONV_T;
-        SPCONV_FN(spconv_tile)(in, blkptr, ncb, offsets, values, bias, out, partial, oblk[b],
+        SPCONV_FN(spconv_tile)(in, ptr, ncb, R, offsets, values, bias, out, partial, oblk[b],
                                oblk[b + 1], p0, Wq, H_out, W_out, act);
     }
 }
@@ -169,7 +199,6 @@ SPCONV_TARGET static void SPCONV_FN(spconv_items)(
 #undef SPCONV_FN
 #undef SPCONV_CAT
 #undef SPCONV_CAT2
-#undef SPCONV_BCAST
 #undef SPCONV_SUFFIX
 #undef SPCONV_TARGET
 #undef SPCONV_VL
