@@ -245,15 +245,19 @@ def test_bad_weight_and_bias_shapes(rng):
         Conv2dOp(sparse_weight((4, 2, 3, 3), 0.5, rng), bias=np.ones(3))
 
 
-def test_cases_exercise_full_and_half_tiles(simd_level):
-    # the planner picks the half tile for short flat outputs; both paths must be under test
-    halves = set()
+def test_cases_exercise_full_and_half_tiles_and_both_layouts(simd_level):
+    # the planner picks the half tile for short flat outputs, and the plain layout (rows not
+    # padded to whole vectors) for small planes; every path must be under test
+    halves, aligned = set(), set()
     for case in CASES:
         n, c, o, h, w, k, s, p, d, g = case
         op = Conv2dOp(np.ones((o, c // g) + k, np.float32), stride=s, padding=p, dilation=d,
                       groups=g, kernel="sparse")
-        halves.add(op._plan((n, c, h, w))["sparse"]["half_tile"])
+        sp = op._plan((n, c, h, w))["sparse"]
+        halves.add(sp["half_tile"])
+        aligned.add(sp["layout"]["VL"] > 1)
     assert halves == {True, False}
+    assert aligned == {True, False}
 
 
 # -- Winograd F(4x4, 3x3) ----------------------------------------------------------------------
