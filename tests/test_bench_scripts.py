@@ -1,0 +1,42 @@
+"""The benchmark scripts in bench/ run end to end on tiny configurations (their figures are not
+checked: timings never go into tests)."""
+import json
+import os
+import subprocess
+import sys
+
+import fscnn
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def _run(script, *args, cwd):
+    # the fscnn under test, whether installed or built in place
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(fscnn.__file__)), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, os.path.join(BENCH, script), *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout
+
+
+def test_bench_layers_reports_rows_and_groups_per_kernel_size(tmp_path):
+    out = _run("bench_layers.py", "--models", "resnet50", "--layers", "l4", "--sparsity", "0.9",
+               "--threads", "1", "--reps", "1", "--warmup", "0", "--no-torch", "--json",
+               str(tmp_path / "layers.json"), cwd=tmp_path)
+    rows = json.loads((tmp_path / "layers.json").read_text())["rows"]
+    assert [r["layer"] for r in rows] == ["resnet50.l4.conv1", "resnet50.l4.conv2",
+                                           "resnet50.l4.conv3"]
+    assert all(r["sparse_ms"] > 0 and r["dense_ms"] > 0 for r in rows)
+    assert {r["kernel_size"] for r in rows} == {1, 3}
+    assert "Geometric-mean" in out
+
+
+def test_bench_models_writes_the_table(tmp_path):
+    _run("bench_models.py", "--models", "resnet18", "--sparsity", "0.9", "--threads", "1",
+         "--batch", "1", "--input-size", "32", "--compare", "dense", "--iterations", "1",
+         "--warmup", "0", "--out", str(tmp_path / "m"), cwd=tmp_path)
+    rows = json.loads((tmp_path / "m.json").read_text())
+    assert rows and all(r["model"] == "resnet18" for r in rows)
+    for ext in (".csv", ".md"):
+        assert (tmp_path / ("m" + ext)).stat().st_size > 0
