@@ -508,6 +508,9 @@ class Conv2dOp(_WeightedOp):
         plan["kernel"], plan["timings"] = self._pick(x, lambda x, k, d: self._run(x, plan, k, d))
         if plan["kernel"] != "sparse":
             plan["sparse"] = None
+            with self._plans_lock:
+                if not any(p["sparse"] for p in self._plans.values()):
+                    self._sparse_orders.clear()  # no plan runs it: do not hold the values twice
         if plan["kernel"] != "depthwise":
             plan.pop("depthwise", None)
         if plan["kernel"] != "dense":
