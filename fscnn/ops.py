@@ -191,6 +191,26 @@ def _computed_positions(lay, level):
                                                _conv.tile_size(level, True)))
 
 
+def _tap_positions(Cg, KH, KW, dilation, stride, one_phase, plane, Wq):
+    """(Cg*KH*KW,) int64: position of each tap (ci, kh, kw) of group 0 in an input packed
+    into phase planes ``plane`` floats apart with rows of ``Wq`` floats (see conv_pack.h)."""
+    (dh, dw), (sh, sw) = dilation, stride
+    phases = 1 if one_phase else sh * sw
+    ci, kh, kw = np.meshgrid(np.arange(Cg), np.arange(KH), np.arange(KW), indexing="ij")
+    ah, aw = kh * dh, kw * dw
+    py, px = (0, 0) if one_phase else (ah % sh, aw % sw)
+    tap = (ci * phases + py * sw + px) * plane + (ah // sh) * Wq + aw // sw
+    return tap.reshape(-1).astype(np.int64)
+
+
+def _check_offsets_fit(name, input_shape, packed, L):
+    """Raise OpError unless every position the kernels form for an input packed into
+    ``packed`` floats with a flat output of ``L`` positions fits a 32-bit offset."""
+    if packed + 2 * L + 4096 > _INT32_MAX:
+        raise OpError(f"{name}: input of shape {input_shape} is too large for 32-bit offsets "
+                      f"({packed + L} positions per image)")
+
+
 class _ConvGeometry:
     """Everything about one input shape that the kernels need (see conv_pack.h).
 
@@ -223,24 +243,18 @@ class _ConvGeometry:
         self.group_stride = Cg * phases * plane
         self.L = self.H_out * self.Wq
         self.packed = C * phases * plane
-        if self.packed + 2 * self.L + 4096 > _INT32_MAX:
-            raise OpError(f"{op.name}: input of shape {(C, H, W)} is too large for 32-bit "
-                          f"offsets ({self.packed + self.L} positions per image)")
+        self.input_shape = (C, H, W)
+        _check_offsets_fit(op.name, self.input_shape, self.packed, self.L)
         # what tap_offsets needs (not the op itself: its plans hold this object)
-        self._taps = (Cg, KH, KW, dh, dw, phases, plane, op.groups)
+        self._taps = (Cg, KH, KW, op.dilation, plane, op.groups)
 
     @functools.cached_property
     def tap_offsets(self):
         """(Cg*KH*KW,) int64: position of each tap (ci, kh, kw) of group 0 in the packed
         input. Built on first use (by a plan): every layer call checks its input shape with
         this class, and building them took ~120 us on a 512-channel 3x3 layer."""
-        Cg, KH, KW, dh, dw, phases, plane, _ = self._taps
-        sh, sw = self.stride
-        ci, kh, kw = np.meshgrid(np.arange(Cg), np.arange(KH), np.arange(KW), indexing="ij")
-        ah, aw = kh * dh, kw * dw
-        py, px = (0, 0) if self.one_phase else (ah % sh, aw % sw)
-        tap = ((ci * phases + py * sw + px) * plane + (ah // sh) * self.Wq + aw // sw)
-        return tap.reshape(-1).astype(np.int64)
+        Cg, KH, KW, dilation, plane, _ = self._taps
+        return _tap_positions(Cg, KH, KW, dilation, self.stride, self.one_phase, plane, self.Wq)
 
     @functools.cached_property
     def max_tap(self):
@@ -414,7 +428,7 @@ class Conv2dOp(_WeightedOp):
                            for k in RESTRICTED_KERNELS}
         self.check_kernel(self.kernel)
         self._winograd_u = None  # (36, O, C) transformed weights, built when first planned
-        self._sparse_orders = {}  # sparse kernel's non-zero order -> (values, segment keys)
+        self._sparse_orders = {}  # sparse kernel's non-zero order -> (values, segment pointers)
         self._plans = OrderedDict()
         self._plans_lock = threading.Lock()
 
@@ -606,7 +620,9 @@ class Conv2dOp(_WeightedOp):
         columns are computed and dropped, as the Wq - W_out columns already are). An unpadded
         1x1 layer (not pool-fused) is computed as one flat row per channel: planes of
         H_out*W_out floats rounded up to a vector, no padding columns; with stride 1 and a
-        plane that is a whole number of vectors its input is read in place."""
+        plane that is a whole number of vectors its input is read in place. Hq and Wq are the
+        packed rows (for a flat layer, the output's rows, packed contiguously), Wc the row
+        length the kernel computes, Hc*Wc == L positions."""
         up = lambda n: -(-n // VL) * VL
         lay = {"VL": VL, "flat": geo.one_phase and not self.pool}
         if lay["flat"]:
@@ -618,13 +634,10 @@ class Conv2dOp(_WeightedOp):
             lay.update(Hq=geo.Hq, Wq=up(geo.Wq), Hc=geo.H_out, Wc_len=geo.W_out, in_place=False)
             lay.update(plane=lay["Hq"] * lay["Wq"], Wc=lay["Wq"])
         _, Cg, KH, KW = self.weight_shape
-        (sh, sw), (dh, dw) = geo.stride, self.dilation
+        sh, sw = geo.stride
         phases = 1 if geo.one_phase else sh * sw
-        ci, kh, kw = np.meshgrid(np.arange(Cg), np.arange(KH), np.arange(KW), indexing="ij")
-        ah, aw = kh * dh, kw * dw
-        py, px = (0, 0) if geo.one_phase else (ah % sh, aw % sw)
-        lay["taps"] = ((ci * phases + py * sw + px) * lay["plane"] + (ah // sh) * lay["Wq"]
-                       + aw // sw).reshape(-1).astype(np.int64)
+        lay["taps"] = _tap_positions(Cg, KH, KW, self.dilation, geo.stride, geo.one_phase,
+                                     lay["plane"], lay["Wq"])
         lay["group_stride"] = Cg * phases * lay["plane"]
         lay["packed"] = self.in_channels * phases * lay["plane"]
         lay["L"] = lay["Hc"] * lay["Wc"]
@@ -648,9 +661,7 @@ class Conv2dOp(_WeightedOp):
         rows = np.repeat(np.arange(O, dtype=np.int64), np.diff(csr.indptr))
         idx = csr.indices.astype(np.int64)
         pos = lay["taps"][idx] + (rows // (O // self.groups)) * lay["group_stride"]
-        if lay["packed"] + 2 * lay["L"] + 4096 > _INT32_MAX:
-            raise OpError(f"{self.name}: input too large for 32-bit offsets "
-                          f"({lay['packed']} packed positions per image)")
+        _check_offsets_fit(self.name, geo.input_shape, lay["packed"], lay["L"])
         residue = pos % VL
         R = int(residue.max()) + 1 if residue.size else 1
         # the half tile when it computes at least 3% fewer positions (past the end of the flat
@@ -774,22 +785,16 @@ class Conv2dOp(_WeightedOp):
             # an input in place must be aligned like the packed buffer (numpy's own arrays are
             # 16-byte aligned; fscnn's activations are 64): otherwise it is copied
             pack = sp["pack"] or not is_aligned(x, 4 * lay["VL"])
-            N, O = x.shape[0], self.weight_shape[0]
-            if lay["flat"]:  # one row per channel (see _sparse_layout)
-                if geo.in_place:
-                    x = x.reshape(N, x.shape[1], 1, x.shape[2] * x.shape[3])
-                view = out.reshape(N, O, 1, lay["Wc_len"])
-            else:
-                view = out
+            # the positions the kernel computes: one row per channel for a flat layer
+            view = out.reshape(out.shape[:2] + (lay["Hc"], lay["Wc_len"]))
             _conv.sparse_conv2d(x, sp["ptr"], sp["R"], sp["offsets"], sp["values"], self.bias,
                                 sp["oblk"],
                                 geo.scratch(sp["reach"], lay["packed"], sp["max_tap"])
                                 if pack else _NO_BUFFER,
                                 _scratch("partial", sp["partial"]), view, pt, pl, sh, sw,
-                                1 if lay["flat"] and geo.in_place else lay["Hq"],
-                                lay["plane"] if lay["flat"] and geo.in_place else lay["Wq"],
-                                lay["plane"], lay["Wc"], self.act_code, plan["level"],
-                                sp["half_tile"], pack, geo.one_phase, plan["threads"])
+                                lay["Hq"], lay["Wq"], lay["plane"], lay["Wc"], self.act_code,
+                                plan["level"], sp["half_tile"], pack, geo.one_phase,
+                                plan["threads"])
         elif "pointwise" in plan:
             self._run_pointwise(x, geo, plan["pointwise"], plan["level"], plan["threads"], out)
         else:
