@@ -136,6 +136,25 @@ def pair(value, name, minimum=1):
     return int(items[0]), int(items[1])
 
 
+def padding4(padding, name):
+    """Padding as (top, bottom, left, right) from an int, a pair (ph, pw) or a 4-tuple (the
+    asymmetric pads of ONNX and TFLite models)."""
+    if not is_int(padding) and np.ndim(padding) == 1 and len(padding) == 4:
+        if not all(is_int(p) for p in padding):
+            raise TypeError(f"{name} must hold ints, got {padding!r}")
+        if min(padding) < 0 or max(padding) > MAX_HYPER_PARAMETER:
+            raise ValueError(f"{name} must hold non-negative 32-bit ints, got {padding!r}")
+        return tuple(int(p) for p in padding)
+    ph, pw = pair(padding, name, minimum=0)
+    return (ph, ph, pw, pw)
+
+
+def is_padding4(padding):
+    """Whether ``padding`` is given as a 4-tuple (top, bottom, left, right)."""
+    return not is_int(padding) and not isinstance(padding, str) and np.ndim(padding) == 1 \
+        and len(padding) == 4
+
+
 def activation_code(activation, name):
     """The kernel code of a fused activation (``None``, ``'relu'`` or ``'relu6'``)."""
     if not (activation is None or isinstance(activation, str)) \

@@ -1,16 +1,14 @@
-"""Activations, residual addition and inference batch normalisation.
+"""Activations, normalisations and inference batch normalisation.
 
 These operators are memory bound, so the activations are whole-array NumPy expressions in
 float32 (no per-pixel Python), written to give torch's results: NaN propagates, sigmoid and
-softmax are evaluated in forms that cannot overflow. ``add`` runs a compiled kernel so that a
-fused ReLU costs no extra pass over memory. Activations accept arrays of any shape.
+softmax are evaluated in forms that cannot overflow. Activations accept arrays of any shape.
+(The residual ``add``, with its fused ReLU, is in :mod:`fscnn.functional.tensor`.)
 """
 import numpy as np
 
-from .._ext import _pool
-from .._memory import aligned_empty
 from ..sparse import CSRMatrix, SparseConvWeight
-from ._validate import activation_code, as_float_array, as_vector, is_int, real, threads_for
+from ._validate import as_float_array, as_vector, is_int, real
 
 
 def _input(x, name, min_ndim=0):
@@ -137,20 +135,31 @@ def _relu6_shift3(x):
     return np.clip(out, np.float32(0), np.float32(6), out=out)
 
 
-def hardsigmoid(x):
-    """``min(max(x + 3, 0), 6) / 6`` elementwise.
+def hardsigmoid(x, alpha=1 / 6, beta=0.5):
+    """``min(max(alpha * x + beta, 0), 1)`` elementwise.
+
+    The defaults are torch's (``relu6(x + 3) / 6``, evaluated in that form); ONNX's
+    HardSigmoid defaults to ``alpha=0.2``.
 
     Parameters
     ----------
     x : array_like of any shape
         Floating-point input; converted to float32.
+    alpha, beta : float
 
     Returns
     -------
     ndarray of the same shape, float32
     """
-    out = _relu6_shift3(_input(x, "hardsigmoid"))
-    return np.divide(out, np.float32(6), out=out)
+    x = _input(x, "hardsigmoid")
+    alpha = real(alpha, "hardsigmoid: alpha")
+    beta = real(beta, "hardsigmoid: beta")
+    if alpha == 1 / 6 and beta == 0.5:
+        out = _relu6_shift3(x)
+        return np.divide(out, np.float32(6), out=out)
+    out = np.multiply(x, np.float32(alpha))
+    np.add(out, np.float32(beta), out=out)
+    return np.clip(out, np.float32(0), np.float32(1), out=out)
 
 
 def hardswish(x):
@@ -190,6 +199,128 @@ def silu(x):
         return np.multiply(out, x, out=out)
 
 
+def elu(x, alpha=1.0):
+    """``x`` where ``x > 0``, else ``alpha * (exp(x) - 1)``.
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+    alpha : float
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    x = _input(x, "elu")
+    alpha = np.float32(real(alpha, "elu: alpha"))
+    neg = np.expm1(np.minimum(x, np.float32(0)))
+    return np.where(x > 0, x, alpha * neg)
+
+
+def erf(x):
+    """The Gauss error function elementwise (SciPy's), float32."""
+    from scipy.special import erf as _erf
+    return _erf(_input(x, "erf"))
+
+
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+def gelu(x, approximate="none"):
+    """``x * Phi(x)``, Phi the standard normal CDF (``approximate='tanh'``: torch's tanh
+    formula).
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+    approximate : {'none', 'tanh'}
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    x = _input(x, "gelu")
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ValueError(f"gelu: approximate must be one of {GELU_APPROXIMATIONS}, got "
+                         f"{approximate!r}")
+    x64 = x.astype(np.float64)
+    if approximate == "tanh":
+        inner = np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64 ** 3)
+        out = 0.5 * x64 * (1.0 + np.tanh(inner))
+    else:
+        from scipy.special import erf as _erf
+        out = 0.5 * x64 * (1.0 + _erf(x64 / np.sqrt(2.0)))
+    return out.astype(np.float32)
+
+
+def clip(x, min=None, max=None):
+    """``x`` limited to ``[min, max]`` (either bound may be None); NaN stays NaN.
+
+    Parameters
+    ----------
+    x : array_like of any shape
+        Floating-point input; converted to float32.
+    min, max : float or None
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    x = _input(x, "clip")
+    lo = None if min is None else np.float32(real(min, "clip: min"))
+    hi = None if max is None else np.float32(real(max, "clip: max"))
+    out = np.array(x, copy=True)
+    if lo is not None:
+        np.maximum(out, lo, out=out)
+    if hi is not None:
+        np.minimum(out, hi, out=out)
+    return out
+
+
+def log_softmax(x, dim):
+    """``log(softmax(x, dim))``, evaluated as ``x - max - log(sum(exp(x - max)))``."""
+    x = _input(x, "log_softmax", min_ndim=1)
+    if not is_int(dim) or not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"log_softmax: dim must be an int in [{-x.ndim}, {x.ndim - 1}] for x "
+                         f"of shape {x.shape}, got {dim!r}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shifted = x - np.max(x, axis=dim, keepdims=True)
+        total = np.exp(shifted).sum(axis=dim, keepdims=True, dtype=np.float64)
+        return (shifted - np.log(total)).astype(np.float32)
+
+
+def local_response_norm(x, size, alpha=1e-4, beta=0.75, k=1.0):
+    """Local response normalisation across channels (AlexNet, GoogLeNet), as torch and ONNX.
+
+    ``x / (k + alpha / size * sum(x_c'^2))^beta``, the sum over the ``size`` channels centred
+    on c (``floor((size-1)/2)`` before, ``ceil((size-1)/2)`` after), zeros past the edges.
+
+    Parameters
+    ----------
+    x : array_like of shape (N, C, ...)
+        Floating-point input; converted to float32.
+    size : int
+    alpha, beta, k : float
+
+    Returns
+    -------
+    ndarray of the same shape, float32
+    """
+    x = _input(x, "local_response_norm", min_ndim=2)
+    if not is_int(size) or size < 1:
+        raise ValueError(f"local_response_norm: size must be a positive int, got {size!r}")
+    alpha, beta, k = (real(v, f"local_response_norm: {n}")
+                      for v, n in ((alpha, "alpha"), (beta, "beta"), (k, "k")))
+    sq = np.square(x, dtype=np.float64)
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    cum = np.cumsum(np.pad(sq, [(0, 0), (before + 1, after)] + [(0, 0)] * (x.ndim - 2)),
+                    axis=1)
+    window = cum[:, size:] - cum[:, :-size]
+    return (x / (k + alpha / size * window) ** beta).astype(np.float32)
+
+
 def softmax(x, dim):
     """``exp(x) / sum(exp(x))`` along ``dim``, with the maximum subtracted first.
 
@@ -217,31 +348,6 @@ def softmax(x, dim):
     np.exp(out, out=out)
     total = out.sum(axis=dim, keepdims=True, dtype=np.float64)
     return np.divide(out, total, out=out, casting="same_kind")
-
-
-def add(a, b, activation=None):
-    """``activation(a + b)``, the residual connection, in one pass over memory.
-
-    Parameters
-    ----------
-    a, b : array_like of the same shape
-        Floating-point inputs; converted to float32. No broadcasting.
-    activation : {None, 'relu', 'relu6'}
-        Activation applied to the sum.
-
-    Returns
-    -------
-    ndarray of the same shape, float32
-    """
-    a = as_float_array(a, "add: a")
-    b = as_float_array(b, "add: b")
-    if a.shape != b.shape:
-        raise ValueError(f"add: a and b must have the same shape, got {a.shape} and {b.shape}")
-    act = activation_code(activation, "add: activation")
-    out = aligned_empty(a.shape)
-    if out.size:
-        _pool.add(a.reshape(-1), b.reshape(-1), out.reshape(-1), act, threads_for(out.size))
-    return out
 
 
 def _bn_affine(name, channels, running_mean, running_var, weight, bias, eps,

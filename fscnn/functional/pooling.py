@@ -8,24 +8,43 @@ import numpy as np
 
 from .._ext import _pool
 from .._memory import aligned_empty
-from ._validate import (MAX_HYPER_PARAMETER, as_float32_nchw, check_nonempty_hw, is_int, pair,
-                        sliding_output_hw,
+from ._validate import (MAX_HYPER_PARAMETER, as_float32_nchw, check_nonempty_hw, is_int,
+                        is_padding4, padding4, pair, sliding_output_hw,
                         threads_for)
 
 
 def _windowed(name, x, kernel_size, stride, padding, dilation, ceil_mode):
-    """Validated (x, kernel, stride, padding, dilation, (Ho, Wo)) of a pooling call."""
+    """Validated (x, kernel, stride, padding, dilation, (Ho, Wo)) of a pooling call.
+
+    ``padding`` comes back as a pair (ph, pw) when it pads both sides of each dimension
+    alike by at most half the kernel (torch's rule, which the kernels implement), else as
+    (top, bottom, left, right) for :func:`_explicitly_padded`."""
     x = as_float32_nchw(x, f"{name}: x")
     kernel = pair(kernel_size, f"{name}: kernel_size")
     stride = kernel if stride is None else pair(stride, f"{name}: stride")
-    padding = pair(padding, f"{name}: padding", minimum=0)
+    four = is_padding4(padding)
+    padding = padding4(padding, f"{name}: padding")
     dilation = pair(dilation, f"{name}: dilation")
-    if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
+    if not four and (padding[0] > kernel[0] // 2 or padding[2] > kernel[1] // 2):
         raise ValueError(f"{name}: padding must be at most half of kernel_size, got padding "
-                         f"{padding} for kernel_size {kernel}")
+                         f"{padding[::2]} for kernel_size {kernel} (a 4-tuple (top, bottom, "
+                         f"left, right) may pad more)")
     out_hw = sliding_output_hw(name, x.shape[2:], kernel, stride, padding, dilation,
                                bool(ceil_mode))
+    top, bottom, left, right = padding
+    if top == bottom <= kernel[0] // 2 and left == right <= kernel[1] // 2:
+        padding = (top, left)
     return x, kernel, stride, padding, dilation, out_hw
+
+
+def _explicitly_padded(x, pads, fill):
+    """``x`` padded by (top, bottom, left, right) with ``fill``: for padding the kernels'
+    implicit rule does not cover (asymmetric, or over half the kernel)."""
+    top, bottom, left, right = pads
+    out = np.full(x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right), fill,
+                  np.float32)
+    out[:, :, top:top + x.shape[2], left:left + x.shape[3]] = x
+    return out
 
 
 def _planes(x, out_hw):
@@ -48,8 +67,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         Window size (kh, kw), positive.
     stride : int or (int, int), optional
         Window step; defaults to ``kernel_size``.
-    padding : int or (int, int)
-        Implicit -inf padding on both sides, at most half of ``kernel_size``.
+    padding : int, (int, int) or (top, bottom, left, right)
+        Implicit -inf padding: an int or a pair pads both sides, by at most half of
+        ``kernel_size`` (torch's rule); a 4-tuple (ONNX's asymmetric pads) may pad more.
     dilation : int or (int, int)
         Spacing between window taps, positive.
     ceil_mode : bool
@@ -70,6 +90,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     """
     x, k, s, p, d, out_hw = _windowed("max_pool2d", x, kernel_size, stride, padding, dilation,
                                       ceil_mode)
+    if len(p) == 4:
+        x, p = _explicitly_padded(x, p, -np.inf), (0, 0)
     planes, out, out_planes = _planes(x, out_hw)
     if out.size:
         _pool.max_pool2d(planes, out_planes, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1],
@@ -89,8 +111,9 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
         Window size (kh, kw), positive.
     stride : int or (int, int), optional
         Window step; defaults to ``kernel_size``.
-    padding : int or (int, int)
-        Implicit zero padding on both sides, at most half of ``kernel_size``.
+    padding : int, (int, int) or (top, bottom, left, right)
+        Implicit zero padding: an int or a pair pads both sides, by at most half of
+        ``kernel_size`` (torch's rule); a 4-tuple (ONNX's asymmetric pads) may pad more.
     ceil_mode : bool
         Round the output size up instead of down.
     count_include_pad : bool
@@ -121,11 +144,36 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
         if divisor_override == 0 or abs(divisor_override) > MAX_HYPER_PARAMETER:
             raise ValueError(f"avg_pool2d: divisor_override must be non-zero and within "
                              f"32 bits, got {divisor_override}")
+    if len(p) == 4:
+        return _explicit_avg_pool2d(x, k, s, p, out_hw, count_include_pad, divisor_override)
     planes, out, out_planes = _planes(x, out_hw)
     if out.size:
         _pool.avg_pool2d(planes, out_planes, k[0], k[1], s[0], s[1], p[0], p[1],
                          bool(count_include_pad), divisor_override or 0,
                          threads_for(out.size * k[0] * k[1]))
+    return out
+
+
+def _explicit_avg_pool2d(x, k, s, pads, out_hw, count_include_pad, divisor_override):
+    """Average pooling with (top, bottom, left, right) padding: window sums over the
+    zero-padded input divided by the window's count of input pixels (or of input and padding
+    pixels with ``count_include_pad``, ONNX's rule: a ceil_mode window past the padding counts
+    only what it covers)."""
+    padded = _explicitly_padded(x, pads, 0.0)
+    planes, out, out_planes = _planes(padded, out_hw)
+    if not out.size:
+        return out
+    _pool.avg_pool2d(planes, out_planes, k[0], k[1], s[0], s[1], 0, 0, True,
+                     divisor_override or 1, threads_for(out.size * k[0] * k[1]))
+    if divisor_override:
+        return out
+    mask = _explicitly_padded(np.ones((1, 1) + x.shape[2:], np.float32), pads,
+                              1.0 if count_include_pad else 0.0)
+    counts = np.empty((1,) + tuple(out_hw), np.float32)
+    _pool.avg_pool2d(mask.reshape((1,) + mask.shape[2:]), counts, k[0], k[1], s[0], s[1], 0,
+                     0, True, 1, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        np.divide(out, counts, out=out)
     return out
 
 

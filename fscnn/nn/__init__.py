@@ -8,13 +8,15 @@ into kernel epilogues and weights converted once to sparse form (:meth:`Module.p
 :meth:`Module.plan`). Inference only: there are no gradients and no training mode.
 """
 from ._plan import LayerPlan, LayerTime, PlanReport, profile
-from .activation import (Hardsigmoid, Hardswish, LeakyReLU, PReLU, ReLU, ReLU6, Sigmoid, SiLU,
-                         Softmax, Tanh)
+from .activation import (ELU, GELU, Hardsigmoid, Hardswish, LeakyReLU, LocalResponseNorm,
+                         LogSoftmax, PReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh)
 from .container import ModuleList, Sequential
 from .errors import LayerInputError, StateDictError
 from .init import manual_seed
-from .layers import BatchNorm2d, Conv2d, Dropout, Flatten, Identity, Linear
+from .graph import Graph, GraphError, GraphInput, Node
+from .layers import BatchNorm2d, Conv2d, ConvTranspose2d, Dropout, Flatten, Gemm, Identity, Linear
 from .module import IncompatibleKeys, Layer, Module, StateDict
+from . import tensor
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 
 __all__ = ["Module", "Layer", "Sequential", "ModuleList", "Conv2d", "Linear", "BatchNorm2d",
@@ -22,4 +24,5 @@ __all__ = ["Module", "Layer", "Sequential", "ModuleList", "Conv2d", "Linear", "B
            "SiLU", "Softmax", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
            "Flatten", "Dropout", "Identity", "StateDictError", "LayerInputError",
            "IncompatibleKeys", "StateDict", "LayerPlan", "PlanReport", "LayerTime", "profile",
-           "manual_seed"]
+           "manual_seed", "ConvTranspose2d", "Gemm", "ELU", "GELU", "LogSoftmax",
+           "LocalResponseNorm", "Graph", "GraphError", "GraphInput", "Node", "tensor"]

@@ -56,9 +56,22 @@ class Hardswish(_PointwiseInplace):
 
 
 class Hardsigmoid(_PointwiseInplace):
-    """``relu6(x + 3) / 6``, like ``torch.nn.Hardsigmoid``."""
+    """``min(max(alpha * x + beta, 0), 1)``; the defaults give ``relu6(x + 3) / 6``, like
+    ``torch.nn.Hardsigmoid`` (ONNX's HardSigmoid has ``alpha=0.2``)."""
 
-    _function = staticmethod(F.hardsigmoid)
+    def __init__(self, inplace=False, alpha=1 / 6, beta=0.5):
+        super().__init__(inplace)
+        F.hardsigmoid(np.zeros(1, np.float32), alpha, beta)  # validates
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def forward(self, x):
+        """The activation of ``x``, any shape, as float32."""
+        return F.hardsigmoid(x, self.alpha, self.beta)
+
+    def extra_repr(self):
+        if (self.alpha, self.beta) == (1 / 6, 0.5):
+            return super().extra_repr()
+        return f"alpha={self.alpha}, beta={self.beta}"
 
 
 class SiLU(_PointwiseInplace):
@@ -163,3 +176,72 @@ class Softmax(Layer):
 
     def extra_repr(self):
         return f"dim={self.dim}"
+
+
+class ELU(Layer):
+    """``x`` where positive, else ``alpha * (exp(x) - 1)``, like ``torch.nn.ELU``."""
+
+    def __init__(self, alpha=1.0, inplace=False):
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+            raise TypeError(f"ELU: alpha must be a number, got {alpha!r}")
+        self.alpha = float(alpha)
+        self.inplace = bool(inplace)
+
+    def forward(self, x):
+        """The activation of ``x``, any shape."""
+        return F.elu(x, self.alpha)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class GELU(Layer):
+    """``x * Phi(x)`` (exact, or torch's tanh approximation), like ``torch.nn.GELU``."""
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in F.GELU_APPROXIMATIONS:
+            raise ValueError(f"GELU: approximate must be one of {F.GELU_APPROXIMATIONS}, got "
+                             f"{approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        """The activation of ``x``, any shape."""
+        return F.gelu(x, self.approximate)
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class LogSoftmax(Softmax):
+    """``log(softmax(x))`` along ``dim``, like ``torch.nn.LogSoftmax``."""
+
+    def forward(self, x):
+        """Log-softmax of ``x`` along the layer's dimension."""
+        return F.log_softmax(x, self._axis(x.ndim))
+
+
+class LocalResponseNorm(Layer):
+    """Local response normalisation across channels, like ``torch.nn.LocalResponseNorm``
+    (AlexNet, GoogLeNet); see :func:`fscnn.functional.local_response_norm`."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size = check_int(size, "LocalResponseNorm: size")
+        for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"LocalResponseNorm: {name} must be a number, got {value!r}")
+        self.alpha, self.beta, self.k = float(alpha), float(beta), float(k)
+
+    def _check_input(self, x, label):
+        if x.ndim < 2:
+            raise LayerInputError(f"{label}: expected an input of shape (N, C, ...), got shape "
+                                  f"{x.shape}")
+
+    def forward(self, x):
+        """Normalised ``x`` (N, C, ...)."""
+        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+
+    def extra_repr(self):
+        return f"{self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -5,9 +5,13 @@ convolution and linear weights and biases are uniform in ``[-1/sqrt(fan_in), 1/s
 (torch's ``kaiming_uniform_(a=sqrt(5))``), batch norm starts as the identity. Models run
 without a checkpoint this way; real use loads trained weights.
 """
+import contextlib
+import threading
+
 import numpy as np
 
 _state = {"rng": np.random.default_rng()}
+_local = threading.local()
 
 
 def manual_seed(seed):
@@ -29,8 +33,25 @@ def manual_seed(seed):
     _state["rng"] = np.random.default_rng(seed)
 
 
+@contextlib.contextmanager
+def uninitialized():
+    """Within the block, fresh layers get uninitialised weight arrays (on this thread).
+
+    For builders that assign every weight right after constructing a layer (model import,
+    whole-model archives): drawing random weights for a 100-million-weight layer only to
+    overwrite them costs a second and touches all its memory."""
+    previous = getattr(_local, "skip", False)
+    _local.skip = True
+    try:
+        yield
+    finally:
+        _local.skip = previous
+
+
 def uniform_fan_in(shape, fan_in):
     """Float32 array of ``shape``, uniform in ``[-1/sqrt(fan_in), 1/sqrt(fan_in)]``."""
+    if getattr(_local, "skip", False):
+        return np.empty(shape, np.float32)
     bound = 1.0 / np.sqrt(max(fan_in, 1))
     out = _state["rng"].random(shape, dtype=np.float32)
     out *= np.float32(2.0 * bound)

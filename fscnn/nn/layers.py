@@ -1,4 +1,5 @@
-"""Weighted and shape layers: Conv2d, Linear, BatchNorm2d, Flatten, Dropout, Identity.
+"""Weighted and shape layers: Conv2d, ConvTranspose2d, Linear, Gemm, BatchNorm2d, Flatten,
+Dropout, Identity.
 
 Constructors take torch.nn's arguments and keep its attribute names, so checkpoints and
 ``repr`` match; they validate every hyper-parameter at once (raise early, naming it).
@@ -12,7 +13,8 @@ import numpy as np
 from .. import functional as F
 from .. import ops
 from ..sparse import CSRMatrix, SparseConvWeight
-from ..functional._validate import is_int, pair, sliding_output_hw
+from ..functional.elementwise import _scale_sparse_rows
+from ..functional._validate import is_int, is_padding4, padding4, pair, sliding_output_hw
 from . import init
 from .errors import LayerInputError
 from .module import Layer
@@ -49,9 +51,10 @@ class Conv2d(Layer):
     in_channels, out_channels : int
     kernel_size : int or (int, int)
     stride, dilation : int or (int, int)
-    padding : int, (int, int), 'same' or 'valid'
+    padding : int, (int, int), (top, bottom, left, right), 'same' or 'valid'
         'same' pads ``dilation * (kernel_size - 1)`` in total, the odd pixel at the bottom
-        and right, and needs ``stride == 1``, as in torch.
+        and right, and needs ``stride == 1``, as in torch. A 4-tuple (not in torch) pads
+        each side on its own, as ONNX's and TFLite's convolutions may.
     groups : int
         Divides both channel counts.
     bias : bool
@@ -96,6 +99,8 @@ class Conv2d(Layer):
                 raise ValueError(f"Conv2d: padding='same' is not supported for strided "
                                  f"convolutions, got stride {self.stride}")
             self.padding = padding
+        elif is_padding4(padding):
+            self.padding = padding4(padding, "Conv2d: padding")
         else:
             self.padding = pair(padding, "Conv2d: padding", minimum=0)
         if padding_mode != "zeros":
@@ -119,6 +124,8 @@ class Conv2d(Layer):
                 total = d * (k - 1)
                 pads += [total // 2, total - total // 2]
             return tuple(pads)
+        if len(self.padding) == 4:
+            return self.padding
         ph, pw = self.padding
         return (ph, ph, pw, pw)
 
@@ -218,6 +225,144 @@ class Linear(Layer):
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
+
+
+class Gemm(Layer):
+    """``alpha * x @ op(weight) + beta * bias`` (ONNX's Gemm, and MatMul by a constant):
+    a :class:`Linear` whose weight is stored as the model gives it, (out_features,
+    in_features) with ``trans_b`` (torch's layout) or (in_features, out_features) without.
+
+    The prepared operator is a linear one (``alpha`` and ``beta`` folded into its weights),
+    so a Gemm runs, fuses a following ReLU and goes sparse exactly as a Linear does.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool
+    alpha, beta : float
+    trans_b : bool
+
+    Attributes
+    ----------
+    weight : ndarray of shape (out_features, in_features) (``trans_b``) or (in_features,
+        out_features), or a :class:`~fscnn.sparse.CSRMatrix` of that shape.
+    bias : ndarray of shape (out_features,) or None
+    """
+
+    _sparse_weights = {"weight": CSRMatrix}
+
+    def __init__(self, in_features, out_features, bias=True, alpha=1.0, beta=1.0, trans_b=True):
+        super().__init__()
+        self.in_features = check_int(in_features, "Gemm: in_features")
+        self.out_features = check_int(out_features, "Gemm: out_features")
+        for name, value in (("alpha", alpha), ("beta", beta)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+                    or not np.isfinite(value):
+                raise ValueError(f"Gemm: {name} must be a finite number, got {value!r}")
+        self.alpha, self.beta, self.trans_b = float(alpha), float(beta), bool(trans_b)
+        shape = (self.out_features, self.in_features)
+        self._init_array("weight", init.uniform_fan_in(shape if trans_b else shape[::-1],
+                                                       self.in_features))
+        self._init_array("bias", init.uniform_fan_in((self.out_features,), self.in_features)
+                         if bias else None)
+
+    _check_input = Linear._check_input
+
+    def _linear_weights(self, weight, bias):
+        """(weight as (out, in), bias) with alpha and beta applied."""
+        if not self.trans_b:
+            weight = weight.transpose() if isinstance(weight, CSRMatrix) else weight.T
+        if self.alpha != 1.0:
+            alpha = np.float32(self.alpha)
+            weight = (_scale_sparse_rows(weight, np.full(self.out_features, alpha))
+                      if isinstance(weight, CSRMatrix) else np.multiply(weight, alpha))
+        if bias is not None and self.beta != 1.0:
+            bias = (np.float32(self.beta) * bias).astype(np.float32)
+        return weight, bias
+
+    def forward(self, x):
+        """Unprepared ``alpha * x @ op(weight) + beta * bias``."""
+        weight, bias = self._linear_weights(self.weight, self.bias)
+        return _over_rows(lambda rows: F.linear(rows, weight, bias), x, self.in_features)
+
+    def _make_op(self, weight, bias, activation, kernel, name):
+        weight, bias = self._linear_weights(weight, bias)
+        return ops.LinearOp(weight, bias, activation=activation, kernel=kernel, name=name)
+
+    _apply_op = Linear._apply_op
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, alpha={self.alpha}, beta={self.beta}, "
+                f"trans_b={self.trans_b}")
+
+
+class ConvTranspose2d(Layer):
+    """Transposed 2-D convolution of (N, C, H, W) inputs, like ``torch.nn.ConvTranspose2d``
+    (see :func:`fscnn.functional.conv_transpose2d`).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size, stride, dilation : int or (int, int)
+    padding : int, (int, int) or (top, bottom, left, right)
+        A 4-tuple (not in torch) crops each side on its own, as ONNX's pads.
+    output_padding : int or (int, int)
+    groups : int
+    bias : bool
+
+    Attributes
+    ----------
+    weight : ndarray of shape (in_channels, out_channels // groups, kH, kW)
+    bias : ndarray of shape (out_channels,) or None
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros"):
+        super().__init__()
+        self.in_channels = check_int(in_channels, "ConvTranspose2d: in_channels")
+        self.out_channels = check_int(out_channels, "ConvTranspose2d: out_channels")
+        self.kernel_size = pair(kernel_size, "ConvTranspose2d: kernel_size")
+        self.stride = pair(stride, "ConvTranspose2d: stride")
+        self.dilation = pair(dilation, "ConvTranspose2d: dilation")
+        self.groups = check_int(groups, "ConvTranspose2d: groups")
+        for what, n in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+            if n % self.groups:
+                raise ValueError(f"ConvTranspose2d: {what} ({n}) must be divisible by groups "
+                                 f"({self.groups})")
+        self.padding = (padding4(padding, "ConvTranspose2d: padding") if is_padding4(padding)
+                        else pair(padding, "ConvTranspose2d: padding", minimum=0))
+        self.output_padding = pair(output_padding, "ConvTranspose2d: output_padding", minimum=0)
+        if any(p >= max(s, d) for p, s, d in zip(self.output_padding, self.stride,
+                                                  self.dilation)):
+            raise ValueError(f"ConvTranspose2d: output_padding {self.output_padding} must be "
+                             f"smaller than either stride {self.stride} or dilation "
+                             f"{self.dilation}")
+        if padding_mode != "zeros":
+            raise ValueError(f"ConvTranspose2d: padding_mode must be 'zeros', got "
+                             f"{padding_mode!r}")
+        self.padding_mode = padding_mode
+        kh, kw = self.kernel_size
+        fan_in = self.out_channels // self.groups * kh * kw
+        self._init_array("weight", init.uniform_fan_in(
+            (self.in_channels, self.out_channels // self.groups, kh, kw), fan_in))
+        self._init_array("bias", init.uniform_fan_in((self.out_channels,), fan_in)
+                         if bias else None)
+
+    def _check_input(self, x, label):
+        self._require_ndim(x, 4, label)
+        self._require_channels(x, self.in_channels, label)
+
+    def forward(self, x):
+        """The transposed convolution of ``x`` (N, C, H, W)."""
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding,
+                                  self.output_padding, self.groups, self.dilation)
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, "
+                f"output_padding={self.output_padding}, groups={self.groups}, "
+                f"dilation={self.dilation}, bias={self.bias is not None}")
 
 
 class BatchNorm2d(Layer):

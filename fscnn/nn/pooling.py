@@ -6,7 +6,7 @@ the constructor with torch's constraints.
 import numbers
 
 from .. import functional as F
-from ..functional._validate import pair
+from ..functional._validate import is_padding4, padding4, pair
 from .errors import LayerInputError
 from .layers import check_spatial
 from .module import Layer
@@ -19,12 +19,16 @@ class _Pool2d(Layer):
     ceil_mode = False
 
     def _window(self):
-        """(kernel, stride, padding, dilation) as pairs, validated with torch's rules."""
+        """(kernel, stride, padding, dilation) as pairs, validated with torch's rules; a
+        4-tuple padding (top, bottom, left, right: ONNX's asymmetric pads, not in torch)
+        comes back as it is and may pad more than half the kernel."""
         name = self._get_name()
         kernel = pair(self.kernel_size, f"{name}: kernel_size")
         stride = pair(self.stride, f"{name}: stride")
-        padding = pair(self.padding, f"{name}: padding", minimum=0)
         dilation = pair(self.dilation, f"{name}: dilation")
+        if is_padding4(self.padding):
+            return kernel, stride, padding4(self.padding, f"{name}: padding"), dilation
+        padding = pair(self.padding, f"{name}: padding", minimum=0)
         if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
             raise ValueError(f"{name}: padding {self.padding} must be at most half of "
                              f"kernel_size {self.kernel_size}")

@@ -100,6 +100,15 @@ class CSRMatrix:
             flat[rows * n_cols + self.indices[e0:e1]] = self.data[e0:e1]
         return out
 
+    def transpose(self):
+        """The transposed matrix, in canonical form (SciPy's CSR transposition)."""
+        import scipy.sparse
+        t = scipy.sparse.csr_matrix((self.data, self.indices.astype(np.int64), self.indptr),
+                                    shape=self.shape).T.tocsr()
+        t.sort_indices()
+        return CSRMatrix(t.indptr.astype(np.int64), t.indices.astype(_index_dtype(self.shape[0])),
+                         t.data.astype(np.float32), (self.shape[1], self.shape[0]), check=None)
+
     @property
     def nnz(self):
         return int(self.indptr[-1]) if self.indptr.size else 0
