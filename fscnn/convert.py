@@ -1,8 +1,12 @@
-"""Convert a PyTorch module into the equivalent :mod:`fscnn.nn` module.
+"""Convert a PyTorch module into the equivalent :mod:`fscnn.nn` module: layer by layer where
+fscnn has twins of its layers and blocks, through an in-memory ONNX export otherwise.
 
 PyTorch is imported only inside :func:`from_torch`; fscnn itself never needs it.
 """
+import contextlib
 import inspect
+import os
+import sys
 
 from . import models, nn
 
@@ -60,16 +64,25 @@ def _twin(tmod, cls):
     return module
 
 
-def from_torch(module, classes=None):
-    """The fscnn equivalent of a torch module, with the same ``state_dict``.
+def from_torch(module, example_input=None, *, classes=None):
+    """The fscnn equivalent of a torch module.
 
-    Supports the torch.nn layers that :mod:`fscnn.nn` implements, ``Sequential`` (and its
-    subclasses that keep its ``forward``) and ``ModuleList`` containers, torchvision's VGG,
-    ResNet and MobileNetV2 blocks, and any class given in ``classes``.
+    A module built from layers and blocks fscnn has twins of (the torch.nn layers of
+    :mod:`fscnn.nn`, ``Sequential``/``ModuleList``, torchvision's VGG, ResNet and MobileNetV2
+    blocks, and classes given in ``classes``) is converted layer by layer and keeps torch's
+    ``state_dict`` exactly. Any other traceable module (every torchvision classification
+    family: DenseNet, EfficientNet, RegNet, Inception, ...) is exported to ONNX in memory and
+    imported with :func:`fscnn.from_onnx`; its state_dict keys are then the exported
+    initializer names (torch's parameter names, except where the exporter merged tensors of
+    equal values).
 
     Parameters
     ----------
     module : torch.nn.Module
+    example_input : torch.Tensor or tuple of them, optional
+        What to trace the module with when it goes through ONNX; default a
+        ``(1, 3, 224, 224)`` image. The batch size and, where the exporter can keep them
+        free, the image size stay dynamic in the imported graph.
     classes : dict, optional
         Maps torch module classes with a custom ``forward`` to :class:`fscnn.nn.Module`
         subclasses whose ``forward`` does the same with the same attribute names. The fscnn
@@ -79,23 +92,95 @@ def from_torch(module, classes=None):
     Returns
     -------
     fscnn.nn.Module
-        In eval mode (fscnn is inference-only), weights copied as float32.
+        In eval mode (fscnn is inference-only), weights copied as float32; a
+        :class:`fscnn.nn.Graph` when converted through ONNX.
 
     Raises
     ------
     TypeError
-        Naming every submodule (by qualified name and type) that cannot be converted, or
-        whose hyper-parameters fscnn does not support (e.g. ``padding_mode='reflect'``).
+        A module with no twin could not be exported to ONNX either; the message names the
+        submodules without twins and the exporter's error.
+    fscnn.ModelImportError
+        The exported graph uses an operator fscnn does not import (all of them listed).
 
     Examples
     --------
-    >>> net = fscnn.convert.from_torch(torchvision.models.resnet18(weights="DEFAULT"))
+    >>> net = fscnn.from_torch(torchvision.models.resnet18(weights="DEFAULT"))
+    >>> dense = fscnn.from_torch(torchvision.models.densenet121(), torch.randn(1, 3, 224, 224))
     """
+    unsupported = []
+    result = _convert_twins(module, classes, unsupported)
+    if not unsupported:
+        result.load_state_dict({key: value.detach().cpu().numpy()
+                                for key, value in module.state_dict().items()})
+        return result.eval()
+    return _through_onnx(module, example_input, unsupported)
+
+
+def _through_onnx(module, example_input, unsupported):
+    """Export ``module`` to ONNX in memory and import it (see :func:`from_torch`)."""
+    import io
+
+    import torch
+
+    from .importers.onnx import from_onnx
+
+    if example_input is None:
+        example_input = torch.randn(1, 3, 224, 224)
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
+    free_image = {n: {0: "batch", 2: "height", 3: "width"} for n, a in zip(names, args)
+                  if a.dim() == 4}
+    free_batch = {n: {0: "batch"} for n, a in zip(names, args) if a.dim() >= 1}
+    errors = []
+    training = module.training
+    module.eval()
+    try:
+        # the TorchScript exporter keeps batch norms as nodes (fscnn folds them when it
+        # prepares) with their parameter names; adaptive pools refuse free image sizes
+        for axes in (free_image, free_batch):
+            buffer = io.BytesIO()
+            try:
+                with torch.no_grad(), _quiet_stdout():
+                    torch.onnx.export(module, args, buffer, dynamo=False, input_names=names,
+                                      dynamic_axes=axes, opset_version=17,
+                                      training=torch.onnx.TrainingMode.PRESERVE)
+                return from_onnx(buffer.getvalue())
+            except Exception as exc:  # the exporter raises many types
+                if type(exc).__name__ == "ModelImportError":
+                    raise
+                errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    finally:
+        module.train(training)
+    raise TypeError("from_torch: no fscnn equivalent for " + ", ".join(unsupported)
+                    + "; exporting to ONNX failed too (" + "; ".join(errors) + "). Pass "
+                    "classes={TorchClass: FscnnClass} for custom blocks, or export the model "
+                    "with torch.onnx.export and use fscnn.from_onnx")
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence file descriptor 1: the TorchScript exporter prints the whole graph (from C++)
+    when it refuses one, which the caller may retry another way."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _convert_twins(module, classes, unsupported):
+    """The fscnn twin of ``module`` (children converted recursively); the names of
+    submodules without a twin are appended to ``unsupported``."""
     import torch
 
     by_torch_class = {getattr(torch.nn, name): getattr(nn, name) for name in _LAYERS}
     classes = dict(classes or {})
-    unsupported = []
 
     def target(tmod):
         kind = type(tmod)
@@ -128,10 +213,4 @@ def from_torch(module, classes=None):
                 out.add_module(child_name, converted)
         return out
 
-    result = convert(module, "")
-    if unsupported:
-        raise TypeError("from_torch: no fscnn equivalent for " + ", ".join(unsupported)
-                        + "; pass classes={TorchClass: FscnnClass} for custom blocks")
-    result.load_state_dict({key: value.detach().cpu().numpy()
-                            for key, value in module.state_dict().items()})
-    return result.eval()
+    return convert(module, "")

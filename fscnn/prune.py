@@ -71,7 +71,9 @@ def _is_sparse(value):
 
 
 def prunable_names(model_or_state_dict):
-    """Names of the convolution (4-D) and linear (2-D) ``*.weight`` entries.
+    """Names of the convolution and linear weights: for an fscnn model, its Conv2d, Linear
+    and Gemm layers' weights (whatever their keys, e.g. an imported graph's tensor names);
+    for a state_dict, the 4-D and 2-D ``*.weight`` entries.
 
     Parameters
     ----------
@@ -82,6 +84,10 @@ def prunable_names(model_or_state_dict):
     list of str
         In state_dict order.
     """
+    slots = _module_slots(model_or_state_dict)
+    if slots is not None:  # a model knows its layers' weights whatever their names
+        return [name for name, (module, attribute, _) in slots.items()
+                if attribute in getattr(module, "_sparse_weights", {})]
     state_dict = state_dict_of(model_or_state_dict)
     return [name for name, value in _stored_items(state_dict) if _is_prunable(name, value)]
 
@@ -486,7 +492,8 @@ def prune(model_or_state_dict, sparsity=None, *, scope="layer", keep=(),
         state_dict = OrderedDict((key, slot[2]) for key, slot in slots.items())
     else:
         state_dict = state_dict_of(model_or_state_dict)
-    names = prunable_names(state_dict)
+    names = prunable_names(model_or_state_dict if _module_slots(model_or_state_dict)
+                           is not None else state_dict)
     kept = _select_kept(names, keep)
     pruned = [name for name in names if name not in kept]
     for name in pruned:

@@ -17,7 +17,7 @@ import pytest
 onnx = pytest.importorskip("onnx")  # noqa: E402  (fscnn's [onnx] extra; CI installs it)
 
 import fscnn  # noqa: E402
-from fscnn.importers.onnx import supported_operators  # noqa: E402
+from fscnn.importers.onnx import MIN_OPSET, supported_operators  # noqa: E402
 
 # Reasons fscnn refuses a case, by test-name pattern. Each is a feature outside fscnn's scope
 # (2-D CNN inference in float32), refused at import with a message naming it.
@@ -26,8 +26,8 @@ REFUSED = {
         "1-D and 3-D convolutions and pools (fscnn implements 2-D)",
     r"training|dropout_default_mask": "training mode and dropout masks",
     r"cubic|tf_crop_and_resize|antialias": "cubic, crop-and-resize and antialiased resizing",
-    r"FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|BFLOAT16|e8m0":
-        "8-bit and smaller float types, packed 4- and 2-bit integers, bfloat16",
+    r"FLOAT8|FLOAT4|INT4|UINT4|INT2|UINT2|BFLOAT16|e8m0|string":
+        "8-bit and smaller float types, packed 4- and 2-bit integers, bfloat16, strings",
     r"averagepool_2d_dilations": "dilated average pooling",
     r"maxpool_with_argmax": "the indices output of MaxPool",
     r"identity_sequence|identity_opt": "sequence and optional values",
@@ -57,9 +57,12 @@ def _array(value):
         else np.asarray(value)
 
 
-def _refusal(name):
+def _refusal(case):
+    opset = {o.domain: o.version for o in case.model.opset_import}.get("", MIN_OPSET)
+    if opset < MIN_OPSET:
+        return f"opset {opset} (fscnn imports opsets {MIN_OPSET} and newer)"
     for pattern, reason in REFUSED.items():
-        if re.search(pattern, name):
+        if re.search(pattern, case.name, re.IGNORECASE):
             return reason
     return None
 
@@ -95,7 +98,7 @@ def test_the_suite_covers_the_operators():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_onnx_node_case(case):
-    reason = _refusal(case.name)
+    reason = _refusal(case)
     if reason is not None:
         with pytest.raises(fscnn.ModelImportError):
             fscnn.from_onnx(case.model)

@@ -18,7 +18,8 @@ from ._validate import activation_code, is_int, threads_for
 
 __all__ = ["add", "sub", "mul", "div", "pow", "maximum", "minimum", "sqrt", "concat", "split",
            "slice_axes", "reshape", "transpose", "squeeze", "unsqueeze", "flatten", "pad",
-           "reduce", "gather", "expand", "cast"]
+           "reduce", "gather", "gather_nd", "where", "compare", "tile", "arange", "expand",
+           "cast"]
 
 
 def _tensor(x, name):
@@ -465,6 +466,74 @@ def gather(x, indices, axis=0):
         raise IndexError(f"gather: indices must be in [{-size}, {size - 1}] for axis {axis} of "
                          f"shape {x.shape}, got {idx.min()}..{idx.max()}")
     return np.take(x, np.where(idx < 0, idx + size, idx), axis=ax)
+
+
+def gather_nd(x, indices, batch_dims=0):
+    """Slices of ``x`` at the index tuples in the last axis of ``indices`` (ONNX GatherND):
+    ``out[b..., i...] = x[b..., *indices[b..., i..., :]]`` over ``batch_dims`` leading
+    dimensions."""
+    x = _tensor(x, "gather_nd: x")
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iu" or idx.ndim < 1:
+        raise TypeError(f"gather_nd: indices must be an integer array of rank >= 1, got "
+                        f"{idx.dtype} of shape {idx.shape}")
+    b, k = int(batch_dims), idx.shape[-1]
+    if not 0 <= b < min(x.ndim, idx.ndim) or x.shape[:b] != idx.shape[:b] or b + k > x.ndim:
+        raise ValueError(f"gather_nd: indices of shape {idx.shape} with batch_dims={b} do not "
+                         f"fit an input of shape {x.shape}")
+    limits = np.array(x.shape[b:b + k])
+    if idx.size and (np.any(idx < -limits) or np.any(idx >= limits)):
+        raise IndexError(f"gather_nd: indices out of range for shape {x.shape}")
+    idx = np.where(idx < 0, idx + limits, idx)
+    batches = int(np.prod(x.shape[:b]))
+    xb = x.reshape((batches,) + x.shape[b:])
+    ib = idx.reshape((batches,) + idx.shape[b:])
+    out = np.stack([xb[n][tuple(np.moveaxis(ib[n], -1, 0))] for n in range(batches)])
+    return out.reshape(idx.shape[:-1] + x.shape[b + k:])
+
+
+def where(condition, a, b):
+    """``a`` where ``condition`` holds, else ``b``, with broadcasting."""
+    cond = np.asarray(condition)
+    if cond.dtype != np.bool_:
+        raise TypeError(f"where: condition must be a bool array, got dtype {cond.dtype}")
+    a, b, _ = _operands(a, b, "where")
+    return np.where(cond, a, b)
+
+
+_COMPARISONS = {"equal": np.equal, "less": np.less, "greater": np.greater,
+                "less_equal": np.less_equal, "greater_equal": np.greater_equal,
+                "and": np.logical_and, "or": np.logical_or, "xor": np.logical_xor}
+
+
+def compare(a, b, op):
+    """``a op b`` elementwise with broadcasting, as a bool array; ``op`` one of 'equal',
+    'less', 'greater', 'less_equal', 'greater_equal', or (on bool arrays) 'and', 'or',
+    'xor'."""
+    fn = _COMPARISONS.get(op)
+    if fn is None:
+        raise ValueError(f"compare: op must be one of {tuple(_COMPARISONS)}, got {op!r}")
+    a, b, _ = _operands(a, b, op)
+    return fn(a, b)
+
+
+def tile(x, repeats):
+    """``x`` repeated ``repeats[i]`` times along each axis i."""
+    x = _tensor(x, "tile: x")
+    repeats = [int(r) for r in repeats]
+    if len(repeats) != x.ndim or min(repeats, default=0) < 0:
+        raise ValueError(f"tile: expected {x.ndim} non-negative repeats, got {repeats}")
+    return np.tile(x, repeats)
+
+
+def arange(start, limit, delta):
+    """``start, start + delta, ...`` up to ``limit`` (excluded), of the inputs' type."""
+    start, limit, delta = (np.asarray(v).reshape(()) for v in (start, limit, delta))
+    if delta == 0:
+        raise ValueError("range: delta must be non-zero")
+    dtype = np.result_type(start, limit, delta)
+    n = max(int(np.ceil((limit - start) / delta)), 0)
+    return (start + np.arange(n) * delta).astype(np.float32 if dtype.kind == "f" else dtype)
 
 
 def expand(x, shape):

@@ -85,7 +85,7 @@ class GraphBuilder:
         state tensor; returns its key."""
         if value not in self.tensors:
             arr = self.consts[value] if array is None else array
-            self.tensors[value] = np.array(arr, dtype=np.float32, order="C")
+            self.tensors[value] = np.asarray(arr, dtype=np.float32, order="C")
         return value
 
     def _materialize(self, value):
@@ -134,7 +134,7 @@ class GraphBuilder:
         self._prune_dead(outputs)
         used = {k for n in self.nodes for k in n.params.values()}
         tensors = {k: v for k, v in self.tensors.items() if k in used}
-        return Graph(inputs, outputs, self.nodes, tensors)
+        return Graph(inputs, outputs, self.nodes, tensors, copy=False)
 
     def _prune_dead(self, outputs):
         needed = set(outputs)
@@ -205,29 +205,7 @@ def _fuse_at(builder, i, node, readers, writer):
                 nodes[i] = Node(node.name, "Hardswish", {}, (x,), node.outputs, {})
                 del nodes[k]
                 return True
-            if g.op == "ReLU6":
-                k2 = writer.get(g.inputs[0])
-                if k2 is None or readers[g.inputs[0]] != 1:
-                    continue
-                add = nodes[k2]
-                if add.op != "Add" or add.args.get("activation") or x not in add.inputs:
-                    continue
-                other = add.inputs[1] if add.inputs[0] == x else add.inputs[0]
-                if builder.const_scalar(other) != 3.0:
-                    continue
-                div = _only_reader(builder, readers, node.outputs[0])
-                if not div:
-                    continue
-                d = div[1]
-                scale = [v for v in d.inputs if v != node.outputs[0]]
-                s = builder.const_scalar(scale[0]) if len(scale) == 1 else None
-                if not ((d.op == "Div" and d.inputs[0] == node.outputs[0] and s == 6.0)
-                        or (d.op == "Mul" and s is not None and abs(s - 1 / 6) < 1e-7)):
-                    continue
-                doomed = sorted({k, k2, div[0]}, reverse=True)
-                nodes[i] = Node(node.name, "Hardswish", {}, (x,), d.outputs, {})
-                for j in doomed:
-                    del nodes[j]
+            if _hard_swish_at(builder, i, node, x, k, g, readers, writer):
                 return True
     return False
 
@@ -237,3 +215,39 @@ def check_source_names(names, what):
     dup = [n for n, c in Counter(names).items() if c > 1]
     if dup:
         raise ModelImportError(f"the model's {what} are not unique: {dup[:10]}")
+
+
+def _hard_swish_at(builder, i, mul, x, k, gate, readers, writer):
+    """Fuse ``x * relu6(x + 3) / 6`` (or ``* (1/6)``) ending at the Mul ``mul`` (position
+    ``i``) whose other operand ``gate`` (position ``k``) is the relu6: an Add then a ReLU6,
+    or an Add whose ReLU6 is already fused."""
+    nodes = builder.nodes
+    if gate.op == "ReLU6":
+        k2 = writer.get(gate.inputs[0])
+        if k2 is None or readers[gate.inputs[0]] != 1:
+            return False
+        add = nodes[k2]
+        if add.op != "Add" or add.args.get("activation"):
+            return False
+    elif gate.op == "Add" and gate.args.get("activation") == "relu6":
+        k2, add = k, gate
+    else:
+        return False
+    if x not in add.inputs:
+        return False
+    other = add.inputs[1] if add.inputs[0] == x else add.inputs[0]
+    if builder.const_scalar(other) != 3.0:
+        return False
+    div = _only_reader(builder, readers, mul.outputs[0])
+    if not div:
+        return False
+    d = div[1]
+    scale = [v for v in d.inputs if v != mul.outputs[0]]
+    s = builder.const_scalar(scale[0]) if len(scale) == 1 else None
+    if not ((d.op == "Div" and d.inputs[0] == mul.outputs[0] and s == 6.0)
+            or (d.op == "Mul" and s is not None and abs(s - 1 / 6) < 1e-7)):
+        return False
+    nodes[i] = Node(mul.name, "Hardswish", {}, (x,), d.outputs, {})
+    for j in sorted({k, k2, div[0]}, reverse=True):
+        del nodes[j]
+    return True

@@ -76,11 +76,34 @@ def load_model(source):
     if not model.graph.node or not model.ir_version:
         raise ModelImportError(f"{where}: not an ONNX model (no graph nodes or IR version; a "
                                f"truncated or foreign file?)")
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
-        raise ModelImportError(f"{where}: invalid ONNX model: {exc}") from None
     return model
+
+
+_SKELETON_LIMIT = 1024  # elements: larger initializers leave the skeleton (declared inputs)
+
+
+def _skeleton(model):
+    """The model without its large initializers, which become declared graph inputs of the
+    same type and shape: what the checker and shape inference need, without serialising
+    the weights (3 s of a VGG's import otherwise)."""
+    onnx = _onnx()
+    graph = model.graph
+    skeleton = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name)
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    g = skeleton.graph
+    g.name = graph.name
+    g.node.extend(graph.node)
+    g.input.extend(graph.input)
+    g.output.extend(graph.output)
+    g.value_info.extend(graph.value_info)
+    declared = {i.name for i in graph.input}
+    for t in graph.initializer:
+        if int(np.prod(t.dims)) <= _SKELETON_LIMIT:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+    return skeleton
 
 
 def _opset(model):
@@ -269,6 +292,14 @@ def _explicit_pads(n, kernel, strides, dilations, spatial):
     return (out[0][0], out[0][1], out[1][0], out[1][1])
 
 
+def _check_channels(n, expected, what):
+    """Refuse a node whose input's static channel count contradicts its weights."""
+    shape = n.shape(0)
+    if shape is not None and len(shape) >= 2 and shape[1] is not None and shape[1] != expected:
+        raise Unsupported(f"input {n.inp(0)!r} has {shape[1]} channels, {what} {expected}: "
+                          f"the model's shapes contradict each other")
+
+
 def _padding_arg(pads):
     top, bottom, left, right = pads
     return [top, left] if top == bottom and left == right else list(pads)
@@ -313,6 +344,7 @@ def _conv(n):
     out_c, cg = w.shape[:2]
     if out_c % group:
         raise Unsupported(f"group={group} does not divide the {out_c} output channels")
+    _check_channels(n, cg * group, "the weights' input channels (W.shape[1] * group)")
     params = {"weight": n.weight(1)}
     if bias is not None:
         params["bias"] = n.weight(2)
@@ -444,6 +476,8 @@ def _batch_norm(n):
         raise Unsupported("spatial=0")
     n.only_first_output()
     consts = [n.const(i) for i in range(1, 5)]
+    if all(c is not None for c in consts):
+        _check_channels(n, consts[0].size, "the batch norm has")
     if n.rank(0) == 4 and all(c is not None and c.ndim == 1 for c in consts) and eps > 0:
         n.emit("BatchNorm2d", {"num_features": consts[0].shape[0], "eps": eps}, [n.inp(0)],
                params={"weight": n.weight(1), "bias": n.weight(2),
@@ -818,6 +852,36 @@ def _gather(n):
     n.emit("Gather", {"axis": int(n.attr("axis", 0))}, [n.inp(0), n.inp(1)])
 
 
+@converter("GatherND", versions=(11, 12, 13))
+def _gather_nd(n):
+    n.emit("GatherND", {"batch_dims": int(n.attr("batch_dims", 0))}, [n.inp(0), n.inp(1)])
+
+
+@converter("Where", versions=(9, 16))
+def _where(n):
+    n.emit("Where", {}, [n.inp(0), n.inp(1), n.inp(2)])
+
+
+@converter("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor",
+           "Not", versions=(1, 7, 9, 11, 12, 13, 16, 19))
+def _compare(n):
+    op = {"LessOrEqual": "less_equal", "GreaterOrEqual": "greater_equal"}.get(
+        n.op_type, n.op_type.lower())
+    n.emit("Compare", {"op": op}, [n.inp(i) for i in range(len(n.proto.input))])
+
+
+@converter("Tile", versions=(6, 13))
+def _tile(n):
+    repeats, name = _const_or_input(n, 1)
+    n.emit("Tile", {"repeats": repeats}, [n.inp(0), name])
+
+
+@converter("Range", versions=(11, 27))
+def _range(n):
+    n.attr("stash_type")  # the precision of float ranges: fscnn computes them in float64
+    n.emit("Range", {}, [n.inp(0), n.inp(1), n.inp(2)])
+
+
 @converter("ConstantOfShape", versions=(9, 20, 21, 23, 24, 25))
 def _constant_of_shape(n):
     value = n.attr("value")
@@ -900,16 +964,24 @@ def from_onnx(source, *, input_shapes=None):
     graph = model.graph
     init_names = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in init_names]
-    model = _with_input_shapes(model, input_shapes, inputs)
-    graph = model.graph
-    inputs = [i for i in graph.input if i.name not in init_names]
+    skeleton = _with_input_shapes(_skeleton(model), input_shapes, inputs)
+    inputs = [i for i in skeleton.graph.input if i.name not in init_names]
     check_source_names([i.name for i in inputs], "input names")
     check_source_names([o.name for o in graph.output], "output names")
 
     problems = []
     versions = {}
+    context = onnx.checker.C.CheckerContext()
+    context.ir_version = model.ir_version
+    context.opset_imports = {o.domain: o.version for o in model.opset_import}
     for k, node in enumerate(graph.node):
         name = node.name or f"{node.op_type}_{k}"
+        if node.domain in ("", "ai.onnx"):
+            try:  # the node against its schema: inputs, attributes and their types
+                onnx.checker.check_node(node, context)
+            except Exception as exc:
+                problems.append((name, node.op_type, f"invalid node: {exc}"))
+                continue
         if node.domain not in ("", "ai.onnx"):
             problems.append((name, f"{node.domain}.{node.op_type}",
                              f"operator domain {node.domain!r} is not supported"))
@@ -932,7 +1004,8 @@ def from_onnx(source, *, input_shapes=None):
                                f"node(s)", problems)
 
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+        inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True,
+                                                     strict_mode=True,
                                                      data_prop=True)
     except Exception as exc:
         raise ModelImportError(f"the model's shapes or types contradict each other: "

@@ -93,6 +93,10 @@ class Graph(Module):
         In an order where every value is written before it is read.
     tensors : mapping of str -> array, CSRMatrix or SparseConvWeight
         The arrays the nodes' ``params`` name (the graph's state_dict).
+    copy : bool
+        Copy the arrays (as assigning a parameter does). ``False`` is for builders that hand
+        over fresh float32 arrays nobody else holds (importers: a copy of a VGG's weights
+        costs a second): they are made read-only and kept.
 
     Examples
     --------
@@ -105,7 +109,7 @@ class Graph(Module):
     (3, 2)
     """
 
-    def __init__(self, inputs, outputs, nodes, tensors=None):
+    def __init__(self, inputs, outputs, nodes, tensors=None, copy=True):
         super().__init__()
         tensors = {} if tensors is None else tensors
         self.__dict__["inputs"] = tuple(self._graph_input(i) for i in inputs)
@@ -119,7 +123,7 @@ class Graph(Module):
             raise GraphError(f"Graph: no tensor for the keys {missing[:10]}"
                              + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
         for node in self.nodes:
-            self._modules[node.name] = self._build(node, tensors)
+            self._modules[node.name] = self._build(node, tensors, copy)
             for attr, key in node.params.items():
                 self._keys.setdefault(key, []).append((node.name, attr))
         self.__dict__["_schedule"] = None
@@ -162,7 +166,7 @@ class Graph(Module):
             raise GraphError(f"Graph: outputs {absent} are never written")
 
     @staticmethod
-    def _build(node, tensors):
+    def _build(node, tensors, copy=True):
         cls = LAYERS[node.op]
         try:
             with init.uninitialized():
@@ -177,7 +181,13 @@ class Graph(Module):
                                  f"buffer {attr!r}")
             value = tensors[key]
             try:
-                setattr(module, attr, value)
+                current = getattr(module, attr)
+                if not copy and isinstance(value, np.ndarray) and value.dtype == np.float32 \
+                        and value.flags.c_contiguous and current is not None \
+                        and value.shape == current.shape:
+                    module._init_array(attr, value, registry)
+                else:
+                    setattr(module, attr, value)
             except (TypeError, ValueError) as exc:
                 raise GraphError(f"Graph: tensor {key!r} does not fit node {node.name!r} "
                                  f"({node.op}.{attr}): {exc}") from None

@@ -369,6 +369,61 @@ class Gather(_TensorOp):
         return T.gather(x, indices, self.axis)
 
 
+class GatherND(_TensorOp):
+    """Slices of ``x`` at index tuples (ONNX GatherND); see
+    :func:`fscnn.functional.tensor.gather_nd`."""
+
+    def __init__(self, batch_dims=0):
+        super().__init__()
+        self.batch_dims = int(batch_dims)
+
+    def forward(self, x, indices):
+        return T.gather_nd(x, indices, self.batch_dims)
+
+
+class Where(_TensorOp):
+    """``a`` where ``condition``, else ``b``, with broadcasting."""
+
+    def forward(self, condition, a, b):
+        return T.where(condition, a, b)
+
+
+class Compare(_TensorOp):
+    """An elementwise comparison or logical operation giving a bool array: ``op`` one of
+    'equal', 'less', 'greater', 'less_equal', 'greater_equal', 'and', 'or', 'xor', or 'not'
+    (one input)."""
+
+    def __init__(self, op):
+        super().__init__()
+        if op != "not" and op not in T._COMPARISONS:
+            raise ValueError(f"Compare: op must be 'not' or one of {tuple(T._COMPARISONS)}, "
+                             f"got {op!r}")
+        self.op = op
+
+    def forward(self, a, b=None):
+        if self.op == "not":
+            return np.logical_not(np.asarray(a, bool))
+        return T.compare(a, b, self.op)
+
+
+class Tile(_TensorOp):
+    """``x`` repeated along each axis."""
+
+    def __init__(self, repeats=None):
+        super().__init__()
+        self.repeats = _ints(repeats, "Tile: repeats")
+
+    def forward(self, x, repeats=None):
+        return T.tile(x, self.repeats if repeats is None else _ints(repeats, "tile"))
+
+
+class Range(_TensorOp):
+    """``start, start + delta, ...`` below ``limit`` (ONNX Range)."""
+
+    def forward(self, start, limit, delta):
+        return T.arange(start, limit, delta)
+
+
 class Shape(_TensorOp):
     """The shape of ``x`` as an int64 vector (dimensions ``start`` to ``end``)."""
 
