@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import os
 import sys
+import warnings
 
 from . import models, nn
 
@@ -140,8 +141,9 @@ def _through_onnx(module, example_input, unsupported):
         # prepares) with their parameter names; adaptive pools refuse free image sizes
         for axes in (free_image, free_batch):
             buffer = io.BytesIO()
-            try:
-                with torch.no_grad(), _quiet_stdout():
+            try:  # torch's warnings concern its exporter's options, which are fscnn's choice
+                with torch.no_grad(), _quiet_stdout(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
                     torch.onnx.export(module, args, buffer, dynamo=False, input_names=names,
                                       dynamic_axes=axes, opset_version=17,
                                       training=torch.onnx.TrainingMode.PRESERVE)

@@ -541,9 +541,10 @@ def sparsity_report(model_or_state_dict):
         an empty weight is 0.
     """
     state_dict = state_dict_of(model_or_state_dict)
+    prunable = set(prunable_names(model_or_state_dict))
     rows = []
     for name, weight in _stored_items(state_dict):
-        if not _is_prunable(name, weight):
+        if name not in prunable:
             continue
         if _is_sparse(weight):  # a sparse-held weight of a model: count without densifying
             csr = getattr(weight, "csr", weight)

@@ -1056,3 +1056,70 @@ def from_onnx(source, *, input_shapes=None):
         return builder.build(graph_inputs, [o.name for o in graph.output])
     except (ValueError, TypeError) as exc:
         raise ModelImportError(f"cannot build the model: {exc}") from None
+
+
+def replace_weights(source, tensors):
+    """A copy of an ONNX model with the weights in ``tensors`` replaced, e.g. pruned:
+    what ``fscnn prune model.onnx pruned.onnx`` writes, a model any ONNX runtime loads.
+
+    Parameters
+    ----------
+    source : str, path-like, bytes or onnx.ModelProto
+    tensors : mapping of str -> array
+        State-dict entries of the graph imported from ``source`` (its tensor names). An
+        initializer or ``Constant`` node output is replaced in place, in its own type; a
+        weight the graph computed at import (a float16 initializer cast to float32, say)
+        becomes a float32 initializer that replaces the nodes computing it.
+
+    Returns
+    -------
+    onnx.ModelProto
+    """
+    onnx = _onnx()
+    model = load_model(source)
+    if model is source:  # never change the caller's model
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    constants = {n.output[0]: n for n in graph.node if n.op_type == "Constant"}
+    computed = {}
+    for k, node in enumerate(graph.node):
+        for out in node.output:
+            computed[out] = k
+    doomed = set()
+    for key, value in tensors.items():
+        value = np.asarray(value)
+        if key in inits:
+            old = inits[key]
+            new = _like(value, old, key)
+            old.CopyFrom(new)
+        elif key in constants:
+            attr = next(a for a in constants[key].attribute if a.name == "value")
+            attr.t.CopyFrom(_like(value, attr.t, key))
+        elif key in computed:
+            doomed.add(computed[key])
+            graph.initializer.append(onnx.numpy_helper.from_array(
+                np.asarray(value, np.float32), key))
+        else:
+            raise KeyError(f"replace_weights: the model has no tensor {key!r}")
+    if doomed:
+        kept = [n for k, n in enumerate(graph.node) if k not in doomed]
+        del graph.node[:]
+        graph.node.extend(kept)
+        used = {v for n in graph.node for v in n.input} | {o.name for o in graph.output}
+        unused = [t for t in graph.initializer if t.name not in used]
+        for t in unused:
+            graph.initializer.remove(t)
+    return model
+
+
+def _like(value, old, key):
+    """``value`` as a TensorProto of ``old``'s type and shape."""
+    onnx = _onnx()
+    shape = tuple(old.dims)
+    if value.shape != shape:
+        raise ValueError(f"replace_weights: {key!r} has shape {shape} in the model, got "
+                         f"{value.shape}")
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(old.data_type)
+    return onnx.numpy_helper.from_array(value.astype(dtype), old.name)
