@@ -31,6 +31,10 @@ REQUIREMENTS = {
         "mlxtend": "pip install --no-deps mlxtend==0.25.0",
     },
     "benchmarking.ipynb": {},
+    "onnx_import.ipynb": {"torch": "pip install torch",
+                          "torchvision": "pip install --no-deps torchvision==0.28.0",
+                          "onnx": 'pip install "fscnn[onnx]"',
+                          "onnxruntime": "pip install onnxruntime"},
 }
 
 

@@ -333,8 +333,14 @@ class _Run:
         try:
             if hasattr(module, "_check_input"):
                 out = self._call_layer(module, args, kwargs, name)
-            else:
+            elif module._modules or not getattr(_local, "profiles", None):
                 out = module.forward(*args, **kwargs)
+            else:  # a leaf operation of a graph (Add, Concat, ...): profiled too
+                t0 = time.perf_counter()
+                out = module.forward(*args, **kwargs)
+                shape = np.shape(args[0]) if args else ()
+                _record(_local.profiles[-1], self.plan.names[key], module, None,
+                        np.broadcast_to(np.int8(0), shape), out, time.perf_counter() - t0)
         except ValueError as exc:
             if isinstance(exc, LayerInputError):
                 raise
