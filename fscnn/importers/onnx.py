@@ -596,6 +596,12 @@ def _reshape(n):
            [n.inp(0), name])
 
 
+@converter("DepthToSpace", versions=(1, 11, 13, 28))
+def _depth_to_space(n):
+    mode = n.attr("mode", "DCR") if n.version >= 11 else "DCR"
+    n.emit("DepthToSpace", {"block_size": int(n.attr("blocksize")), "mode": mode}, [n.inp(0)])
+
+
 @converter("Transpose", versions=(1, 13, 21, 23, 24, 25))
 def _transpose(n):
     n.emit("Transpose", {"perm": _ints_attr(n, "perm", None)}, [n.inp(0)])
