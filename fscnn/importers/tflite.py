@@ -27,6 +27,7 @@ Import needs the ``tflite`` package (``pip install "fscnn[tflite]"``); the impor
 does not.
 """
 import importlib
+import math
 import os
 import re
 from collections import Counter, namedtuple
@@ -211,7 +212,7 @@ def _decode(tensor_name, raw, dtype, shape, sparsity):
                                f"supported")
     if shape is None:
         raise ModelImportError(f"tensor {tensor_name!r}: a constant without a shape")
-    size = int(np.prod(shape, dtype=np.float64))
+    size = math.prod(shape)
     if min(shape, default=0) < 0 or size >= _MAX_ELEMENTS:
         raise ModelImportError(f"tensor {tensor_name!r}: invalid shape {shape} for a constant")
     itemsize = np.dtype(dtype).itemsize
@@ -398,6 +399,7 @@ def densify(values, shape, traversal_order, block_map, dim_metadata):
             raise ValueError(f"block size {block_size[b]} does not divide dimension {d} of "
                              f"shape {shape}")
         sizes[d] = shape[d] // block_size[b]
+    _check_traversal(values.size, [sizes[t] for t in order], dim_metadata)
     level_index = []
     prev = np.zeros(1, np.int64)  # per path: its position in the level above
     for level, (fmt, dense_size, segments, indices) in enumerate(dim_metadata):
@@ -449,6 +451,27 @@ def densify(values, shape, traversal_order, block_map, dim_metadata):
     elif values.size:
         dense[tuple(coords)] = values
     return dense
+
+
+def _check_traversal(n_values, sizes, dim_metadata):
+    """Raise ValueError unless the levels hold exactly ``n_values`` leaves, counting without
+    allocating: the positions reached at each level are always one contiguous range (all of
+    a dense level's for each position above; a sparse level's segments of consecutive
+    positions), so a corrupt size cannot make the traversal's arrays huge."""
+    first, count = 0, 1
+    for level, ((fmt, dense_size, segments, _), size) in enumerate(zip(dim_metadata, sizes)):
+        if fmt == _DENSE:
+            first, count = first * size, count * size
+        elif fmt == _SPARSE_CSR:
+            if first + count >= len(segments):
+                raise ValueError(f"level {level} has {len(segments)} segment bounds for "
+                                 f"{first + count + 1} needed")
+            first, count = int(segments[first]), int(segments[first + count] - segments[first])
+            if count < 0:
+                raise ValueError(f"level {level}: segments decrease")
+    if count != n_values:
+        raise ValueError(f"the metadata describe {count} stored values, the buffer holds "
+                         f"{n_values}")
 
 
 # -- the conversion state -----------------------------------------------------------------
@@ -573,28 +596,35 @@ class _OpContext:
         inputs = self.op.inputs
         return inputs[k] if k < len(inputs) and inputs[k] >= 0 else None
 
+    def index(self, k):
+        """Tensor index of the required input ``k``."""
+        idx = self.inp(k)
+        if idx is None:
+            raise Unsupported(f"input {k} is absent ({len(self.op.inputs)} inputs given)")
+        return idx
+
     def tensor(self, k):
-        return self.imp.tensors[self.inp(k)]
+        return self.imp.tensors[self.index(k)]
 
     def shape(self, k):
-        return self.imp.shapes[self.inp(k)]
+        return self.imp.shapes[self.index(k)]
 
     def held(self, k):
         """(graph value, layout) of input ``k`` as held."""
-        return self.imp.held[self.inp(k)]
+        return self.imp.held[self.index(k)]
 
     def layout(self, k):
         return self.held(k)[1]
 
     def nchw(self, k):
-        return self.imp.view(self.inp(k), "nchw")
+        return self.imp.view(self.index(k), "nchw")
 
     def plain(self, k):
-        return self.imp.view(self.inp(k), "plain")
+        return self.imp.view(self.index(k), "plain")
 
     def operand(self, k, layout):
         """Input ``k`` for an elementwise operator computing in ``layout``."""
-        return self.plain(k) if layout == "plain" else self.imp.broadcast_view(self.inp(k))
+        return self.plain(k) if layout == "plain" else self.imp.broadcast_view(self.index(k))
 
     def const(self, k):
         """Input ``k`` as an array in the model's layout when known at import, else None."""
@@ -607,6 +637,7 @@ class _OpContext:
         return self.builder.consts[value if layout == "plain" else self.imp.view(idx, "plain")]
 
     def need_const(self, k, what):
+        self.index(k)
         value = self.const(k)
         if value is None:
             raise Unsupported(f"{what} must be a constant, not computed by the graph")
@@ -791,7 +822,7 @@ def _fully_connected(n):
         raise Unsupported(f"weights_format {n.opt('weights_format')} (fscnn reads DEFAULT)")
     n.opt("asymmetric_quantize_inputs")  # quantized kernels only
     n.opt("quantized_bias_type")
-    total = int(np.prod(shape))
+    total = math.prod(shape)
     source = n.plain(0)
     if n.opt("keep_num_dims"):
         if not shape or shape[-1] != in_f:
@@ -869,10 +900,10 @@ def _reshape(n):
     shape = n.shape(0)
     option = list(n.opt("new_shape") or ())
     target = n.ints(1, "the new shape") if n.inp(1) is not None else option
-    total = int(np.prod(shape))
+    total = math.prod(shape)
     if target.count(-1) > 1 or min(target, default=0) < -1:
         raise Unsupported(f"new shape {target} (one -1 at most, no other negative size)")
-    known = int(np.prod([d for d in target if d != -1]))
+    known = math.prod(d for d in target if d != -1)
     if -1 in target:
         if known == 0 or total % known:
             raise Unsupported(f"cannot reshape {shape} ({total} values) to {target}")
