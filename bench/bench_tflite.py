@@ -141,10 +141,11 @@ def main(argv=None):
     for name, run in runners.items():
         errors[name] = max(float(np.abs(g - e).max() / np.abs(e).max())
                            for g, e in zip(got, run(x)))
-    kernels = defaultdict(int)
+    kernels, pruned = defaultdict(int), defaultdict(int)  # pruned: at least half zeros
     for row in graph.plan():
         for k in row.kernels.values():
             kernels[k] += 1
+            pruned[k] += row.density <= 0.5
 
     fns = {"fscnn": lambda: graph(x)}
     fns.update({name: (lambda run=run: run(x)) for name, run in runners.items()})
@@ -156,7 +157,8 @@ def main(argv=None):
               "threads": args.threads, "iterations": args.iterations,
               "fscnn": fscnn.__version__, "machine": platform.processor() or platform.machine(),
               "import_s": import_s, "prepare_s": prepare_s, "max_relative_error": errors,
-              "kernels": dict(kernels), "median_ms": medians,
+              "kernels": dict(kernels), "kernels_of_pruned_layers": dict(pruned),
+              "median_ms": medians,
               "spread_ms": {n: [float(np.percentile(t, 10)) * 1e3,
                                 float(np.percentile(t, 90)) * 1e3] for n, t in times.items()},
               "litert_over_fscnn": {n: medians[n] / medians["fscnn"] for n in runners},
@@ -165,7 +167,9 @@ def main(argv=None):
           f"{shape[0]}; import {import_s:.2f} s, prepare {prepare_s:.2f} s")
     print("max |fscnn - LiteRT| / max |LiteRT|: " +
           ", ".join(f"{n} {e:.1e}" for n, e in errors.items()))
-    print("fscnn kernels: " + ", ".join(f"{k} {c}" for k, c in sorted(kernels.items())))
+    print("fscnn kernels: " + ", ".join(f"{k} {c}" for k, c in sorted(kernels.items())) +
+          f"; of the {sum(pruned.values())} layers with half their weights zero or more: " +
+          ", ".join(f"{k} {c}" for k, c in sorted(pruned.items()) if c))
     print(f"\n{'runtime':16s} {'median ms':>10s} {'p10-p90 ms':>14s}  speed of fscnn")
     for name, med in medians.items():
         lo, hi = report["spread_ms"][name]
