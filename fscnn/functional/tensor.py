@@ -19,7 +19,7 @@ from ._validate import activation_code, is_int, threads_for
 __all__ = ["add", "sub", "mul", "div", "pow", "maximum", "minimum", "sqrt", "concat", "split",
            "slice_axes", "reshape", "transpose", "squeeze", "unsqueeze", "flatten", "pad",
            "reduce", "gather", "gather_nd", "where", "compare", "tile", "arange", "expand",
-           "cast"]
+           "cast", "depth_to_space"]
 
 
 def _tensor(x, name):
@@ -565,3 +565,48 @@ def cast(x, dtype):
         with np.errstate(invalid="ignore"):
             return np.trunc(x).astype(target)
     return x.astype(target)
+
+
+DEPTH_TO_SPACE_MODES = ("DCR", "CRD")
+
+
+def check_depth_to_space(block_size, mode, name):
+    """Raise for a ``block_size`` that is not a positive int or an unknown ``mode``."""
+    if not is_int(block_size) or block_size < 1:
+        raise ValueError(f"{name}: block_size must be a positive int, got {block_size!r}")
+    if mode not in DEPTH_TO_SPACE_MODES:
+        raise ValueError(f"{name}: mode must be one of {DEPTH_TO_SPACE_MODES}, got {mode!r}")
+
+
+def depth_to_space(x, block_size, mode="DCR"):
+    """Move channels of ``x`` into ``block_size`` x ``block_size`` spatial blocks (ONNX's
+    DepthToSpace, TFLite's DEPTH_TO_SPACE, torch's ``pixel_shuffle`` for 'CRD').
+
+    Parameters
+    ----------
+    x : array_like of shape (N, C, H, W)
+        C divisible by ``block_size ** 2``.
+    block_size : int
+    mode : {'DCR', 'CRD'}
+        Channel order of the blocks: 'DCR' (depth-column-row, TensorFlow's and TFLite's)
+        takes output channel ``c`` at block offset ``(i, j)`` from input channel
+        ``(i * block_size + j) * C_out + c``; 'CRD' (torch's) from
+        ``c * block_size ** 2 + i * block_size + j``.
+
+    Returns
+    -------
+    ndarray of shape (N, C / block_size ** 2, H * block_size, W * block_size)
+    """
+    x = _tensor(x, "depth_to_space: x")
+    check_depth_to_space(block_size, mode, "depth_to_space")
+    if x.ndim != 4 or x.shape[1] % (block_size * block_size):
+        raise ValueError(f"depth_to_space: expected an input of shape (N, C, H, W) with C "
+                         f"divisible by {block_size * block_size}, got shape {x.shape}")
+    n, c, h, w = x.shape
+    b = int(block_size)
+    out_c = c // (b * b)
+    if mode == "DCR":
+        blocks = x.reshape(n, b, b, out_c, h, w).transpose(0, 3, 4, 1, 5, 2)
+    else:
+        blocks = x.reshape(n, out_c, b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return _copy(blocks).reshape(n, out_c, h * b, w * b)

@@ -5,5 +5,6 @@ an imported graph runs on numpy and scipy alone.
 """
 from ._builder import ModelImportError
 from .onnx import from_onnx
+from .tflite import from_tflite
 
-__all__ = ["ModelImportError", "from_onnx"]
+__all__ = ["ModelImportError", "from_onnx", "from_tflite"]

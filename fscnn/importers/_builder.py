@@ -40,6 +40,10 @@ _FOLDABLE = {name for name, cls in LAYERS.items()
 _FOLD_LIMIT = 1 << 24  # elements: a folded constant larger than this stays a node
 
 
+def _same_array(a, b):
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=True)
+
+
 class GraphBuilder:
     """Collects :class:`~fscnn.nn.graph.Node` specs and the tensors they name.
 
@@ -57,6 +61,7 @@ class GraphBuilder:
         self.shapes = {}  # value name -> static shape (ints, None for unknown sizes)
         self.dtypes = {}  # value name -> numpy dtype, where the model says
         self._names = set()
+        self.state_keys = {}  # known value -> state_dict key its Constant node uses
         self._materialized = {}
         self._alias = {}
 
@@ -82,11 +87,16 @@ class GraphBuilder:
     # -- tensors --------------------------------------------------------------------------
     def weight(self, value, array=None):
         """Register the known value ``value`` (or ``array`` under that name) as a float32
-        state tensor; returns its key."""
-        if value not in self.tensors:
-            arr = self.consts[value] if array is None else array
-            self.tensors[value] = np.asarray(arr, dtype=np.float32, order="C")
-        return value
+        state tensor; returns its key: ``value``, or ``value:2``, ... when that name already
+        holds a different array (a tensor that an importer also stores transformed)."""
+        arr = np.asarray(self.consts[value] if array is None else array, dtype=np.float32,
+                         order="C")
+        key, k = value, 1
+        while key in self.tensors and not _same_array(self.tensors[key], arr):
+            k += 1
+            key = f"{value}:{k}"
+        self.tensors.setdefault(key, arr)
+        return key
 
     def _materialize(self, value):
         """The name of a run-time value for the known value ``value`` (a Constant node)."""
@@ -94,8 +104,9 @@ class GraphBuilder:
             arr = np.asarray(self.consts[value])
             name = self.node_name(value, "constant")
             if arr.dtype.kind == "f":
+                key = self.weight(self.state_keys.get(value, value), arr)
                 self.nodes.append(Node(name, "Constant", {"shape": list(arr.shape)}, (),
-                                       (value,), {"value": self.weight(value)}))
+                                       (value,), {"value": key}))
             else:
                 self.nodes.append(Node(name, "Constant", {"value": arr.tolist(),
                                                           "dtype": str(arr.dtype)},
@@ -208,6 +219,21 @@ def _fuse_at(builder, i, node, readers, writer):
             if _hard_swish_at(builder, i, node, x, k, g, readers, writer):
                 return True
     return False
+
+
+def padding_arg(pads):
+    """A Conv2d ``padding`` argument for pads (top, bottom, left, right): a pair when
+    symmetric, else the four values."""
+    top, bottom, left, right = pads
+    return [top, left] if top == bottom and left == right else list(pads)
+
+
+def pool_padding_arg(pads, kernel):
+    """As :func:`padding_arg` for a pool, whose pair form pads at most half the kernel."""
+    top, bottom, left, right = pads
+    if top == bottom <= kernel[0] // 2 and left == right <= kernel[1] // 2:
+        return [top, left]
+    return list(pads)
 
 
 def check_source_names(names, what):

@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from ._builder import GraphBuilder, ModelImportError, Unsupported, check_source_names
+from ._builder import (GraphBuilder, ModelImportError, Unsupported, check_source_names,
+                       padding_arg, pool_padding_arg)
 
 MIN_OPSET = 9
 _INPUT_TYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
@@ -300,11 +301,6 @@ def _check_channels(n, expected, what):
                           f"the model's shapes contradict each other")
 
 
-def _padding_arg(pads):
-    top, bottom, left, right = pads
-    return [top, left] if top == bottom and left == right else list(pads)
-
-
 def _spatial(n):
     shape = n.shape(0)
     return None if shape is None or len(shape) != 4 else shape[2:]
@@ -349,7 +345,7 @@ def _conv(n):
     if bias is not None:
         params["bias"] = n.weight(2)
     n.emit("Conv2d", {"in_channels": cg * group, "out_channels": out_c, "kernel_size": kernel,
-                      "stride": strides, "padding": _padding_arg(pads),
+                      "stride": strides, "padding": padding_arg(pads),
                       "dilation": dilations, "groups": group, "bias": bias is not None},
            [n.inp(0)], params=params)
 
@@ -400,7 +396,7 @@ def _conv_transpose(n):
     if any(p >= max(s, d) for p, s, d in zip(out_pad, strides, dilations)):
         n.emit("DynamicConvTranspose2d", args, [n.inp(0), n.inp(1), bias])
         return
-    n.emit("ConvTranspose2d", dict(args, padding=_padding_arg(pads), in_channels=w.shape[0],
+    n.emit("ConvTranspose2d", dict(args, padding=padding_arg(pads), in_channels=w.shape[0],
                                    out_channels=w.shape[1] * group, kernel_size=kernel,
                                    bias=bias is not None), [n.inp(0)], params=params)
 
@@ -630,6 +626,12 @@ def _reshape(n):
            [n.inp(0), name])
 
 
+@converter("DepthToSpace", versions=(1, 11, 13, 28))
+def _depth_to_space(n):
+    mode = n.attr("mode", "DCR") if n.version >= 11 else "DCR"
+    n.emit("DepthToSpace", {"block_size": int(n.attr("blocksize")), "mode": mode}, [n.inp(0)])
+
+
 @converter("Transpose", versions=(1, 13, 21, 23, 24, 25))
 def _transpose(n):
     n.emit("Transpose", {"perm": _ints_attr(n, "perm", None)}, [n.inp(0)])
@@ -677,20 +679,13 @@ def _pad(n):
     n.emit("Pad", {"pads": pads, "mode": mode, "value": value}, [n.inp(0)])
 
 
-def _pool_padding_arg(pads, kernel):
-    top, bottom, left, right = pads
-    if top == bottom <= kernel[0] // 2 and left == right <= kernel[1] // 2:
-        return [top, left]
-    return list(pads)
-
-
 @converter("MaxPool", versions=(8, 10, 11, 12, 22))
 def _max_pool(n):
     n.only_first_output()
     n.attr("storage_order")  # orders the indices output only
     kernel, strides, dilations = _window(n)
     pads = _explicit_pads(n, kernel, strides, dilations, _spatial(n))
-    args = {"kernel_size": kernel, "stride": strides, "padding": _pool_padding_arg(pads, kernel),
+    args = {"kernel_size": kernel, "stride": strides, "padding": pool_padding_arg(pads, kernel),
             "dilation": dilations, "ceil_mode": bool(n.attr("ceil_mode", 0))}
     dtype = n.builder.dtypes.get(n.inp(0))
     if dtype is not None and dtype.kind in "iu":  # 8-bit pools: exact in float32
@@ -708,7 +703,7 @@ def _avg_pool(n):
         raise Unsupported(f"dilations {dilations} (fscnn's average pool has none)")
     pads = _explicit_pads(n, kernel, strides, dilations, _spatial(n))
     n.emit("AvgPool2d", {"kernel_size": kernel, "stride": strides,
-                         "padding": _pool_padding_arg(pads, kernel),
+                         "padding": pool_padding_arg(pads, kernel),
                          "ceil_mode": bool(n.attr("ceil_mode", 0)),
                          "count_include_pad": bool(n.attr("count_include_pad", 0))}, [n.inp(0)])
 

@@ -277,6 +277,21 @@ class Slice(_TensorOp):
         return T.slice_axes(x, starts, ends, pick(axes, self.axes), pick(steps, self.steps))
 
 
+class DepthToSpace(_TensorOp):
+    """Channels of a (N, C, H, W) input moved into ``block_size`` x ``block_size`` spatial
+    blocks, in ``mode`` 'DCR' (TensorFlow's order) or 'CRD' (torch's ``pixel_shuffle``); see
+    :func:`fscnn.functional.depth_to_space`."""
+
+    def __init__(self, block_size, mode="DCR"):
+        super().__init__()
+        T.check_depth_to_space(block_size, mode, "DepthToSpace")
+        self.block_size = int(block_size)
+        self.mode = mode
+
+    def forward(self, x):
+        return F.depth_to_space(x, self.block_size, self.mode)
+
+
 class Reshape(_TensorOp):
     """``x`` reshaped to ``shape`` (``-1`` infers one size; ``0`` copies the input's
     dimension unless ``allowzero``)."""
