@@ -16,9 +16,19 @@ import time
 import numpy as np
 
 from . import _config
-from .cli import CommandError, format_table
+from ._table import format_table
+from .errors import CommandError
 
 COMPARISONS = ("torch", "onnxruntime", "dense")
+
+
+def zoo_model(name):
+    """A fresh model of the zoo (:func:`fscnn.models.get_model`); an unknown ``name`` is the
+    user's mistake (:class:`~fscnn.errors.CommandError`)."""
+    from . import models
+    if name not in models.list_models():
+        raise CommandError(models.unknown_model_message(name))
+    return models.get_model(name)
 
 
 def build_model(target, arch=None, seed=0):
@@ -31,18 +41,15 @@ def build_model(target, arch=None, seed=0):
         archive of weights (then ``arch`` names its architecture).
     """
     from . import io, models, nn
-    zoo = {n: getattr(models, n) for n in models.__all__ if n.islower()}
     if target.endswith(".npz"):
         if arch is None:
             raise CommandError(f"{target}: give the architecture of these weights with --model "
-                               f"(one of {', '.join(sorted(zoo))})")
+                               f"(one of {', '.join(models.list_models())})")
         name, state = arch, io.load(target)
     else:
         name, state = target, None
-    if name not in zoo:
-        raise CommandError(f"unknown model {name!r} (models: {', '.join(sorted(zoo))})")
     nn.manual_seed(seed)
-    model = zoo[name]()
+    model = zoo_model(name)
     if state is not None:
         model.load_state_dict(state)
     model.eval()
@@ -185,8 +192,10 @@ def per_layer_table(model, x, repeats=5):
 
 def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_size=224,
         warmup=2, iterations=None, seconds=10.0, compare=("torch", "dense"), per_layer=False,
-        kernel="auto", keep=(), seed=0, out=sys.stdout, progress=True):
-    """Run the benchmark and print its report; returns the report as a dict (see ``--json``)."""
+        kernel="auto", keep=(), seed=0, out=None, progress=True):
+    """Run the benchmark and print its report (on ``out``, default ``sys.stdout`` at the time
+    of the call); returns the report as a dict (see ``--json``)."""
+    out = sys.stdout if out is None else out
     from .prune import prune, sparsity_report
     threads = threads or _config.get_num_threads()
     unknown = set(compare) - set(COMPARISONS)

@@ -5,18 +5,15 @@ in `SUBCOMMANDS`. User mistakes (a missing file, a bad number, an unknown model,
 archive) print one line ``fscnn: error: ...`` on stderr and exit with status 2.
 """
 import argparse
-import importlib.util
 import math
 import os
 import sys
 
 from . import __version__
+from ._table import format_table
+from .errors import CommandError
 
 __all__ = ["main", "build_parser", "format_table", "CommandError", "SUBCOMMANDS"]
-
-
-class CommandError(Exception):
-    """A user mistake found while running a subcommand; printed as one line, exit status 2."""
 
 
 class _UsageError(Exception):
@@ -28,51 +25,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise _UsageError(message)
-
-
-def format_table(headers, rows, align=None):
-    """Format rows of cells as a text table with aligned columns.
-
-    Parameters
-    ----------
-    headers : sequence of str
-    rows : iterable of (sequence or None)
-        Cells are formatted with ``str``; ``None`` draws a rule (e.g. before a total).
-    align : str, optional
-        One letter per column, ``"l"`` or ``"r"``. Default: first column left, others right.
-
-    Returns
-    -------
-    str
-        The table, lines joined by newlines, no trailing newline.
-
-    Examples
-    --------
-    >>> print(format_table(["layer", "params"], [["conv", "864"], None, ["total", "864"]]))
-    layer  params
-    -----  ------
-    conv      864
-    -----  ------
-    total     864
-    """
-    align = align or "l" + "r" * (len(headers) - 1)
-    if len(align) != len(headers) or set(align) - set("lr"):
-        raise ValueError(f"align must have one 'l' or 'r' per column ({len(headers)}), "
-                         f"received {align!r}")
-    rows = [None if row is None else [str(cell) for cell in row] for row in rows]
-    for row in rows:
-        if row is not None and len(row) != len(headers):
-            raise ValueError(f"expected {len(headers)} cells per row, received {row}")
-    widths = [max([len(h)] + [len(row[i]) for row in rows if row is not None])
-              for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
-                         for c, w, a in zip(cells, widths, align)).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule] + [rule if row is None else line(row)
-                                              for row in rows])
 
 
 def _count(n):
@@ -117,25 +69,9 @@ def _positive_int(text):
     return value
 
 
-def _zoo():
-    """name -> builder of the model zoo; empty when ``fscnn.models`` is not installed.
-
-    The builders are the lower-case names in ``fscnn.models.__all__`` (``vgg16``, ...).
-    """
-    if importlib.util.find_spec("fscnn.models") is None:
-        return {}
-    from . import models
-
-    return {name: getattr(models, name) for name in getattr(models, "__all__", ())
-            if name.islower()}
-
-
 def _build_model(name):
-    zoo = _zoo()
-    if name not in zoo:
-        known = ", ".join(sorted(zoo)) or "none, fscnn.models is not installed"
-        raise CommandError(f"unknown model {name!r} (models: {known})")
-    return zoo[name]()
+    from .bench import zoo_model
+    return zoo_model(name)
 
 
 def _output_positions(model, input_size):

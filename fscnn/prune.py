@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .cli import format_table
+from ._table import format_table
 from .io import state_dict_of
 
 __all__ = ["prune", "prunable_names", "sparsity_report", "format_sparsity_report",

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import fscnn
-from fscnn import __version__, cli, nn
-from fscnn.cli import format_table, main
+from fscnn import __version__, models, nn
+from fscnn._table import format_table
+from fscnn.cli import main
 from fscnn.io import load
 
 # where the fscnn under test lives: the source tree for an in-place build, site-packages for an
@@ -29,7 +30,7 @@ ZOO = {"toy": _toy, "nopad": lambda: nn.Sequential(nn.Conv2d(3, 4, 5))}
 
 @pytest.fixture(autouse=True)
 def toy_zoo(monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "_zoo", lambda: ZOO)
+    monkeypatch.setattr(models, "_BUILDERS", dict(models._BUILDERS, **ZOO))
     monkeypatch.chdir(tmp_path)
 
 
@@ -97,7 +98,8 @@ def _user_errors(dense, corrupt, ints, other):
         (["prune", dense, "no/such/dir/out.npz", "--sparsity", "0.5"],
          "No such file or directory"),
         (["info"], "the following arguments are required: MODEL|WEIGHTS.npz"),
-        (["info", "nosuchmodel"], "unknown model 'nosuchmodel' (models: nopad, toy)"),
+        (["info", "nosuchmodel"], "unknown model 'nosuchmodel' (models: mobilenet_v2, nopad, "
+                                  "resnet101,"),
         (["info", "missing.npz"], "missing.npz: No such file or directory"),
         (["info", dense, "--input-size", "0"], "expected a positive integer, received '0'"),
         (["info", dense, "--input-size", "2.5"], "received '2.5'"),

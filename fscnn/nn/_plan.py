@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._table import format_table
 from ..functional._validate import as_float_array
 from ..ops import KERNELS, RESTRICTED_KERNELS, Conv2dOp, kernel_ineligibility
 from .errors import LayerInputError
@@ -236,10 +237,7 @@ class PlanReport(list):
         rows = [(r.name or "(root)", r.layers, f"{r.density:.3f}", r.kernel_setting,
                  ", ".join(f"{s} -> {k}" for s, k in r.kernels.items()) or "(not run yet)")
                 for r in self]
-        widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-                 for row in [header] + rows]
-        return "\n".join(lines)
+        return format_table(header, rows, align="lllll")
 
 
 class Plan:
