@@ -23,10 +23,14 @@ An archive is a plain NumPy ``.npz`` file (a zip of ``.npy`` members, no pickles
     - ``bitmask``: uint8 of shape (ceil(numel / 8),), ``np.packbits`` (big bit order) of the
       stored-entry mask; padding bits are zero and k bits are set.
 
-An entry is stored when its bit pattern is not all zeros, so ``-0.0`` and NaN survive and a
-round trip is bit-exact. ``save`` stores a tensor sparse when at least ``min_sparsity`` of its
+An entry is stored when it is not zero: ``-0.0`` is a zero like ``+0.0`` (PyTorch's pruning,
+``weight * mask``, leaves ``-0.0`` in place of every pruned negative weight, about half of
+them) and loads as ``+0.0``, as ``CSRMatrix.from_dense`` drops it too; NaN is stored. A round
+trip is bit-exact but for the sign of zeros in sparse-stored tensors (dense-stored tensors
+are written as they are). ``save`` stores a tensor sparse when at least ``min_sparsity`` of its
 entries are zero and the smallest of the three encodings, plus about 600 bytes for the two
-extra members, is smaller than the dense bytes.
+extra members, is smaller than the dense bytes. Archives holding stored ``-0.0`` entries
+(written before zeros were compared by value) load unchanged.
 Names may not contain ``::`` nor start with ``__fscnn``. Allowed dtypes: bool, (u)int8-64,
 float16/32/64.
 """
@@ -132,9 +136,9 @@ def _encode(array, min_sparsity):
     flat = np.ascontiguousarray(array).reshape(-1)
     if flat.size == 0:
         return None
-    positions = np.flatnonzero(flat.view(f"u{flat.dtype.itemsize}"))
+    positions = np.flatnonzero(flat)  # by value: -0.0 is a zero, NaN is not
     return _encode_positions(positions, lambda p: flat[p], flat.size, flat.dtype, min_sparsity,
-                             lambda: np.packbits(flat.view(f"u{flat.dtype.itemsize}") != 0))
+                             lambda: np.packbits(flat != 0))
 
 
 def _encode_positions(positions, values_at, numel, dtype, min_sparsity, bitmask):
@@ -176,7 +180,7 @@ def _encode_rows(weight, min_sparsity):
     if numel == 0:
         return None
     data = csr.data
-    stored = data.view(np.uint32) != 0  # an explicit +0.0 is not stored, as from dense
+    stored = data != 0  # an explicit +0.0 or -0.0 is not stored, as from dense
     rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(csr.indptr))
     positions = rows * n_cols + csr.indices
     del rows
