@@ -322,7 +322,23 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+def to_json(value):
+    """``value`` with only what strict JSON holds: numpy scalars and arrays as Python numbers
+    and lists, tuples as lists, NaN and infinities as None (``null``), keys as str."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(report, path):
+    """Write ``report`` to ``path`` as strict JSON (see :func:`to_json`)."""
     with open(path, "w") as f:
-        json.dump(report, f, indent=1, default=lambda o: o if not isinstance(o, float)
-                  or math.isfinite(o) else None)
+        json.dump(to_json(report), f, indent=1, allow_nan=False)
