@@ -9,11 +9,17 @@ hardware and ``torch.sparse.to_sparse_semi_structured`` group a KRSC/NHWC weight
 Ties between equal magnitudes are broken deterministically: the entry (or block) that comes
 first in the flattened C order of the weight is pruned first; with ``scope="global"``, layers
 count in state_dict order.
+
+The module itself is callable: ``fscnn.prune(model, 0.9)`` is ``fscnn.prune.prune(model,
+0.9)``, while ``fscnn.prune.sparsity_report`` and the other functions stay reachable.
 """
 import fnmatch
+import inspect
 import math
 import numbers
 import re
+import sys
+import types
 from collections import OrderedDict
 from typing import NamedTuple, Optional, Tuple
 
@@ -562,3 +568,14 @@ def format_sparsity_report(report):
     return format_table(["layer", "shape", "params", "nonzeros", "sparsity"],
                         [cells(r) for r in report.rows] + [None, cells(report.total)],
                         align="llrrr")
+
+
+class _CallableModule(types.ModuleType):
+    """The type of this module: calling it calls :func:`prune`."""
+
+    def __call__(self, *args, **kwargs):
+        return prune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+__signature__ = inspect.signature(prune)  # what help() and inspect show for fscnn.prune(...)

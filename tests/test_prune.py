@@ -468,3 +468,17 @@ def test_selection_with_empty_and_strided_weights(scope):
     for name, w in state.items():
         assert out[name].shape == w.shape
         np.testing.assert_array_equal(out[name], np.where(expected[name], 0, w))
+
+
+def test_the_package_attribute_prunes_as_documented():
+    """``fscnn.prune(model, ...)`` (Module.to_sparse's example) is ``fscnn.prune.prune``."""
+    import fscnn
+    from fscnn import nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
+    assert fscnn.prune(model, 0.9, inplace=True) is model
+    assert sparsity_report(model).total.nonzeros == round(0.1 * 216) + round(0.1 * 512)
+    model.to_sparse().prepare((1, 3, 6, 6))
+    state = _state()
+    for a, b in zip(fscnn.prune(state, 0.5).values(), prune(state, 0.5).values()):
+        np.testing.assert_array_equal(a, b)
+    assert fscnn.prune.sparsity_report is sparsity_report
