@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _config
 from ._table import format_table
-from .errors import CommandError
+from .errors import CommandError, as_command_error
 
 COMPARISONS = ("torch", "onnxruntime", "dense")
 
@@ -45,13 +45,16 @@ def build_model(target, arch=None, seed=0):
         if arch is None:
             raise CommandError(f"{target}: give the architecture of these weights with --model "
                                f"(one of {', '.join(models.list_models())})")
-        name, state = arch, io.load(target)
+        with as_command_error(io.ArchiveError):
+            name, state = arch, io.load(target)
     else:
         name, state = target, None
     nn.manual_seed(seed)
     model = zoo_model(name)
     if state is not None:
-        model.load_state_dict(state)
+        with as_command_error(nn.StateDictError,
+                              context=f"{target}: the weights do not fit --model {arch}"):
+            model.load_state_dict(state)
     model.eval()
     return model, name
 
@@ -196,6 +199,7 @@ def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_si
     """Run the benchmark and print its report (on ``out``, default ``sys.stdout`` at the time
     of the call); returns the report as a dict (see ``--json``)."""
     out = sys.stdout if out is None else out
+    from .nn import LayerInputError
     from .prune import prune, sparsity_report
     threads = threads or _config.get_num_threads()
     unknown = set(compare) - set(COMPARISONS)
@@ -204,7 +208,8 @@ def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_si
                            f"(choose from {', '.join(COMPARISONS)})")
     model, name = build_model(target, arch, seed)
     if sparsity is not None:
-        prune(model, sparsity, keep=list(keep), inplace=True)
+        with as_command_error(ValueError, TypeError):  # --keep names no layer, NaN weights
+            prune(model, sparsity, keep=list(keep), inplace=True)
     state = model.state_dict()  # dense arrays: the torch model and fscnn's dense path use them
     achieved = sparsity_report(state).total.sparsity
     # the measured fscnn model holds its pruned weights sparse, as a deployment would: its
@@ -220,7 +225,8 @@ def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_si
           f"{input_size}x{input_size}, {threads} thread(s), SIMD {report['simd']}", file=out)
     with _config.threads(threads), _torch_threads(threads):
         t0 = time.perf_counter()
-        model.prepare(x.shape, kernel=kernel)
+        with as_command_error(LayerInputError, context=f"--input-size {input_size}"):
+            model.prepare(x.shape, kernel=kernel)
         report["prepare_s"] = time.perf_counter() - t0
         plan = model.plan()
         chosen = [k for row in plan for k in row.kernels.values()]

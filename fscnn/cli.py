@@ -2,7 +2,10 @@
 
 Every subcommand registers itself through an ``add_<name>_parser(subparsers)`` function listed
 in `SUBCOMMANDS`. User mistakes (a missing file, a bad number, an unknown model, a corrupt
-archive) print one line ``fscnn: error: ...`` on stderr and exit with status 2.
+archive) print one line ``fscnn: error: ...`` on stderr and exit with status 2: those are the
+errors a subcommand raises as :class:`~fscnn.errors.CommandError` (the library calls that check
+the user's input are wrapped in :func:`~fscnn.errors.as_command_error`), argparse's, and an
+``OSError`` naming a file. Any other exception is an internal error and keeps its traceback.
 """
 import argparse
 import math
@@ -11,7 +14,7 @@ import sys
 
 from . import __version__
 from ._table import format_table
-from .errors import CommandError
+from .errors import CommandError, as_command_error
 
 __all__ = ["main", "build_parser", "format_table", "CommandError", "SUBCOMMANDS"]
 
@@ -94,6 +97,7 @@ def _output_positions(model, input_size):
     import numpy as np
 
     from .functional._validate import sliding_output_hw
+    from .nn import LayerInputError
 
     modules = dict(model.named_modules())
     layers = [m for m in modules.values() if np.ndim(getattr(m, "weight", None)) in (2, 4)]
@@ -104,10 +108,9 @@ def _output_positions(model, input_size):
         shape = (1, getattr(layers[0], "in_channels", weight_shape[1]), input_size, input_size)
     else:
         shape = (1, weight_shape[1])
-    try:
+    with as_command_error(LayerInputError,
+                          context=f"the model cannot run on inputs of shape {shape}"):
         model.prepare(input_shape=shape, kernel="dense")
-    except ValueError as exc:
-        raise CommandError(f"the model cannot run on inputs of shape {shape}: {exc}") from exc
     positions = {}
     for row in model.plan():
         layer = modules[row.name]
@@ -140,11 +143,12 @@ def _check_same_layers(state_dict, model_state, model_name):
 def _run_info(args):
     import numpy as np
 
-    from .io import encoded_nbytes, load
+    from .io import ArchiveError, encoded_nbytes, load
     from .prune import prunable_names
 
     if os.path.isfile(args.target) or args.target.endswith(".npz"):
-        state_dict = load(args.target)
+        with as_command_error(ArchiveError):
+            state_dict = load(args.target)
         model = _build_model(args.model) if args.model else None
         if model is not None:
             _check_same_layers(state_dict, model.state_dict(), args.model)
@@ -198,18 +202,19 @@ def _run_info(args):
 
 
 def _run_prune(args):
-    from .io import load, save
+    from .io import ArchiveError, load, save
     from .prune import format_sparsity_report, prune, sparsity_report
 
     if args.sparsity is None and ":" not in args.pattern:
         raise CommandError("--sparsity is required unless --pattern is N:M (e.g. 2:4)")
     keep = [name for group in args.keep for name in group.split(",") if name]
-    state_dict = load(args.input)
-    try:
+    with as_command_error(ArchiveError):
+        state_dict = load(args.input)
+    # prune validates the options and the weights (a bad --pattern or --keep, an integer or
+    # NaN weight in the user's file)
+    with as_command_error(ValueError, TypeError, context=args.input):
         prune(state_dict, args.sparsity, scope="global" if args.global_ else "layer",
               keep=keep, pattern=args.pattern, inplace=True)
-    except TypeError as exc:  # a weight of the wrong dtype in the user's file
-        raise CommandError(f"{args.input}: {exc}") from exc
     save(state_dict, args.output)
     print(format_sparsity_report(sparsity_report(state_dict)))
     print(f"wrote {args.output} ({_bytes(os.path.getsize(args.output))})")
@@ -311,7 +316,7 @@ def add_bench_parser(subparsers):
 # The subcommands, in the order ``fscnn --help`` lists them. To add one, write
 # ``add_<name>_parser(subparsers)`` like the functions above: ``subparsers.add_parser(...)``,
 # its arguments, and ``set_defaults(run=handler)`` where ``handler(args) -> int`` prints its
-# output and raises CommandError, ValueError or OSError for user mistakes; then append it here.
+# output and raises CommandError (or OSError for a file) for user mistakes; then append it here.
 SUBCOMMANDS = [add_bench_parser, add_info_parser, add_prune_parser]
 
 
@@ -345,10 +350,11 @@ def main(argv=None):
         except SystemExit as exc:  # --help and --version print and exit
             return exc.code if isinstance(exc.code, int) else 0
         return args.run(args)
-    except OSError as exc:
-        message = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else exc
-        return _fail(message)
-    except (_UsageError, CommandError, ValueError) as exc:
+    except OSError as exc:  # a file the user named cannot be read or written
+        if not exc.filename:
+            raise
+        return _fail(f"{exc.filename}: {exc.strerror}" if exc.strerror else exc)
+    except (_UsageError, CommandError) as exc:
         return _fail(exc)
 
 

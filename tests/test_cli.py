@@ -235,3 +235,35 @@ def test_bench_of_an_archive_needs_its_architecture(capsys, tmp_path):
     assert status == 2 and "unknown model 'alexnet'" in err
     status, _, err = _run(capsys, "bench", "--compare", "tensorflow")
     assert status == 2 and "tensorflow" in err
+
+
+def test_bench_user_errors_are_one_line(capsys, tmp_path, dense_npz):
+    for argv, message in [
+            (["bench", "nopad", "--input-size", "4", "--compare", "dense"],
+             "--input-size 4: 0 (Conv2d): input of spatial size (H, W) = (4, 4) is too small"),
+            (["bench", "toy", "--keep", "nosuch", "--compare", "dense"],
+             "keep: ['nosuch'] match no prunable weight"),
+            (["bench", dense_npz, "--model", "nopad", "--compare", "dense"],
+             "the weights do not fit --model nopad: Error(s) in loading state_dict")]:
+        status, out, err = _run(capsys, *argv)
+        assert status == 2, (argv, err)
+        assert err.count("\n") == 1 and err.startswith("fscnn: error: "), (argv, err)
+        assert message in err, (argv, err)
+
+
+@pytest.mark.parametrize("command, target", [
+    (["prune", "{npz}", "out.npz", "--sparsity", "0.5"], "fscnn.prune.sparsity_report"),
+    (["info", "{npz}"], "fscnn.io.encoded_nbytes"),
+    (["bench", "toy", "--compare", "dense", "--iterations", "1", "--warmup", "0"],
+     "fscnn.bench.latency_stats"),
+])
+def test_internal_errors_are_not_reported_as_user_errors(capsys, monkeypatch, dense_npz,
+                                                         command, target):
+    """A ValueError from inside the library is a bug: it propagates with its traceback
+    instead of becoming a one-line 'fscnn: error:'."""
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+    monkeypatch.setattr(target, broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main([a.format(npz=dense_npz) for a in command])
+    assert "fscnn: error" not in capsys.readouterr().err
