@@ -377,7 +377,7 @@ def _read_member(path, zf, info):
     if fortran:
         data = data.reshape(shape[::-1]).T
     else:
-        data = data.reshape(shape)
+        data.shape = shape  # not a view: an array owning its memory is frozen without a copy
     return data.astype(dtype.newbyteorder("="), copy=False)
 
 

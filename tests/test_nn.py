@@ -787,8 +787,9 @@ def test_load_sparse_values_validates_shape_type_and_format():
     assert [key for key, _ in info.value.invalid] == ["0.weight", "1.weight"]
     assert "Conv2d.weight cannot be held as a CSRMatrix" in str(info.value)
     assert "BatchNorm2d.weight cannot be held as a CSRMatrix" in str(info.value)
-    broken = fscnn.sparse.CSRMatrix.from_dense(np.eye(2, 4, dtype=np.float32))
-    broken.indices = np.array([3, 9], np.uint16)  # column out of range
+    eye = fscnn.sparse.CSRMatrix.from_dense(np.eye(2, 4, dtype=np.float32))
+    broken = fscnn.sparse.CSRMatrix(eye.indptr, np.array([3, 9], np.uint16), eye.data,
+                                    eye.shape, check=None)  # column out of range
     with pytest.raises(nn.StateDictError, match="invalid value for '3.weight': invalid CSRMatrix"):
         model.load_state_dict(dict(good, **{"3.weight": broken}))
     assert isinstance(model[0].weight, np.ndarray)  # nothing loaded

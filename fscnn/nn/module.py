@@ -48,14 +48,6 @@ def _as_array(value, label, expected_shape=None):
     return arr
 
 
-def _freeze_sparse(value):
-    """Make the arrays of a sparse weight read-only (in place, not copied) and return it."""
-    csr = value.csr if isinstance(value, SparseConvWeight) else value
-    for arr in (csr.indptr, csr.indices, csr.data):
-        arr.setflags(write=False)
-    return value
-
-
 def _dense_of(value):
     """A read-only dense float32 array of a sparse weight (fresh each call)."""
     arr = value.to_dense()
@@ -201,7 +193,7 @@ class Module:
                 if old is not None and tuple(value.shape) != tuple(old.shape):
                     raise ValueError(f"{label}: expected shape {tuple(old.shape)}, got "
                                      f"{tuple(value.shape)}")
-                registry[name] = _freeze_sparse(value)
+                registry[name] = value  # immutable: its arrays are read-only
             else:
                 registry[name] = _as_array(value, label, None if old is None else old.shape)
         elif name in modules:
@@ -477,7 +469,7 @@ class Module:
                     zeros = weight.size - np.count_nonzero(weight)
                     if weight.size == 0 or zeros < min_sparsity * weight.size:
                         continue
-                    module._parameters[name] = _freeze_sparse(kind.from_dense(weight))
+                    module._parameters[name] = kind.from_dense(weight)
                     del weight
                     module._touch()
         return self
