@@ -74,7 +74,9 @@ def random_state(model, rng):
             state[prefix + "bias"] = rng.normal(0, 0.1, c)
             state[prefix + "running_mean"] = rng.normal(0, 0.1, c)
             state[prefix + "running_var"] = rng.uniform(0.5, 1.5, c)
-    return {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
+            state[prefix + "num_batches_tracked"] = np.array(rng.integers(1, 1000), np.int64)
+    return {k: v if k.endswith("num_batches_tracked") else np.asarray(v, dtype=np.float32)
+            for k, v in state.items()}
 
 
 def pruned(state, sparsity):
@@ -124,9 +126,24 @@ def test_state_dict_keys_match_torchvision_layout(zoo, torch_zoo):
     import torch
     with torch.device("meta"):
         reference = torch_zoo[0][zoo.name](NUM_CLASSES)
-    expected = [(k, tuple(v.shape)) for k, v in reference.state_dict().items()
-                if not k.endswith("num_batches_tracked")]
+    expected = [(k, tuple(v.shape)) for k, v in reference.state_dict().items()]
     assert [(k, v.shape) for k, v in zoo.model.state_dict().items()] == expected
+
+
+@pytest.mark.parametrize("zoo", MODEL_NAMES, indirect=True)
+def test_state_dict_loads_strictly_into_torch(zoo):
+    """fscnn's state_dict, num_batches_tracked included (0-d int64), is a torch checkpoint."""
+    import torch
+    state = zoo.model.state_dict()
+    tracked = [k for k in state if k.endswith("num_batches_tracked")]
+    assert all(state[k].shape == () and state[k].dtype == np.int64 for k in tracked)
+    assert len(tracked) == sum(isinstance(m, nn.BatchNorm2d) for m in zoo.model.modules())
+    with torch.device("meta"):
+        reference = zoo.torch_zoo[0][zoo.name](NUM_CLASSES)
+    result = reference.load_state_dict({k: torch.from_numpy(np.array(v))
+                                        for k, v in state.items()}, strict=True, assign=True)
+    assert list(result.missing_keys) == list(result.unexpected_keys) == []
+    assert all(reference.state_dict()[k].dtype == torch.int64 for k in tracked)
 
 
 def test_repr_matches_torch(torch_zoo):

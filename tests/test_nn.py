@@ -125,8 +125,7 @@ def test_layer_matches_torch(make, shape, ref, kernel, rng):
         expected = reference(torch.from_numpy(x)).numpy()
     assert_close(layer(x), expected)
     assert repr(layer) == repr(reference)
-    assert list(layer.state_dict()) == [k for k in reference.state_dict()
-                                        if not k.endswith("num_batches_tracked")]
+    assert list(layer.state_dict()) == list(reference.state_dict())
 
 
 def test_standalone_layer_loads_and_runs(rng):
@@ -271,8 +270,7 @@ def test_composite_matches_torch_names_repr_and_outputs(rng):
     assert repr(model) == repr(reference)
     assert [name for name, _ in model.named_modules()] == \
         [name for name, _ in reference.named_modules()]
-    assert list(model.state_dict()) == [k for k in reference.state_dict()
-                                        if not k.endswith("num_batches_tracked")]
+    assert list(model.state_dict()) == list(reference.state_dict())
     x = rng.standard_normal((2, 3, 10, 10), dtype=np.float32)
     with torch.no_grad():
         expected = reference(torch.from_numpy(x)).numpy()
@@ -366,18 +364,28 @@ def test_non_strict_load_returns_missing_and_unexpected():
     model = composite(nn)
     state = {"stem.0.weight": np.ones((8, 3, 3, 3)), "nope": np.zeros(2)}
     result = model.load_state_dict(state, strict=False)
-    assert result.missing_keys == [k for k in model.state_dict() if k != "stem.0.weight"]
+    # a missing num_batches_tracked is not reported, as in torch (old checkpoints lack it)
+    assert result.missing_keys == [k for k in model.state_dict() if k != "stem.0.weight"
+                                   and not k.endswith("num_batches_tracked")]
     assert result.unexpected_keys == ["nope"]
     assert (model.stem[0].weight == 1).all()
     with pytest.raises(nn.StateDictError, match="shape mismatch for 'stem.0.weight'"):
         model.load_state_dict({"stem.0.weight": np.ones((8, 3, 1, 1))}, strict=False)
 
 
-def test_num_batches_tracked_is_optional():
+def test_num_batches_tracked_is_kept_like_torch_and_optional_on_load():
     bn = nn.BatchNorm2d(3)
     state = dict(bn.state_dict())
-    bn.load_state_dict(state)
-    bn.load_state_dict({**state, "num_batches_tracked": np.array(7)})
+    assert list(state) == ["weight", "bias", "running_mean", "running_var",
+                           "num_batches_tracked"]
+    tracked = state["num_batches_tracked"]
+    assert tracked.shape == () and tracked.dtype == np.int64 and tracked == 0
+    bn.load_state_dict({**state, "num_batches_tracked": np.array(7.0)})
+    assert bn.num_batches_tracked.dtype == np.int64 and bn.num_batches_tracked == 7
+    del state["num_batches_tracked"]  # a checkpoint older than torch 0.4.1
+    assert bn.load_state_dict(state) == ([], [])
+    assert bn.num_batches_tracked == 7
+    assert "num_batches_tracked" not in nn.BatchNorm2d(3, track_running_stats=False).state_dict()
     with pytest.raises(nn.StateDictError, match="unexpected keys.*num_batches_tracked"):
         nn.BatchNorm2d(3, track_running_stats=False).load_state_dict(
             {"weight": np.ones(3), "bias": np.ones(3), "num_batches_tracked": np.array(1)})
@@ -736,7 +744,8 @@ def test_sparse_held_state_dict_equals_dense(rng):
     assert list(sd) == list(expected) and len(sd) == len(expected)
     for key in expected:
         value = sd[key]
-        assert isinstance(value, np.ndarray) and value.dtype == np.float32
+        assert isinstance(value, np.ndarray) and value.dtype == expected[key].dtype
+        assert value.dtype == (np.int64 if key.endswith("num_batches_tracked") else np.float32)
         assert not value.flags.writeable
         np.testing.assert_array_equal(value, expected[key])
     assert isinstance(sd.stored("stem.0.weight"), fscnn.sparse.SparseConvWeight)

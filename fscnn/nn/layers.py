@@ -246,6 +246,8 @@ class BatchNorm2d(Layer):
     Attributes
     ----------
     weight, bias, running_mean, running_var : ndarray of shape (num_features,) or None
+    num_batches_tracked : 0-d int64 ndarray or None
+        Kept for torch's state_dict (training only); may be missing from a loaded state.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
@@ -267,6 +269,8 @@ class BatchNorm2d(Layer):
         self._init_array("running_mean", np.zeros(c, np.float32) if track_running_stats
                          else None, "_buffers")
         self._init_array("running_var", np.ones(c, np.float32) if track_running_stats
+                         else None, "_buffers")
+        self._init_array("num_batches_tracked", np.zeros((), np.int64) if track_running_stats
                          else None, "_buffers")
 
     def _optional_state_keys(self, prefix=""):

@@ -1,6 +1,7 @@
 """``Module``: the base class of every layer and model, with torch.nn's naming contract.
 
-A module owns named parameters and buffers (read-only float32 NumPy arrays) and named child
+A module owns named parameters and buffers (read-only NumPy arrays: float32, and int64 for
+BatchNorm's ``num_batches_tracked``) and named child
 modules, registered in assignment order. ``state_dict()`` joins the names with dots exactly as
 torch does, so a torchvision checkpoint saved as ``.npz`` loads with ``load_state_dict``.
 Convolution and linear weights may instead be held sparse (``Module.to_sparse``, or loading a
@@ -30,8 +31,9 @@ IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_k
 _prepare_lock = threading.RLock()
 
 
-def _as_array(value, label, expected_shape=None):
-    """``value`` as a fresh read-only C-contiguous float32 array, or None.
+def _as_array(value, label, expected_shape=None, dtype=np.float32):
+    """``value`` as a fresh read-only C-contiguous array of ``dtype`` (float32 but for integer
+    buffers such as BatchNorm's ``num_batches_tracked``), or None.
 
     Raises TypeError for non-numeric values and ValueError when ``expected_shape`` is given
     and differs.
@@ -43,7 +45,7 @@ def _as_array(value, label, expected_shape=None):
         raise TypeError(f"{label}: expected a real numeric array, got dtype {arr.dtype}")
     if expected_shape is not None and arr.shape != tuple(expected_shape):
         raise ValueError(f"{label}: expected shape {tuple(expected_shape)}, got {arr.shape}")
-    arr = np.array(arr, dtype=np.float32, order="C", copy=True)
+    arr = np.array(arr, dtype=dtype, order="C", copy=True)
     arr.setflags(write=False)
     return arr
 
@@ -194,8 +196,10 @@ class Module:
                     raise ValueError(f"{label}: expected shape {tuple(old.shape)}, got "
                                      f"{tuple(value.shape)}")
                 registry[name] = value  # immutable: its arrays are read-only
-            else:
-                registry[name] = _as_array(value, label, None if old is None else old.shape)
+            else:  # an integer buffer stays integer, everything else becomes float32
+                dtype = old.dtype if old is not None and old.dtype.kind in "iu" else np.float32
+                registry[name] = _as_array(value, label, None if old is None else old.shape,
+                                           dtype)
         elif name in modules:
             if value is not None:
                 raise TypeError(f"cannot assign a {type(value).__name__} as child module "
@@ -334,7 +338,7 @@ class Module:
         return slots
 
     def _optional_state_keys(self, prefix=""):
-        """Keys accepted by :meth:`load_state_dict` but not required (none by default)."""
+        """Keys that :meth:`load_state_dict` does not require (none by default)."""
         keys = set()
         for name, module in self.named_children():
             keys |= module._optional_state_keys(f"{prefix}{name}.")
@@ -346,8 +350,10 @@ class Module:
         Returns
         -------
         OrderedDict of str -> ndarray, or StateDict
-            The module's own read-only float32 arrays (not copies). BatchNorm's
-            ``num_batches_tracked`` is not kept (it only matters for training). When some
+            The module's own read-only float32 arrays (not copies), and BatchNorm's
+            ``num_batches_tracked`` as torch has it: a 0-d int64 buffer (0 unless loaded; it
+            only counts training steps), so the result loads into the torch model with
+            ``strict=True``. When some
             weights are held sparse (:meth:`to_sparse`), a :class:`StateDict` with the same
             keys whose sparse-held weights are materialised as dense arrays per tensor, when
             read (so saving or converting it to torch never holds every dense weight at once).
@@ -365,8 +371,9 @@ class Module:
         ----------
         state_dict : mapping of str -> array_like, CSRMatrix or SparseConvWeight
             E.g. a dict, the ``NpzFile`` of ``np.load("model.npz")``, a torch state dict or
-            what ``fscnn.load(path, sparse=True)`` returns. Arrays are copied as float32;
-            ``*.num_batches_tracked`` keys of batch norm layers are accepted and ignored.
+            what ``fscnn.load(path, sparse=True)`` returns. Arrays are copied as float32
+            (``num_batches_tracked`` as int64); a batch norm's ``num_batches_tracked`` may be
+            missing, as in checkpoints older than torch 0.4.1 (torch accepts that too).
             A Conv2d weight may be a :class:`~fscnn.sparse.SparseConvWeight` and a Linear
             weight a :class:`~fscnn.sparse.CSRMatrix` of the same shape: the layer then holds
             it sparse (not copied; its arrays are made read-only), as after :meth:`to_sparse`.
@@ -391,7 +398,7 @@ class Module:
         provided = list(state_dict.keys())
         provided_set = set(provided)
         optional = self._optional_state_keys()
-        missing = [key for key in slots if key not in provided_set]
+        missing = [key for key in slots if key not in provided_set and key not in optional]
         unexpected = [key for key in provided if key not in slots and key not in optional]
         mismatched, invalid, arrays = [], [], {}
         for key, (module, name, current) in slots.items():
