@@ -197,7 +197,8 @@ class Module:
                                      f"{tuple(value.shape)}")
                 registry[name] = value  # immutable: its arrays are read-only
             else:  # an integer buffer stays integer, everything else becomes float32
-                dtype = old.dtype if old is not None and old.dtype.kind in "iu" else np.float32
+                dtype = (old.dtype if isinstance(old, np.ndarray) and old.dtype.kind in "iu"
+                         else np.float32)
                 registry[name] = _as_array(value, label, None if old is None else old.shape,
                                            dtype)
         elif name in modules:
