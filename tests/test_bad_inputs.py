@@ -370,7 +370,7 @@ def test_layer_constructors(build, error, message):
 
 
 LAYER_CALLS = [
-    (lambda: nn.Conv2d(3, 4, 3), (3, 8, 8), "expected a 4-D input"),
+    (lambda: nn.Conv2d(3, 4, 3), (8, 8), "expected a 4-D input"),
     (lambda: nn.Conv2d(3, 4, 3), (1, 1, 3, 8, 8), "expected a 4-D input"),
     (lambda: nn.Conv2d(3, 4, 3), (1, 2, 8, 8), "expected 3 input channels, got 2"),
     (lambda: nn.Conv2d(3, 4, 3), (1, 3, 2, 9), "too small for kernel_size"),
@@ -379,9 +379,9 @@ LAYER_CALLS = [
     (lambda: nn.Linear(8, 2), (2, 7), r"expected an input of shape \(\*, 8\)"),
     (lambda: nn.Linear(8, 2), (), r"expected an input of shape \(\*, 8\)"),
     (lambda: nn.BatchNorm2d(3), (1, 2, 4, 4), "expected 3 input channels"),
-    (lambda: nn.BatchNorm2d(3), (3, 4, 4), "expected a 4-D input"),
+    (lambda: nn.BatchNorm2d(3), (4, 4), "expected a 4-D input"),
     (lambda: nn.MaxPool2d(9), (1, 3, 8, 8), "too small for kernel_size"),
-    (lambda: nn.AvgPool2d(2), (3, 8, 8), "expected a 4-D input"),
+    (lambda: nn.AvgPool2d(2), (1, 1, 3, 8, 8), "expected a 4-D input"),
     (lambda: nn.AdaptiveAvgPool2d(1), (1, 3, 0, 4), "non-zero height and width"),
     (lambda: nn.PReLU(3), (1, 2, 4), "expected 3 channels"),
     (lambda: nn.Softmax(4), (1, 3, 8, 8), "dim 4 is out of range"),
@@ -439,7 +439,7 @@ def zoo():
 @pytest.mark.parametrize("name, x, error, message", [
     ("resnet18", np.ones((1, 4, 32, 32)), ValueError,
      r"^conv1 \(Conv2d\): expected 3 input channels, got 4"),
-    ("resnet18", np.ones((3, 32, 32)), ValueError, r"^conv1 \(Conv2d\): expected a 4-D input"),
+    ("resnet18", np.ones((32, 32)), ValueError, r"^conv1 \(Conv2d\): expected a 4-D input"),
     ("resnet18", np.ones((1, 3, 32, 32), np.int64), TypeError, r"^conv1 \(Conv2d\)"),
     ("vgg11", np.ones((1, 3, 16, 16)), ValueError, r"^features\.\d+ \(MaxPool2d\): .*too small"),
     ("vgg11", np.ones((1, 1, 32, 32)), ValueError, r"^features\.0 \(Conv2d\): expected 3 input"),

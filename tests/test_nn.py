@@ -189,7 +189,7 @@ def test_wrong_channels_name_the_layer_in_the_model():
 
 def test_errors_are_layer_input_errors():
     with pytest.raises(nn.LayerInputError, match=r"^Conv2d: expected a 4-D input"):
-        nn.Conv2d(3, 4, 3)(np.zeros((3, 8, 8)))
+        nn.Conv2d(3, 4, 3)(np.zeros((8, 8)))
     with pytest.raises(nn.LayerInputError, match=r"^1 \(BatchNorm2d\): expected 4 input "
                                                  r"channels, got 3"):
         nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4))(np.zeros((1, 3, 2, 2)))

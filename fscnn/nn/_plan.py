@@ -328,11 +328,19 @@ class _Run:
                                f"preceding convolution when the model was prepared, but forward "
                                f"called it on another input; fix the module's _fusions")
         name = self.plan.labels[key]
+        # an unbatched input, e.g. (C, H, W) for an image layer or model: run as a batch of
+        # one and return the output without the batch dimension, as torch's layers do
+        unbatched = (module._unbatched_ndim is not None and len(args) == 1 and not kwargs
+                     and np.ndim(args[0]) == module._unbatched_ndim)
+        if unbatched:
+            args = (np.asarray(args[0])[None],)
         try:
             if hasattr(module, "_check_input"):
-                out = self._call_layer(module, args, kwargs, name)
+                out = self._call_layer(module, args, kwargs, name, unbatched)
             else:
                 out = module.forward(*args, **kwargs)
+                if unbatched and isinstance(out, np.ndarray):
+                    out = out[0]
         except ValueError as exc:
             if isinstance(exc, LayerInputError):
                 raise
@@ -341,7 +349,7 @@ class _Run:
             self._check_chains_done(module)
         return out
 
-    def _call_layer(self, layer, args, kwargs, name):
+    def _call_layer(self, layer, args, kwargs, name, unbatched=False):
         if len(args) != 1 or kwargs:
             raise TypeError(f"{name}: expected one input array, got {len(args)} positional and "
                             f"{len(kwargs)} keyword arguments")
@@ -362,6 +370,8 @@ class _Run:
         if profiles:
             _record(profiles[-1], self.plan.names[id(layer)], layer, step, x, out,
                     time.perf_counter() - t0)
+        if unbatched:  # the followers of a fused chain are then called on this very view
+            out = out[0]
         if step is None:
             return out
         for follower in step.followers:

@@ -42,7 +42,8 @@ def _over_rows(fn, x, features):
 
 
 class Conv2d(Layer):
-    """2-D convolution (cross-correlation) of (N, C, H, W) inputs, like ``torch.nn.Conv2d``.
+    """2-D convolution (cross-correlation) of (N, C, H, W) inputs, or one (C, H, W) image,
+    like ``torch.nn.Conv2d``.
 
     Parameters
     ----------
@@ -74,6 +75,7 @@ class Conv2d(Layer):
     """
 
     _sparse_weights = {"weight": SparseConvWeight}
+    _unbatched_ndim = 3
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros"):
@@ -222,7 +224,8 @@ class Linear(Layer):
 
 class BatchNorm2d(Layer):
     """Batch normalisation of (N, C, H, W) inputs with running statistics, like
-    ``torch.nn.BatchNorm2d`` in eval mode.
+    ``torch.nn.BatchNorm2d`` in eval mode; it also takes one (C, H, W) image, which torch
+    refuses, so that whole models do.
 
     Following a convolution, it is folded into the convolution's weights when the model is
     prepared. With ``track_running_stats=False`` it normalises with the statistics of each
@@ -249,6 +252,8 @@ class BatchNorm2d(Layer):
     num_batches_tracked : 0-d int64 ndarray or None
         Kept for torch's state_dict (training only); may be missing from a loaded state.
     """
+
+    _unbatched_ndim = 3  # torch's BatchNorm2d refuses (C, H, W); accepted so models take it
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, bias=True):

@@ -159,6 +159,10 @@ class Module:
 
     _fusions = ()
 
+    _unbatched_ndim = None
+    """Rank of an unbatched input the module also takes (3 for (C, H, W) images), or None.
+    Such an input runs as a batch of one and the output loses the batch dimension again."""
+
     def __init__(self):
         d = self.__dict__
         d["training"] = True
@@ -537,7 +541,10 @@ class Module:
 
         Leaf layers take one float array (converted to C-contiguous float32) and return a
         float32 array; they raise :class:`~fscnn.nn.LayerInputError` (a ``ValueError``)
-        naming the layer when its rank, channel count or spatial size does not fit.
+        naming the layer when its rank, channel count or spatial size does not fit. Image
+        layers (Conv2d, BatchNorm2d, the pools) and the zoo's models also take one unbatched
+        image (C, H, W), as torch's layers do, and return their output without the batch
+        dimension.
         """
         run = _plan.current_run()
         if run is not None and run.plan.contains(self):
@@ -645,11 +652,11 @@ class Layer(Module):
         """Whether ``module`` (the next layer) can be folded into this layer's weights."""
         return False
 
-    @staticmethod
-    def _require_ndim(x, ndim, label, layout="(N, C, H, W)"):
+    def _require_ndim(self, x, ndim, label, layout="(N, C, H, W)"):
         if x.ndim != ndim:
-            raise LayerInputError(f"{label}: expected a {ndim}-D input {layout}, got shape "
-                                  f"{x.shape}")
+            also = " or an unbatched (C, H, W)" if self._unbatched_ndim == 3 else ""
+            raise LayerInputError(f"{label}: expected a {ndim}-D input {layout}{also}, got "
+                                  f"shape {x.shape}")
 
     @staticmethod
     def _require_channels(x, channels, label, what="input channels"):
