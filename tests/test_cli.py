@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import fscnn
+from conftest import import_or_skip, torch_or_skip
 from fscnn import __version__, models, nn
 from fscnn._table import format_table
 from fscnn.cli import main
@@ -267,3 +268,17 @@ def test_internal_errors_are_not_reported_as_user_errors(capsys, monkeypatch, de
     with pytest.raises(ValueError, match="an internal bug"):
         main([a.format(npz=dense_npz) for a in command])
     assert "fscnn: error" not in capsys.readouterr().err
+
+
+def test_bench_compares_with_torch_and_onnxruntime(capsys):
+    """The comparisons themselves (skipped without torch / ONNX Runtime, failed in CI)."""
+    torch_or_skip()
+    import_or_skip("onnx", "pip install onnx")
+    import_or_skip("onnxruntime", "pip install onnxruntime")
+    status, out, err = _run(capsys, "bench", "resnet18", "--input-size", "32", "--threads",
+                            "1", "--iterations", "1", "--warmup", "0", "--compare",
+                            "torch,onnxruntime")
+    assert status == 0, err
+    assert "check: max|fscnn - torch|" in out and "(ok)" in out
+    for reference in ("torch", "onnxruntime"):
+        assert _cells(out, reference)[-1].startswith("x")  # fscnn's speed-up over it

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fscnn.functional as F
-from conftest import assert_close, sparse_weight
+from conftest import assert_close, import_or_skip, sparse_weight
 from fscnn import _blas, _config, models, nn
 from fscnn.ops import Conv2dOp, LinearOp
 
@@ -198,7 +198,7 @@ def test_kernels_release_the_gil():
 
 # ------------------------------------------------------------------ BLAS thread limit
 def test_blas_limit_survives_interleaved_dense_calls():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    threadpoolctl = import_or_skip("threadpoolctl", "pip install threadpoolctl")
     if not _blas.can_limit_blas():
         pytest.skip("BLAS threads cannot be limited here")
 

@@ -15,7 +15,7 @@ import pytest
 
 import fscnn.models
 from fscnn.torch_reference import torch_models
-from conftest import assert_close
+from conftest import assert_close, torch_or_skip
 from fscnn import nn
 
 SPARSITIES = (0.0, 0.5, 0.9, 0.99)
@@ -28,7 +28,7 @@ RTOL = 1e-4  # max|error| <= 1e-4 * max|output|: float32 through up to 100 layer
 @pytest.fixture(scope="module")
 def torch_zoo():
     """(builders, classes): torch reference builders and the from_torch class mapping."""
-    pytest.importorskip("torch")
+    torch_or_skip()
     return torch_models()
 
 

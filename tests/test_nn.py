@@ -8,7 +8,7 @@ import pytest
 
 import fscnn
 import reference as R
-from conftest import assert_close
+from conftest import assert_close, torch_or_skip
 from fscnn import nn
 
 # (id, constructor taking a namespace with torch.nn's layer names, input shape, reference)
@@ -115,7 +115,7 @@ def test_layer_matches_reference(make, shape, ref, kernel, rng):
 
 @pytest.mark.parametrize("make, shape, ref, kernel", CASES)
 def test_layer_matches_torch(make, shape, ref, kernel, rng):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     layer = randomize(make(nn), rng).prepare(kernel=kernel)
     reference = make(torch.nn).eval()
     reference.load_state_dict({k: torch.from_numpy(np.array(v))
@@ -261,7 +261,7 @@ def composite(n):
 
 
 def test_composite_matches_torch_names_repr_and_outputs(rng):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     model = composite(nn)
     randomize(model.stem[1], rng)
     reference = composite(torch.nn).eval()
@@ -688,7 +688,7 @@ def _pruned_composite(n, rng):
 
 @pytest.mark.parametrize("kernel", ["auto", "sparse", "dense"])
 def test_sparse_held_model_matches_dense_and_torch(kernel, rng):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     dense = _pruned_composite(nn, rng)
     held = composite(nn)
     held.load_state_dict(dense.state_dict())

@@ -4,7 +4,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, torch_or_skip
 
 from fscnn.prune import (SparsityRow, format_sparsity_report, prunable_names, prune,
                          sparsity_report)
@@ -298,7 +298,7 @@ def test_model_inplace_and_not():
 
 
 def test_matches_torch_prune():
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     from torch.nn.utils import prune as torch_prune
 
     # sizes where sparsity * size is not a half, so torch's round() agrees with half-up
