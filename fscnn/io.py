@@ -45,8 +45,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["ArchiveError", "FORMAT_KEY", "FORMAT_VERSION", "save", "load", "encoded_nbytes",
-           "state_dict_of"]
+__all__ = ["ArchiveError", "FORMAT_KEY", "FORMAT_VERSION", "save", "load", "decode",
+           "is_encoded", "encoded_nbytes", "state_dict_of"]
 
 FORMAT_KEY = "__fscnn_format__"
 FORMAT_VERSION = 1
@@ -579,6 +579,49 @@ def _assemble(path, arrays, max_bytes, sparse=False):
             raise ArchiveError(path, name, f"the tensors take more than max_bytes={max_bytes} "
                                            "bytes (pass a larger max_bytes to load them)")
     return result
+
+
+def is_encoded(mapping):
+    """Whether ``mapping`` holds an archive's members as `save` wrote them (it has the
+    ``__fscnn_format__`` key), e.g. ``np.load(path)`` of such an archive."""
+    keys = mapping.keys() if hasattr(mapping, "keys") else ()
+    return FORMAT_KEY in keys
+
+
+def decode(members, *, sparse=False, max_bytes=None):
+    """The state_dict that an archive's members stand for, as `load` returns it.
+
+    For archives opened another way than `load`, e.g. ``np.load(path)`` of a file that
+    `save` wrote (its sparse tensors appear as ``NAME::shape``, ``NAME::values`` and an index
+    member). Every member is checked as `load` checks it.
+
+    Parameters
+    ----------
+    members : mapping of str -> array
+    sparse, max_bytes
+        As in `load` (``max_bytes`` defaults to ``max(2**30, 64 * bytes of the members)``).
+
+    Returns
+    -------
+    OrderedDict
+
+    Raises
+    ------
+    ArchiveError
+        The members do not form a valid archive.
+    """
+    where = getattr(getattr(members, "zip", None), "filename", None) or "archive members"
+    arrays = OrderedDict()
+    for key in members.keys():
+        array = np.asarray(members[key])
+        if not _check_dtype(array.dtype):
+            raise ArchiveError(where, key, "expected a bool, integer or float16/32/64 array, "
+                                           f"received dtype {array.dtype}")
+        arrays[key] = array.astype(array.dtype.newbyteorder("="), copy=False)
+    if max_bytes is None:
+        max_bytes = max(_MIN_BYTES_LIMIT,
+                        _BYTES_PER_FILE_BYTE * sum(a.nbytes for a in arrays.values()))
+    return _assemble(where, arrays, max_bytes, sparse=bool(sparse))
 
 
 def load(path, *, max_bytes=None, sparse=False):

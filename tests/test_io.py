@@ -707,3 +707,23 @@ def test_sparse_weights_save_like_their_dense_tensor(tmp_path, make):
     assert list(_member_arrays(sparse_path)) == list(_member_arrays(dense_path))
     for key, value in _member_arrays(dense_path).items():
         assert _member_arrays(sparse_path)[key].tobytes() == value.tobytes()
+
+
+def test_decode_of_np_loaded_members_equals_load(tmp_path):
+    from fscnn.io import decode, is_encoded
+    rng = np.random.default_rng(3)
+    state = {"w": _sparse_array(rng, (64, 70), 0.9), "b": np.ones(3, np.float32)}
+    path = tmp_path / "a.npz"
+    save(state, path)
+    with np.load(path) as archive:
+        assert is_encoded(archive) and not is_encoded(state)
+        decoded = decode(archive)
+        sparse = decode(archive, sparse=True)
+        members = {k: archive[k] for k in archive.files}
+    _assert_same(load(path), decoded)
+    np.testing.assert_array_equal(sparse["w"].to_dense(), state["w"])
+    members["w::values"] = members["w::values"][:-1]  # one value fewer than the positions
+    with pytest.raises(ArchiveError, match="w::"):
+        decode(members)
+    with pytest.raises(ArchiveError, match="dtype"):
+        decode(dict(members, b=np.array(["x"])))

@@ -859,3 +859,44 @@ def test_profile_counts_the_flops_of_a_pooled_convolution(rng):
     conv = [r for r in records if r.kernel is not None][0]
     assert conv.type == "Conv2d+ReLU+MaxPool2d"
     assert conv.flops_dense == 2 * 8 * 3 * 9 * 10 * 10  # the convolution's 10x10 output
+
+
+# ------------------------------------------------------------------ state dict errors, archives
+def test_key_mismatch_errors_summarise_and_hint():
+    model = fscnn.models.resnet18(num_classes=10)
+    with pytest.raises(nn.StateDictError) as info:  # another architecture: 314 keys vs 102
+        model.load_state_dict(fscnn.models.mobilenet_v2(num_classes=10).state_dict())
+    message = str(info.value)
+    assert len(message) < 800, message
+    assert "missing keys (102): 'conv1.weight', " in message and "... and 97 more" in message
+    assert "unexpected keys (314): " in message and "... and 309 more" in message
+    assert "hint: no key of the mapping is one of the model's" in message
+    assert len(info.value.missing_keys) == 102 and len(info.value.unexpected_keys) == 314
+    wrapped = {"module." + k: v for k, v in model.state_dict().items()}  # DataParallel's names
+    with pytest.raises(nn.StateDictError, match=r"hint: every unexpected key starts with "
+                                                r"'module\.' \(the checkpoint of a DataParallel"):
+        model.load_state_dict(wrapped)
+    with pytest.raises(nn.StateDictError) as info:
+        model.load_state_dict(fscnn.models.resnet50(num_classes=10).state_dict())
+    assert "... and 19 more shape mismatches" in str(info.value)
+    assert len(info.value.mismatched) == 24
+
+
+def test_np_load_of_an_fscnn_archive_loads(tmp_path):
+    """np.load() of what fscnn.save / `fscnn prune` writes holds encoded members
+    ('NAME::values', ...): load_state_dict decodes them as fscnn.load does."""
+    model = small_net()
+    fscnn.prune(model, 0.9, inplace=True)
+    path = tmp_path / "pruned.npz"
+    fscnn.save(model, path)
+    with np.load(path) as archive:
+        assert any("::" in key for key in archive.files)  # stored sparse
+        other = small_net()
+        assert other.load_state_dict(archive) == ([], [])
+    for key, value in fscnn.load(path).items():
+        np.testing.assert_array_equal(other.state_dict()[key], value)
+    with np.load(path) as archive:  # the members without the format key: a pointed hint
+        members = {k: archive[k] for k in archive.files if k != "__fscnn_format__"}
+    with pytest.raises(nn.StateDictError, match=r"hint: .*fscnn archive: read the file with "
+                                                r"fscnn\.load\(path\)"):
+        small_net().load_state_dict(members)

@@ -18,6 +18,7 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
+from .. import io
 from ..sparse import CSRMatrix, FormatError, SparseConvWeight
 from . import _plan
 from .errors import LayerInputError, StateDictError
@@ -376,7 +377,9 @@ class Module:
         ----------
         state_dict : mapping of str -> array_like, CSRMatrix or SparseConvWeight
             E.g. a dict, the ``NpzFile`` of ``np.load("model.npz")``, a torch state dict or
-            what ``fscnn.load(path, sparse=True)`` returns. Arrays are copied as float32
+            what ``fscnn.load(path, sparse=True)`` returns. The members of an fscnn archive
+            (``np.load`` of a file written by ``fscnn.save`` or ``fscnn prune``, recognised by
+            its ``__fscnn_format__`` key) are decoded first, as ``fscnn.load`` does. Arrays are copied as float32
             (``num_batches_tracked`` as int64); a batch norm's ``num_batches_tracked`` may be
             missing, as in checkpoints older than torch 0.4.1 (torch accepts that too).
             A Conv2d weight may be a :class:`~fscnn.sparse.SparseConvWeight` and a Linear
@@ -396,8 +399,13 @@ class Module:
         StateDictError
             Naming every missing and unexpected key (when ``strict``), every array of the
             wrong shape and every non-numeric value (or sparse weight in the wrong place or
-            of an invalid format), all in one error. Nothing is loaded then.
+            of an invalid format), all in one error (summarised: counts, the first few
+            keys, a hint). Nothing is loaded then.
+        fscnn.io.ArchiveError
+            ``state_dict`` holds an fscnn archive's members that do not form a valid archive.
         """
+        if io.is_encoded(state_dict):  # e.g. np.load() of what fscnn.save or `fscnn prune` wrote
+            state_dict = io.decode(state_dict)
         slots = self._state_slots()
         stored = getattr(state_dict, "stored", None)  # a StateDict: keep its sparse values
         provided = list(state_dict.keys())
@@ -428,7 +436,8 @@ class Module:
                 arrays[key] = value
         if mismatched or invalid or (strict and (missing or unexpected)):
             raise StateDictError(self._get_name(), missing if strict else (),
-                                 unexpected if strict else (), mismatched, invalid)
+                                 unexpected if strict else (), mismatched, invalid,
+                                 matched=sum(key in slots for key in provided))
         for key, value in arrays.items():
             module, name, _ = slots[key]
             setattr(module, name, value)
