@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 
 from . import __version__
 from ._table import format_table
@@ -203,7 +204,7 @@ def _run_info(args):
 
 def _run_prune(args):
     from .io import ArchiveError, load, save
-    from .prune import format_sparsity_report, prune, sparsity_report
+    from .prune import PruningWarning, format_sparsity_report, prune, sparsity_report
 
     if args.sparsity is None and ":" not in args.pattern:
         raise CommandError("--sparsity is required unless --pattern is N:M (e.g. 2:4)")
@@ -212,9 +213,13 @@ def _run_prune(args):
         state_dict = load(args.input)
     # prune validates the options and the weights (a bad --pattern or --keep, an integer or
     # NaN weight in the user's file)
-    with as_command_error(ValueError, TypeError, context=args.input):
+    with as_command_error(ValueError, TypeError, context=args.input), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PruningWarning)
         prune(state_dict, args.sparsity, scope="global" if args.global_ else "layer",
               keep=keep, pattern=args.pattern, inplace=True)
+    for warning in caught:
+        print(f"fscnn: warning: {warning.message}", file=sys.stderr)
     save(state_dict, args.output)
     print(format_sparsity_report(sparsity_report(state_dict)))
     print(f"wrote {args.output} ({_bytes(os.path.getsize(args.output))})")

@@ -282,3 +282,17 @@ def test_bench_compares_with_torch_and_onnxruntime(capsys):
     assert "check: max|fscnn - torch|" in out and "(ok)" in out
     for reference in ("torch", "onnxruntime"):
         assert _cells(out, reference)[-1].startswith("x")  # fscnn's speed-up over it
+
+
+def test_prune_global_warns_about_emptied_layers(capsys, tmp_path):
+    nn.manual_seed(0)
+    state = {k: np.array(v) for k, v in _toy().state_dict().items()}
+    state["5.weight"] *= 1e-3  # the linear layer's weights: the smallest of all
+    path = tmp_path / "small_fc.npz"
+    np.savez(path, **state)
+    status, out, err = _run(capsys, "prune", path, "pruned.npz", "--sparsity", "0.3",
+                            "--global")
+    assert status == 0
+    assert err.startswith("fscnn: warning: global pruning zeroed every weight of '5.weight'")
+    assert err.count("\n") == 1
+    assert _cells(out, "5.weight")[3] == "0"

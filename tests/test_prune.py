@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import assert_close, torch_or_skip
 
+from fscnn.io import state_dict_of
 from fscnn.prune import (SparsityRow, format_sparsity_report, prunable_names, prune,
                          sparsity_report)
 
@@ -482,3 +483,24 @@ def test_the_package_attribute_prunes_as_documented():
     for a, b in zip(fscnn.prune(state, 0.5).values(), prune(state, 0.5).values()):
         np.testing.assert_array_equal(a, b)
     assert fscnn.prune.sparsity_report is sparsity_report
+
+
+@pytest.mark.parametrize("target", ["state_dict", "state_dict in place", "model in place"])
+def test_global_pruning_warns_when_it_empties_a_layer(target):
+    import warnings
+    from fscnn import nn
+    from fscnn.prune import PruningWarning
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 4))
+    state = {k: np.array(v) for k, v in model.state_dict().items()}
+    state["2.weight"] *= 1e-3  # all smaller than every conv weight
+    model.load_state_dict(state)
+    obj, inplace = {"state_dict": (state, False), "state_dict in place": (state, True),
+                    "model in place": (model, True)}[target]
+    with pytest.warns(PruningWarning, match=r"zeroed every weight of '2\.weight'") as record:
+        pruned = prune(obj, 0.2, scope="global", inplace=inplace)
+    assert len(record) == 1 and "0.weight" not in str(record[0].message)
+    assert not np.count_nonzero(state_dict_of(pruned)["2.weight"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PruningWarning)
+        prune(model.state_dict(), 0.2, scope="layer")  # asked for per layer: no surprise
+        prune(model.state_dict(), 0.05, scope="global")  # leaves some of 2.weight
