@@ -527,9 +527,10 @@ def prune(model_or_state_dict, sparsity=None, *, scope="layer", keep=(),
         if inplace and slots is None and state_dict is model_or_state_dict and \
                 not (weight is state_dict[name] and weight.flags.writeable):
             raise TypeError(f"{name!r}: inplace=True needs a writeable numpy array")
-    # a global threshold can take every weight of a layer whose weights are all small
+    # a global threshold can take every weight of a layer whose weights are all small (at
+    # sparsity 1 that is what was asked)
     before = ({name: np.count_nonzero(state_dict[name]) for name in pruned}
-              if scope == "global" else None)
+              if scope == "global" and sparsity < 1 else None)
     if slots is not None:  # an fscnn model: zero its parameter arrays themselves
         with _Writeable(slots, pruned) as weights:
             _zero_in_place(weights, sparsity, scope, pattern)
