@@ -193,12 +193,25 @@ def per_layer_table(model, x, repeats=5):
     return rows
 
 
-def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_size=224,
+ZOO_SPARSITY = 0.9
+"""Fraction of zeros a zoo model's random weights are pruned to when no sparsity is given."""
+
+
+def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, input_size=224,
         warmup=2, iterations=None, seconds=10.0, compare=("torch", "dense"), per_layer=False,
         kernel="auto", keep=(), seed=0, out=None, progress=True):
     """Run the benchmark and print its report (on ``out``, default ``sys.stdout`` at the time
-    of the call); returns the report as a dict (see ``--json``)."""
+    of the call); returns the report as a dict (see ``--json``).
+
+    ``sparsity``: magnitude-prune every conv/linear weight to this fraction of zeros; None
+    measures the weights as they are; ``"default"`` is :data:`ZOO_SPARSITY` for a zoo model
+    (random weights) and None for a ``.npz`` archive, whose weights are the user's own.
+    """
     out = sys.stdout if out is None else out
+    if isinstance(sparsity, str):
+        if sparsity != "default":
+            raise ValueError(f"sparsity must be a number, None or 'default', got {sparsity!r}")
+        sparsity = None if target.endswith(".npz") else ZOO_SPARSITY
     from .nn import LayerInputError
     from .prune import prune, sparsity_report
     threads = threads or _config.get_num_threads()
@@ -217,12 +230,15 @@ def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_si
     model.to_sparse()
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, 3, input_size, input_size), dtype=np.float32)
-    report = {"model": name, "target": target, "sparsity": achieved, "batch": batch,
+    report = {"model": name, "target": target, "sparsity": achieved, "pruned_to": sparsity,
+              "batch": batch,
               "threads": threads, "input_size": input_size, "kernel": kernel,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": _cpu_name(),
               "simd": _config.get_simd_level(), "fscnn_version": _config.config_dict()["fscnn"]}
-    print(f"fscnn bench: {name}, {achieved:.1%} of conv/linear weights zero, batch {batch}, "
-          f"{input_size}x{input_size}, {threads} thread(s), SIMD {report['simd']}", file=out)
+    how = "as given" if sparsity is None else f"pruned to {sparsity:.0%}"
+    print(f"fscnn bench: {name}, {achieved:.1%} of conv/linear weights zero ({how}), batch "
+          f"{batch}, {input_size}x{input_size}, {threads} thread(s), SIMD {report['simd']}",
+          file=out)
     with _config.threads(threads), _torch_threads(threads):
         t0 = time.perf_counter()
         with as_command_error(LayerInputError, context=f"--input-size {input_size}"):

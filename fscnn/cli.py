@@ -249,8 +249,12 @@ def add_prune_parser(subparsers):
         "prune", help="magnitude-prune the weights of a .npz archive",
         description="Zero the smallest-magnitude convolution and linear weights of IN and "
                     "write OUT in fscnn's compact archive format; print a sparsity report.")
-    parser.add_argument("input", metavar="IN.npz")
-    parser.add_argument("output", metavar="OUT.npz")
+    parser.add_argument("input", metavar="IN.npz",
+                        help="weights to prune: a .npz of named arrays (np.savez of a "
+                             "state_dict) or an fscnn archive")
+    parser.add_argument("output", metavar="OUT.npz",
+                        help="where to write the pruned weights, as an fscnn archive (read it "
+                             "with fscnn.load or np.load + load_state_dict)")
     parser.add_argument("--sparsity", type=_fraction, metavar="S",
                         help="fraction of weights to zero, in [0, 1] (implied by N:M)")
     parser.add_argument("--global", dest="global_", action="store_true",
@@ -266,7 +270,8 @@ def add_prune_parser(subparsers):
 def _run_bench(args):
     from . import bench
     compare = [c for c in args.compare.split(",") if c]
-    report = bench.run(args.target, arch=args.model, sparsity=args.sparsity, batch=args.batch,
+    sparsity = "default" if args.sparsity is None else args.sparsity
+    report = bench.run(args.target, arch=args.model, sparsity=sparsity, batch=args.batch,
                        threads=args.threads, input_size=args.input_size, warmup=args.warmup,
                        iterations=args.iterations, seconds=args.time, compare=compare,
                        per_layer=args.per_layer, kernel=args.kernel,
@@ -282,22 +287,26 @@ def add_bench_parser(subparsers):
     """Register ``fscnn bench``."""
     parser = subparsers.add_parser(
         "bench", help="time a pruned model against PyTorch and the dense path (the main job)",
-        description="Build MODEL (default vgg16, random weights) or load WEIGHTS.npz, prune it "
-                    "to --sparsity by magnitude, check fscnn's output against PyTorch (or "
+        description="Build MODEL (default vgg16, random weights, pruned to 90%) or load "
+                    "WEIGHTS.npz (measured as given), prune to --sparsity by magnitude when "
+                    "given, check fscnn's output against PyTorch (or "
                     "fscnn's dense path without torch), then time fscnn and the comparisons "
                     "round-robin on the same input and print latency statistics and speed-ups.")
     parser.add_argument("target", nargs="?", default="vgg16", metavar="MODEL|WEIGHTS.npz",
                         help="a model name of fscnn.models or a .npz archive (default: vgg16)")
     parser.add_argument("--model", metavar="ARCH", help="architecture of a .npz archive")
-    parser.add_argument("--sparsity", type=_fraction, default=0.9, metavar="S",
+    parser.add_argument("--sparsity", type=_fraction, metavar="S",
                         help="magnitude-prune every conv/linear weight to this fraction of "
-                             "zeros (default 0.9)")
+                             "zeros (default: 0.9 for a model name, whose weights are random; "
+                             "the weights of a .npz archive are measured as given)")
     parser.add_argument("--keep", action="append", default=[], metavar="NAME,...",
                         help="layers kept dense when pruning; repeatable")
-    parser.add_argument("--batch", type=_positive_int, default=1, metavar="N")
+    parser.add_argument("--batch", type=_positive_int, default=1, metavar="N",
+                        help="images per call (default 1)")
     parser.add_argument("--threads", type=_positive_int, metavar="T",
                         help="threads for fscnn and every comparison (default: all usable cores)")
-    parser.add_argument("--input-size", type=_positive_int, default=224, metavar="H")
+    parser.add_argument("--input-size", type=_positive_int, default=224, metavar="H",
+                        help="image height and width; the input is (N, 3, H, H) (default 224)")
     parser.add_argument("--warmup", type=int, default=2, metavar="W", help="untimed rounds")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--iterations", type=_positive_int, metavar="I", help="timed rounds")
@@ -313,7 +322,8 @@ def add_bench_parser(subparsers):
                              "convolutions, auto elsewhere)")
     parser.add_argument("--per-layer", action="store_true",
                         help="add a per-layer table: shape, sparsity, kernel, time, GFLOP/s")
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of a zoo model's random weights and of the input (default 0)")
     parser.add_argument("--json", metavar="OUT.json", help="also write the report as JSON")
     parser.set_defaults(run=_run_bench)
 

@@ -296,3 +296,41 @@ def test_prune_global_warns_about_emptied_layers(capsys, tmp_path):
     assert err.startswith("fscnn: warning: global pruning zeroed every weight of '5.weight'")
     assert err.count("\n") == 1
     assert _cells(out, "5.weight")[3] == "0"
+
+
+def _options(parser):
+    """(command, option) of every argument of ``parser`` and of its subcommands."""
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {option}", help) for option, help in _options(sub))
+        else:
+            yield "/".join(action.option_strings) or action.dest, action.help
+
+
+def test_every_option_has_help_text():
+    from fscnn.cli import build_parser
+    options = dict(_options(build_parser()))
+    assert {"bench --batch", "bench --input-size", "prune input", "info target"} <= set(options)
+    assert [name for name, help in options.items() if not help or help == "==SUPPRESS=="] == []
+
+
+def test_bench_measures_an_archive_as_given(capsys, tmp_path):
+    """A user's own 50%-pruned weights are measured as they are, not re-pruned to 90%."""
+    nn.manual_seed(0)
+    model = _toy()
+    fscnn.prune(model, 0.5, inplace=True)
+    fscnn.save(model, tmp_path / "half.npz")
+    common = ["--model", "toy", "--input-size", "8", "--compare", "dense", "--iterations", "1",
+              "--warmup", "0", "--json"]
+    status, out, err = _run(capsys, "bench", tmp_path / "half.npz", *common, "as_given.json")
+    assert status == 0, err
+    assert "50.0% of conv/linear weights zero (as given)" in out
+    import json
+    assert json.loads(open("as_given.json").read())["pruned_to"] is None
+    status, out, _ = _run(capsys, "bench", tmp_path / "half.npz", "--sparsity", "0.8", *common,
+                          "pruned.json")
+    assert status == 0 and "(pruned to 80%)" in out
+    status, out, _ = _run(capsys, "bench", "toy", *common[2:], "zoo.json")
+    assert status == 0 and "(pruned to 90%)" in out  # random zoo weights: 90% by default
