@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from . import _config
+from ._progress import Progress
 from ._table import format_table
 from .errors import CommandError, as_command_error
 
@@ -103,35 +104,6 @@ def warnings_silenced():
         yield
 
 
-def _progress(total, enabled):
-    """A progress bar on stderr while timing: tqdm's when installed, else a one-line counter;
-    nothing when stderr is not a terminal."""
-    if not (enabled and sys.stderr.isatty()):
-        return _Counter(total, live=False)
-    try:
-        from tqdm import tqdm
-        return tqdm(total=total, desc="timing", unit="round", leave=False)
-    except ImportError:
-        return _Counter(total, live=True)
-
-
-class _Counter:
-    """Minimal stand-in for tqdm: ``timing: round i[/N]`` rewritten in place."""
-
-    def __init__(self, total, live):
-        self.total, self.n, self.live = total, 0, live
-
-    def update(self, n=1):
-        self.n += n
-        if self.live:
-            of = f"/{self.total}" if self.total else ""
-            print(f"\rtiming: round {self.n}{of}", end="", file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.live and self.n:
-            print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
-
-
 def time_interleaved(fns, warmup, iterations=None, seconds=None, progress=True):
     """Time each callable of ``fns`` round-robin; returns name -> array of seconds per call.
 
@@ -143,7 +115,8 @@ def time_interleaved(fns, warmup, iterations=None, seconds=None, progress=True):
             fn()
     times = {name: [] for name in fns}
     start = time.perf_counter()
-    bar = _progress(iterations, progress)
+    bar = Progress(iterations, "timing", "round", enabled=None if progress else False,
+                   delay=0)
     rounds = 0
     while True:
         for name, fn in fns.items():

@@ -8,7 +8,7 @@ import pytest
 
 import fscnn
 import reference as R
-from conftest import assert_close, torch_or_skip
+from conftest import assert_close, import_or_skip, torch_or_skip
 from fscnn import nn
 
 # (id, constructor taking a namespace with torch.nn's layer names, input shape, reference)
@@ -900,3 +900,63 @@ def test_np_load_of_an_fscnn_archive_loads(tmp_path):
     with pytest.raises(nn.StateDictError, match=r"hint: .*fscnn archive: read the file with "
                                                 r"fscnn\.load\(path\)"):
         small_net().load_state_dict(members)
+
+
+# ------------------------------------------------------------------ prepare's progress
+class _Terminal:
+    """A stand-in stderr that says it is a terminal and keeps what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def _three_layers():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 2))
+
+
+@pytest.mark.parametrize("tqdm", [False, True], ids=["counter", "tqdm"])
+def test_prepare_shows_progress_when_asked(monkeypatch, capsys, tqdm):
+    import sys
+    import fscnn._progress
+    if tqdm:
+        import_or_skip("tqdm", "pip install tqdm")
+    else:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm raises ImportError
+    monkeypatch.setattr(fscnn._progress, "DELAY", 0.0)  # show it at once
+    _three_layers().prepare((1, 3, 8, 8), progress=True)
+    err = capsys.readouterr().err
+    if tqdm:  # tqdm redraws at most every 0.1 s: the last steps may not be drawn
+        assert "\rprepare: " in err and "/3 [" in err and "layer/s" in err
+    else:
+        assert "\rprepare: layer 1/3\rprepare: layer 2/3\rprepare: layer 3/3" in err
+
+
+def test_prepare_progress_off_by_default_outside_a_terminal(monkeypatch, capsys):
+    import sys
+    import fscnn._progress
+    monkeypatch.setattr(fscnn._progress, "DELAY", 0.0)
+    _three_layers().prepare((1, 3, 8, 8))  # pytest's captured stderr is not a terminal
+    assert capsys.readouterr().err == ""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    _three_layers().prepare((1, 3, 8, 8), progress=False)
+    assert terminal.text == ""
+    _three_layers().prepare((1, 3, 8, 8))  # a terminal: shown
+    assert "prepare: layer 3/3" in terminal.text
+    monkeypatch.setattr(fscnn._progress, "DELAY", 3600.0)
+    terminal.text = ""
+    _three_layers().prepare((1, 3, 8, 8), progress=True)  # quicker than the delay: nothing
+    assert terminal.text == ""
+    with pytest.raises(TypeError, match="progress must be None, True or False"):
+        _three_layers().prepare((1, 3, 8, 8), progress="yes")

@@ -46,6 +46,18 @@ def current_run():
 
 
 @contextlib.contextmanager
+def reporting(progress):
+    """Count every prepared step run on this thread inside the block on ``progress`` (a
+    :class:`fscnn._progress.Progress`): :meth:`Module.prepare` shows its layers so."""
+    previous = getattr(_local, "progress", None)
+    _local.progress = progress
+    try:
+        yield progress
+    finally:
+        _local.progress = previous
+
+
+@contextlib.contextmanager
 def running(plan):
     """Make a new run of ``plan`` the current one for the duration of the block."""
     runs = _local.__dict__.setdefault("runs", [])
@@ -367,6 +379,9 @@ class _Run:
         profiles = getattr(_local, "profiles", None)
         t0 = time.perf_counter() if profiles else 0.0
         out = layer.forward(x) if step is None else step(x)
+        progress = getattr(_local, "progress", None) if step is not None else None
+        if progress is not None:
+            progress.update()
         if profiles:
             _record(profiles[-1], self.plan.names[id(layer)], layer, step, x, out,
                     time.perf_counter() - t0)

@@ -19,6 +19,7 @@ from collections.abc import MutableMapping
 import numpy as np
 
 from .. import io
+from .._progress import Progress
 from ..sparse import CSRMatrix, FormatError, SparseConvWeight
 from . import _plan
 from .errors import LayerInputError, StateDictError
@@ -569,7 +570,7 @@ class Module:
                 self._prepared = plan
             return plan
 
-    def prepare(self, input_shape=None, kernel="auto"):
+    def prepare(self, input_shape=None, kernel="auto", progress=None):
         """Fold, fuse and convert the weights once, ahead of the first call.
 
         Batch norms that follow a convolution are folded into it, a ReLU or ReLU6 after a
@@ -590,11 +591,19 @@ class Module:
             stride-1, dilation-1, ungrouped convolutions, ``'depthwise'`` to the convolutions
             with one input channel per group, and both leave ``'auto'`` to the other layers;
             in a mapping they must name such a layer.
+        progress : bool or None
+            With ``input_shape``, count the layers prepared on stderr (tqdm's bar when
+            installed, else a counter) once preparing has taken more than a second (timing
+            kernel candidates takes a while on large models). None: only when stderr is a
+            terminal; True: also when it is not; False: never.
 
         Returns
         -------
         self
         """
+        if progress not in (None, True, False):
+            raise TypeError(f"{self._get_name()}.prepare: progress must be None, True or False, "
+                            f"got {progress!r}")
         if input_shape is not None:
             input_shape = tuple(input_shape)
             if not input_shape or not all(isinstance(s, (int, np.integer)) and s > 0
@@ -606,7 +615,9 @@ class Module:
             self.__dict__["_kernel"] = kernel
             self.__dict__["_prepared"] = plan
         if input_shape is not None:
-            self(np.zeros(input_shape, dtype=np.float32))
+            with Progress(len(plan.steps), "prepare", "layer", enabled=progress) as bar, \
+                    _plan.reporting(bar):
+                self(np.zeros(input_shape, dtype=np.float32))
         return self
 
     def plan(self):
