@@ -1,8 +1,8 @@
 """The model zoo against PyTorch models built with torchvision's exact layout.
 
-torchvision cannot be installed beside the torch used here, so ``fscnn.torch_reference`` rebuilds
-its VGG, ResNet and MobileNetV2 with plain ``torch.nn`` and torchvision's module names and
-config tables. Key-by-key equality of the two ``state_dict``s is the check that torchvision
+``fscnn.torch_reference`` rebuilds torchvision's VGG, ResNet and MobileNetV2 with plain
+``torch.nn`` and torchvision's module names and config tables (``fscnn bench`` compares with
+it); ``tests/test_torchvision.py`` checks the zoo against torchvision's own definitions too. Key-by-key equality of the two ``state_dict``s is the check that torchvision
 checkpoints load; the numerical tests then load one random, BatchNorm-perturbed and
 magnitude-pruned state into both and compare outputs.
 
