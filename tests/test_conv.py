@@ -163,8 +163,8 @@ def test_auto_picks_a_kernel_and_matches(rng):
     op = Conv2dOp(w, b, kernel="auto", **hp)
     y = op(x)
     info = op.plan_info(x.shape)
-    assert info["kernel"] in ("sparse", "dense", "winograd")
     assert set(info["timings"]) == {"sparse", "dense", "winograd"}  # a 3x3 stride-1 layer
+    assert info["kernel"] == min(info["timings"], key=info["timings"].get)  # the fastest
     # the Winograd kernel may win: its float32 error budget (see WINO_RTOL below)
     assert_close(y, ref_conv2d(x, w, b, **hp), rtol=1e-4 if info["kernel"] == "winograd" else None)
 
