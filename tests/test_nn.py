@@ -960,3 +960,26 @@ def test_prepare_progress_off_by_default_outside_a_terminal(monkeypatch, capsys)
     assert terminal.text == ""
     with pytest.raises(TypeError, match="progress must be None, True or False"):
         _three_layers().prepare((1, 3, 8, 8), progress="yes")
+
+
+def test_num_batches_tracked_goes_through_save_load_prune_and_reports(tmp_path, capsys):
+    """The 0-d int64 entry of every batch norm, through each place that walks a state_dict."""
+    from fscnn import cli
+    from fscnn.prune import sparsity_report
+    model = fscnn.models.resnet18(num_classes=10)
+    model.load_state_dict({**model.state_dict(), "bn1.num_batches_tracked": np.array(12)})
+    fscnn.prune(model, 0.9, inplace=True)
+    assert sparsity_report(model).total.sparsity == pytest.approx(0.9, abs=1e-3)
+    for held in ("dense", "sparse"):
+        if held == "sparse":
+            model.to_sparse()
+        path = tmp_path / f"{held}.npz"
+        fscnn.save(model, path)
+        for loaded in (fscnn.load(path), fscnn.load(path, sparse=True)):
+            tracked = loaded["bn1.num_batches_tracked"]
+            assert tracked.shape == () and tracked.dtype == np.int64 and tracked == 12
+            other = fscnn.models.resnet18(num_classes=10)
+            other.load_state_dict(loaded)
+            assert other.bn1.num_batches_tracked == 12
+    assert cli.main(["info", str(path)]) == 0
+    assert "(other entries)" in capsys.readouterr().out
