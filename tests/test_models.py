@@ -2,8 +2,9 @@
 
 ``fscnn.torch_reference`` rebuilds torchvision's VGG, ResNet and MobileNetV2 with plain
 ``torch.nn`` and torchvision's module names and config tables (``fscnn bench`` compares with
-it); ``tests/test_torchvision.py`` checks the zoo against torchvision's own definitions too. Key-by-key equality of the two ``state_dict``s is the check that torchvision
-checkpoints load; the numerical tests then load one random, BatchNorm-perturbed and
+it); ``tests/test_torchvision.py`` checks the zoo against torchvision's own definitions too.
+Key-by-key equality of the two ``state_dict``s is the check that torchvision checkpoints
+load; the numerical tests then load one random, BatchNorm-perturbed and
 magnitude-pruned state into both and compare outputs.
 
 Inputs are small (32x32, batch 1 or 3) except for a few models at 224x224, batch 1.

@@ -380,10 +380,10 @@ class Module:
             E.g. a dict, the ``NpzFile`` of ``np.load("model.npz")``, a torch state dict or
             what ``fscnn.load(path, sparse=True)`` returns. The members of an fscnn archive
             (``np.load`` of a file written by ``fscnn.save`` or ``fscnn prune``, recognised by
-            its ``__fscnn_format__`` key) are decoded first, as ``fscnn.load`` does. Arrays are copied as float32
-            (``num_batches_tracked`` as int64); a batch norm's ``num_batches_tracked`` may be
-            missing, as in checkpoints older than torch 0.4.1 (torch accepts that too).
-            A Conv2d weight may be a :class:`~fscnn.sparse.SparseConvWeight` and a Linear
+            its ``__fscnn_format__`` key) are decoded first, as ``fscnn.load`` does. Arrays
+            are copied as float32 (``num_batches_tracked`` as int64); a batch norm's
+            ``num_batches_tracked`` may be missing, as in checkpoints older than torch 0.4.1
+            (torch accepts that too). A Conv2d weight may be a :class:`~fscnn.sparse.SparseConvWeight` and a Linear
             weight a :class:`~fscnn.sparse.CSRMatrix` of the same shape: the layer then holds
             it sparse (not copied; its arrays are made read-only), as after :meth:`to_sparse`.
             A dense array loaded into a sparse-held weight makes it dense-held again.
