@@ -17,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 import warnings
 from glob import glob
 
@@ -98,9 +99,20 @@ class BuildExt(build_ext):
             ext.define_macros = ext.define_macros + [
                 ("FSCNN_BUILD_COMPILER", '"%s"' % _compiler_version(compiler_cmd)),
             ]
+        self._built = 0
         super().build_extensions()
         with open(stamp, "w") as f:
             f.write(variant)
+
+    def build_extension(self, ext):
+        # a default build compiles for a minute or more: say which extension is being built
+        self._built += 1
+        print(f"fscnn: [{self._built}/{len(self.extensions)}] building {ext.name} "
+              "(SIMD variants for every CPU level: up to a minute each)", flush=True)
+        start = time.perf_counter()
+        super().build_extension(ext)
+        print(f"fscnn: [{self._built}/{len(self.extensions)}] {ext.name} done in "
+              f"{time.perf_counter() - start:.0f} s", flush=True)
 
     def _probe_openmp(self, compiler_cmd):
         if _disabled("FSCNN_OPENMP"):
@@ -164,6 +176,7 @@ def _extensions():
     }
     # Generated C goes to a directory per variant: Cython regenerates a file only when its
     # .pyx is newer, so a debug build must not find the release build's C (or vice versa).
+    print(f"fscnn: generating C from the Cython sources ({_variant()} build)", flush=True)
     return cythonize(exts, compiler_directives=directives, build_dir=os.path.join(
         "build", "cython-" + _variant()), compile_time_env={"FSCNN_DEBUG": debug}, quiet=True)
 

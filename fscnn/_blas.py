@@ -33,6 +33,21 @@ def can_limit_blas():
     return _blas_controller() is not None
 
 
+def _take_control(controller):
+    """Let the calling Python thread change the BLAS thread count.
+
+    threadpoolctl >= 3.8 lets only one Python thread (the first to set a limit) change the
+    size of OpenBLAS's process-wide pthreads pool and silently ignores the others, so a
+    limit taken in any other thread (a thread pool calling a model) left BLAS multi-threaded
+    inside fscnn's OpenMP loop, and a restore from another thread left it at one thread.
+    fscnn changes the count only under ``_lock`` (first caller in, last caller out), so it
+    makes the calling thread the controlling one each time."""
+    for lib in controller.lib_controllers:
+        clear = getattr(type(lib), "clear_controlling_thread", None)
+        if clear is not None:
+            clear(force=True)
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
     """Run the block with BLAS limited to one thread (no-op when that is impossible)."""
@@ -42,6 +57,7 @@ def single_threaded_blas():
         return
     with _lock:
         if _active["depth"] == 0:
+            _take_control(controller)
             _active["limiter"] = controller.limit(limits=1)
         _active["depth"] += 1
     try:
@@ -50,5 +66,6 @@ def single_threaded_blas():
         with _lock:
             _active["depth"] -= 1
             if _active["depth"] == 0:
+                _take_control(controller)
                 _active["limiter"].restore_original_limits()
                 _active["limiter"] = None

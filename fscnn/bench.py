@@ -8,6 +8,7 @@ statistics per candidate and the speed-up of fscnn over each, from medians.
 import contextlib
 import json
 import math
+import os
 import platform
 import resource
 import sys
@@ -16,37 +17,100 @@ import time
 import numpy as np
 
 from . import _config
-from .cli import CommandError, format_table
+from ._progress import Progress
+from ._table import format_table
+from .errors import CommandError, as_command_error
 
-COMPARISONS = ("torch", "onnxruntime", "dense")
+COMPARISONS = ("torch", "onnxruntime", "litert", "dense")
+DEFAULT_COMPARISONS = {"zoo": ("torch", "dense"), ".onnx": ("onnxruntime", "dense"),
+                       ".tflite": ("litert", "dense"), ".npz": ("dense",)}
+"""What ``fscnn bench`` compares with when --compare is not given, by kind of target: the
+runtime the model came from and fscnn's own dense path."""
+
+
+def zoo_model(name):
+    """A fresh model of the zoo (:func:`fscnn.models.get_model`); an unknown ``name`` is the
+    user's mistake (:class:`~fscnn.errors.CommandError`)."""
+    from . import models
+    if name not in models.list_models():
+        raise CommandError(models.unknown_model_message(name))
+    return models.get_model(name)
+
+
+MODEL_FILES = (".onnx", ".tflite")
+"""Suffixes of model files (a graph and its weights) the CLI takes wherever it takes a model."""
+
+
+def is_model_file(target):
+    """Whether ``target`` is a whole model in a file: an ``.onnx`` or ``.tflite`` file, or
+    an fscnn archive that holds a model description (not just weights)."""
+    from . import io
+    if target.lower().endswith(MODEL_FILES):
+        return True
+    return target.endswith(".npz") and os.path.isfile(target) and io.holds_model(target)
+
+
+def load_model_file(target):
+    """:func:`fscnn.load_model` with the user's mistakes (a corrupt file, an operator fscnn
+    does not import, a missing format package) as :class:`~fscnn.errors.CommandError`."""
+    from . import io
+    from .importers import ModelImportError
+    with as_command_error(io.ArchiveError, ModelImportError, ImportError, OSError):
+        return io.load_model(target)
 
 
 def build_model(target, arch=None, seed=0):
-    """The model to benchmark and its architecture name.
+    """The model to benchmark and its name.
 
     Parameters
     ----------
     target : str
-        A model name of :mod:`fscnn.models` (randomly initialised from ``seed``) or a ``.npz``
-        archive of weights (then ``arch`` names its architecture).
+        A model name of :mod:`fscnn.models` (randomly initialised from ``seed``), a model
+        file (``.onnx``, ``.tflite``, or a whole-model archive written by ``fscnn.save``), or
+        a ``.npz`` archive of weights (then ``arch`` names its architecture).
     """
     from . import io, models, nn
-    zoo = {n: getattr(models, n) for n in models.__all__ if n.islower()}
+    if is_model_file(target):
+        if arch is not None:
+            raise CommandError(f"{target} holds a whole model: --model ARCH is for archives of "
+                               f"weights only")
+        return load_model_file(target).eval(), os.path.basename(target)
     if target.endswith(".npz"):
         if arch is None:
             raise CommandError(f"{target}: give the architecture of these weights with --model "
-                               f"(one of {', '.join(sorted(zoo))})")
-        name, state = arch, io.load(target)
+                               f"(one of {', '.join(models.list_models())})")
+        with as_command_error(io.ArchiveError):
+            name, state = arch, io.load(target)
     else:
         name, state = target, None
-    if name not in zoo:
-        raise CommandError(f"unknown model {name!r} (models: {', '.join(sorted(zoo))})")
     nn.manual_seed(seed)
-    model = zoo[name]()
+    model = zoo_model(name)
     if state is not None:
-        model.load_state_dict(state)
+        with as_command_error(nn.StateDictError,
+                              context=f"{target}: the weights do not fit --model {arch}"):
+            model.load_state_dict(state)
     model.eval()
     return model, name
+
+
+def input_shape(model, batch, input_size):
+    """The shape of the benchmark's input: (batch, 3, S, S) for the zoo's image models; for
+    a graph, its one input's declared shape with free sizes set (the first to ``batch``, the
+    others to ``input_size``) and fixed ones checked against ``batch``."""
+    from .nn import Graph
+    if not isinstance(model, Graph):
+        return (batch, 3, input_size, input_size)
+    floats = [i for i in model.inputs if i.dtype.startswith("float")]
+    if len(model.inputs) != 1 or not floats:
+        raise CommandError(f"the model takes inputs {[i.name for i in model.inputs]}; fscnn "
+                           f"bench feeds models with one float input")
+    declared = floats[0].shape
+    if declared is None:
+        raise CommandError(f"input {floats[0].name!r} has no declared shape")
+    if declared[0] is not None and declared[0] != batch:
+        raise CommandError(f"input {floats[0].name!r} has a fixed batch size {declared[0]}: "
+                           f"pass --batch {declared[0]}")
+    return (batch,) + tuple(input_size if d is None else d for d in declared[1:])
 
 
 def torch_model(arch, state_dict):
@@ -93,35 +157,6 @@ def warnings_silenced():
         yield
 
 
-def _progress(total, enabled):
-    """A progress bar on stderr while timing: tqdm's when installed, else a one-line counter;
-    nothing when stderr is not a terminal."""
-    if not (enabled and sys.stderr.isatty()):
-        return _Counter(total, live=False)
-    try:
-        from tqdm import tqdm
-        return tqdm(total=total, desc="timing", unit="round", leave=False)
-    except ImportError:
-        return _Counter(total, live=True)
-
-
-class _Counter:
-    """Minimal stand-in for tqdm: ``timing: round i[/N]`` rewritten in place."""
-
-    def __init__(self, total, live):
-        self.total, self.n, self.live = total, 0, live
-
-    def update(self, n=1):
-        self.n += n
-        if self.live:
-            of = f"/{self.total}" if self.total else ""
-            print(f"\rtiming: round {self.n}{of}", end="", file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.live and self.n:
-            print("\r" + " " * 40 + "\r", end="", file=sys.stderr, flush=True)
-
-
 def time_interleaved(fns, warmup, iterations=None, seconds=None, progress=True):
     """Time each callable of ``fns`` round-robin; returns name -> array of seconds per call.
 
@@ -133,7 +168,8 @@ def time_interleaved(fns, warmup, iterations=None, seconds=None, progress=True):
             fn()
     times = {name: [] for name in fns}
     start = time.perf_counter()
-    bar = _progress(iterations, progress)
+    bar = Progress(iterations, "timing", "round", enabled=None if progress else False,
+                   delay=0)
     rounds = 0
     while True:
         for name, fn in fns.items():
@@ -183,35 +219,65 @@ def per_layer_table(model, x, repeats=5):
     return rows
 
 
-def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_size=224,
-        warmup=2, iterations=None, seconds=10.0, compare=("torch", "dense"), per_layer=False,
-        kernel="auto", keep=(), seed=0, out=sys.stdout, progress=True):
-    """Run the benchmark and print its report; returns the report as a dict (see ``--json``)."""
-    from .prune import prune, sparsity_report
+ZOO_SPARSITY = 0.9
+"""Fraction of zeros a zoo model's random weights are pruned to when no sparsity is given."""
+
+
+def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, input_size=224,
+        warmup=2, iterations=None, seconds=10.0, compare=None, per_layer=False,
+        kernel="auto", keep=(), seed=0, out=None, progress=True):
+    """Run the benchmark and print its report (on ``out``, default ``sys.stdout`` at the time
+    of the call); returns the report as a dict (see ``--json``).
+
+    ``target``: see :func:`build_model`. ``sparsity``: magnitude-prune every conv/linear
+    weight to this fraction of zeros; None measures the weights as they are; ``"default"`` is
+    :data:`ZOO_SPARSITY` for a zoo model (random weights) and None for a file, whose weights
+    are the user's own. ``compare``: names of :data:`COMPARISONS`; None takes
+    :data:`DEFAULT_COMPARISONS` for the kind of target (an ONNX file is compared with ONNX
+    Runtime running the same file, pruned as fscnn's model is; a TFLite file with LiteRT).
+    """
+    out = sys.stdout if out is None else out
+    is_file = target.lower().endswith(MODEL_FILES + (".npz",))
+    if isinstance(sparsity, str):
+        if sparsity != "default":
+            raise ValueError(f"sparsity must be a number, None or 'default', got {sparsity!r}")
+        sparsity = None if is_file else ZOO_SPARSITY
+    from .nn import Graph, LayerInputError
+    from .prune import prunable_names, prune, sparsity_report
     threads = threads or _config.get_num_threads()
+    model, name = build_model(target, arch, seed)
+    kind = os.path.splitext(target)[1].lower() if isinstance(model, Graph) else "zoo"
+    compare = DEFAULT_COMPARISONS[kind] if compare is None else tuple(compare)
     unknown = set(compare) - set(COMPARISONS)
     if unknown:
         raise CommandError(f"--compare: unknown {', '.join(sorted(unknown))} "
                            f"(choose from {', '.join(COMPARISONS)})")
-    model, name = build_model(target, arch, seed)
+    if "litert" in compare and sparsity is not None:
+        raise CommandError("--compare litert runs the .tflite file as given: measure it without "
+                           "--sparsity (or prune it with fscnn prune and compare with dense)")
     if sparsity is not None:
-        prune(model, sparsity, keep=list(keep), inplace=True)
+        with as_command_error(ValueError, TypeError):  # --keep names no layer, NaN weights
+            prune(model, sparsity, keep=list(keep), inplace=True)
     state = model.state_dict()  # dense arrays: the torch model and fscnn's dense path use them
-    achieved = sparsity_report(state).total.sparsity
+    achieved = sparsity_report(model).total.sparsity
     # the measured fscnn model holds its pruned weights sparse, as a deployment would: its
     # operators then keep dense copies only where a plan picks the dense kernel
     model.to_sparse()
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch, 3, input_size, input_size), dtype=np.float32)
-    report = {"model": name, "target": target, "sparsity": achieved, "batch": batch,
+    x = rng.standard_normal(input_shape(model, batch, input_size), dtype=np.float32)
+    report = {"model": name, "target": target, "sparsity": achieved, "pruned_to": sparsity,
+              "batch": batch,
               "threads": threads, "input_size": input_size, "kernel": kernel,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": _cpu_name(),
               "simd": _config.get_simd_level(), "fscnn_version": _config.config_dict()["fscnn"]}
-    print(f"fscnn bench: {name}, {achieved:.1%} of conv/linear weights zero, batch {batch}, "
-          f"{input_size}x{input_size}, {threads} thread(s), SIMD {report['simd']}", file=out)
+    how = "as given" if sparsity is None else f"pruned to {sparsity:.0%}"
+    print(f"fscnn bench: {name}, {achieved:.1%} of conv/linear weights zero ({how}), input "
+          f"{'x'.join(map(str, x.shape))}, {threads} thread(s), SIMD {report['simd']}",
+          file=out)
     with _config.threads(threads), _torch_threads(threads):
         t0 = time.perf_counter()
-        model.prepare(x.shape, kernel=kernel)
+        with as_command_error(LayerInputError, context=f"--input-size {input_size}"):
+            model.prepare(x.shape, kernel=kernel)
         report["prepare_s"] = time.perf_counter() - t0
         plan = model.plan()
         chosen = [k for row in plan for k in row.kernels.values()]
@@ -219,11 +285,24 @@ def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_si
         print(f"prepared in {report['prepare_s']:.1f} s: "
               + ", ".join(f"{n} layers {k}" for k, n in report["kernels"].items()), file=out)
         fns = {"fscnn": lambda: model(x)}
-        tmodel = torch_model(name, state) if ("torch" in compare or "onnxruntime" in compare) \
-            else None
-        ref_name, ref = _reference(model, name, state, x, tmodel, kernel, fns, compare, threads,
-                                   out)
+        if kind == "zoo":
+            runtimes = _torch_references(name, state, x, compare, threads, out)
+        else:
+            pruned = {k: state[k] for k in prunable_names(model)} if sparsity is not None \
+                else None
+            runtimes = _file_references(target, kind, pruned, x, compare, threads, out)
+        fns.update({k: fn for k, fn in runtimes.items() if k in compare})
+        if "dense" in compare or not runtimes:  # fscnn's dense path, or the only reference
+            dense_model = _copy(model)
+            dense_model.prepare(x.shape, kernel="dense")
+            if "dense" in compare:
+                fns["dense"] = lambda: dense_model(x)
+            runtimes.setdefault("fscnn dense", lambda: dense_model(x))
+        ref_name, ref_fn = next(iter(runtimes.items()))
+        ref = ref_fn()
+        ref = ref[0] if isinstance(ref, (list, tuple)) else ref
         y = model(x)
+        y = y[0] if isinstance(y, tuple) else y
         err = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
         report["check"] = {"reference": ref_name, "max_rel_error": err, "ok": err <= 1e-3}
         print(f"check: max|fscnn - {ref_name}| / max|{ref_name}| = {err:.2e} "
@@ -252,37 +331,78 @@ def run(target="vgg16", arch=None, sparsity=0.9, batch=1, threads=None, input_si
     return report
 
 
-def _reference(model, name, state, x, tmodel, kernel, fns, compare, threads, out):
-    """Add the comparison candidates to ``fns``; return (name, output) of the reference that
-    fscnn's output is checked against: PyTorch when installed, else fscnn's dense path."""
-    ref = None
-    if tmodel is not None:
-        import torch
-        xt = torch.from_numpy(x)
+def _copy(model):
+    """An independent copy of ``model`` (weights included), for fscnn's dense path."""
+    import pickle
+    return pickle.loads(pickle.dumps(model))
 
-        def run_torch():
-            with torch.no_grad():
-                return tmodel(xt)
-        if "torch" in compare:
-            fns["torch"] = run_torch
-        ref = ("torch", run_torch().numpy())
-        if "onnxruntime" in compare:
-            session = _onnx_session(tmodel, x, threads)
-            if session is None:
-                print("onnxruntime: not installed (pip install onnx onnxruntime); skipped", file=out)
-            else:
-                fns["onnxruntime"] = lambda: session.run(None, {"x": x})
-    elif "torch" in compare or "onnxruntime" in compare:
-        print("torch: not installed; comparing with fscnn's dense path only", file=out)
-    if "dense" in compare or ref is None:
-        dense_model, _ = build_model(name)
-        dense_model.load_state_dict(state)
-        dense_model.prepare(x.shape, kernel="dense")
-        if "dense" in compare:
-            fns["dense"] = lambda: dense_model(x)
-        if ref is None:
-            ref = ("fscnn dense", dense_model(x))
-    return ref
+
+def _torch_references(name, state, x, compare, threads, out):
+    """name -> callable of the reference runtimes of a zoo model: PyTorch (and ONNX Runtime
+    on its export) on the same weights, when installed. The first is what fscnn's output is
+    checked against."""
+    runtimes = {}
+    tmodel = torch_model(name, state) if ("torch" in compare or "onnxruntime" in compare) \
+        else None
+    if tmodel is None:
+        if "torch" in compare or "onnxruntime" in compare:
+            print("torch: not installed; comparing with fscnn's dense path only", file=out)
+        return runtimes
+    import torch
+    xt = torch.from_numpy(x)
+
+    def run_torch():
+        with torch.no_grad():
+            return tmodel(xt).numpy()
+    runtimes["torch"] = run_torch
+    if "onnxruntime" in compare:
+        session = _onnx_session(tmodel, x, threads)
+        if session is None:
+            print("onnxruntime: not installed (pip install onnx onnxruntime); skipped", file=out)
+        else:
+            runtimes["onnxruntime"] = lambda: session.run(None, {"x": x})
+    return runtimes
+
+
+def _file_references(target, kind, pruned, x, compare, threads, out):
+    """name -> callable of the runtimes a model file came from: ONNX Runtime on the ONNX
+    file (with ``pruned`` weights written into it), LiteRT with XNNPACK on a TFLite file."""
+    runtimes = {}
+    if kind == ".onnx" and "onnxruntime" in compare:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            print("onnxruntime: not installed (pip install onnxruntime); skipped", file=out)
+            return runtimes
+        from .importers.onnx import load_model, replace_weights
+        model = replace_weights(target, pruned) if pruned else load_model(target)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(model.SerializeToString(), opts,
+                                       providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        runtimes["onnxruntime"] = lambda: session.run(None, feed)
+    elif kind == ".tflite" and "litert" in compare:
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError:
+            print("litert: not installed (pip install ai-edge-litert); skipped", file=out)
+            return runtimes
+        interpreter = Interpreter(model_path=target, num_threads=threads)
+        interpreter.allocate_tensors()
+        inp = interpreter.get_input_details()[0]["index"]
+        outs = [d["index"] for d in interpreter.get_output_details()]
+
+        def run_litert():
+            interpreter.set_tensor(inp, x)
+            interpreter.invoke()
+            return [interpreter.get_tensor(i) for i in outs]
+        runtimes["litert"] = run_litert
+    elif set(compare) & {"torch", "onnxruntime", "litert"}:
+        print(f"{', '.join(sorted(set(compare) - {'dense'}))}: no such runtime for a "
+              f"{kind} model; skipped", file=out)
+    return runtimes
 
 
 @contextlib.contextmanager
@@ -313,7 +433,23 @@ def _cpu_name():
     return platform.processor() or platform.machine()
 
 
+def to_json(value):
+    """``value`` with only what strict JSON holds: numpy scalars and arrays as Python numbers
+    and lists, tuples as lists, NaN and infinities as None (``null``), keys as str."""
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def write_json(report, path):
+    """Write ``report`` to ``path`` as strict JSON (see :func:`to_json`)."""
     with open(path, "w") as f:
-        json.dump(report, f, indent=1, default=lambda o: o if not isinstance(o, float)
-                  or math.isfinite(o) else None)
+        json.dump(to_json(report), f, indent=1, allow_nan=False)

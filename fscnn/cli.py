@@ -2,21 +2,22 @@
 
 Every subcommand registers itself through an ``add_<name>_parser(subparsers)`` function listed
 in `SUBCOMMANDS`. User mistakes (a missing file, a bad number, an unknown model, a corrupt
-archive) print one line ``fscnn: error: ...`` on stderr and exit with status 2.
+archive) print one line ``fscnn: error: ...`` on stderr and exit with status 2: those are the
+errors a subcommand raises as :class:`~fscnn.errors.CommandError` (the library calls that check
+the user's input are wrapped in :func:`~fscnn.errors.as_command_error`), argparse's, and an
+``OSError`` naming a file. Any other exception is an internal error and keeps its traceback.
 """
 import argparse
-import importlib.util
 import math
 import os
 import sys
+import warnings
 
 from . import __version__
+from ._table import format_table
+from .errors import CommandError, as_command_error
 
 __all__ = ["main", "build_parser", "format_table", "CommandError", "SUBCOMMANDS"]
-
-
-class CommandError(Exception):
-    """A user mistake found while running a subcommand; printed as one line, exit status 2."""
 
 
 class _UsageError(Exception):
@@ -28,51 +29,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise _UsageError(message)
-
-
-def format_table(headers, rows, align=None):
-    """Format rows of cells as a text table with aligned columns.
-
-    Parameters
-    ----------
-    headers : sequence of str
-    rows : iterable of (sequence or None)
-        Cells are formatted with ``str``; ``None`` draws a rule (e.g. before a total).
-    align : str, optional
-        One letter per column, ``"l"`` or ``"r"``. Default: first column left, others right.
-
-    Returns
-    -------
-    str
-        The table, lines joined by newlines, no trailing newline.
-
-    Examples
-    --------
-    >>> print(format_table(["layer", "params"], [["conv", "864"], None, ["total", "864"]]))
-    layer  params
-    -----  ------
-    conv      864
-    -----  ------
-    total     864
-    """
-    align = align or "l" + "r" * (len(headers) - 1)
-    if len(align) != len(headers) or set(align) - set("lr"):
-        raise ValueError(f"align must have one 'l' or 'r' per column ({len(headers)}), "
-                         f"received {align!r}")
-    rows = [None if row is None else [str(cell) for cell in row] for row in rows]
-    for row in rows:
-        if row is not None and len(row) != len(headers):
-            raise ValueError(f"expected {len(headers)} cells per row, received {row}")
-    widths = [max([len(h)] + [len(row[i]) for row in rows if row is not None])
-              for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w)
-                         for c, w, a in zip(cells, widths, align)).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule] + [rule if row is None else line(row)
-                                              for row in rows])
 
 
 def _count(n):
@@ -117,61 +73,51 @@ def _positive_int(text):
     return value
 
 
-def _zoo():
-    """name -> builder of the model zoo; empty when ``fscnn.models`` is not installed.
-
-    The builders are the lower-case names in ``fscnn.models.__all__`` (``vgg16``, ...).
-    """
-    if importlib.util.find_spec("fscnn.models") is None:
-        return {}
-    from . import models
-
-    return {name: getattr(models, name) for name in getattr(models, "__all__", ())
-            if name.islower()}
-
-
 def _build_model(name):
-    zoo = _zoo()
-    if name not in zoo:
-        known = ", ".join(sorted(zoo)) or "none, fscnn.models is not installed"
-        raise CommandError(f"unknown model {name!r} (models: {known})")
-    return zoo[name]()
+    from .bench import zoo_model
+    return zoo_model(name)
 
 
 def _output_positions(model, input_size):
     """Output positions per image of each convolution (Ho*Wo) and linear layer (1).
 
-    Runs the model once on zeros of shape (1, C, S, S) (or (1, I) when its first layer is a
+    Runs the model once on zeros of one image (``bench.input_shape``: (1, C, S, S) for the
+    zoo's models, the declared input of a graph; (1, I) when a zoo model's first layer is a
     linear one) and reads each layer's input shapes from ``model.plan()``.
 
     Parameters
     ----------
     model : fscnn.nn.Module
     input_size : int
-        S.
+        S, for the free image sizes.
 
     Returns
     -------
     dict
-        weight name (``"<layer>.weight"``) -> int, summed over the layer's input shapes.
+        state_dict key of each layer's weight -> int, summed over the layer's input shapes.
     """
     import numpy as np
 
+    from .bench import input_shape
     from .functional._validate import sliding_output_hw
+    from .nn import Graph, LayerInputError
 
     modules = dict(model.named_modules())
     layers = [m for m in modules.values() if np.ndim(getattr(m, "weight", None)) in (2, 4)]
     if not layers:
         return {}
     weight_shape = np.shape(layers[0].weight)
-    if len(weight_shape) == 4:
+    if isinstance(model, Graph):
+        shape = input_shape(model, 1, input_size)
+    elif len(weight_shape) == 4:
         shape = (1, getattr(layers[0], "in_channels", weight_shape[1]), input_size, input_size)
     else:
         shape = (1, weight_shape[1])
-    try:
+    with as_command_error(LayerInputError,
+                          context=f"the model cannot run on inputs of shape {shape}"):
         model.prepare(input_shape=shape, kernel="dense")
-    except ValueError as exc:
-        raise CommandError(f"the model cannot run on inputs of shape {shape}: {exc}") from exc
+    key_of = {id(module): key for key, (module, attribute, _) in model._state_slots().items()
+              if attribute == "weight"}
     positions = {}
     for row in model.plan():
         layer = modules[row.name]
@@ -183,7 +129,7 @@ def _output_positions(model, input_size):
                                                      layer.dilation))
             else:  # a linear layer maps every row of (N, *, I) inputs
                 total += math.prod(in_shape[1:-1])
-        positions[f"{row.name}.weight" if row.name else "weight"] = total
+        positions[key_of[id(layer)]] = total
     return positions
 
 
@@ -204,11 +150,19 @@ def _check_same_layers(state_dict, model_state, model_name):
 def _run_info(args):
     import numpy as np
 
-    from .io import encoded_nbytes, load
+    from .bench import is_model_file, load_model_file
+    from .io import ArchiveError, encoded_nbytes, load
     from .prune import prunable_names
 
-    if os.path.isfile(args.target) or args.target.endswith(".npz"):
-        state_dict = load(args.target)
+    if is_model_file(args.target):
+        if args.model:
+            raise CommandError(f"{args.target} holds a whole model: --model ARCH is for "
+                               "archives of weights only")
+        model = load_model_file(args.target)
+        state_dict = model.state_dict()
+    elif os.path.isfile(args.target) or args.target.endswith(".npz"):
+        with as_command_error(ArchiveError):
+            state_dict = load(args.target)
         model = _build_model(args.model) if args.model else None
         if model is not None:
             _check_same_layers(state_dict, model.state_dict(), args.model)
@@ -234,7 +188,7 @@ def _run_info(args):
             row += ["", ""] if flops is None else [_flops(f) for f in flops]
         return row
 
-    names = prunable_names(state_dict)
+    names = prunable_names(model if model is not None else state_dict)
     rows, total_flops = [], [0, 0]
     for name in names:
         weight = np.asarray(state_dict[name])
@@ -262,22 +216,61 @@ def _run_info(args):
 
 
 def _run_prune(args):
-    from .io import load, save
-    from .prune import format_sparsity_report, prune, sparsity_report
+    from .bench import is_model_file, load_model_file
+    from .io import ArchiveError, load, save
+    from .prune import PruningWarning, format_sparsity_report, prune, sparsity_report
 
     if args.sparsity is None and ":" not in args.pattern:
         raise CommandError("--sparsity is required unless --pattern is N:M (e.g. 2:4)")
     keep = [name for group in args.keep for name in group.split(",") if name]
-    state_dict = load(args.input)
-    try:
-        prune(state_dict, args.sparsity, scope="global" if args.global_ else "layer",
+    onnx_out = args.output.lower().endswith(".onnx")
+    if args.output.lower().endswith(".tflite"):
+        raise CommandError("fscnn writes .onnx files (from an .onnx input) and .npz archives, "
+                           "not .tflite")
+    if onnx_out and not args.input.lower().endswith(".onnx"):
+        raise CommandError(f"{args.output}: an .onnx output needs an .onnx input (the pruned "
+                           f"weights are written into a copy of it)")
+    if is_model_file(args.input):
+        target = load_model_file(args.input)  # a graph, pruned in place
+    else:
+        with as_command_error(ArchiveError):
+            target = load(args.input)
+    # prune validates the options and the weights (a bad --pattern or --keep, an integer or
+    # NaN weight in the user's file)
+    with as_command_error(ValueError, TypeError, context=args.input), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PruningWarning)
+        prune(target, args.sparsity, scope="global" if args.global_ else "layer",
               keep=keep, pattern=args.pattern, inplace=True)
-    except TypeError as exc:  # a weight of the wrong dtype in the user's file
-        raise CommandError(f"{args.input}: {exc}") from exc
-    save(state_dict, args.output)
-    print(format_sparsity_report(sparsity_report(state_dict)))
+    for warning in caught:
+        print(f"fscnn: warning: {warning.message}", file=sys.stderr)
+    if onnx_out:
+        _write_pruned_onnx(args.input, target, args.output)
+    else:
+        save(target, args.output)  # a graph: the whole model, loadable with fscnn.load_model
+    print(format_sparsity_report(sparsity_report(target)))
     print(f"wrote {args.output} ({_bytes(os.path.getsize(args.output))})")
     return 0
+
+
+def _write_pruned_onnx(source, graph, path):
+    """Write ``source`` (an ONNX file) with ``graph``'s pruned weights, atomically."""
+    import secrets
+
+    from .importers.onnx import replace_weights
+    from .prune import prunable_names
+
+    state = graph.state_dict()
+    model = replace_weights(source, {k: state[k] for k in prunable_names(graph)})
+    tmp = f"{path}.{secrets.token_hex(6)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def add_info_parser(subparsers):
@@ -288,10 +281,12 @@ def add_info_parser(subparsers):
                     "as stored by fscnn.io.save, and (for a model) dense and sparse FLOPs of "
                     "one image. FLOPs count 2 per multiply-add of convolution and linear "
                     "weights.")
-    parser.add_argument("target", metavar="MODEL|WEIGHTS.npz",
-                        help="a model name of fscnn.models or a .npz archive")
+    parser.add_argument("target", metavar="MODEL|FILE",
+                        help="a model name of fscnn.models, a model file (.onnx, .tflite, or "
+                             "a whole-model .npz written by fscnn.save/fscnn prune) or a .npz "
+                             "archive of weights")
     parser.add_argument("--model", metavar="ARCH",
-                        help="architecture of a .npz archive, to count its FLOPs")
+                        help="architecture of a .npz archive of weights, to count its FLOPs")
     parser.add_argument("--input-size", type=_positive_int, default=224, metavar="S",
                         help="image height and width for FLOPs (default: 224)")
     parser.set_defaults(run=_run_info)
@@ -300,11 +295,20 @@ def add_info_parser(subparsers):
 def add_prune_parser(subparsers):
     """Register ``fscnn prune``."""
     parser = subparsers.add_parser(
-        "prune", help="magnitude-prune the weights of a .npz archive",
+        "prune", help="magnitude-prune a model file or the weights of a .npz archive",
         description="Zero the smallest-magnitude convolution and linear weights of IN and "
-                    "write OUT in fscnn's compact archive format; print a sparsity report.")
-    parser.add_argument("input", metavar="IN.npz")
-    parser.add_argument("output", metavar="OUT.npz")
+                    "write OUT; print a sparsity report. IN is a model file (.onnx, .tflite, "
+                    "a whole-model .npz) or a .npz of weights. OUT is an .npz in fscnn's "
+                    "compact archive format (a whole model when IN is one: fscnn bench and "
+                    "fscnn.load_model take it) or, for an .onnx IN, an .onnx file any ONNX "
+                    "runtime loads.")
+    parser.add_argument("input", metavar="IN",
+                        help="what to prune: an .onnx, .tflite or whole-model .npz file, or a "
+                             ".npz of named arrays (np.savez of a state_dict) / fscnn archive")
+    parser.add_argument("output", metavar="OUT",
+                        help="where to write the result: .npz (fscnn archive; read weights "
+                             "with fscnn.load, models with fscnn.load_model) or .onnx (for an "
+                             ".onnx IN)")
     parser.add_argument("--sparsity", type=_fraction, metavar="S",
                         help="fraction of weights to zero, in [0, 1] (implied by N:M)")
     parser.add_argument("--global", dest="global_", action="store_true",
@@ -319,8 +323,9 @@ def add_prune_parser(subparsers):
 
 def _run_bench(args):
     from . import bench
-    compare = [c for c in args.compare.split(",") if c]
-    report = bench.run(args.target, arch=args.model, sparsity=args.sparsity, batch=args.batch,
+    compare = None if args.compare is None else [c for c in args.compare.split(",") if c]
+    sparsity = "default" if args.sparsity is None else args.sparsity
+    report = bench.run(args.target, arch=args.model, sparsity=sparsity, batch=args.batch,
                        threads=args.threads, input_size=args.input_size, warmup=args.warmup,
                        iterations=args.iterations, seconds=args.time, compare=compare,
                        per_layer=args.per_layer, kernel=args.kernel,
@@ -336,30 +341,43 @@ def add_bench_parser(subparsers):
     """Register ``fscnn bench``."""
     parser = subparsers.add_parser(
         "bench", help="time a pruned model against PyTorch and the dense path (the main job)",
-        description="Build MODEL (default vgg16, random weights) or load WEIGHTS.npz, prune it "
-                    "to --sparsity by magnitude, check fscnn's output against PyTorch (or "
-                    "fscnn's dense path without torch), then time fscnn and the comparisons "
-                    "round-robin on the same input and print latency statistics and speed-ups.")
-    parser.add_argument("target", nargs="?", default="vgg16", metavar="MODEL|WEIGHTS.npz",
-                        help="a model name of fscnn.models or a .npz archive (default: vgg16)")
-    parser.add_argument("--model", metavar="ARCH", help="architecture of a .npz archive")
-    parser.add_argument("--sparsity", type=_fraction, default=0.9, metavar="S",
+        description="Build MODEL (default vgg16, random weights, pruned to 90%) or load a "
+                    "model file or WEIGHTS.npz (measured as given), prune to --sparsity by "
+                    "magnitude when given, check fscnn's output against the model's own "
+                    "runtime (PyTorch for the zoo, ONNX Runtime for an .onnx file, LiteRT for "
+                    "a .tflite file; fscnn's dense path otherwise), then time fscnn and the "
+                    "comparisons round-robin on the same input and print latency statistics "
+                    "and speed-ups.")
+    parser.add_argument("target", nargs="?", default="vgg16", metavar="MODEL|FILE",
+                        help="a model name of fscnn.models, a model file (.onnx, .tflite, or a "
+                             "whole-model .npz written by fscnn.save/fscnn prune) or a .npz "
+                             "archive of weights with --model (default: vgg16)")
+    parser.add_argument("--model", metavar="ARCH",
+                        help="architecture of a .npz archive of weights")
+    parser.add_argument("--sparsity", type=_fraction, metavar="S",
                         help="magnitude-prune every conv/linear weight to this fraction of "
-                             "zeros (default 0.9)")
+                             "zeros (default: 0.9 for a model name, whose weights are random; "
+                             "the weights of a .npz archive are measured as given)")
     parser.add_argument("--keep", action="append", default=[], metavar="NAME,...",
                         help="layers kept dense when pruning; repeatable")
-    parser.add_argument("--batch", type=_positive_int, default=1, metavar="N")
+    parser.add_argument("--batch", type=_positive_int, default=1, metavar="N",
+                        help="images per call (default 1)")
     parser.add_argument("--threads", type=_positive_int, metavar="T",
                         help="threads for fscnn and every comparison (default: all usable cores)")
-    parser.add_argument("--input-size", type=_positive_int, default=224, metavar="H")
+    parser.add_argument("--input-size", type=_positive_int, default=224, metavar="H",
+                        help="image height and width: the input is (N, 3, H, H), or a model "
+                             "file's declared input with its free sizes set to H (default 224)")
     parser.add_argument("--warmup", type=int, default=2, metavar="W", help="untimed rounds")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--iterations", type=_positive_int, metavar="I", help="timed rounds")
     group.add_argument("--time", type=float, default=10.0, metavar="SEC",
                        help="time budget of the timed rounds when --iterations is not given "
                             "(default 10)")
-    parser.add_argument("--compare", default="torch,dense", metavar="LIST",
-                        help="comparisons among torch, onnxruntime, dense (default torch,dense)")
+    parser.add_argument("--compare", metavar="LIST",
+                        help="comparisons among torch, onnxruntime, litert, dense (default: "
+                             "torch,dense for a zoo model; onnxruntime,dense for an .onnx "
+                             "file, run by ONNX Runtime with the same pruned weights; "
+                             "litert,dense for a .tflite file; dense for an .npz model)")
     parser.add_argument("--kernel", choices=("auto", "sparse", "dense", "winograd", "depthwise"),
                         default="auto",
                         help="fscnn's kernel choice per layer (default auto: timed; winograd: "
@@ -367,7 +385,8 @@ def add_bench_parser(subparsers):
                              "convolutions, auto elsewhere)")
     parser.add_argument("--per-layer", action="store_true",
                         help="add a per-layer table: shape, sparsity, kernel, time, GFLOP/s")
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of a zoo model's random weights and of the input (default 0)")
     parser.add_argument("--json", metavar="OUT.json", help="also write the report as JSON")
     parser.set_defaults(run=_run_bench)
 
@@ -375,7 +394,7 @@ def add_bench_parser(subparsers):
 # The subcommands, in the order ``fscnn --help`` lists them. To add one, write
 # ``add_<name>_parser(subparsers)`` like the functions above: ``subparsers.add_parser(...)``,
 # its arguments, and ``set_defaults(run=handler)`` where ``handler(args) -> int`` prints its
-# output and raises CommandError, ValueError or OSError for user mistakes; then append it here.
+# output and raises CommandError (or OSError for a file) for user mistakes; then append it here.
 SUBCOMMANDS = [add_bench_parser, add_info_parser, add_prune_parser]
 
 
@@ -409,10 +428,11 @@ def main(argv=None):
         except SystemExit as exc:  # --help and --version print and exit
             return exc.code if isinstance(exc.code, int) else 0
         return args.run(args)
-    except OSError as exc:
-        message = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else exc
-        return _fail(message)
-    except (_UsageError, CommandError, ValueError) as exc:
+    except OSError as exc:  # a file the user named cannot be read or written
+        if not exc.filename:
+            raise
+        return _fail(f"{exc.filename}: {exc.strerror}" if exc.strerror else exc)
+    except (_UsageError, CommandError) as exc:
         return _fail(exc)
 
 

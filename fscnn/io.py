@@ -8,6 +8,11 @@ An archive is a plain NumPy ``.npz`` file (a zip of ``.npy`` members, no pickles
 ``__fscnn_format__``
     int64 scalar, the format version (1). A ``.npz`` without it is read as a plain dense
     archive, e.g. one written by ``np.savez(path, **state_dict)``.
+``__fscnn_graph__``
+    optional, uint8 of shape (n,): the UTF-8 JSON of :meth:`fscnn.nn.Graph.spec` (layer type
+    names from a fixed list, constructor arguments, value names), present when the archive
+    holds a whole model (an imported graph): :func:`load_model` rebuilds it without the
+    packages it was imported with.
 ``NAME``
     a tensor stored dense, with its own dtype and shape.
 ``NAME::shape``, ``NAME::values`` and exactly one of ``NAME::delta16``, ``NAME::index32``,
@@ -23,15 +28,27 @@ An archive is a plain NumPy ``.npz`` file (a zip of ``.npy`` members, no pickles
     - ``bitmask``: uint8 of shape (ceil(numel / 8),), ``np.packbits`` (big bit order) of the
       stored-entry mask; padding bits are zero and k bits are set.
 
-An entry is stored when its bit pattern is not all zeros, so ``-0.0`` and NaN survive and a
-round trip is bit-exact. ``save`` stores a tensor sparse when at least ``min_sparsity`` of its
+An entry is stored when it is not zero: ``-0.0`` is a zero like ``+0.0`` (PyTorch's pruning,
+``weight * mask``, leaves ``-0.0`` in place of every pruned negative weight, about half of
+them) and loads as ``+0.0``, as ``CSRMatrix.from_dense`` drops it too; NaN is stored. A round
+trip is bit-exact but for the sign of zeros in sparse-stored tensors (dense-stored tensors
+are written as they are). ``save`` stores a tensor sparse when at least ``min_sparsity`` of its
 entries are zero and the smallest of the three encodings, plus about 600 bytes for the two
-extra members, is smaller than the dense bytes.
-Names may not contain ``::`` nor start with ``__fscnn``. Allowed dtypes: bool, (u)int8-64,
-float16/32/64.
+extra members, is smaller than the dense bytes. Archives holding stored ``-0.0`` entries
+(written before zeros were compared by value) load unchanged.
+Names may not start with ``__fscnn``. Allowed dtypes: bool, (u)int8-64, float16/32/64.
+
+Format version 2
+----------------
+Version 1 with every name percent-encoded for ``%`` and ``:`` (``%25``, ``%3A``), so that
+names holding ``::`` (ONNX exporters write ``onnx::Conv_193``) or ``:`` (TFLite's tensor
+names) are stored. ``save`` writes version 1 whenever no name holds ``%`` or ``:``, so such
+archives stay readable by fscnn versions that know version 1 only.
 """
+import json
 import math
 import os
+import re
 import secrets
 import tokenize
 import zipfile
@@ -41,11 +58,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["ArchiveError", "FORMAT_KEY", "FORMAT_VERSION", "save", "load", "encoded_nbytes",
-           "state_dict_of"]
+__all__ = ["ArchiveError", "FORMAT_KEY", "FORMAT_VERSION", "GRAPH_KEY", "save", "load",
+           "load_model", "holds_model", "decode", "is_encoded", "encoded_nbytes", "state_dict_of"]
 
 FORMAT_KEY = "__fscnn_format__"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)  # what load reads
+GRAPH_KEY = "__fscnn_graph__"
+_MAX_GRAPH_BYTES = 64 << 20  # a model description larger than this is not one fscnn wrote
 _RESERVED_PREFIX = "__fscnn"
 _SEP = "::"
 _DELTA_MAX = np.iinfo(np.uint16).max
@@ -132,9 +152,9 @@ def _encode(array, min_sparsity):
     flat = np.ascontiguousarray(array).reshape(-1)
     if flat.size == 0:
         return None
-    positions = np.flatnonzero(flat.view(f"u{flat.dtype.itemsize}"))
+    positions = np.flatnonzero(flat)  # by value: -0.0 is a zero, NaN is not
     return _encode_positions(positions, lambda p: flat[p], flat.size, flat.dtype, min_sparsity,
-                             lambda: np.packbits(flat.view(f"u{flat.dtype.itemsize}") != 0))
+                             lambda: np.packbits(flat != 0))
 
 
 def _encode_positions(positions, values_at, numel, dtype, min_sparsity, bitmask):
@@ -176,7 +196,7 @@ def _encode_rows(weight, min_sparsity):
     if numel == 0:
         return None
     data = csr.data
-    stored = data.view(np.uint32) != 0  # an explicit +0.0 is not stored, as from dense
+    stored = data != 0  # an explicit +0.0 or -0.0 is not stored, as from dense
     rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(csr.indptr))
     positions = rows * n_cols + csr.indices
     del rows
@@ -221,17 +241,22 @@ def encoded_nbytes(array, min_sparsity=0.5):
     return encoded[1].nbytes + encoded[2].nbytes + 8 * array.ndim
 
 
-def _members(state_dict, min_sparsity):
-    """The (key, array) pairs that represent ``state_dict`` in an archive."""
+def _members(state_dict, min_sparsity, spec=None):
+    """The (key, array) pairs that represent ``state_dict`` (and a graph's ``spec``) in an
+    archive."""
     from .sparse import CSRMatrix, SparseConvWeight
-    yield FORMAT_KEY, np.array(FORMAT_VERSION, dtype=np.int64)
-    stored = getattr(state_dict, "stored", None)  # a model's StateDict: sparse weights as held
     for name in state_dict:
-        value = stored(name) if stored is not None else state_dict[name]
-        if not isinstance(name, str) or not name or _SEP in name \
-                or name.startswith(_RESERVED_PREFIX):
-            raise ValueError(f"cannot save key {name!r}: expected a non-empty str without "
-                             f"{_SEP!r} that does not start with {_RESERVED_PREFIX!r}")
+        if not isinstance(name, str) or not name or name.startswith(_RESERVED_PREFIX):
+            raise ValueError(f"cannot save key {name!r}: expected a non-empty str that does "
+                             f"not start with {_RESERVED_PREFIX!r}")
+    escape = any("%" in name or ":" in name for name in state_dict)
+    yield FORMAT_KEY, np.array(2 if escape else 1, dtype=np.int64)
+    if spec is not None:
+        yield GRAPH_KEY, np.frombuffer(json.dumps(spec).encode("utf-8"), dtype=np.uint8)
+    stored = getattr(state_dict, "stored", None)  # a model's StateDict: sparse weights as held
+    for key in state_dict:
+        value = stored(key) if stored is not None else state_dict[key]
+        name = key.replace("%", "%25").replace(":", "%3A") if escape else key
         if isinstance(value, (CSRMatrix, SparseConvWeight)):
             value.check_format(full=False)
             encoded = _encode_rows(value, min_sparsity)
@@ -258,7 +283,9 @@ def _members(state_dict, min_sparsity):
 
 
 def save(model_or_state_dict, path, *, min_sparsity=0.5, compress=False):
-    """Write a state_dict to a ``.npz`` archive, storing sparse tensors compactly.
+    """Write a state_dict to a ``.npz`` archive, storing sparse tensors compactly; for a
+    graph model (:class:`fscnn.nn.Graph`, e.g. an imported ONNX or TFLite model) the archive
+    holds the whole model, which :func:`load_model` rebuilds.
 
     The archive is written to a temporary file next to ``path`` and renamed into place, so
     an existing file is replaced only by a complete archive. See the module docstring for the format.
@@ -279,6 +306,8 @@ def save(model_or_state_dict, path, *, min_sparsity=0.5, compress=False):
         Deflate the zip members (as ``np.savez_compressed``); slower to read and write.
     """
     state_dict = state_dict_of(model_or_state_dict)
+    spec_of = getattr(model_or_state_dict, "spec", None)  # a Graph: the whole model
+    spec = spec_of() if callable(spec_of) else None
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], received {min_sparsity!r}")
     path = os.fspath(path)
@@ -291,7 +320,7 @@ def save(model_or_state_dict, path, *, min_sparsity=0.5, compress=False):
         raise type(exc)(exc.errno, exc.strerror, path) from exc
     try:
         with f, zipfile.ZipFile(f, "w", compression=method, allowZip64=True) as zf:
-            for key, array in _members(state_dict, min_sparsity):
+            for key, array in _members(state_dict, min_sparsity, spec):
                 with zf.open(key + ".npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, array, allow_pickle=False)
         os.replace(tmp, path)
@@ -373,7 +402,7 @@ def _read_member(path, zf, info):
     if fortran:
         data = data.reshape(shape[::-1]).T
     else:
-        data = data.reshape(shape)
+        data.shape = shape  # not a view: an array owning its memory is frozen without a copy
     return data.astype(dtype.newbyteorder("="), copy=False)
 
 
@@ -539,13 +568,19 @@ def _assemble(path, arrays, max_bytes, sparse=False):
     """Turn the archive's arrays (key -> array, file order) into name -> dense array (or,
     with ``sparse``, compressed rows for sparse-stored 2-D and 4-D float tensors)."""
     tagged = FORMAT_KEY in arrays
+    escaped = False
     if tagged:
         version = arrays.pop(FORMAT_KEY)
         if version.shape != () or version.dtype.kind not in "iu" \
-                or int(version) != FORMAT_VERSION:
+                or int(version) not in FORMAT_VERSIONS:
             raise ArchiveError(path, FORMAT_KEY, f"unsupported format version {version.tolist()!r} "
-                                                 f"({version.dtype}): this fscnn reads version "
-                                                 f"{FORMAT_VERSION}")
+                                                 f"({version.dtype}): this fscnn reads versions "
+                                                 f"{', '.join(map(str, FORMAT_VERSIONS))}")
+        escaped = int(version) == 2
+    graph = arrays.pop(GRAPH_KEY, None)
+    if graph is not None and not tagged:
+        raise ArchiveError(path, GRAPH_KEY, f"a model description needs the {FORMAT_KEY!r} "
+                                            "key, which is missing")
     groups = OrderedDict()
     for key, array in arrays.items():
         name, sep, field = key.partition(_SEP)
@@ -561,12 +596,14 @@ def _assemble(path, arrays, max_bytes, sparse=False):
         if ("" in group) if sep else bool(group):
             raise ArchiveError(path, key, f"{name!r} is stored both dense and sparse")
         group[field if sep else ""] = array
+    if escaped:  # version 2: names are percent-encoded for '%' and ':'
+        groups = OrderedDict((_unescape(path, name), fields) for name, fields in groups.items())
     result = OrderedDict()
     budget = max_bytes
     for name, fields in groups.items():
         if "" in fields:
             result[name] = fields[""]
-        elif sparse and _decodes_to_rows(fields):
+        elif (sparse is True or (sparse and name in sparse)) and _decodes_to_rows(fields):
             result[name] = _decode_rows(path, name, fields, budget)
         else:
             result[name] = _decode_sparse(path, name, fields, budget)
@@ -575,6 +612,80 @@ def _assemble(path, arrays, max_bytes, sparse=False):
             raise ArchiveError(path, name, f"the tensors take more than max_bytes={max_bytes} "
                                            "bytes (pass a larger max_bytes to load them)")
     return result
+
+
+def _unescape(path, name):
+    if re.search(r"%(?!25|3A)", name):
+        raise ArchiveError(path, name, "invalid escape in a version-2 name (only %25 and %3A "
+                                       "are written)")
+    return name.replace("%3A", ":").replace("%25", "%")
+
+
+def is_encoded(mapping):
+    """Whether ``mapping`` holds an archive's members as `save` wrote them (it has the
+    ``__fscnn_format__`` key), e.g. ``np.load(path)`` of such an archive."""
+    keys = mapping.keys() if hasattr(mapping, "keys") else ()
+    return FORMAT_KEY in keys
+
+
+def decode(members, *, sparse=False, max_bytes=None):
+    """The state_dict that an archive's members stand for, as `load` returns it.
+
+    For archives opened another way than `load`, e.g. ``np.load(path)`` of a file that
+    `save` wrote (its sparse tensors appear as ``NAME::shape``, ``NAME::values`` and an index
+    member). Every member is checked as `load` checks it.
+
+    Parameters
+    ----------
+    members : mapping of str -> array
+    sparse, max_bytes
+        As in `load` (``max_bytes`` defaults to ``max(2**30, 64 * bytes of the members)``).
+
+    Returns
+    -------
+    OrderedDict
+
+    Raises
+    ------
+    ArchiveError
+        The members do not form a valid archive.
+    """
+    where = getattr(getattr(members, "zip", None), "filename", None) or "archive members"
+    arrays = OrderedDict()
+    for key in members.keys():
+        array = np.asarray(members[key])
+        if not _check_dtype(array.dtype):
+            raise ArchiveError(where, key, "expected a bool, integer or float16/32/64 array, "
+                                           f"received dtype {array.dtype}")
+        arrays[key] = array.astype(array.dtype.newbyteorder("="), copy=False)
+    if max_bytes is None:
+        max_bytes = max(_MIN_BYTES_LIMIT,
+                        _BYTES_PER_FILE_BYTE * sum(a.nbytes for a in arrays.values()))
+    return _assemble(where, arrays, max_bytes, sparse=bool(sparse))
+
+
+def _read(path, max_bytes):
+    """(the archive's arrays by key in file order, the max_bytes bound applied)."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        if max_bytes is None:
+            max_bytes = max(_MIN_BYTES_LIMIT, _BYTES_PER_FILE_BYTE * file_size)
+        key = None
+        try:
+            with zipfile.ZipFile(f) as zf:
+                infos = zf.infolist()
+                _check_zip_entries(path, infos, file_size, max_bytes)
+                arrays = OrderedDict()
+                for info in infos:
+                    key = info.filename[:-4]
+                    arrays[key] = _read_member(path, zf, info)
+        except ArchiveError:
+            raise
+        except _CORRUPT as exc:
+            what = "not a valid .npz (zip) archive" if key is None else "unreadable member"
+            raise ArchiveError(path, key, f"{what}: {exc}") from exc
+    return arrays, max_bytes
 
 
 def load(path, *, max_bytes=None, sparse=False):
@@ -611,23 +722,100 @@ def load(path, *, max_bytes=None, sparse=False):
     OSError
         The file cannot be opened (missing, a directory, no permission).
     """
+    arrays, max_bytes = _read(path, max_bytes)
+    return _assemble(os.fspath(path), arrays, max_bytes, sparse=bool(sparse))
+
+
+MODEL_SUFFIXES = (".onnx", ".tflite", ".npz")
+
+
+def load_model(path, *, max_bytes=None, sparse=True, input_shapes=None):
+    """A runnable model from a file: a whole-model archive written by :func:`save` (no
+    optional package needed), an ONNX file (:func:`fscnn.from_onnx`) or a TFLite file
+    (:func:`fscnn.from_tflite`), by its suffix.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    max_bytes : int, optional
+        As in :func:`load`, for archives.
+    sparse : bool, default True
+        Archives: load the convolution and linear weights that are stored sparse as
+        compressed rows (as :func:`load` with ``sparse=True``), never densified.
+    input_shapes : optional
+        ONNX files: as in :func:`fscnn.from_onnx`.
+
+    Returns
+    -------
+    fscnn.nn.Graph
+
+    Raises
+    ------
+    ArchiveError
+        An archive is corrupt, holds weights only (no model: load those into a model with
+        ``model.load_state_dict(fscnn.load(path))``), or its model description is invalid.
+    fscnn.ModelImportError
+        An ONNX or TFLite file cannot be imported.
+    ValueError
+        The suffix is none of ``.npz``, ``.onnx``, ``.tflite``.
+    """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        file_size = os.fstat(f.fileno()).st_size
-        if max_bytes is None:
-            max_bytes = max(_MIN_BYTES_LIMIT, _BYTES_PER_FILE_BYTE * file_size)
-        key = None
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".onnx":
+        from .importers.onnx import from_onnx
+        return from_onnx(path, input_shapes=input_shapes)
+    if suffix == ".tflite":
+        from .importers.tflite import from_tflite
+        return from_tflite(path)
+    if suffix != ".npz":
+        raise ValueError(f"{path}: expected a .npz archive, an .onnx or a .tflite file")
+    from .nn.graph import LAYERS, Graph, GraphError
+    arrays, max_bytes = _read(path, max_bytes)
+    if GRAPH_KEY not in arrays:
+        raise ArchiveError(path, None, "holds weights only, no model description: load them "
+                                       "into a model with model.load_state_dict(fscnn.load("
+                                       "path)) (fscnn bench/info: give --model ARCH)")
+    spec = _graph_spec(path, arrays[GRAPH_KEY])
+    weights = set()
+    if sparse:  # the weights a layer can hold sparse; other 2-D/4-D tensors stay dense
         try:
-            with zipfile.ZipFile(f) as zf:
-                infos = zf.infolist()
-                _check_zip_entries(path, infos, file_size, max_bytes)
-                arrays = OrderedDict()
-                for info in infos:
-                    key = info.filename[:-4]
-                    arrays[key] = _read_member(path, zf, info)
-        except ArchiveError:
-            raise
-        except _CORRUPT as exc:
-            what = "not a valid .npz (zip) archive" if key is None else "unreadable member"
-            raise ArchiveError(path, key, f"{what}: {exc}") from exc
-    return _assemble(path, arrays, max_bytes, sparse=bool(sparse))
+            for node in spec["nodes"]:
+                layer = LAYERS.get(node["op"])
+                held = getattr(layer, "_sparse_weights", {})
+                weights.update(key for attr, key in node.get("params", {}).items()
+                               if attr in held)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ArchiveError(path, GRAPH_KEY, f"malformed model description ({exc!r})") \
+                from None
+    tensors = _assemble(path, arrays, max_bytes, sparse=weights)
+    try:
+        return Graph.from_spec(spec, tensors)
+    except (GraphError, TypeError, ValueError, KeyError, MemoryError) as exc:
+        raise ArchiveError(path, GRAPH_KEY, f"invalid model description: {exc}") from None
+
+
+def holds_model(path):
+    """Whether the ``.npz`` at ``path`` is a whole-model archive (has a model description);
+    False for weights-only archives and for files that are no zip archive at all."""
+    try:
+        with zipfile.ZipFile(os.fspath(path)) as zf:
+            return GRAPH_KEY + ".npy" in zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _graph_spec(path, member):
+    if member.dtype != np.uint8 or member.ndim != 1 or member.size > _MAX_GRAPH_BYTES:
+        raise ArchiveError(path, GRAPH_KEY, f"expected UTF-8 JSON bytes (uint8 of shape (n,), "
+                                            f"n <= {_MAX_GRAPH_BYTES}), got {member.dtype} of "
+                                            f"shape {member.shape}")
+    try:
+        spec = json.loads(member.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ArchiveError(path, GRAPH_KEY, f"not a JSON model description ({exc})") from None
+    if not isinstance(spec, dict):
+        raise ArchiveError(path, GRAPH_KEY, "the model description is not a JSON object")
+    if spec.get("format") != 1:
+        raise ArchiveError(path, GRAPH_KEY, f"unsupported format {spec.get('format')!r} of the "
+                                            f"model description (this fscnn reads format 1)")
+    return spec

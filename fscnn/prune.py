@@ -9,24 +9,46 @@ hardware and ``torch.sparse.to_sparse_semi_structured`` group a KRSC/NHWC weight
 Ties between equal magnitudes are broken deterministically: the entry (or block) that comes
 first in the flattened C order of the weight is pruned first; with ``scope="global"``, layers
 count in state_dict order.
+
+The module itself is callable: ``fscnn.prune(model, 0.9)`` is ``fscnn.prune.prune(model,
+0.9)``, while ``fscnn.prune.sparsity_report`` and the other functions stay reachable.
 """
 import fnmatch
+import inspect
 import math
 import numbers
 import re
+import sys
+import types
+import warnings
 from collections import OrderedDict
 from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .cli import format_table
+from ._table import format_table
 from .io import state_dict_of
 
 __all__ = ["prune", "prunable_names", "sparsity_report", "format_sparsity_report",
-           "SparsityRow", "SparsityReport"]
+           "SparsityRow", "SparsityReport", "PruningWarning"]
 
 _PATTERN_NM = re.compile(r"([0-9]+):([0-9]+)")
 _PATTERN_BLOCK = re.compile(r"([0-9]+)x([0-9]+)")
+
+
+class PruningWarning(UserWarning):
+    """Global pruning zeroed every weight of a layer (see :func:`prune`)."""
+
+
+def _warn_if_emptied(before, weights):
+    """Warn about the weights of ``weights`` (name -> array) that had non-zeros (``before``:
+    name -> count) and have none left."""
+    emptied = [name for name, weight in weights.items()
+               if before[name] and not np.count_nonzero(weight)]
+    if emptied:
+        warnings.warn(f"global pruning zeroed every weight of {', '.join(map(repr, emptied))}: "
+                      "such a layer outputs only its bias; keep it dense (keep=...) or prune "
+                      "each layer to the sparsity (scope='layer')", PruningWarning, stacklevel=3)
 
 
 class SparsityRow(NamedTuple):
@@ -447,6 +469,9 @@ def prune(model_or_state_dict, sparsity=None, *, scope="layer", keep=(),
         may be None.
     scope : {"layer", "global"}
         Rank each weight on its own, or all of them against one threshold (not for N:M).
+        A global threshold can zero every weight of a layer whose weights are small (a
+        large, finely spread linear layer, say); that raises a :class:`PruningWarning`
+        naming the layers.
     keep : str or iterable of str
         Names or fnmatch patterns of weights kept dense; a pattern may name the weight
         (``"features.0.weight"``) or its layer (``"features.0"``, ``"classifier.*"``).
@@ -509,17 +534,27 @@ def prune(model_or_state_dict, sparsity=None, *, scope="layer", keep=(),
         if inplace and slots is None and state_dict is model_or_state_dict and \
                 not (weight is state_dict[name] and weight.flags.writeable):
             raise TypeError(f"{name!r}: inplace=True needs a writeable numpy array")
+    # a global threshold can take every weight of a layer whose weights are all small (at
+    # sparsity 1 that is what was asked)
+    before = ({name: np.count_nonzero(state_dict[name]) for name in pruned}
+              if scope == "global" and sparsity < 1 else None)
     if slots is not None:  # an fscnn model: zero its parameter arrays themselves
         with _Writeable(slots, pruned) as weights:
             _zero_in_place(weights, sparsity, scope, pattern)
+            if before is not None:
+                _warn_if_emptied(before, weights)
         return model_or_state_dict
     weights = {name: np.asarray(state_dict[name]) for name in pruned}
     if inplace and state_dict is model_or_state_dict:
         _zero_in_place(weights, sparsity, scope, pattern)
+        if before is not None:
+            _warn_if_emptied(before, weights)
         return state_dict
     result = OrderedDict(state_dict)
     for name, mask in _masks(weights, sparsity, scope, pattern):
         result[name] = np.where(mask, np.zeros((), weights[name].dtype), weights[name])
+    if before is not None:
+        _warn_if_emptied(before, {name: result[name] for name in pruned})
     if inplace:
         model_or_state_dict.load_state_dict(result)
         return model_or_state_dict
@@ -570,3 +605,14 @@ def format_sparsity_report(report):
     return format_table(["layer", "shape", "params", "nonzeros", "sparsity"],
                         [cells(r) for r in report.rows] + [None, cells(report.total)],
                         align="llrrr")
+
+
+class _CallableModule(types.ModuleType):
+    """The type of this module: calling it calls :func:`prune`."""
+
+    def __call__(self, *args, **kwargs):
+        return prune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+__signature__ = inspect.signature(prune)  # what help() and inspect show for fscnn.prune(...)

@@ -1,9 +1,11 @@
 """PyTorch versions of the zoo's architectures, in torchvision's exact layout and names.
 
-torchvision cannot be installed beside the PyTorch build this project tests against, so its
-VGG, ResNet and MobileNetV2 are rebuilt here with plain ``torch.nn`` and torchvision's module
-names and config tables. They are the reference that tests, ``fscnn bench`` and the benchmark
-scripts compare fscnn with. Importing this module does not import torch; calling does.
+torchvision's PyPI wheel depends on the CUDA build of torch, so ``fscnn bench`` and the
+benchmark scripts do not rely on it: VGG, ResNet and MobileNetV2 are rebuilt here with plain
+``torch.nn`` and torchvision's module names and config tables, as the PyTorch side of their
+comparisons. The tests check the zoo both against these and against torchvision's own
+definitions (``tests/test_torchvision.py``, torchvision installed with ``--no-deps``).
+Importing this module does not import torch; calling does.
 """
 from . import models as _models
 

@@ -17,8 +17,17 @@ largest output. NaN and infinities must appear at the same places in both arrays
 Fixtures: ``rng`` (a NumPy Generator seeded from the test's id, so every test is reproducible
 on its own), ``threads`` (runs the test with 1 and 2 kernel threads) and ``simd_level``
 (runs the test at every SIMD level the CPU supports). Plain helpers: :func:`sparse_weight`,
-:func:`torch_or_skip`, :func:`to_torch`.
+:func:`import_or_skip`, :func:`torch_or_skip`, :func:`import_torchvision`, :func:`to_torch`.
+
+Optional references (PyTorch, torchvision, ONNX Runtime, threadpoolctl, the notebooks'
+packages) skip the tests that need them when they are missing, except where they must be
+there: ``FSCNN_REQUIRE_<MODULE>=1`` (e.g. ``FSCNN_REQUIRE_TORCH=1``) or ``FSCNN_REQUIRE_ALL=1``
+turns that skip into a failure. ``.ci/run`` sets ``FSCNN_REQUIRE_ALL=1``, so CI cannot pass
+by skipping the comparisons with PyTorch and torchvision.
 """
+import contextlib
+import importlib
+import importlib.util
 import os
 import sys
 import zlib
@@ -113,9 +122,70 @@ def sparse_weight(shape, sparsity, rng, dtype=np.float32):
     return w.reshape(shape).astype(dtype)
 
 
+def required(module):
+    """Whether ``module`` must be importable here (``FSCNN_REQUIRE_<MODULE>=1`` or
+    ``FSCNN_REQUIRE_ALL=1``): then a test needing it fails instead of skipping."""
+    variable = "FSCNN_REQUIRE_" + module.upper().replace(".", "_")
+    return "1" in (os.environ.get(variable), os.environ.get("FSCNN_REQUIRE_ALL"))
+
+
+def import_or_skip(module, how=None):
+    """The module ``module``; when it cannot be imported, skip the calling test, or fail it
+    when the module is :func:`required`.
+
+    Parameters
+    ----------
+    module : str
+    how : str, optional
+        How to install it, added to the message.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        message = f"needs {module}{f' ({how})' if how else ''}: {exc}"
+        if required(module):
+            pytest.fail(f"{message}; FSCNN_REQUIRE_{module.upper()}=1 or FSCNN_REQUIRE_ALL=1 "
+                        "forbids skipping", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
 def torch_or_skip():
-    """The ``torch`` module, or skip the calling test when PyTorch is not installed."""
-    return pytest.importorskip("torch")
+    """The ``torch`` module, or skip the calling test when PyTorch is not installed (fail
+    when it is :func:`required`)."""
+    return import_or_skip("torch", "pip install torch==2.13.0")
+
+
+def import_torchvision():
+    """The ``torchvision`` module (for its model definitions), or skip / fail like
+    :func:`import_or_skip`.
+
+    PyPI's torchvision wheel is built against the CUDA build of torch; with the CPU build its
+    import fails registering fake kernels for its C++ operators (``operator torchvision::nms
+    does not exist``). Those operators (detection ops) are not needed for the classification
+    models, so ``torch.library.register_fake`` is a no-op decorator while torchvision is
+    imported, and restored afterwards. Tests only.
+    """
+    torch = torch_or_skip()
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"]
+    if importlib.util.find_spec("torchvision") is None:
+        return import_or_skip("torchvision", "pip install --no-deps torchvision==0.28.0")
+
+    def register_fake(op, func=None, *args, **kwargs):
+        return func if func is not None else (lambda f: f)
+
+    with _patched(torch.library, "register_fake", register_fake):
+        return import_or_skip("torchvision", "pip install --no-deps torchvision==0.28.0")
+
+
+@contextlib.contextmanager
+def _patched(owner, name, value):
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
 
 
 def to_torch(a):

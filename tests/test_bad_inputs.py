@@ -370,7 +370,7 @@ def test_layer_constructors(build, error, message):
 
 
 LAYER_CALLS = [
-    (lambda: nn.Conv2d(3, 4, 3), (3, 8, 8), "expected a 4-D input"),
+    (lambda: nn.Conv2d(3, 4, 3), (8, 8), "expected a 4-D input"),
     (lambda: nn.Conv2d(3, 4, 3), (1, 1, 3, 8, 8), "expected a 4-D input"),
     (lambda: nn.Conv2d(3, 4, 3), (1, 2, 8, 8), "expected 3 input channels, got 2"),
     (lambda: nn.Conv2d(3, 4, 3), (1, 3, 2, 9), "too small for kernel_size"),
@@ -379,9 +379,9 @@ LAYER_CALLS = [
     (lambda: nn.Linear(8, 2), (2, 7), r"expected an input of shape \(\*, 8\)"),
     (lambda: nn.Linear(8, 2), (), r"expected an input of shape \(\*, 8\)"),
     (lambda: nn.BatchNorm2d(3), (1, 2, 4, 4), "expected 3 input channels"),
-    (lambda: nn.BatchNorm2d(3), (3, 4, 4), "expected a 4-D input"),
+    (lambda: nn.BatchNorm2d(3), (4, 4), "expected a 4-D input"),
     (lambda: nn.MaxPool2d(9), (1, 3, 8, 8), "too small for kernel_size"),
-    (lambda: nn.AvgPool2d(2), (3, 8, 8), "expected a 4-D input"),
+    (lambda: nn.AvgPool2d(2), (1, 1, 3, 8, 8), "expected a 4-D input"),
     (lambda: nn.AdaptiveAvgPool2d(1), (1, 3, 0, 4), "non-zero height and width"),
     (lambda: nn.PReLU(3), (1, 2, 4), "expected 3 channels"),
     (lambda: nn.Softmax(4), (1, 3, 8, 8), "dim 4 is out of range"),
@@ -439,7 +439,7 @@ def zoo():
 @pytest.mark.parametrize("name, x, error, message", [
     ("resnet18", np.ones((1, 4, 32, 32)), ValueError,
      r"^conv1 \(Conv2d\): expected 3 input channels, got 4"),
-    ("resnet18", np.ones((3, 32, 32)), ValueError, r"^conv1 \(Conv2d\): expected a 4-D input"),
+    ("resnet18", np.ones((32, 32)), ValueError, r"^conv1 \(Conv2d\): expected a 4-D input"),
     ("resnet18", np.ones((1, 3, 32, 32), np.int64), TypeError, r"^conv1 \(Conv2d\)"),
     ("vgg11", np.ones((1, 3, 16, 16)), ValueError, r"^features\.\d+ \(MaxPool2d\): .*too small"),
     ("vgg11", np.ones((1, 1, 32, 32)), ValueError, r"^features\.0 \(Conv2d\): expected 3 input"),
@@ -514,13 +514,38 @@ def test_sparse_conv_weight_validates_its_parts(make):
 
 
 def test_corrupt_sparse_weights_are_refused_by_the_operators():
-    csr = CSRMatrix.from_dense(np.ones((2, 9), np.float32))
-    csr.indices = csr.indices.copy()
-    csr.indices[3] = 9  # out of range: the kernels would read past the input
+    good = CSRMatrix.from_dense(np.ones((2, 9), np.float32))
+    indices = good.indices.copy()
+    indices[3] = 9  # out of range: the kernels would read past the input
+    csr = CSRMatrix(good.indptr, indices, good.data, good.shape, check=None)
     with pytest.raises(FormatError, match="out of range"):
         Conv2dOp(SparseConvWeight(csr, (1, 3, 3)))
     with pytest.raises(FormatError, match="out of range"):
         LinearOp(csr)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_sparse_weights_given_to_operators_cannot_change_afterwards(kind):
+    """The operators check a sparse weight once; afterwards the user cannot write indices
+    past the input into it (the kernels would read out of bounds unchecked)."""
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    dense[np.abs(dense) < 1] = 0
+    if kind == "linear":
+        weight = CSRMatrix.from_dense(dense.reshape(6, 36))
+        op, x = LinearOp(weight), rng.standard_normal((2, 36)).astype(np.float32)
+    else:
+        weight = SparseConvWeight.from_dense(dense)
+        op, x = Conv2dOp(weight, padding=1), rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    before = op(x)
+    csr = getattr(weight, "csr", weight)
+    with pytest.raises(ValueError, match="read-only"):
+        csr.indices[0] = 60000
+    with pytest.raises(ValueError, match="read-only"):
+        csr.indptr[-1] = 10**9
+    with pytest.raises(AttributeError, match="immutable"):
+        csr.indices = np.full_like(csr.indices, 60000)
+    np.testing.assert_array_equal(op(x), before)
 
 
 # ------------------------------------------------------------------ fscnn.io.load

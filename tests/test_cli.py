@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import fscnn
-from fscnn import __version__, cli, nn
-from fscnn.cli import format_table, main
+from conftest import import_or_skip, torch_or_skip
+from fscnn import __version__, models, nn
+from fscnn._table import format_table
+from fscnn.cli import main
 from fscnn.io import load
 
 # where the fscnn under test lives: the source tree for an in-place build, site-packages for an
@@ -29,7 +31,7 @@ ZOO = {"toy": _toy, "nopad": lambda: nn.Sequential(nn.Conv2d(3, 4, 5))}
 
 @pytest.fixture(autouse=True)
 def toy_zoo(monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "_zoo", lambda: ZOO)
+    monkeypatch.setattr(models, "_BUILDERS", dict(models._BUILDERS, **ZOO))
     monkeypatch.chdir(tmp_path)
 
 
@@ -97,7 +99,8 @@ def _user_errors(dense, corrupt, ints, other):
         (["prune", dense, "no/such/dir/out.npz", "--sparsity", "0.5"],
          "No such file or directory"),
         (["info"], "the following arguments are required: MODEL|WEIGHTS.npz"),
-        (["info", "nosuchmodel"], "unknown model 'nosuchmodel' (models: nopad, toy)"),
+        (["info", "nosuchmodel"], "unknown model 'nosuchmodel' (models: mobilenet_v2, nopad, "
+                                  "resnet101,"),
         (["info", "missing.npz"], "missing.npz: No such file or directory"),
         (["info", dense, "--input-size", "0"], "expected a positive integer, received '0'"),
         (["info", dense, "--input-size", "2.5"], "received '2.5'"),
@@ -233,3 +236,180 @@ def test_bench_of_an_archive_needs_its_architecture(capsys, tmp_path):
     assert status == 2 and "unknown model 'alexnet'" in err
     status, _, err = _run(capsys, "bench", "--compare", "tensorflow")
     assert status == 2 and "tensorflow" in err
+
+
+def test_bench_user_errors_are_one_line(capsys, tmp_path, dense_npz):
+    for argv, message in [
+            (["bench", "nopad", "--input-size", "4", "--compare", "dense"],
+             "--input-size 4: 0 (Conv2d): input of spatial size (H, W) = (4, 4) is too small"),
+            (["bench", "toy", "--keep", "nosuch", "--compare", "dense"],
+             "keep: ['nosuch'] match no prunable weight"),
+            (["bench", dense_npz, "--model", "nopad", "--compare", "dense"],
+             "the weights do not fit --model nopad: Error(s) in loading state_dict")]:
+        status, out, err = _run(capsys, *argv)
+        assert status == 2, (argv, err)
+        assert err.count("\n") == 1 and err.startswith("fscnn: error: "), (argv, err)
+        assert message in err, (argv, err)
+
+
+@pytest.mark.parametrize("command, target", [
+    (["prune", "{npz}", "out.npz", "--sparsity", "0.5"], "fscnn.prune.sparsity_report"),
+    (["info", "{npz}"], "fscnn.io.encoded_nbytes"),
+    (["bench", "toy", "--compare", "dense", "--iterations", "1", "--warmup", "0"],
+     "fscnn.bench.latency_stats"),
+])
+def test_internal_errors_are_not_reported_as_user_errors(capsys, monkeypatch, dense_npz,
+                                                         command, target):
+    """A ValueError from inside the library is a bug: it propagates with its traceback
+    instead of becoming a one-line 'fscnn: error:'."""
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+    monkeypatch.setattr(target, broken)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main([a.format(npz=dense_npz) for a in command])
+    assert "fscnn: error" not in capsys.readouterr().err
+
+
+def test_bench_compares_with_torch_and_onnxruntime(capsys):
+    """The comparisons themselves (skipped without torch / ONNX Runtime, failed in CI)."""
+    torch_or_skip()
+    import_or_skip("onnx", "pip install onnx")
+    import_or_skip("onnxruntime", "pip install onnxruntime")
+    status, out, err = _run(capsys, "bench", "resnet18", "--input-size", "32", "--threads",
+                            "1", "--iterations", "1", "--warmup", "0", "--compare",
+                            "torch,onnxruntime")
+    assert status == 0, err
+    assert "check: max|fscnn - torch|" in out and "(ok)" in out
+    for reference in ("torch", "onnxruntime"):
+        assert _cells(out, reference)[-1].startswith("x")  # fscnn's speed-up over it
+
+
+def test_prune_global_warns_about_emptied_layers(capsys, tmp_path):
+    nn.manual_seed(0)
+    state = {k: np.array(v) for k, v in _toy().state_dict().items()}
+    state["5.weight"] *= 1e-3  # the linear layer's weights: the smallest of all
+    path = tmp_path / "small_fc.npz"
+    np.savez(path, **state)
+    status, out, err = _run(capsys, "prune", path, "pruned.npz", "--sparsity", "0.3",
+                            "--global")
+    assert status == 0
+    assert err.startswith("fscnn: warning: global pruning zeroed every weight of '5.weight'")
+    assert err.count("\n") == 1
+    assert _cells(out, "5.weight")[3] == "0"
+
+
+def _options(parser):
+    """(command, option) of every argument of ``parser`` and of its subcommands."""
+    import argparse
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {option}", help) for option, help in _options(sub))
+        else:
+            yield "/".join(action.option_strings) or action.dest, action.help
+
+
+def test_every_option_has_help_text():
+    from fscnn.cli import build_parser
+    options = dict(_options(build_parser()))
+    assert {"bench --batch", "bench --input-size", "prune input", "info target"} <= set(options)
+    assert [name for name, help in options.items() if not help or help == "==SUPPRESS=="] == []
+
+
+def test_bench_measures_an_archive_as_given(capsys, tmp_path):
+    """A user's own 50%-pruned weights are measured as they are, not re-pruned to 90%."""
+    nn.manual_seed(0)
+    model = _toy()
+    fscnn.prune(model, 0.5, inplace=True)
+    fscnn.save(model, tmp_path / "half.npz")
+    common = ["--model", "toy", "--input-size", "8", "--compare", "dense", "--iterations", "1",
+              "--warmup", "0", "--json"]
+    status, out, err = _run(capsys, "bench", tmp_path / "half.npz", *common, "as_given.json")
+    assert status == 0, err
+    assert "50.0% of conv/linear weights zero (as given)" in out
+    import json
+    assert json.loads(open("as_given.json").read())["pruned_to"] is None
+    status, out, _ = _run(capsys, "bench", tmp_path / "half.npz", "--sparsity", "0.8", *common,
+                          "pruned.json")
+    assert status == 0 and "(pruned to 80%)" in out
+    status, out, _ = _run(capsys, "bench", "toy", *common[2:], "zoo.json")
+    assert status == 0 and "(pruned to 90%)" in out  # random zoo weights: 90% by default
+
+
+# -- model files: .onnx, .tflite, whole-model archives ---------------------------------
+@pytest.fixture
+def toy_onnx(tmp_path):
+    """The toy model (conv, relu, strided conv, global pool, linear) as an ONNX file."""
+    onnx = import_or_skip("onnx", 'pip install "fscnn[onnx]"')
+    from onnx import TensorProto, helper, numpy_helper
+    nn.manual_seed(0)
+    sd = _toy().state_dict()
+    t = lambda k: numpy_helper.from_array(np.asarray(sd[k]), k)  # noqa: E731
+    nodes = [helper.make_node("Conv", ["x", "0.weight", "0.bias"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "2.weight", "2.bias"], ["c"], pads=[1, 1, 1, 1],
+                              strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["c"], ["d"]),
+             helper.make_node("Flatten", ["d"], ["e"]),
+             helper.make_node("Gemm", ["e", "5.weight", "5.bias"], ["y"], transB=1)]
+    graph = helper.make_graph(
+        nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        [t(k) for k in ("0.weight", "0.bias", "2.weight", "2.bias", "5.weight", "5.bias")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "toy.onnx"
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_prune_onnx_to_onnx_and_to_a_whole_model_archive(capsys, tmp_path, toy_onnx):
+    status, out, err = _run(capsys, "prune", toy_onnx, tmp_path / "p.onnx", "--sparsity", "0.5")
+    assert status == 0, err
+    assert _cells(out, "total")[-1] == "50.00%"
+    pruned = fscnn.from_onnx(str(tmp_path / "p.onnx"))  # a valid ONNX file
+    assert fscnn.prune.sparsity_report(pruned).total.sparsity == pytest.approx(0.5, abs=0.01)
+    ort = import_or_skip("onnxruntime")
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], pruned(x), rtol=1e-4, atol=1e-6)
+
+    status, out, err = _run(capsys, "prune", toy_onnx, tmp_path / "p.npz", "--sparsity", "0.5")
+    assert status == 0, err
+    whole = fscnn.load_model(tmp_path / "p.npz")  # no onnx needed to read it back
+    np.testing.assert_allclose(whole(x), pruned(x), rtol=1e-5, atol=1e-6)
+    assert list(whole.state_dict()) == list(pruned.state_dict())
+
+
+def test_bench_and_info_take_model_files(capsys, tmp_path, toy_onnx):
+    status, out, err = _run(capsys, "bench", toy_onnx, "--input-size", "16", "--iterations",
+                            "2", "--warmup", "0", "--threads", "1")
+    assert status == 0, err
+    assert "0.0% of conv/linear weights zero (as given), input 1x3x16x16" in out
+    assert "check: max|fscnn - onnxruntime|" in out and "(ok)" in out
+    assert _cells(out, "onnxruntime") and _cells(out, "dense")
+    _run(capsys, "prune", toy_onnx, tmp_path / "p.npz", "--sparsity", "0.75")
+    status, out, err = _run(capsys, "bench", tmp_path / "p.npz", "--input-size", "16",
+                            "--iterations", "2", "--warmup", "0", "--threads", "1")
+    assert status == 0, err
+    assert "75.0% of conv/linear weights zero (as given)" in out
+    assert "check: max|fscnn - fscnn dense|" in out
+    status, out, err = _run(capsys, "info", tmp_path / "p.npz", "--input-size", "16")
+    assert status == 0, err
+    # conv 3->4 3x3 at 16x16: 108 weights, 27 kept, 2*27*256 sparse FLOPs
+    assert _cells(out, "0.weight")[:5] == ["0.weight", "4x3x3x3", "108", "27", "75.00%"]
+    assert _cells(out, "0.weight")[-1] == "13.82 K"
+
+
+def test_model_file_user_errors(capsys, tmp_path, toy_onnx):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx at all")
+    for argv in (["bench", bad], ["info", bad], ["prune", bad, tmp_path / "o.npz",
+                                                 "--sparsity", "0.5"],
+                 ["bench", toy_onnx, "--model", "toy"],
+                 ["prune", toy_onnx, tmp_path / "o.tflite", "--sparsity", "0.5"]):
+        status, _, err = _run(capsys, *argv)
+        assert status == 2 and err.startswith("fscnn: error:") and "Traceback" not in err, argv
+    weights = tmp_path / "w.npz"
+    fscnn.save({"w": np.ones(3)}, weights)
+    with pytest.raises(fscnn.io.ArchiveError, match="weights only"):
+        fscnn.load_model(weights)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import fscnn.functional as F
-from conftest import assert_close, sparse_weight
+from conftest import assert_close, import_or_skip, sparse_weight
 from fscnn import _blas, _config, models, nn
 from fscnn.ops import Conv2dOp, LinearOp
 
@@ -198,7 +198,7 @@ def test_kernels_release_the_gil():
 
 # ------------------------------------------------------------------ BLAS thread limit
 def test_blas_limit_survives_interleaved_dense_calls():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    threadpoolctl = import_or_skip("threadpoolctl", "pip install threadpoolctl")
     if not _blas.can_limit_blas():
         pytest.skip("BLAS threads cannot be limited here")
 
@@ -216,6 +216,52 @@ def test_blas_limit_survives_interleaved_dense_calls():
         first.__exit__(None, None, None)
         during_second = blas_threads()
         second.__exit__(None, None, None)
+        after = blas_threads()
+    assert during_second == [1] * len(before)
+    assert after == before
+
+
+def test_blas_limit_works_from_any_thread():
+    """The limit applies whichever Python thread takes or releases it (threadpoolctl >= 3.8
+    lets only one thread change OpenBLAS's pool and silently ignores the others)."""
+    threadpoolctl = import_or_skip("threadpoolctl", "pip install threadpoolctl")
+    if not _blas.can_limit_blas():
+        pytest.skip("BLAS threads cannot be limited here")
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        with _blas.single_threaded_blas():  # the main thread first: threadpoolctl's controller
+            pass
+        seen = []
+
+        def worker():
+            with _blas.single_threaded_blas():
+                seen.append(blas_threads())
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        assert seen == [[1] * len(before)]
+        assert blas_threads() == before
+        # taken in the main thread, released last in another one
+        entered, leave = threading.Event(), threading.Event()
+
+        def second():
+            with _blas.single_threaded_blas():
+                entered.set()
+                leave.wait()
+        first = _blas.single_threaded_blas()
+        first.__enter__()
+        thread = threading.Thread(target=second)
+        thread.start()
+        entered.wait()
+        first.__exit__(None, None, None)
+        during_second = blas_threads()
+        leave.set()
+        thread.join()
         after = blas_threads()
     assert during_second == [1] * len(before)
     assert after == before

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import torch_or_skip
 from fscnn.io import FORMAT_KEY, ArchiveError, encoded_nbytes, load, save
+from fscnn.sparse import SparseConvWeight
 
 SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
 DTYPES = [np.float32, np.float64, np.float16, np.int64, np.int8, np.uint16, np.bool_]
@@ -77,7 +79,56 @@ def test_special_values_and_layouts_survive(tmp_path):
              "flags": rng.random(500) < 0.1}
     path = tmp_path / "special.npz"
     save(state, path)
-    _assert_same(state, load(path))
+    assert "zeros::values" in _members(path)
+    # -0.0 is a zero (not stored): it loads as +0.0; NaN and inf are stored bit-exactly
+    _assert_same(dict(state, zeros=signed_zeros + np.float32(0.0)), load(path))
+
+
+def _with_negative_zeros(rng, shape, sparsity):
+    """Weights pruned the way ``weight * mask`` does: a pruned negative weight becomes -0.0."""
+    weight = rng.standard_normal(shape).astype(np.float32)
+    mask = np.ones(weight.size, np.float32)
+    mask[rng.permutation(weight.size)[:round(sparsity * weight.size)]] = 0
+    return weight * mask.reshape(shape)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_negative_zeros_are_zeros(tmp_path, sparse):
+    rng = np.random.default_rng(5)
+    weight = _with_negative_zeros(rng, (64, 32, 3, 3), 0.9)
+    assert np.signbit(weight[weight == 0]).mean() > 0.4  # the premise: ~half are -0.0
+    value = SparseConvWeight.from_dense(weight) if sparse else weight
+    path, dense_path = tmp_path / "w.npz", tmp_path / "dense.npz"
+    save({"conv.weight": value}, path)
+    np.savez(dense_path, **{"conv.weight": weight})
+    assert "conv.weight::values" in _members(path)
+    assert os.path.getsize(path) <= 0.2 * os.path.getsize(dense_path)
+    loaded = load(path)["conv.weight"]
+    np.testing.assert_array_equal(loaded, weight)  # -0.0 == 0.0
+    assert not np.signbit(loaded[loaded == 0]).any()
+    assert encoded_nbytes(weight) <= 0.2 * weight.nbytes
+
+
+def test_torch_pruned_model_saves_compactly(tmp_path):
+    """A model pruned with torch.nn.utils.prune (weight_orig * weight_mask) has -0.0 for
+    about half of its zeros; its archive must still be compact."""
+    torch = torch_or_skip()
+    from torch.nn.utils import prune as torch_prune
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(32 * 6 * 6, 256))
+    for layer in (model[0], model[3]):
+        torch_prune.l1_unstructured(layer, "weight", amount=0.9)
+        torch_prune.remove(layer, "weight")
+    state = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    zeros = state["3.weight"][state["3.weight"] == 0]
+    assert zeros.size > 0.85 * state["3.weight"].size and np.signbit(zeros).mean() > 0.3
+    path, dense_path = tmp_path / "pruned.npz", tmp_path / "dense.npz"
+    save(state, path)
+    np.savez(dense_path, **state)
+    assert os.path.getsize(path) <= 0.2 * os.path.getsize(dense_path)
+    for name, value in load(path).items():
+        np.testing.assert_array_equal(value, state[name])
 
 
 @pytest.mark.parametrize("encoding, array", [
@@ -165,8 +216,23 @@ def test_save_accepts_a_model(tmp_path):
     assert list(load(path)) == ["fc.weight"]
 
 
+def test_names_with_colons_and_percents_round_trip(tmp_path):
+    """ONNX's 'onnx::Conv_193', TFLite's 'conv:0': version 2 percent-encodes '%' and ':'."""
+    state = {"onnx::Conv_193": np.zeros((8, 8), np.float32), "a%3Ab": np.ones(2),
+             "t:0": np.arange(3.0)}
+    state["onnx::Conv_193"][0, 0] = 1.0  # stored sparse: 'NAME::values' members
+    path = tmp_path / "m.npz"
+    save(state, path)
+    assert int(np.load(path)[FORMAT_KEY]) == 2
+    loaded = load(path)
+    assert list(loaded) == list(state)
+    for key in state:
+        np.testing.assert_array_equal(loaded[key], state[key])
+    save({"plain": np.ones(2)}, path)  # nothing to escape: version 1, as older fscnn reads
+    assert int(np.load(path)[FORMAT_KEY]) == 1
+
+
 @pytest.mark.parametrize("state, error, match", [
-    ({"a::b": np.zeros(3)}, ValueError, "::"),
     ({"__fscnn_x": np.zeros(3)}, ValueError, "__fscnn"),
     ({"": np.zeros(3)}, ValueError, "non-empty"),
     ({3: np.zeros(3)}, ValueError, "str"),
@@ -511,7 +577,7 @@ def test_sparse_load_decodes_each_encoding_to_rows(tmp_path, monkeypatch, chunk,
     from fscnn.sparse import CSRMatrix, SparseConvWeight
     monkeypatch.setattr(fscnn.io, "_POSITION_CHUNK", chunk)  # several chunks per tensor
     array = array.astype(np.float32)
-    array.reshape(-1)[1] = -0.0  # stored (bit pattern), dropped from the rows like a zero
+    array.reshape(-1)[1] = -0.0  # a zero: neither stored nor in the rows
     path = tmp_path / "w.npz"
     save({"layer.weight": array, "layer.bias": np.ones(3, np.float32)}, path)
     assert f"layer.weight::{encoding}" in _members(path)
@@ -646,7 +712,7 @@ def test_sparse_weights_save_like_their_dense_tensor(tmp_path, make):
     for key in expected:
         assert got[key].dtype == expected[key].dtype
         np.testing.assert_array_equal(got[key], expected[key])
-    # a hand-built explicit +0.0 is not stored (as from a dense array), -0.0 is
+    # a hand-built explicit +0.0 or -0.0 is not stored (as from a dense array)
     csr = CSRMatrix(np.array([0, 3]), np.array([0, 5, 9], np.uint16),
                     np.array([0.0, -0.0, 1.0], np.float32), (1, 5000))
     save({"w": csr}, sparse_path)
@@ -656,3 +722,23 @@ def test_sparse_weights_save_like_their_dense_tensor(tmp_path, make):
     assert list(_member_arrays(sparse_path)) == list(_member_arrays(dense_path))
     for key, value in _member_arrays(dense_path).items():
         assert _member_arrays(sparse_path)[key].tobytes() == value.tobytes()
+
+
+def test_decode_of_np_loaded_members_equals_load(tmp_path):
+    from fscnn.io import decode, is_encoded
+    rng = np.random.default_rng(3)
+    state = {"w": _sparse_array(rng, (64, 70), 0.9), "b": np.ones(3, np.float32)}
+    path = tmp_path / "a.npz"
+    save(state, path)
+    with np.load(path) as archive:
+        assert is_encoded(archive) and not is_encoded(state)
+        decoded = decode(archive)
+        sparse = decode(archive, sparse=True)
+        members = {k: archive[k] for k in archive.files}
+    _assert_same(load(path), decoded)
+    np.testing.assert_array_equal(sparse["w"].to_dense(), state["w"])
+    members["w::values"] = members["w::values"][:-1]  # one value fewer than the positions
+    with pytest.raises(ArchiveError, match="w::"):
+        decode(members)
+    with pytest.raises(ArchiveError, match="dtype"):
+        decode(dict(members, b=np.array(["x"])))

@@ -1,9 +1,10 @@
 """The model zoo against PyTorch models built with torchvision's exact layout.
 
-torchvision cannot be installed beside the torch used here, so ``fscnn.torch_reference`` rebuilds
-its VGG, ResNet and MobileNetV2 with plain ``torch.nn`` and torchvision's module names and
-config tables. Key-by-key equality of the two ``state_dict``s is the check that torchvision
-checkpoints load; the numerical tests then load one random, BatchNorm-perturbed and
+``fscnn.torch_reference`` rebuilds torchvision's VGG, ResNet and MobileNetV2 with plain
+``torch.nn`` and torchvision's module names and config tables (``fscnn bench`` compares with
+it); ``tests/test_torchvision.py`` checks the zoo against torchvision's own definitions too.
+Key-by-key equality of the two ``state_dict``s is the check that torchvision checkpoints
+load; the numerical tests then load one random, BatchNorm-perturbed and
 magnitude-pruned state into both and compare outputs.
 
 Inputs are small (32x32, batch 1 or 3) except for a few models at 224x224, batch 1.
@@ -15,7 +16,7 @@ import pytest
 
 import fscnn.models
 from fscnn.torch_reference import torch_models
-from conftest import assert_close
+from conftest import assert_close, torch_or_skip
 from fscnn import nn
 
 SPARSITIES = (0.0, 0.5, 0.9, 0.99)
@@ -28,7 +29,7 @@ RTOL = 1e-4  # max|error| <= 1e-4 * max|output|: float32 through up to 100 layer
 @pytest.fixture(scope="module")
 def torch_zoo():
     """(builders, classes): torch reference builders and the from_torch class mapping."""
-    pytest.importorskip("torch")
+    torch_or_skip()
     return torch_models()
 
 
@@ -74,7 +75,9 @@ def random_state(model, rng):
             state[prefix + "bias"] = rng.normal(0, 0.1, c)
             state[prefix + "running_mean"] = rng.normal(0, 0.1, c)
             state[prefix + "running_var"] = rng.uniform(0.5, 1.5, c)
-    return {k: np.asarray(v, dtype=np.float32) for k, v in state.items()}
+            state[prefix + "num_batches_tracked"] = np.array(rng.integers(1, 1000), np.int64)
+    return {k: v if k.endswith("num_batches_tracked") else np.asarray(v, dtype=np.float32)
+            for k, v in state.items()}
 
 
 def pruned(state, sparsity):
@@ -124,9 +127,24 @@ def test_state_dict_keys_match_torchvision_layout(zoo, torch_zoo):
     import torch
     with torch.device("meta"):
         reference = torch_zoo[0][zoo.name](NUM_CLASSES)
-    expected = [(k, tuple(v.shape)) for k, v in reference.state_dict().items()
-                if not k.endswith("num_batches_tracked")]
+    expected = [(k, tuple(v.shape)) for k, v in reference.state_dict().items()]
     assert [(k, v.shape) for k, v in zoo.model.state_dict().items()] == expected
+
+
+@pytest.mark.parametrize("zoo", MODEL_NAMES, indirect=True)
+def test_state_dict_loads_strictly_into_torch(zoo):
+    """fscnn's state_dict, num_batches_tracked included (0-d int64), is a torch checkpoint."""
+    import torch
+    state = zoo.model.state_dict()
+    tracked = [k for k in state if k.endswith("num_batches_tracked")]
+    assert all(state[k].shape == () and state[k].dtype == np.int64 for k in tracked)
+    assert len(tracked) == sum(isinstance(m, nn.BatchNorm2d) for m in zoo.model.modules())
+    with torch.device("meta"):
+        reference = zoo.torch_zoo[0][zoo.name](NUM_CLASSES)
+    result = reference.load_state_dict({k: torch.from_numpy(np.array(v))
+                                        for k, v in state.items()}, strict=True, assign=True)
+    assert list(result.missing_keys) == list(result.unexpected_keys) == []
+    assert all(reference.state_dict()[k].dtype == torch.int64 for k in tracked)
 
 
 def test_repr_matches_torch(torch_zoo):

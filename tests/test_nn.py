@@ -8,7 +8,7 @@ import pytest
 
 import fscnn
 import reference as R
-from conftest import assert_close
+from conftest import assert_close, import_or_skip, torch_or_skip
 from fscnn import nn
 
 # (id, constructor taking a namespace with torch.nn's layer names, input shape, reference)
@@ -115,7 +115,7 @@ def test_layer_matches_reference(make, shape, ref, kernel, rng):
 
 @pytest.mark.parametrize("make, shape, ref, kernel", CASES)
 def test_layer_matches_torch(make, shape, ref, kernel, rng):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     layer = randomize(make(nn), rng).prepare(kernel=kernel)
     reference = make(torch.nn).eval()
     reference.load_state_dict({k: torch.from_numpy(np.array(v))
@@ -125,8 +125,7 @@ def test_layer_matches_torch(make, shape, ref, kernel, rng):
         expected = reference(torch.from_numpy(x)).numpy()
     assert_close(layer(x), expected)
     assert repr(layer) == repr(reference)
-    assert list(layer.state_dict()) == [k for k in reference.state_dict()
-                                        if not k.endswith("num_batches_tracked")]
+    assert list(layer.state_dict()) == list(reference.state_dict())
 
 
 def test_standalone_layer_loads_and_runs(rng):
@@ -190,7 +189,7 @@ def test_wrong_channels_name_the_layer_in_the_model():
 
 def test_errors_are_layer_input_errors():
     with pytest.raises(nn.LayerInputError, match=r"^Conv2d: expected a 4-D input"):
-        nn.Conv2d(3, 4, 3)(np.zeros((3, 8, 8)))
+        nn.Conv2d(3, 4, 3)(np.zeros((8, 8)))
     with pytest.raises(nn.LayerInputError, match=r"^1 \(BatchNorm2d\): expected 4 input "
                                                  r"channels, got 3"):
         nn.Sequential(nn.ReLU(), nn.BatchNorm2d(4))(np.zeros((1, 3, 2, 2)))
@@ -262,7 +261,7 @@ def composite(n):
 
 
 def test_composite_matches_torch_names_repr_and_outputs(rng):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     model = composite(nn)
     randomize(model.stem[1], rng)
     reference = composite(torch.nn).eval()
@@ -271,8 +270,7 @@ def test_composite_matches_torch_names_repr_and_outputs(rng):
     assert repr(model) == repr(reference)
     assert [name for name, _ in model.named_modules()] == \
         [name for name, _ in reference.named_modules()]
-    assert list(model.state_dict()) == [k for k in reference.state_dict()
-                                        if not k.endswith("num_batches_tracked")]
+    assert list(model.state_dict()) == list(reference.state_dict())
     x = rng.standard_normal((2, 3, 10, 10), dtype=np.float32)
     with torch.no_grad():
         expected = reference(torch.from_numpy(x)).numpy()
@@ -366,18 +364,28 @@ def test_non_strict_load_returns_missing_and_unexpected():
     model = composite(nn)
     state = {"stem.0.weight": np.ones((8, 3, 3, 3)), "nope": np.zeros(2)}
     result = model.load_state_dict(state, strict=False)
-    assert result.missing_keys == [k for k in model.state_dict() if k != "stem.0.weight"]
+    # a missing num_batches_tracked is not reported, as in torch (old checkpoints lack it)
+    assert result.missing_keys == [k for k in model.state_dict() if k != "stem.0.weight"
+                                   and not k.endswith("num_batches_tracked")]
     assert result.unexpected_keys == ["nope"]
     assert (model.stem[0].weight == 1).all()
     with pytest.raises(nn.StateDictError, match="shape mismatch for 'stem.0.weight'"):
         model.load_state_dict({"stem.0.weight": np.ones((8, 3, 1, 1))}, strict=False)
 
 
-def test_num_batches_tracked_is_optional():
+def test_num_batches_tracked_is_kept_like_torch_and_optional_on_load():
     bn = nn.BatchNorm2d(3)
     state = dict(bn.state_dict())
-    bn.load_state_dict(state)
-    bn.load_state_dict({**state, "num_batches_tracked": np.array(7)})
+    assert list(state) == ["weight", "bias", "running_mean", "running_var",
+                           "num_batches_tracked"]
+    tracked = state["num_batches_tracked"]
+    assert tracked.shape == () and tracked.dtype == np.int64 and tracked == 0
+    bn.load_state_dict({**state, "num_batches_tracked": np.array(7.0)})
+    assert bn.num_batches_tracked.dtype == np.int64 and bn.num_batches_tracked == 7
+    del state["num_batches_tracked"]  # a checkpoint older than torch 0.4.1
+    assert bn.load_state_dict(state) == ([], [])
+    assert bn.num_batches_tracked == 7
+    assert "num_batches_tracked" not in nn.BatchNorm2d(3, track_running_stats=False).state_dict()
     with pytest.raises(nn.StateDictError, match="unexpected keys.*num_batches_tracked"):
         nn.BatchNorm2d(3, track_running_stats=False).load_state_dict(
             {"weight": np.ones(3), "bias": np.ones(3), "num_batches_tracked": np.array(1)})
@@ -421,6 +429,7 @@ def test_copies_and_pickles_prepare_their_own_plan(rng):
     net = conv_bn_relu(rng)
     x = rng.standard_normal((1, 3, 5, 5))
     expected = net(x)
+    assert expected.any()  # else zeroing the weights below would change nothing
     for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
         assert_close(clone(x), expected)
         clone[0].weight = np.zeros_like(clone[0].weight)
@@ -517,8 +526,8 @@ def conv_bn_relu(rng):
     net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
                         nn.Conv2d(6, 4, 1), nn.ReLU6(), nn.Flatten(), nn.Linear(4 * 25, 3),
                         nn.ReLU())
-    randomize(net[0], rng)
-    randomize(net[1], rng)
+    for layer in (net[0], net[1], net[3], net[6]):  # independent of the global init seed
+        randomize(layer, rng)
     return net
 
 
@@ -679,7 +688,7 @@ def _pruned_composite(n, rng):
 
 @pytest.mark.parametrize("kernel", ["auto", "sparse", "dense"])
 def test_sparse_held_model_matches_dense_and_torch(kernel, rng):
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     dense = _pruned_composite(nn, rng)
     held = composite(nn)
     held.load_state_dict(dense.state_dict())
@@ -736,7 +745,8 @@ def test_sparse_held_state_dict_equals_dense(rng):
     assert list(sd) == list(expected) and len(sd) == len(expected)
     for key in expected:
         value = sd[key]
-        assert isinstance(value, np.ndarray) and value.dtype == np.float32
+        assert isinstance(value, np.ndarray) and value.dtype == expected[key].dtype
+        assert value.dtype == (np.int64 if key.endswith("num_batches_tracked") else np.float32)
         assert not value.flags.writeable
         np.testing.assert_array_equal(value, expected[key])
     assert isinstance(sd.stored("stem.0.weight"), fscnn.sparse.SparseConvWeight)
@@ -787,8 +797,9 @@ def test_load_sparse_values_validates_shape_type_and_format():
     assert [key for key, _ in info.value.invalid] == ["0.weight", "1.weight"]
     assert "Conv2d.weight cannot be held as a CSRMatrix" in str(info.value)
     assert "BatchNorm2d.weight cannot be held as a CSRMatrix" in str(info.value)
-    broken = fscnn.sparse.CSRMatrix.from_dense(np.eye(2, 4, dtype=np.float32))
-    broken.indices = np.array([3, 9], np.uint16)  # column out of range
+    eye = fscnn.sparse.CSRMatrix.from_dense(np.eye(2, 4, dtype=np.float32))
+    broken = fscnn.sparse.CSRMatrix(eye.indptr, np.array([3, 9], np.uint16), eye.data,
+                                    eye.shape, check=None)  # column out of range
     with pytest.raises(nn.StateDictError, match="invalid value for '3.weight': invalid CSRMatrix"):
         model.load_state_dict(dict(good, **{"3.weight": broken}))
     assert isinstance(model[0].weight, np.ndarray)  # nothing loaded
@@ -848,3 +859,127 @@ def test_profile_counts_the_flops_of_a_pooled_convolution(rng):
     conv = [r for r in records if r.kernel is not None][0]
     assert conv.type == "Conv2d+ReLU+MaxPool2d"
     assert conv.flops_dense == 2 * 8 * 3 * 9 * 10 * 10  # the convolution's 10x10 output
+
+
+# ------------------------------------------------------------------ state dict errors, archives
+def test_key_mismatch_errors_summarise_and_hint():
+    model = fscnn.models.resnet18(num_classes=10)
+    with pytest.raises(nn.StateDictError) as info:  # another architecture: 314 keys vs 102
+        model.load_state_dict(fscnn.models.mobilenet_v2(num_classes=10).state_dict())
+    message = str(info.value)
+    assert len(message) < 800, message
+    assert "missing keys (102): 'conv1.weight', " in message and "... and 97 more" in message
+    assert "unexpected keys (314): " in message and "... and 309 more" in message
+    assert "hint: no key of the mapping is one of the model's" in message
+    assert len(info.value.missing_keys) == 102 and len(info.value.unexpected_keys) == 314
+    wrapped = {"module." + k: v for k, v in model.state_dict().items()}  # DataParallel's names
+    with pytest.raises(nn.StateDictError, match=r"hint: every unexpected key starts with "
+                                                r"'module\.' \(the checkpoint of a DataParallel"):
+        model.load_state_dict(wrapped)
+    with pytest.raises(nn.StateDictError) as info:
+        model.load_state_dict(fscnn.models.resnet50(num_classes=10).state_dict())
+    assert "... and 19 more shape mismatches" in str(info.value)
+    assert len(info.value.mismatched) == 24
+
+
+def test_np_load_of_an_fscnn_archive_loads(tmp_path):
+    """np.load() of what fscnn.save / `fscnn prune` writes holds encoded members
+    ('NAME::values', ...): load_state_dict decodes them as fscnn.load does."""
+    model = small_net()
+    fscnn.prune(model, 0.9, inplace=True)
+    path = tmp_path / "pruned.npz"
+    fscnn.save(model, path)
+    with np.load(path) as archive:
+        assert any("::" in key for key in archive.files)  # stored sparse
+        other = small_net()
+        assert other.load_state_dict(archive) == ([], [])
+    for key, value in fscnn.load(path).items():
+        np.testing.assert_array_equal(other.state_dict()[key], value)
+    with np.load(path) as archive:  # the members without the format key: a pointed hint
+        members = {k: archive[k] for k in archive.files if k != "__fscnn_format__"}
+    with pytest.raises(nn.StateDictError, match=r"hint: .*fscnn archive: read the file with "
+                                                r"fscnn\.load\(path\)"):
+        small_net().load_state_dict(members)
+
+
+# ------------------------------------------------------------------ prepare's progress
+class _Terminal:
+    """A stand-in stderr that says it is a terminal and keeps what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+def _three_layers():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 2))
+
+
+@pytest.mark.parametrize("tqdm", [False, True], ids=["counter", "tqdm"])
+def test_prepare_shows_progress_when_asked(monkeypatch, capsys, tqdm):
+    import sys
+    import fscnn._progress
+    if tqdm:
+        import_or_skip("tqdm", "pip install tqdm")
+    else:
+        monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm raises ImportError
+    monkeypatch.setattr(fscnn._progress, "DELAY", 0.0)  # show it at once
+    _three_layers().prepare((1, 3, 8, 8), progress=True)
+    err = capsys.readouterr().err
+    if tqdm:  # tqdm redraws at most every 0.1 s: the last steps may not be drawn
+        assert "\rprepare: " in err and "/3 [" in err and "layer/s" in err
+    else:
+        assert "\rprepare: layer 1/3\rprepare: layer 2/3\rprepare: layer 3/3" in err
+
+
+def test_prepare_progress_off_by_default_outside_a_terminal(monkeypatch, capsys):
+    import sys
+    import fscnn._progress
+    monkeypatch.setattr(fscnn._progress, "DELAY", 0.0)
+    _three_layers().prepare((1, 3, 8, 8))  # pytest's captured stderr is not a terminal
+    assert capsys.readouterr().err == ""
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    _three_layers().prepare((1, 3, 8, 8), progress=False)
+    assert terminal.text == ""
+    _three_layers().prepare((1, 3, 8, 8))  # a terminal: shown
+    assert "prepare: layer 3/3" in terminal.text
+    monkeypatch.setattr(fscnn._progress, "DELAY", 3600.0)
+    terminal.text = ""
+    _three_layers().prepare((1, 3, 8, 8), progress=True)  # quicker than the delay: nothing
+    assert terminal.text == ""
+    with pytest.raises(TypeError, match="progress must be None, True or False"):
+        _three_layers().prepare((1, 3, 8, 8), progress="yes")
+
+
+def test_num_batches_tracked_goes_through_save_load_prune_and_reports(tmp_path, capsys):
+    """The 0-d int64 entry of every batch norm, through each place that walks a state_dict."""
+    from fscnn import cli
+    from fscnn.prune import sparsity_report
+    model = fscnn.models.resnet18(num_classes=10)
+    model.load_state_dict({**model.state_dict(), "bn1.num_batches_tracked": np.array(12)})
+    fscnn.prune(model, 0.9, inplace=True)
+    assert sparsity_report(model).total.sparsity == pytest.approx(0.9, abs=1e-3)
+    for held in ("dense", "sparse"):
+        if held == "sparse":
+            model.to_sparse()
+        path = tmp_path / f"{held}.npz"
+        fscnn.save(model, path)
+        for loaded in (fscnn.load(path), fscnn.load(path, sparse=True)):
+            tracked = loaded["bn1.num_batches_tracked"]
+            assert tracked.shape == () and tracked.dtype == np.int64 and tracked == 12
+            other = fscnn.models.resnet18(num_classes=10)
+            other.load_state_dict(loaded)
+            assert other.bn1.num_batches_tracked == 12
+    assert cli.main(["info", str(path)]) == 0
+    assert "(other entries)" in capsys.readouterr().out

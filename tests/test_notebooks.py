@@ -6,14 +6,15 @@ temporary folder, with ``PYTHONPATH`` pointing at the fscnn that this test proce
 without outputs; nothing is written back to ``docs/``.
 
 Requires the ``docs`` extra (nbclient, nbformat, ipykernel, matplotlib); skipped without it.
-Notebooks that compare with PyTorch or read real data skip when those are not installed.
+Notebooks that compare with PyTorch or read real data skip when those are not installed
+(fail instead under ``FSCNN_REQUIRE_ALL=1``, as in CI: see ``conftest.import_or_skip``).
 """
-import importlib.util
 import os
 
 import pytest
 
 import fscnn
+from conftest import import_or_skip
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -43,20 +44,14 @@ def test_every_notebook_is_listed():
     assert found == sorted(REQUIREMENTS)
 
 
-def _skip_unless_installed(modules):
-    missing = [f"{module} ({how})" for module, how in modules.items()
-               if importlib.util.find_spec(module) is None]
-    if missing:
-        pytest.skip("needs " + ", ".join(missing))
-
-
 @pytest.mark.parametrize("name", sorted(REQUIREMENTS))
 def test_notebook_runs(name, tmp_path, monkeypatch):
-    nbclient = pytest.importorskip("nbclient")
-    nbformat = pytest.importorskip("nbformat")
-    pytest.importorskip("ipykernel")
-    pytest.importorskip("matplotlib")
-    _skip_unless_installed(REQUIREMENTS[name])
+    nbclient = import_or_skip("nbclient", "the docs extra")
+    nbformat = import_or_skip("nbformat", "the docs extra")
+    import_or_skip("ipykernel", "the docs extra")
+    import_or_skip("matplotlib", "the docs extra")
+    for module, how in REQUIREMENTS[name].items():
+        import_or_skip(module, how)
 
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(fscnn.__file__)))
     pythonpath = os.environ.get("PYTHONPATH")

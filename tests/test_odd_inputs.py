@@ -264,13 +264,62 @@ def test_sequential_with_nan_matches_torch(rng):
 
 
 # ------------------------------------------------------------------ unbatched inputs
-@pytest.mark.parametrize("layer", [nn.Conv2d(3, 4, 3), nn.BatchNorm2d(3), nn.MaxPool2d(2),
-                                   nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1)],
-                         ids=lambda m: type(m).__name__)
-def test_unbatched_images_are_refused_by_image_layers(layer):
-    """torch accepts (C, H, W) in these layers; fscnn consistently asks for (N, C, H, W)."""
-    with pytest.raises(nn.LayerInputError, match=r"expected a 4-D input \(N, C, H, W\)"):
-        layer(np.ones((3, 8, 8), np.float32))
+UNBATCHED_LAYERS = [
+    lambda n: n.Conv2d(3, 4, 3, stride=2, padding=1),
+    lambda n: n.MaxPool2d(3, 2, 1),
+    lambda n: n.AvgPool2d(2),
+    lambda n: n.AdaptiveAvgPool2d((2, 3)),
+    lambda n: n.AdaptiveMaxPool2d(1),
+    lambda n: n.Sequential(n.Conv2d(3, 4, 3, padding=1), n.ReLU(), n.MaxPool2d(2)),  # fused
+]
+
+
+@pytest.mark.parametrize("make", UNBATCHED_LAYERS,
+                         ids=["conv", "maxpool", "avgpool", "adaptive-avg", "adaptive-max",
+                              "fused-conv-relu-pool"])
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_image_layers_take_unbatched_images_like_torch(make, kernel, rng):
+    torch = torch_or_skip()
+    layer = make(nn).prepare(kernel=kernel)
+    reference = make(torch.nn).eval()
+    reference.load_state_dict({k: to_torch(v) for k, v in layer.state_dict().items()})
+    x = rng.standard_normal((3, 9, 10)).astype(np.float32)
+    y = layer(x)
+    with torch.no_grad():
+        expected = reference(to_torch(x)).numpy()
+    assert y.shape == expected.shape and y.ndim == 3
+    assert_close(y, expected)
+    np.testing.assert_array_equal(y, layer(x[None])[0])
+
+
+def test_batch_norm_takes_unbatched_images(rng):
+    """torch's BatchNorm2d refuses (C, H, W); fscnn's takes it, so that whole models do."""
+    bn = nn.BatchNorm2d(3)
+    bn.load_state_dict({"weight": rng.random(3) + 0.5, "bias": rng.standard_normal(3),
+                        "running_mean": rng.standard_normal(3), "running_var": rng.random(3) + 1})
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    assert_close(bn(x), bn(x[None])[0])
+    assert bn(x).shape == (3, 4, 5)
+    chain = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU6())
+    assert chain.plan()[0].layers == "Conv2d+BatchNorm2d+ReLU6"  # folded and fused
+    np.testing.assert_array_equal(chain(x), chain(x[None])[0])
+
+
+@pytest.mark.parametrize("name", ["vgg11_bn", "resnet18", "mobilenet_v2"])
+def test_zoo_models_take_one_unbatched_image(name, rng):
+    model = getattr(models, name)(num_classes=10)
+    x = rng.standard_normal((3, 32, 32)).astype(np.float32)
+    y = model(x)
+    assert y.shape == (10,)
+    np.testing.assert_array_equal(y, model(x[None])[0])
+
+
+def test_unbatched_inputs_of_the_wrong_rank_are_refused():
+    with pytest.raises(nn.LayerInputError,
+                       match=r"expected a 4-D input \(N, C, H, W\) or an unbatched \(C, H, W\)"):
+        nn.Conv2d(3, 4, 3)(np.ones((8, 8), np.float32))
+    with pytest.raises(nn.LayerInputError, match=r"expected 3 input channels, got 2"):
+        nn.Conv2d(3, 4, 3)(np.ones((2, 8, 8), np.float32))
 
 
 def test_rank_agnostic_layers_accept_unbatched_inputs(rng):

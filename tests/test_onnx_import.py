@@ -4,7 +4,9 @@ import pickle
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")  # noqa: E402
+from conftest import import_or_skip  # noqa: E402
+
+onnx = import_or_skip("onnx", 'pip install "fscnn[onnx]"')
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import fscnn  # noqa: E402
@@ -307,3 +309,77 @@ def test_weights_must_be_float_for_the_layers(rng):
     x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
     w0 = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
     assert_close(g(x, w0), conv2d(x.astype(np.float64), np.maximum(w0, 0)))
+
+
+# -- whole-model archives and threads ------------------------------------------------------
+def test_whole_model_archive_round_trip(rng, tmp_path):
+    model, reference = _conv_bn_relu(rng)
+    g = fscnn.from_onnx(model)
+    fscnn.prune.prune(g, 0.5, inplace=True)
+    path = tmp_path / "m.npz"
+    fscnn.save(g.to_sparse(), path)
+    loaded = fscnn.load_model(path)
+    assert [n.op for n in loaded.nodes] == [n.op for n in g.nodes]
+    x = rng.standard_normal((2, 4, 9, 7)).astype(np.float32)
+    np.testing.assert_array_equal(loaded(x), g(x))
+    assert list(fscnn.load(path)) == list(g.state_dict())  # the weights alone, as before
+
+
+def test_whole_model_archive_loads_pruned_weights_sparse(rng, tmp_path):
+    w = rng.standard_normal((64, 48)).astype(np.float32)
+    w[rng.random(w.shape) < 0.9] = 0
+    node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    model = _model([node], [helper.make_tensor_value_info("x", FLOAT, ["N", 64])],
+                   [helper.make_tensor_value_info("y", FLOAT, None)], [_tensor("w", w)])
+    path = tmp_path / "m.npz"
+    fscnn.save(fscnn.from_onnx(model), path)
+    loaded = fscnn.load_model(path)
+    assert type(loaded.state_dict().stored("w")).__name__ == "CSRMatrix"
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    assert_close(loaded(x), x.astype(np.float64) @ w)
+
+
+def _tamper(path, out, key, value):
+    import zipfile
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            if info.filename == key + ".npy":
+                with dst.open(info.filename, "w") as f:
+                    np.lib.format.write_array(f, value, allow_pickle=False)
+            else:
+                dst.writestr(info, src.read(info))
+
+
+@pytest.mark.parametrize("spec, match", [
+    (b"not json", "not a JSON model description"),
+    (b"[1, 2]", "not a JSON object"),
+    (b'{"format": 1, "inputs": [], "outputs": [], "nodes": [{"name": "a", "op": "os.system",'
+     b' "inputs": [], "outputs": ["y"]}]}', "unknown layer 'os.system'"),
+    (b'{"format": 1, "inputs": [["x", null, "float32"]], "outputs": ["y"], "nodes": [{"name": '
+     b'"a", "op": "ReLU", "inputs": ["z"], "outputs": ["y"]}]}', "reads \\['z'\\] before"),
+    (b'{"format": 1, "inputs": [["x", null, "float32"]], "outputs": ["y"], "nodes": [{"name": '
+     b'"a", "op": "Conv2d", "args": {"in_channels": 4000000000, "out_channels": 4000000000, '
+     b'"kernel_size": 3}, "inputs": ["x"], "outputs": ["y"], "params": {"weight": "w"}}]}',
+     "invalid model description"),
+    (b'{"format": 7}', "unsupported format 7"),
+])
+def test_hostile_model_descriptions_are_refused(spec, match, rng, tmp_path):
+    model, _ = _conv_bn_relu(rng)
+    path = tmp_path / "m.npz"
+    fscnn.save(fscnn.from_onnx(model), path)
+    bad = tmp_path / "bad.npz"
+    _tamper(path, bad, fscnn.io.GRAPH_KEY, np.frombuffer(spec, np.uint8))
+    with pytest.raises(fscnn.io.ArchiveError, match=match):
+        fscnn.load_model(bad)
+
+
+def test_graph_called_from_threads(rng):
+    from concurrent.futures import ThreadPoolExecutor
+    model, reference = _conv_bn_relu(rng)
+    g = fscnn.from_onnx(model).prepare((1, 4, 8, 8))
+    xs = [rng.standard_normal((1, 4, 8, 8)).astype(np.float32) for _ in range(8)]
+    expected = [g(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(g, xs))
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)

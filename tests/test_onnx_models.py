@@ -15,7 +15,7 @@ import pytest
 
 from conftest import import_or_skip, import_torchvision
 
-onnx = pytest.importorskip("onnx")  # noqa: E402
+onnx = import_or_skip("onnx", 'pip install "fscnn[onnx]"')
 
 import fscnn  # noqa: E402
 from fscnn.importers.onnx import replace_weights  # noqa: E402

@@ -14,7 +14,9 @@ import warnings
 import numpy as np
 import pytest
 
-onnx = pytest.importorskip("onnx")  # noqa: E402  (fscnn's [onnx] extra; CI installs it)
+from conftest import import_or_skip
+
+onnx = import_or_skip("onnx", "pip install \"fscnn[onnx]\"")
 
 import fscnn  # noqa: E402
 from fscnn.importers.onnx import MIN_OPSET, supported_operators  # noqa: E402

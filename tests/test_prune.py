@@ -4,8 +4,9 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, torch_or_skip
 
+from fscnn.io import state_dict_of
 from fscnn.prune import (SparsityRow, format_sparsity_report, prunable_names, prune,
                          sparsity_report)
 
@@ -298,7 +299,7 @@ def test_model_inplace_and_not():
 
 
 def test_matches_torch_prune():
-    torch = pytest.importorskip("torch")
+    torch = torch_or_skip()
     from torch.nn.utils import prune as torch_prune
 
     # sizes where sparsity * size is not a half, so torch's round() agrees with half-up
@@ -468,3 +469,38 @@ def test_selection_with_empty_and_strided_weights(scope):
     for name, w in state.items():
         assert out[name].shape == w.shape
         np.testing.assert_array_equal(out[name], np.where(expected[name], 0, w))
+
+
+def test_the_package_attribute_prunes_as_documented():
+    """``fscnn.prune(model, ...)`` (Module.to_sparse's example) is ``fscnn.prune.prune``."""
+    import fscnn
+    from fscnn import nn
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
+    assert fscnn.prune(model, 0.9, inplace=True) is model
+    assert sparsity_report(model).total.nonzeros == round(0.1 * 216) + round(0.1 * 512)
+    model.to_sparse().prepare((1, 3, 6, 6))
+    state = _state()
+    for a, b in zip(fscnn.prune(state, 0.5).values(), prune(state, 0.5).values()):
+        np.testing.assert_array_equal(a, b)
+    assert fscnn.prune.sparsity_report is sparsity_report
+
+
+@pytest.mark.parametrize("target", ["state_dict", "state_dict in place", "model in place"])
+def test_global_pruning_warns_when_it_empties_a_layer(target):
+    import warnings
+    from fscnn import nn
+    from fscnn.prune import PruningWarning
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 4))
+    state = {k: np.array(v) for k, v in model.state_dict().items()}
+    state["2.weight"] *= 1e-3  # all smaller than every conv weight
+    model.load_state_dict(state)
+    obj, inplace = {"state_dict": (state, False), "state_dict in place": (state, True),
+                    "model in place": (model, True)}[target]
+    with pytest.warns(PruningWarning, match=r"zeroed every weight of '2\.weight'") as record:
+        pruned = prune(obj, 0.2, scope="global", inplace=inplace)
+    assert len(record) == 1 and "0.weight" not in str(record[0].message)
+    assert not np.count_nonzero(state_dict_of(pruned)["2.weight"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PruningWarning)
+        prune(model.state_dict(), 0.2, scope="layer")  # asked for per layer: no surprise
+        prune(model.state_dict(), 0.05, scope="global")  # leaves some of 2.weight

@@ -39,34 +39,48 @@ def _valid(rng):
     return CSRMatrix.from_dense(sparse_weight((5, 12), 0.5, rng))
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda m: setattr(m, "indptr", m.indptr.astype(np.int32)), "indptr: expected a 1-D int64"),
-    (lambda m: setattr(m, "indptr", m.indptr[:-1]), "expected length 6"),
-    (lambda m: m.indptr.__setitem__(0, 1), r"indptr\[0\]: expected 0"),
-    (lambda m: setattr(m, "data", m.data.astype(np.float64)), "data: expected a 1-D float32"),
-    (lambda m: setattr(m, "indices", m.indices[:-1]), "expected length indptr"),
-    (lambda m: setattr(m, "indices", m.indices.astype(np.float32)), "indices: expected"),
+def _rebuilt(m, **arrays):
+    """``m`` with some of its arrays replaced, unchecked (the formats are immutable)."""
+    fields = dict(indptr=m.indptr, indices=m.indices, data=m.data)
+    fields.update(arrays)
+    return CSRMatrix(**fields, shape=m.shape, check=None)
+
+
+def _first_pointer_1(m):
+    indptr = m.indptr.copy()
+    indptr[0] = 1
+    return _rebuilt(m, indptr=indptr)
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda m: _rebuilt(m, indptr=m.indptr.astype(np.int32)), "indptr: expected a 1-D int64"),
+    (lambda m: _rebuilt(m, indptr=m.indptr[:-1]), "expected length 6"),
+    (_first_pointer_1, r"indptr\[0\]: expected 0"),
+    (lambda m: _rebuilt(m, data=m.data.astype(np.float64)), "data: expected a 1-D float32"),
+    (lambda m: _rebuilt(m, indices=m.indices[:-1]), "expected length indptr"),
+    (lambda m: _rebuilt(m, indices=m.indices.astype(np.float32)), "indices: expected"),
 ])
-def test_cheap_checks(mutate, message, rng):
-    m = _valid(rng)
-    mutate(m)
+def test_cheap_checks(corrupt, message, rng):
+    m = corrupt(_valid(rng))
     with pytest.raises(FormatError, match=message):
         m.check_format(full=False)
 
 
 def test_full_checks_catch_bounds_order_and_pointers(rng):
     m = _valid(rng)
-    m.indices = m.indices.copy()
-    m.indices[0] = 12
+    indices = m.indices.copy()
+    indices[0] = 12
+    m = _rebuilt(m, indices=indices)
     m.check_format(full=False)  # O(1) checks do not look at values
     with pytest.raises(FormatError, match="out of range"):
         m.check_format(full=True)
     m = _valid(rng)
     r = int(np.argmax(np.diff(m.indptr) >= 2))
     k = m.indptr[r]
-    m.indices[k], m.indices[k + 1] = m.indices[k + 1], m.indices[k]
+    indices = m.indices.copy()
+    indices[k], indices[k + 1] = indices[k + 1], indices[k]
     with pytest.raises(FormatError, match="strictly increasing"):
-        m.check_format(full=True)
+        _rebuilt(m, indices=indices).check_format(full=True)
     m = CSRMatrix(np.array([0, 3, 1, 4], np.int64), np.array([0, 1, 2, 3], np.uint16),
                   np.ones(4, np.float32), (3, 5), check="cheap")
     with pytest.raises(FormatError, match="non-decreasing"):
@@ -111,3 +125,47 @@ def test_to_dense_in_chunks(monkeypatch, chunk, rng):
         assert np.array_equal(CSRMatrix.from_dense(w).to_dense(), w)
     w = sparse_weight((6, 3, 2, 2), 0.5, rng)
     assert np.array_equal(SparseConvWeight.from_dense(w).to_dense(), w)
+
+
+def test_formats_are_immutable(rng):
+    """A checked matrix stays valid: its arrays are read-only and cannot be reassigned."""
+    m = _valid(rng)
+    for name in ("indptr", "indices", "data"):
+        array = getattr(m, name)
+        assert not array.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            array[0] = 1
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(m, name, array.copy())
+    with pytest.raises(AttributeError, match="immutable"):
+        m.shape = (5, 13)
+    conv = SparseConvWeight.from_dense(sparse_weight((4, 2, 3, 3), 0.5, rng))
+    with pytest.raises(AttributeError, match="immutable"):
+        conv.csr = m
+    with pytest.raises(AttributeError, match="immutable"):
+        conv.kernel_shape = (1, 1, 18)
+
+
+def test_constructor_freezes_owned_arrays_and_copies_writeable_views(rng):
+    dense = sparse_weight((4, 6), 0.5, rng)
+    ref = CSRMatrix.from_dense(dense)
+    indptr, indices, data = ref.indptr.copy(), ref.indices.copy(), ref.data.copy()
+    m = CSRMatrix(indptr, indices, data, ref.shape)
+    assert m.indices is indices and not indices.flags.writeable  # frozen in place, no copy
+    buffer = ref.indices.copy()
+    view = buffer[:]
+    m = CSRMatrix(ref.indptr, view, ref.data, ref.shape)
+    buffer[0] = 5  # the caller's buffer stays writeable; the matrix holds its own copy
+    assert not np.shares_memory(m.indices, buffer)
+    assert np.array_equal(m.to_dense(), dense)
+    readonly = np.frombuffer(ref.data.tobytes(), np.float32)  # read-only memory: no copy
+    assert CSRMatrix(ref.indptr, ref.indices, readonly, ref.shape).data is readonly
+
+
+def test_pickled_formats_stay_immutable(rng):
+    import pickle
+    conv = SparseConvWeight.from_dense(sparse_weight((4, 2, 3, 3), 0.5, rng))
+    copy = pickle.loads(pickle.dumps(conv))
+    assert np.array_equal(copy.to_dense(), conv.to_dense())
+    assert not any(a.flags.writeable for a in (copy.csr.indptr, copy.csr.indices,
+                                               copy.csr.data))

@@ -15,8 +15,10 @@ import os
 import numpy as np
 import pytest
 
-pytest.importorskip("tflite")  # fscnn's [tflite] extra; CI installs it
-interpreter = pytest.importorskip("ai_edge_litert.interpreter")
+from conftest import import_or_skip
+
+import_or_skip("tflite", 'pip install "fscnn[tflite]"')
+interpreter = import_or_skip("ai_edge_litert.interpreter", "pip install ai-edge-litert")
 
 import fscnn  # noqa: E402
 from fscnn.importers.tflite import densify, load_model, supported_operators  # noqa: E402

@@ -109,6 +109,8 @@ class MobileNetV2(nn.Module):
         Kept for torchvision compatibility (identity at inference).
     """
 
+    _unbatched_ndim = 3  # one (C, H, W) image gives (num_classes,) scores
+
     def __init__(self, num_classes=1000, width_mult=1.0, inverted_residual_setting=None,
                  round_nearest=8, dropout=0.2):
         super().__init__()

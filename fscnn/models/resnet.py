@@ -119,6 +119,8 @@ class ResNet(nn.Module):
         Dilate stages 2-4 instead of striding them, as in torchvision.
     """
 
+    _unbatched_ndim = 3  # one (C, H, W) image gives (num_classes,) scores
+
     _fusions = (("conv1", "bn1", "relu"),)
 
     def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64,

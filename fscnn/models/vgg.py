@@ -29,6 +29,8 @@ class VGG(nn.Module):
         Kept for torchvision compatibility (dropout is the identity at inference).
     """
 
+    _unbatched_ndim = 3  # one (C, H, W) image gives (num_classes,) scores
+
     def __init__(self, features, num_classes=1000, dropout=0.5):
         super().__init__()
         self.features = features

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._table import format_table
 from ..functional._validate import as_float_array
 from ..ops import KERNELS, RESTRICTED_KERNELS, Conv2dOp, kernel_ineligibility
 from .errors import LayerInputError
@@ -42,6 +43,18 @@ def current_run():
     """The innermost run in progress on this thread, or None."""
     runs = getattr(_local, "runs", None)
     return runs[-1] if runs else None
+
+
+@contextlib.contextmanager
+def reporting(progress):
+    """Count every prepared step run on this thread inside the block on ``progress`` (a
+    :class:`fscnn._progress.Progress`): :meth:`Module.prepare` shows its layers so."""
+    previous = getattr(_local, "progress", None)
+    _local.progress = progress
+    try:
+        yield progress
+    finally:
+        _local.progress = previous
 
 
 @contextlib.contextmanager
@@ -236,10 +249,7 @@ class PlanReport(list):
         rows = [(r.name or "(root)", r.layers, f"{r.density:.3f}", r.kernel_setting,
                  ", ".join(f"{s} -> {k}" for s, k in r.kernels.items()) or "(not run yet)")
                 for r in self]
-        widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-                 for row in [header] + rows]
-        return "\n".join(lines)
+        return format_table(header, rows, align="lllll")
 
 
 class Plan:
@@ -330,11 +340,19 @@ class _Run:
                                f"preceding convolution when the model was prepared, but forward "
                                f"called it on another input; fix the module's _fusions")
         name = self.plan.labels[key]
+        # an unbatched input, e.g. (C, H, W) for an image layer or model: run as a batch of
+        # one and return the output without the batch dimension, as torch's layers do
+        unbatched = (module._unbatched_ndim is not None and len(args) == 1 and not kwargs
+                     and np.ndim(args[0]) == module._unbatched_ndim)
+        if unbatched:
+            args = (np.asarray(args[0])[None],)
         try:
             if hasattr(module, "_check_input"):
-                out = self._call_layer(module, args, kwargs, name)
+                out = self._call_layer(module, args, kwargs, name, unbatched)
             elif module._modules or not getattr(_local, "profiles", None):
                 out = module.forward(*args, **kwargs)
+                if unbatched and isinstance(out, np.ndarray):
+                    out = out[0]
             else:  # a leaf operation of a graph (Add, Concat, ...): profiled too
                 t0 = time.perf_counter()
                 out = module.forward(*args, **kwargs)
@@ -349,7 +367,7 @@ class _Run:
             self._check_chains_done(module)
         return out
 
-    def _call_layer(self, layer, args, kwargs, name):
+    def _call_layer(self, layer, args, kwargs, name, unbatched=False):
         if len(args) != 1 or kwargs:
             raise TypeError(f"{name}: expected one input array, got {len(args)} positional and "
                             f"{len(kwargs)} keyword arguments")
@@ -367,9 +385,14 @@ class _Run:
         profiles = getattr(_local, "profiles", None)
         t0 = time.perf_counter() if profiles else 0.0
         out = layer.forward(x) if step is None else step(x)
+        progress = getattr(_local, "progress", None) if step is not None else None
+        if progress is not None:
+            progress.update()
         if profiles:
             _record(profiles[-1], self.plan.names[id(layer)], layer, step, x, out,
                     time.perf_counter() - t0)
+        if unbatched:  # the followers of a fused chain are then called on this very view
+            out = out[0]
         if step is None:
             return out
         for follower in step.followers:

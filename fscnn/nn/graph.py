@@ -191,9 +191,10 @@ class Graph(Module):
             except (TypeError, ValueError) as exc:
                 raise GraphError(f"Graph: tensor {key!r} does not fit node {node.name!r} "
                                  f"({node.op}.{attr}): {exc}") from None
+        optional = module._optional_state_keys()  # e.g. BatchNorm2d's num_batches_tracked
         missing = [a for reg in ("_parameters", "_buffers")
                    for a, v in module.__dict__[reg].items()
-                   if v is not None and a not in node.params]
+                   if v is not None and a not in node.params and a not in optional]
         if missing:
             raise GraphError(f"Graph: node {node.name!r} ({node.op}) has no tensor for "
                              f"{missing}; give them in params or disable them in args")

@@ -44,7 +44,8 @@ def _over_rows(fn, x, features):
 
 
 class Conv2d(Layer):
-    """2-D convolution (cross-correlation) of (N, C, H, W) inputs, like ``torch.nn.Conv2d``.
+    """2-D convolution (cross-correlation) of (N, C, H, W) inputs, or one (C, H, W) image,
+    like ``torch.nn.Conv2d``.
 
     Parameters
     ----------
@@ -77,6 +78,7 @@ class Conv2d(Layer):
     """
 
     _sparse_weights = {"weight": SparseConvWeight}
+    _unbatched_ndim = 3
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros"):
@@ -367,7 +369,8 @@ class ConvTranspose2d(Layer):
 
 class BatchNorm2d(Layer):
     """Batch normalisation of (N, C, H, W) inputs with running statistics, like
-    ``torch.nn.BatchNorm2d`` in eval mode.
+    ``torch.nn.BatchNorm2d`` in eval mode; it also takes one (C, H, W) image, which torch
+    refuses, so that whole models do.
 
     Following a convolution, it is folded into the convolution's weights when the model is
     prepared. With ``track_running_stats=False`` it normalises with the statistics of each
@@ -391,7 +394,11 @@ class BatchNorm2d(Layer):
     Attributes
     ----------
     weight, bias, running_mean, running_var : ndarray of shape (num_features,) or None
+    num_batches_tracked : 0-d int64 ndarray or None
+        Kept for torch's state_dict (training only); may be missing from a loaded state.
     """
+
+    _unbatched_ndim = 3  # torch's BatchNorm2d refuses (C, H, W); accepted so models take it
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, bias=True):
@@ -412,6 +419,8 @@ class BatchNorm2d(Layer):
         self._init_array("running_mean", np.zeros(c, np.float32) if track_running_stats
                          else None, "_buffers")
         self._init_array("running_var", np.ones(c, np.float32) if track_running_stats
+                         else None, "_buffers")
+        self._init_array("num_batches_tracked", np.zeros((), np.int64) if track_running_stats
                          else None, "_buffers")
 
     def _optional_state_keys(self, prefix=""):

@@ -1,6 +1,7 @@
 """``Module``: the base class of every layer and model, with torch.nn's naming contract.
 
-A module owns named parameters and buffers (read-only float32 NumPy arrays) and named child
+A module owns named parameters and buffers (read-only NumPy arrays: float32, and int64 for
+BatchNorm's ``num_batches_tracked``) and named child
 modules, registered in assignment order. ``state_dict()`` joins the names with dots exactly as
 torch does, so a torchvision checkpoint saved as ``.npz`` loads with ``load_state_dict``.
 Convolution and linear weights may instead be held sparse (``Module.to_sparse``, or loading a
@@ -17,6 +18,8 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
+from .. import io
+from .._progress import Progress
 from ..sparse import CSRMatrix, FormatError, SparseConvWeight
 from . import _plan
 from .errors import LayerInputError, StateDictError
@@ -30,8 +33,9 @@ IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_k
 _prepare_lock = threading.RLock()
 
 
-def _as_array(value, label, expected_shape=None):
-    """``value`` as a fresh read-only C-contiguous float32 array, or None.
+def _as_array(value, label, expected_shape=None, dtype=np.float32):
+    """``value`` as a fresh read-only C-contiguous array of ``dtype`` (float32 but for integer
+    buffers such as BatchNorm's ``num_batches_tracked``), or None.
 
     Raises TypeError for non-numeric values and ValueError when ``expected_shape`` is given
     and differs.
@@ -43,17 +47,9 @@ def _as_array(value, label, expected_shape=None):
         raise TypeError(f"{label}: expected a real numeric array, got dtype {arr.dtype}")
     if expected_shape is not None and arr.shape != tuple(expected_shape):
         raise ValueError(f"{label}: expected shape {tuple(expected_shape)}, got {arr.shape}")
-    arr = np.array(arr, dtype=np.float32, order="C", copy=True)
+    arr = np.array(arr, dtype=dtype, order="C", copy=True)
     arr.setflags(write=False)
     return arr
-
-
-def _freeze_sparse(value):
-    """Make the arrays of a sparse weight read-only (in place, not copied) and return it."""
-    csr = value.csr if isinstance(value, SparseConvWeight) else value
-    for arr in (csr.indptr, csr.indices, csr.data):
-        arr.setflags(write=False)
-    return value
 
 
 def _dense_of(value):
@@ -165,6 +161,10 @@ class Module:
 
     _fusions = ()
 
+    _unbatched_ndim = None
+    """Rank of an unbatched input the module also takes (3 for (C, H, W) images), or None.
+    Such an input runs as a batch of one and the output loses the batch dimension again."""
+
     def __init__(self):
         d = self.__dict__
         d["training"] = True
@@ -201,9 +201,12 @@ class Module:
                 if old is not None and tuple(value.shape) != tuple(old.shape):
                     raise ValueError(f"{label}: expected shape {tuple(old.shape)}, got "
                                      f"{tuple(value.shape)}")
-                registry[name] = _freeze_sparse(value)
-            else:
-                registry[name] = _as_array(value, label, None if old is None else old.shape)
+                registry[name] = value  # immutable: its arrays are read-only
+            else:  # an integer buffer stays integer, everything else becomes float32
+                dtype = (old.dtype if isinstance(old, np.ndarray) and old.dtype.kind in "iu"
+                         else np.float32)
+                registry[name] = _as_array(value, label, None if old is None else old.shape,
+                                           dtype)
         elif name in modules:
             if value is not None:
                 raise TypeError(f"cannot assign a {type(value).__name__} as child module "
@@ -342,7 +345,7 @@ class Module:
         return slots
 
     def _optional_state_keys(self, prefix=""):
-        """Keys accepted by :meth:`load_state_dict` but not required (none by default)."""
+        """Keys that :meth:`load_state_dict` does not require (none by default)."""
         keys = set()
         for name, module in self.named_children():
             keys |= module._optional_state_keys(f"{prefix}{name}.")
@@ -354,8 +357,10 @@ class Module:
         Returns
         -------
         OrderedDict of str -> ndarray, or StateDict
-            The module's own read-only float32 arrays (not copies). BatchNorm's
-            ``num_batches_tracked`` is not kept (it only matters for training). When some
+            The module's own read-only float32 arrays (not copies), and BatchNorm's
+            ``num_batches_tracked`` as torch has it: a 0-d int64 buffer (0 unless loaded; it
+            only counts training steps), so the result loads into the torch model with
+            ``strict=True``. When some
             weights are held sparse (:meth:`to_sparse`), a :class:`StateDict` with the same
             keys whose sparse-held weights are materialised as dense arrays per tensor, when
             read (so saving or converting it to torch never holds every dense weight at once).
@@ -373,9 +378,12 @@ class Module:
         ----------
         state_dict : mapping of str -> array_like, CSRMatrix or SparseConvWeight
             E.g. a dict, the ``NpzFile`` of ``np.load("model.npz")``, a torch state dict or
-            what ``fscnn.load(path, sparse=True)`` returns. Arrays are copied as float32;
-            ``*.num_batches_tracked`` keys of batch norm layers are accepted and ignored.
-            A Conv2d weight may be a :class:`~fscnn.sparse.SparseConvWeight` and a Linear
+            what ``fscnn.load(path, sparse=True)`` returns. The members of an fscnn archive
+            (``np.load`` of a file written by ``fscnn.save`` or ``fscnn prune``, recognised by
+            its ``__fscnn_format__`` key) are decoded first, as ``fscnn.load`` does. Arrays
+            are copied as float32 (``num_batches_tracked`` as int64); a batch norm's
+            ``num_batches_tracked`` may be missing, as in checkpoints older than torch 0.4.1
+            (torch accepts that too). A Conv2d weight may be a :class:`~fscnn.sparse.SparseConvWeight` and a Linear
             weight a :class:`~fscnn.sparse.CSRMatrix` of the same shape: the layer then holds
             it sparse (not copied; its arrays are made read-only), as after :meth:`to_sparse`.
             A dense array loaded into a sparse-held weight makes it dense-held again.
@@ -392,14 +400,19 @@ class Module:
         StateDictError
             Naming every missing and unexpected key (when ``strict``), every array of the
             wrong shape and every non-numeric value (or sparse weight in the wrong place or
-            of an invalid format), all in one error. Nothing is loaded then.
+            of an invalid format), all in one error (summarised: counts, the first few
+            keys, a hint). Nothing is loaded then.
+        fscnn.io.ArchiveError
+            ``state_dict`` holds an fscnn archive's members that do not form a valid archive.
         """
+        if io.is_encoded(state_dict):  # e.g. np.load() of what fscnn.save or `fscnn prune` wrote
+            state_dict = io.decode(state_dict)
         slots = self._state_slots()
         stored = getattr(state_dict, "stored", None)  # a StateDict: keep its sparse values
         provided = list(state_dict.keys())
         provided_set = set(provided)
         optional = self._optional_state_keys()
-        missing = [key for key in slots if key not in provided_set]
+        missing = [key for key in slots if key not in provided_set and key not in optional]
         unexpected = [key for key in provided if key not in slots and key not in optional]
         mismatched, invalid, arrays = [], [], {}
         for key, (module, name, current) in slots.items():
@@ -424,7 +437,8 @@ class Module:
                 arrays[key] = value
         if mismatched or invalid or (strict and (missing or unexpected)):
             raise StateDictError(self._get_name(), missing if strict else (),
-                                 unexpected if strict else (), mismatched, invalid)
+                                 unexpected if strict else (), mismatched, invalid,
+                                 matched=sum(key in slots for key in provided))
         for key, value in arrays.items():
             module, name, _ = slots[key]
             setattr(module, name, value)
@@ -477,7 +491,7 @@ class Module:
                     zeros = weight.size - np.count_nonzero(weight)
                     if weight.size == 0 or zeros < min_sparsity * weight.size:
                         continue
-                    module._parameters[name] = _freeze_sparse(kind.from_dense(weight))
+                    module._parameters[name] = kind.from_dense(weight)
                     del weight
                     module._touch()
         return self
@@ -537,7 +551,10 @@ class Module:
 
         Leaf layers take one float array (converted to C-contiguous float32) and return a
         float32 array; they raise :class:`~fscnn.nn.LayerInputError` (a ``ValueError``)
-        naming the layer when its rank, channel count or spatial size does not fit.
+        naming the layer when its rank, channel count or spatial size does not fit. Image
+        layers (Conv2d, BatchNorm2d, the pools) and the zoo's models also take one unbatched
+        image (C, H, W), as torch's layers do, and return their output without the batch
+        dimension.
         """
         run = _plan.current_run()
         if run is not None and run.plan.contains(self):
@@ -553,7 +570,7 @@ class Module:
                 self._prepared = plan
             return plan
 
-    def prepare(self, input_shape=None, kernel="auto"):
+    def prepare(self, input_shape=None, kernel="auto", progress=None):
         """Fold, fuse and convert the weights once, ahead of the first call.
 
         Batch norms that follow a convolution are folded into it, a ReLU or ReLU6 after a
@@ -574,11 +591,19 @@ class Module:
             stride-1, dilation-1, ungrouped convolutions, ``'depthwise'`` to the convolutions
             with one input channel per group, and both leave ``'auto'`` to the other layers;
             in a mapping they must name such a layer.
+        progress : bool or None
+            With ``input_shape``, count the layers prepared on stderr (tqdm's bar when
+            installed, else a counter) once preparing has taken more than a second (timing
+            kernel candidates takes a while on large models). None: only when stderr is a
+            terminal; True: also when it is not; False: never.
 
         Returns
         -------
         self
         """
+        if progress not in (None, True, False):
+            raise TypeError(f"{self._get_name()}.prepare: progress must be None, True or False, "
+                            f"got {progress!r}")
         if input_shape is not None:
             input_shape = tuple(input_shape)
             if not input_shape or not all(isinstance(s, (int, np.integer)) and s > 0
@@ -590,7 +615,9 @@ class Module:
             self.__dict__["_kernel"] = kernel
             self.__dict__["_prepared"] = plan
         if input_shape is not None:
-            self(np.zeros(input_shape, dtype=np.float32))
+            with Progress(len(plan.steps), "prepare", "layer", enabled=progress) as bar, \
+                    _plan.reporting(bar):
+                self(np.zeros(input_shape, dtype=np.float32))
         return self
 
     def plan(self):
@@ -645,11 +672,11 @@ class Layer(Module):
         """Whether ``module`` (the next layer) can be folded into this layer's weights."""
         return False
 
-    @staticmethod
-    def _require_ndim(x, ndim, label, layout="(N, C, H, W)"):
+    def _require_ndim(self, x, ndim, label, layout="(N, C, H, W)"):
         if x.ndim != ndim:
-            raise LayerInputError(f"{label}: expected a {ndim}-D input {layout}, got shape "
-                                  f"{x.shape}")
+            also = " or an unbatched (C, H, W)" if self._unbatched_ndim == 3 else ""
+            raise LayerInputError(f"{label}: expected a {ndim}-D input {layout}{also}, got "
+                                  f"shape {x.shape}")
 
     @staticmethod
     def _require_channels(x, channels, label, what="input channels"):

@@ -1,4 +1,5 @@
-"""Pooling layers over (N, C, H, W) inputs, wrapping :mod:`fscnn.functional`'s pooling.
+"""Pooling layers over (N, C, H, W) inputs (or one (C, H, W) image, as in torch), wrapping
+:mod:`fscnn.functional`'s pooling.
 
 Hyper-parameters are kept as given (an int or a pair), as torch keeps them, and validated in
 the constructor with torch's constraints.
@@ -15,6 +16,7 @@ from .module import Layer
 class _Pool2d(Layer):
     """Shared checks of the sliding-window pools."""
 
+    _unbatched_ndim = 3
     dilation = 1
     ceil_mode = False
 
@@ -132,6 +134,7 @@ class AvgPool2d(_Pool2d):
 class _AdaptivePool2d(Layer):
     """Pools to a fixed output size; ``None`` in ``output_size`` keeps that input size."""
 
+    _unbatched_ndim = 3
     _function = None
 
     def __init__(self, output_size):

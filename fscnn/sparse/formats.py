@@ -5,6 +5,13 @@ duplicates) and every stored value is non-zero as converted from a dense array (
 may appear only if a user builds the arrays by hand; they are harmless). Column indices are
 ``uint16`` when the row length fits (6 bytes per non-zero with float32 values), else ``int32``
 (8 bytes per non-zero).
+
+Both formats are immutable: their arrays are read-only and their attributes cannot be
+reassigned, so a matrix that passed ``check_format(full=True)`` once (as every operator built
+from one checks it) stays valid, and the compiled kernels never see indices changed after the
+check. An array given to the constructor is made read-only in place when it owns its memory
+(no copy), kept when nothing can write its memory, and copied when it is a view of writeable
+memory (another array could change it).
 """
 import numpy as np
 
@@ -18,6 +25,43 @@ _CHECK_CHUNK = 1 << 18  # entries at a time in check_format(full=True) and to_de
 
 def _index_dtype(n_cols):
     return np.uint16 if n_cols <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def _writeable_memory(obj):
+    """Whether the memory behind ``obj`` (an array, or the buffer at the end of a chain of
+    views) can be written through some object."""
+    while isinstance(obj, np.ndarray):
+        if obj.flags.writeable:
+            return True
+        if obj.base is None:
+            return False
+        obj = obj.base
+    try:
+        return not memoryview(obj).readonly
+    except TypeError:  # not a buffer numpy could have viewed: assume the worst
+        return True
+
+
+def _frozen(array):
+    """``array`` (C-contiguous) as an array whose memory nothing can write through numpy:
+    itself made read-only when it owns its memory or views read-only memory, else a read-only
+    copy. (Views of an owning array made before it is frozen keep their own flag.)"""
+    array = np.ascontiguousarray(array)
+    if array.base is not None and _writeable_memory(array.base):
+        array = array.copy()
+    array.setflags(write=False)
+    return array
+
+
+def _immutable(name, doc):
+    """A read-only attribute stored as ``_<name>``; assigning it raises AttributeError."""
+    def get(self):
+        return self.__dict__["_" + name]
+
+    def refuse(self, value):
+        raise AttributeError(f"{type(self).__name__}.{name} cannot be reassigned: the format "
+                             f"is immutable, build a new {type(self).__name__}")
+    return property(get, refuse, doc=doc)
 
 
 class CSRMatrix:
@@ -36,6 +80,10 @@ class CSRMatrix:
         Validation on construction: "cheap" checks dtypes and lengths (O(1)), "full" also checks
         bounds and order (O(nnz)).
 
+    The matrix is immutable: ``indptr``, ``indices`` and ``data`` are read-only (arrays that
+    own their memory are made read-only in place, views of writeable memory are copied) and
+    cannot be reassigned.
+
     Examples
     --------
     >>> m = CSRMatrix.from_dense(np.array([[0, 2.0], [3.0, 0]], dtype=np.float32))
@@ -45,22 +93,30 @@ class CSRMatrix:
 
     format = "csr"
 
+    indptr = _immutable("indptr", "Row pointers, read-only int64 array of shape (n_rows + 1,).")
+    indices = _immutable("indices", "Column of each entry, read-only uint16 or int32 array.")
+    data = _immutable("data", "Value of each entry, read-only float32 array.")
+    shape = _immutable("shape", "(n_rows, n_cols).")
+
     def __init__(self, indptr, indices, data, shape, check="full"):
         if check not in ("full", "cheap", None):
             raise ValueError(f"CSRMatrix: check must be 'full', 'cheap' or None, got {check!r}")
-        # the kernels read the arrays as contiguous memory
-        self.indptr = np.ascontiguousarray(indptr)
-        self.indices = np.ascontiguousarray(indices)
-        self.data = np.ascontiguousarray(data)
+        # the kernels read the arrays as contiguous memory, which must not change once checked
+        d = self.__dict__
+        d["_indptr"], d["_indices"], d["_data"] = (_frozen(a) for a in (indptr, indices, data))
         try:
             dims = tuple(shape)
         except TypeError:
             raise TypeError(f"shape: expected a pair of sizes, got {shape!r}") from None
         if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in dims):
             raise FormatError(f"shape: expected integer sizes, got {shape!r}")
-        self.shape = tuple(int(s) for s in dims)
+        d["_shape"] = tuple(int(s) for s in dims)
         if check is not None:
             self.check_format(full=(check == "full"))
+
+    def __reduce__(self):
+        # rebuilt through __init__, so that the unpickled (writeable) arrays are frozen again
+        return type(self), (self.indptr, self.indices, self.data, self.shape, "cheap")
 
     @classmethod
     def from_dense(cls, dense):
@@ -200,11 +256,14 @@ class SparseConvWeight:
 
     format = "conv-csr"
 
+    csr = _immutable("csr", "The compressed rows, a CSRMatrix of shape (O, C/groups*KH*KW).")
+    kernel_shape = _immutable("kernel_shape", "(C/groups, KH, KW).")
+
     def __init__(self, csr, kernel_shape):
         if not isinstance(csr, CSRMatrix):
             raise TypeError(f"SparseConvWeight: csr must be a CSRMatrix, got {type(csr).__name__}")
-        self.csr = csr
-        self.kernel_shape = tuple(int(k) for k in kernel_shape)
+        self.__dict__["_csr"] = csr
+        self.__dict__["_kernel_shape"] = tuple(int(k) for k in kernel_shape)
         if len(self.kernel_shape) != 3 or min(self.kernel_shape) < 1:
             raise FormatError(f"kernel_shape must be three positive sizes (C/groups, KH, KW), "
                               f"got {self.kernel_shape}")
