@@ -14,7 +14,7 @@ import os
 import pytest
 
 import fscnn
-from conftest import import_or_skip
+from conftest import import_or_skip, import_torchvision
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -51,7 +51,8 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     import_or_skip("ipykernel", "the docs extra")
     import_or_skip("matplotlib", "the docs extra")
     for module, how in REQUIREMENTS[name].items():
-        import_or_skip(module, how)
+        # torchvision beside the CPU torch imports only through the test helper
+        import_torchvision() if module == "torchvision" else import_or_skip(module, how)
 
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(fscnn.__file__)))
     pythonpath = os.environ.get("PYTHONPATH")

@@ -35,8 +35,7 @@ class Unsupported(Exception):
 
 # Layers whose output is known at import when every input is (shape arithmetic, casts, ...).
 # Layers with weights never fold (they are the model's state).
-_FOLDABLE = {name for name, cls in LAYERS.items()
-             if not getattr(cls, "_sparse_weights", None) and name not in ("PRelu",)}
+_FOLDABLE = {name for name, cls in LAYERS.items() if not getattr(cls, "_sparse_weights", None)}
 _FOLD_LIMIT = 1 << 24  # elements: a folded constant larger than this stays a node
 
 
