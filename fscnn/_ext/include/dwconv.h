@@ -11,20 +11,17 @@
 #define FSCNN_DWCONV_H
 #include "fscnn_common.h"
 
-#define DW_SUFFIX baseline
-#define DW_TARGET FSCNN_TARGET_BASELINE
-#define DW_VL 4
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline
 #define DW_NV 8
 #include "dwconv_impl.h"
 #if FSCNN_X86
-#define DW_SUFFIX avx2
-#define DW_TARGET FSCNN_TARGET_AVX2
-#define DW_VL 8
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2
 #define DW_NV 8
 #include "dwconv_impl.h"
-#define DW_SUFFIX avx512
-#define DW_TARGET FSCNN_TARGET_AVX512
-#define DW_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512
 #define DW_NV 4
 #include "dwconv_impl.h"
 #endif

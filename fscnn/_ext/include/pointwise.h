@@ -14,46 +14,39 @@
 #define FSCNN_POINTWISE_H
 #include "fscnn_common.h"
 
-#define PW_SUFFIX baseline_4x3
-#define PW_TARGET FSCNN_TARGET_BASELINE
-#define PW_VL 4
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline_4x3
 #define PW_NV 3
 #define PW_MR 4
 #include "pointwise_impl.h"
-#define PW_SUFFIX baseline_6x2
-#define PW_TARGET FSCNN_TARGET_BASELINE
-#define PW_VL 4
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline_6x2
 #define PW_NV 2
 #define PW_MR 6
 #include "pointwise_impl.h"
 #if FSCNN_X86
-#define PW_SUFFIX avx2_4x3
-#define PW_TARGET FSCNN_TARGET_AVX2
-#define PW_VL 8
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2_4x3
 #define PW_NV 3
 #define PW_MR 4
 #include "pointwise_impl.h"
-#define PW_SUFFIX avx2_6x2
-#define PW_TARGET FSCNN_TARGET_AVX2
-#define PW_VL 8
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2_6x2
 #define PW_NV 2
 #define PW_MR 6
 #include "pointwise_impl.h"
-#define PW_SUFFIX avx512_8x3
-#define PW_TARGET FSCNN_TARGET_AVX512
-#define PW_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512_8x3
 #define PW_NV 3
 #define PW_MR 8
 #include "pointwise_impl.h"
-#define PW_SUFFIX avx512_6x4
-#define PW_TARGET FSCNN_TARGET_AVX512
-#define PW_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512_6x4
 #define PW_NV 4
 #define PW_MR 6
 #include "pointwise_impl.h"
-#define PW_SUFFIX avx512_12x2
-#define PW_TARGET FSCNN_TARGET_AVX512
-#define PW_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512_12x2
 #define PW_NV 2
 #define PW_MR 12
 #include "pointwise_impl.h"

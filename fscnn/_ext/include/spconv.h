@@ -16,35 +16,29 @@
 /* Each target is instantiated with a full tile and a half tile (suffix half_<level>): layers
  * whose flat output is short (7x7, 14x14 planes) waste less of a half tile on positions past the
  * end. */
-#define SPCONV_SUFFIX baseline
-#define SPCONV_TARGET FSCNN_TARGET_BASELINE
-#define SPCONV_VL 4
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline
 #define SPCONV_NV 6
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX half_baseline
-#define SPCONV_TARGET FSCNN_TARGET_BASELINE
-#define SPCONV_VL 4
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX half_baseline
 #define SPCONV_NV 3
 #include "spconv_impl.h"
 #if FSCNN_X86
-#define SPCONV_SUFFIX avx2
-#define SPCONV_TARGET FSCNN_TARGET_AVX2
-#define SPCONV_VL 8
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2
 #define SPCONV_NV 6
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX half_avx2
-#define SPCONV_TARGET FSCNN_TARGET_AVX2
-#define SPCONV_VL 8
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX half_avx2
 #define SPCONV_NV 3
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX avx512
-#define SPCONV_TARGET FSCNN_TARGET_AVX512
-#define SPCONV_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512
 #define SPCONV_NV 8
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX half_avx512
-#define SPCONV_TARGET FSCNN_TARGET_AVX512
-#define SPCONV_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX half_avx512
 #define SPCONV_NV 4
 #include "spconv_impl.h"
 #endif

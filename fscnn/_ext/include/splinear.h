@@ -20,9 +20,6 @@
 #ifndef FSCNN_SPLINEAR_H
 #define FSCNN_SPLINEAR_H
 #include "fscnn_common.h"
-#if FSCNN_X86
-#include <immintrin.h>
-#endif
 
 #define SPLIN_PANEL 6144
 
@@ -53,7 +50,7 @@ static inline float splin_dot_baseline(const float *restrict val, const uint16_t
     memcpy(tval, val, (size_t)(n) * sizeof(float));
 
 #define SPLIN_IDX16(p) _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p)))
-FSCNN_TARGET_AVX512 static inline float splin_dot_avx512(const float *restrict val,
+FSCNN_ATTR_avx512 static inline float splin_dot_avx512(const float *restrict val,
                                                          const uint16_t *restrict idx,
                                                          int64_t n, const float *restrict x)
 {
@@ -82,7 +79,7 @@ FSCNN_TARGET_AVX512 static inline float splin_dot_avx512(const float *restrict v
 }
 
 #define SPLIN_IDX8(p) _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p)))
-FSCNN_TARGET_AVX2 static inline float splin_dot_avx2(const float *restrict val,
+FSCNN_ATTR_avx2 static inline float splin_dot_avx2(const float *restrict val,
                                                      const uint16_t *restrict idx, int64_t n,
                                                      const float *restrict x)
 {
@@ -135,10 +132,10 @@ TARGET static void NAME(const float *restrict x, int64_t N, int64_t I, int64_t O
         }                                                                                      \
     }                                                                                          \
 }
-SPLIN_ROWS(splin_rows_baseline, FSCNN_TARGET_BASELINE, splin_dot_baseline)
+SPLIN_ROWS(splin_rows_baseline, FSCNN_ATTR_baseline, splin_dot_baseline)
 #if FSCNN_X86
-SPLIN_ROWS(splin_rows_avx2, FSCNN_TARGET_AVX2, splin_dot_avx2)
-SPLIN_ROWS(splin_rows_avx512, FSCNN_TARGET_AVX512, splin_dot_avx512)
+SPLIN_ROWS(splin_rows_avx2, FSCNN_ATTR_avx2, splin_dot_avx2)
+SPLIN_ROWS(splin_rows_avx512, FSCNN_ATTR_avx512, splin_dot_avx512)
 #endif
 
 /* Column panel width in input features (the caller lays the weights out with it). */

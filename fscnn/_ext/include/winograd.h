@@ -48,15 +48,15 @@ static inline int64_t wino_tmp_len(int64_t tiles_w) { return 28 * wino_row_len(t
     (o3) = wm1 + 0.125f * wm2 + (m5);                                  \
 } while (0)
 
-#define WINO_SUFFIX baseline
-#define WINO_TARGET FSCNN_TARGET_BASELINE
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline
 #include "winograd_impl.h"
 #if FSCNN_X86
-#define WINO_SUFFIX avx2
-#define WINO_TARGET FSCNN_TARGET_AVX2
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2
 #include "winograd_impl.h"
-#define WINO_SUFFIX avx512
-#define WINO_TARGET FSCNN_TARGET_AVX512
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512
 #include "winograd_impl.h"
 #endif
 
