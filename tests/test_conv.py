@@ -137,6 +137,34 @@ def test_results_do_not_depend_on_threads_or_simd_beyond_rounding(rng):
     assert np.array_equal(one, two)
 
 
+# Flat outputs whose last tile is moved back at every SIMD level (148 positions, 160 or 152 in
+# the sparse kernel's aligned layouts; 49 in the pointwise kernel's), and a 3x3 layer whose
+# padded rows (16 floats at the baseline) make 160 positions.
+# Enough input channels that each work item takes a while: the second thread then runs some.
+OVERLAP_CASES = [("sparse", (8, 256, 1, 1), {}, (1, 256, 4, 37)),
+                 ("sparse", (16, 64, 3, 3), {"padding": 1}, (1, 64, 10, 11)),
+                 ("dense", (64, 256, 1, 1), {}, (1, 256, 7, 7))]
+
+
+@pytest.mark.parametrize("kernel, shape, hp, x_shape", OVERLAP_CASES,
+                         ids=["sparse_1x1", "sparse_3x3", "pointwise"])
+def test_threads_write_disjoint_outputs(kernel, shape, hp, x_shape, rng):
+    # A moved-back last tile stores only the positions the tile before it did not: both are
+    # work items that two threads may run at once. Writing the same values twice would give
+    # the same result, so this test is for a race detector: CI runs it under ThreadSanitizer
+    # at the baseline SIMD level (.ci/run), whose 16-byte stores it instruments; the repeated
+    # calls let the two tiles run on different threads.
+    w = sparse_weight(shape, 0.3, rng)
+    x = aligned_empty(x_shape)
+    x[...] = rng.standard_normal(x_shape)
+    with _config.threads(2):
+        op = Conv2dOp(w, kernel=kernel, **hp)
+        first = op(x)
+        for _ in range(100):
+            assert np.array_equal(op(x), first)
+    assert_close(first, ref_conv2d(x, w, **hp))
+
+
 def _torch_conv2d(x, w, b, hp):
     """torch.nn.functional.conv2d with fscnn's hyper-parameters (a 4-tuple padding applied
     with F.pad, as torch's conv2d takes symmetric padding only)."""

@@ -16,13 +16,14 @@
 #define PW_VL FSCNN_VL
 #define PW_T (PW_VL * PW_NV)
 
-/* Output channels [ob*MR, ob*MR + rows) x positions [p0, p0+T).
+/* Output channels [ob*MR, ob*MR + rows) x positions [p0, p0+T), of which [p0 + skip, p0+T)
+ * are stored.
  * x: (K, ldx) input planes, readable at [p0, p0+T) of every row. wp: packed weights of block
  * ob, (K, MR). bias: (O,) or NULL. out: (O, ldo). */
 FSCNN_TARGET static void FSCNN_FN(pw_tile)(
         const float *restrict x, int64_t ldx, const float *restrict wp, int64_t K,
         const float *restrict bias, int64_t o0, int rows, float *restrict out, int64_t ldo,
-        int64_t p0, int act)
+        int64_t p0, int64_t skip, int act)
 {
     PWVEC acc[PW_MR][PW_NV];
 #pragma GCC unroll 16
@@ -54,25 +55,36 @@ FSCNN_TARGET static void FSCNN_FN(pw_tile)(
     }
     for (int i = 0; i < rows; i++) {
         float *restrict o = out + (o0 + i) * ldo + p0;
+        if (skip) {
+            float tmp[PW_T];
+            memcpy(tmp, acc[i], sizeof tmp);
+            memcpy(o + skip, tmp + skip, (size_t)(PW_T - skip) * sizeof(float));
+            continue;
+        }
 #pragma GCC unroll 16
         for (int v = 0; v < PW_NV; v++) memcpy(o + v * PW_VL, &acc[i][v], sizeof(PWVEC));
     }
 }
 
 /* Output blocks [b0, b1) x position tile t of one image. L: positions; the last tile is moved
- * back to end at L (its recomputed positions get bit-identical values), so L >= T is
- * required: the caller copies a shorter input into a T-wide buffer. */
+ * back to end at L and stores only the positions past the tile before it (another work item:
+ * two threads never write the same output), so L >= T is required: the caller copies a
+ * shorter input into a T-wide buffer. */
 FSCNN_TARGET static void FSCNN_FN(pw_items)(
         const float *restrict x, int64_t ldx, const float *restrict wpack, int64_t K, int64_t O,
         const float *restrict bias, float *restrict out, int64_t ldo, int64_t L, int64_t t,
         int64_t b0, int64_t b1, int act)
 {
-    int64_t p0 = t * PW_T;
-    if (p0 + PW_T > L) p0 = L - PW_T;
+    int64_t p0 = t * PW_T, skip = 0;
+    if (p0 + PW_T > L) {
+        skip = p0 - (L - PW_T);
+        p0 = L - PW_T;
+    }
     for (int64_t b = b0; b < b1; b++) {
         const int64_t o0 = b * PW_MR;
         const int rows = (int)((O - o0 < PW_MR) ? O - o0 : PW_MR);
-        FSCNN_FN(pw_tile)(x, ldx, wpack + b * K * PW_MR, K, bias, o0, rows, out, ldo, p0, act);
+        FSCNN_FN(pw_tile)(x, ldx, wpack + b * K * PW_MR, K, bias, o0, rows, out, ldo, p0, skip,
+                          act);
     }
 }
 

@@ -75,7 +75,8 @@
     } while (0)
 #endif
 
-/* One tile of T output positions [p0, p0+T) for output channels [o0, o1) of one image.
+/* One tile of T output positions [p0, p0+T) for output channels [o0, o1) of one image, of
+ * which positions [p0 + skip, p0+T) are stored.
  * in:      packed planes (read-only), SPCONV_VL-aligned, readable up to max(offsets) + p0 + T
  *          (+ SPCONV_VL when R > 1). p0 is a multiple of SPCONV_VL (see spconv_items).
  * ptr:     (O, ncb*R+1) row-major: the non-zeros of output channel o that read input-channel
@@ -91,7 +92,8 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
         const float *restrict in, const int64_t *restrict ptr, int64_t ncb, int64_t R,
         const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
         float *restrict out, float *restrict partial,
-        int64_t o0, int64_t o1, int64_t p0, int64_t Wq, int64_t H_out, int64_t W_out, int act)
+        int64_t o0, int64_t o1, int64_t p0, int64_t skip, int64_t Wq, int64_t H_out,
+        int64_t W_out, int act)
 {
     float tmp[SPCONV_T] __attribute__((aligned(64)));
     const int64_t plane = H_out * W_out;
@@ -104,7 +106,7 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
     int n_runs = 0;
     {
         const int64_t pend = (p0 + SPCONV_T < L) ? p0 + SPCONV_T : L;
-        int64_t p = p0, y = p0 / Wq, x = p0 - y * Wq;
+        int64_t p = p0 + skip, y = p / Wq, x = p - y * Wq;
         while (p < pend) {
             int64_t run = Wq - x;
             if (p + run > pend) run = pend - p;
@@ -201,12 +203,15 @@ FSCNN_TARGET static void FSCNN_FN(spconv_items)(
         const int64_t t = i / n_oblk, b = i - t * n_oblk;
         /* The last tile is moved back to end at L when the flat output holds a whole tile, so
          * no read goes past position L-1+max(offsets): an unpadded 1x1 layer then reads its
-         * input in place (no packing). The positions it recomputes get bit-identical values:
-         * each is the same sequence of FMAs whatever its lane. */
-        int64_t p0 = t * SPCONV_T;
-        if (p0 + SPCONV_T > L && L >= SPCONV_T) p0 = L - SPCONV_T;
+         * input in place (no packing). It stores only the positions past the tile before it,
+         * which is another work item: two threads never write the same output. */
+        int64_t p0 = t * SPCONV_T, skip = 0;
+        if (p0 + SPCONV_T > L && L >= SPCONV_T) {
+            skip = p0 - (L - SPCONV_T);
+            p0 = L - SPCONV_T;
+        }
         FSCNN_FN(spconv_tile)(in, ptr, ncb, R, offsets, values, bias, out, partial, oblk[b],
-                               oblk[b + 1], p0, Wq, H_out, W_out, act);
+                              oblk[b + 1], p0, skip, Wq, H_out, W_out, act);
     }
 }
 
