@@ -157,7 +157,7 @@ def _output_positions(model, input_size):
     """
     import numpy as np
 
-    from .functional._validate import sliding_output_hw
+    from ._validate import sliding_output_hw
 
     modules = dict(model.named_modules())
     layers = [m for m in modules.values() if np.ndim(getattr(m, "weight", None)) in (2, 4)]

@@ -17,7 +17,7 @@ from . import _blas, _config
 from ._memory import aligned_empty, is_aligned
 from ._ext import _conv, _linear, _pool
 from .sparse import CSRMatrix, SparseConvWeight
-from .functional._validate import activation_code, as_float_array, as_vector, is_int, pair
+from ._validate import activation_code, as_float_array, as_vector, is_int, pair
 
 KERNELS = ("auto", "sparse", "dense", "winograd", "depthwise")
 LINEAR_KERNELS = ("auto", "sparse", "dense")

@@ -10,7 +10,7 @@ import numpy as np
 from .._ext import _pool
 from .._memory import aligned_empty
 from ..sparse import CSRMatrix, SparseConvWeight
-from ._validate import activation_code, as_float_array, as_vector, is_int, real, threads_for
+from .._validate import activation_code, as_float_array, as_vector, is_int, real, threads_for
 
 
 def _input(x, name, min_ndim=0):

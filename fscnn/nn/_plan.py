@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..functional._validate import as_float_array
+from .._validate import as_float_array
 from ..ops import KERNELS, RESTRICTED_KERNELS, Conv2dOp, kernel_ineligibility
 from .errors import LayerInputError
 

@@ -12,7 +12,7 @@ import numpy as np
 from .. import functional as F
 from .. import ops
 from ..sparse import CSRMatrix, SparseConvWeight
-from ..functional._validate import is_int, pair, sliding_output_hw
+from .._validate import is_int, pair, sliding_output_hw
 from . import init
 from .errors import LayerInputError
 from .module import Layer

@@ -6,7 +6,7 @@ the constructor with torch's constraints.
 import numbers
 
 from .. import functional as F
-from ..functional._validate import pair
+from .._validate import pair
 from .errors import LayerInputError
 from .layers import check_spatial
 from .module import Layer
