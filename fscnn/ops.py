@@ -109,8 +109,8 @@ def conv_padding(padding, kernel_size, dilation, owner="conv2d", stride=(1, 1)):
             return (0, 0, 0, 0)
         if padding == "same":
             if tuple(stride) != (1, 1):
-                raise OpError(f"{owner}: padding='same' needs stride 1 (as in PyTorch), got "
-                              f"stride {tuple(stride)}")
+                raise OpError(f"{owner}: padding='same' is not supported for strided "
+                              f"convolutions (as in PyTorch), got stride {tuple(stride)}")
             out = []
             for k, d in zip(kernel_size, dilation):
                 total = d * (k - 1)

@@ -89,12 +89,7 @@ class Conv2d(Layer):
                 raise ValueError(f"Conv2d: {what} ({n}) must be divisible by groups "
                                  f"({self.groups})")
         if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(f"Conv2d: padding must be an int, a pair of ints, 'same' or "
-                                 f"'valid', got {padding!r}")
-            if padding == "same" and self.stride != (1, 1):
-                raise ValueError(f"Conv2d: padding='same' is not supported for strided "
-                                 f"convolutions, got stride {self.stride}")
+            ops.conv_padding(padding, self.kernel_size, self.dilation, "Conv2d", self.stride)
             self.padding = padding
         else:
             self.padding = pair(padding, "Conv2d: padding", minimum=0)
@@ -111,15 +106,10 @@ class Conv2d(Layer):
 
     def _pads(self):
         """Padding as (top, bottom, left, right), with torch's rule for 'same'."""
-        if self.padding == "valid":
-            return (0, 0, 0, 0)
-        if self.padding == "same":
-            pads = []
-            for k, d in zip(self.kernel_size, self.dilation):
-                total = d * (k - 1)
-                pads += [total // 2, total - total // 2]
-            return tuple(pads)
-        ph, pw = self.padding
+        if isinstance(self.padding, str):
+            return ops.conv_padding(self.padding, self.kernel_size, self.dilation, "Conv2d",
+                                    self.stride)
+        ph, pw = self.padding  # a pair, checked once in __init__ (this runs on every call)
         return (ph, ph, pw, pw)
 
     def _check_input(self, x, label):
