@@ -11,6 +11,7 @@ import os
 import sys
 
 from . import __version__
+from .kernels import CONV_KERNELS
 
 __all__ = ["main", "build_parser", "format_table", "CommandError", "SUBCOMMANDS"]
 
@@ -360,7 +361,7 @@ def add_bench_parser(subparsers):
                             "(default 10)")
     parser.add_argument("--compare", default="torch,dense", metavar="LIST",
                         help="comparisons among torch, onnxruntime, dense (default torch,dense)")
-    parser.add_argument("--kernel", choices=("auto", "sparse", "dense", "winograd", "depthwise"),
+    parser.add_argument("--kernel", choices=CONV_KERNELS,
                         default="auto",
                         help="fscnn's kernel choice per layer (default auto: timed; winograd: "
                              "on 3x3 stride-1 convolutions, depthwise: on depthwise "

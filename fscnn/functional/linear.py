@@ -1,5 +1,6 @@
 """Fully connected layer on NumPy arrays (a one-shot :class:`fscnn.ops.LinearOp`)."""
-from ..ops import LINEAR_KERNELS, LinearOp, one_shot_kernel
+from ..kernels import LINEAR_KERNELS
+from ..ops import LinearOp, one_shot_kernel
 
 
 def linear(x, weight, bias=None, activation=None, kernel="auto"):

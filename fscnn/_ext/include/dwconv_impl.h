@@ -18,16 +18,19 @@
 #define DW_T (DW_VL * DW_NV)
 
 /* Output channels [o0, o1) of one image, all fed by the input channel packed in `in`.
+ * lay:     the layer (dwconv_layer, dwconv.h).
  * in:      the channel's phase planes, readable up to max(offsets) + H_out*Wq + T.
- * ptr:     (O+1,) taps of output channel o are ptr[o] .. ptr[o+1] of offsets/values.
  * wide:    scratch of H_out*Wq + T floats.
  * out:     (O, H_out, W_out) of this image. */
 FSCNN_TARGET static void FSCNN_FN(dwconv_channels)(
-        const float *restrict in, const int64_t *restrict ptr, const int32_t *restrict offsets,
-        const float *restrict values, const float *restrict bias, int64_t o0, int64_t o1,
-        float *restrict wide, float *restrict out, int64_t Wq, int64_t H_out, int64_t W_out,
-        int act)
+        const dwconv_layer *lay, const float *restrict in, int64_t o0, int64_t o1,
+        float *restrict wide, float *restrict out)
 {
+    const int64_t *restrict ptr = lay->ptr;
+    const int32_t *restrict offsets = lay->offsets;
+    const float *restrict values = lay->values, *restrict bias = lay->bias;
+    const int64_t Wq = lay->Wq, H_out = lay->H_out, W_out = lay->W_out;
+    const int act = lay->act;
     const int64_t L = H_out * Wq, plane = H_out * W_out;
     const DWVEC zero = (DWVEC){0};
     for (int64_t o = o0; o < o1; o++) {

@@ -71,10 +71,11 @@ FSCNN_TARGET static void FSCNN_FN(pw_tile)(
  * two threads never write the same output), so L >= T is required: the caller copies a
  * shorter input into a T-wide buffer. */
 FSCNN_TARGET static void FSCNN_FN(pw_items)(
-        const float *restrict x, int64_t ldx, const float *restrict wpack, int64_t K, int64_t O,
-        const float *restrict bias, float *restrict out, int64_t ldo, int64_t L, int64_t t,
-        int64_t b0, int64_t b1, int act)
+        const pw_layer *lay, const float *restrict x, int64_t ldx, float *restrict out,
+        int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1)
 {
+    const float *restrict wpack = lay->wpack, *restrict bias = lay->bias;
+    const int64_t K = lay->K, O = lay->O;
     int64_t p0 = t * PW_T, skip = 0;
     if (p0 + PW_T > L) {
         skip = p0 - (L - PW_T);
@@ -84,7 +85,7 @@ FSCNN_TARGET static void FSCNN_FN(pw_items)(
         const int64_t o0 = b * PW_MR;
         const int rows = (int)((O - o0 < PW_MR) ? O - o0 : PW_MR);
         FSCNN_FN(pw_tile)(x, ldx, wpack + b * K * PW_MR, K, bias, o0, rows, out, ldo, p0, skip,
-                          act);
+                          lay->act);
     }
 }
 

@@ -79,11 +79,9 @@
  * which positions [p0 + skip, p0+T) are stored.
  * in:      packed planes (read-only), SPCONV_VL-aligned, readable up to max(offsets) + p0 + T
  *          (+ SPCONV_VL when R > 1). p0 is a multiple of SPCONV_VL (see spconv_items).
- * ptr:     (O, ncb*R+1) row-major: the non-zeros of output channel o that read input-channel
- *          block b with residue r are ptr[o*(ncb*R+1) + b*R + r] .. that + 1.
- * offsets: (nnz,) aligned part of each non-zero's position (a multiple of SPCONV_VL); its
- *          residue r (0 <= r < R) is the segment it sits in. values: (nnz,).
- * bias:    (O,) or NULL. out: (O, H_out, W_out) of this image.
+ * ptr, offsets, values, bias, ncb, R: see spconv_layer (spconv.h); an offset is a multiple
+ *          of SPCONV_VL, its residue r (0 <= r < R) the segment it sits in.
+ * out:     (O, H_out, W_out) of this image.
  * partial: scratch of (o1-o0)*T floats holding the accumulators between channel blocks.
  * Residue 0 accumulates straight into the tile's accumulators. A residue r > 0 accumulates
  * T + SPCONV_VL positions (from the aligned position below) and is shifted into them by r
@@ -191,13 +189,12 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
     }
 }
 
-/* All items [i0, i1) of one image; item i = (tile i / n_oblk, output block i % n_oblk). */
+/* Work items [i0, i1) of one image (see spconv_items in spconv.h). */
 FSCNN_TARGET static void FSCNN_FN(spconv_items)(
-        const float *restrict in, const int64_t *restrict ptr, int64_t ncb, int64_t R,
-        const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
-        float *restrict out, float *restrict partial, const int64_t *restrict oblk, int64_t n_oblk,
-        int64_t i0, int64_t i1, int64_t Wq, int64_t H_out, int64_t W_out, int act)
+        const spconv_layer *k, const float *restrict in, float *restrict out,
+        float *restrict partial, int64_t H_out, int64_t i0, int64_t i1)
 {
+    const int64_t n_oblk = k->n_oblk, Wq = k->Wq;
     const int64_t L = H_out * Wq;
     for (int64_t i = i0; i < i1; i++) {
         const int64_t t = i / n_oblk, b = i - t * n_oblk;
@@ -210,8 +207,9 @@ FSCNN_TARGET static void FSCNN_FN(spconv_items)(
             skip = p0 - (L - SPCONV_T);
             p0 = L - SPCONV_T;
         }
-        FSCNN_FN(spconv_tile)(in, ptr, ncb, R, offsets, values, bias, out, partial, oblk[b],
-                              oblk[b + 1], p0, skip, Wq, H_out, W_out, act);
+        FSCNN_FN(spconv_tile)(in, k->ptr, k->ncb, k->R, k->offsets, k->values, k->bias, out,
+                              partial, k->oblk[b], k->oblk[b + 1], p0, skip, Wq, H_out,
+                              k->W_out, k->act);
     }
 }
 

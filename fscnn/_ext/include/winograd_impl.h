@@ -8,14 +8,15 @@
  */
 /* Input transform V = B^T d B of tiles [t0, t0+cnt) (row-major tile index over a tiles_h x
  * tiles_w grid) of one image x (C, H, W) whose padded input starts pad_top rows above and
- * pad_left columns left of x. Tile t = (ty, tx) reads padded rows 4ty..4ty+5 and columns
+ * pad_left columns left of x (sizes from lay, see wino_layer in winograd.h). Tile t = (ty, tx) reads padded rows 4ty..4ty+5 and columns
  * 4tx..4tx+5; positions outside x read zero.
  * V: (36, C, cnt) floats, element (a, c, s) = transformed tile t0+s, a = 6*k + l.
  * tmp: 7 * wino_row_len(tiles_w) floats. */
-FSCNN_TARGET static void FSCNN_FN(wino_input)(const float *x, int64_t C, int64_t H, int64_t W,
-        int64_t pad_top, int64_t pad_left, int64_t tiles_w, int64_t t0, int64_t cnt,
-        float *V, float *tmp)
+FSCNN_TARGET static void FSCNN_FN(wino_input)(const wino_layer *lay, const float *x,
+        int64_t t0, int64_t cnt, float *V, float *tmp)
 {
+    const int64_t C = lay->C, H = lay->H, W = lay->W, pad_top = lay->pad_top,
+                  pad_left = lay->pad_left, tiles_w = lay->tiles_w;
     const int64_t RW = wino_row_len(tiles_w);
     float *zero = tmp, *f = tmp + RW;
     const int64_t plane = C * cnt;  /* distance between consecutive a */
@@ -71,12 +72,14 @@ FSCNN_TARGET static void FSCNN_FN(wino_input)(const float *x, int64_t C, int64_t
 }
 
 /* Output transform Y = A^T m A of tiles [t0, t0+cnt) for all O output channels, plus bias and
- * activation; stores only outputs inside (H_out, W_out) of out (O, H_out, W_out).
+ * activation (from lay); stores only outputs inside (H_out, W_out) of out (O, H_out, W_out).
  * M: (36, O, cnt) floats. tmp: 28 * wino_row_len(tiles_w) floats. */
-FSCNN_TARGET static void FSCNN_FN(wino_output)(const float *M, int64_t O, int64_t tiles_w,
-        int64_t t0, int64_t cnt, const float *bias, int act, int64_t H_out, int64_t W_out,
-        float *out, float *tmp)
+FSCNN_TARGET static void FSCNN_FN(wino_output)(const wino_layer *lay, const float *M,
+        int64_t t0, int64_t cnt, float *out, float *tmp)
 {
+    const int64_t O = lay->O, tiles_w = lay->tiles_w, H_out = lay->H_out, W_out = lay->W_out;
+    const float *bias = lay->bias;
+    const int act = lay->act;
     const int64_t RW = wino_row_len(tiles_w);
     float *z = tmp, *yrow = tmp + 24 * RW;
     const int64_t plane = O * cnt;
