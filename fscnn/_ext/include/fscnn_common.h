@@ -109,7 +109,8 @@ static inline float fscnn_act(float v, int act) {
 #if defined(__clang__) || __GNUC__ >= 12
 #define FSCNN_SHUFFLE4(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
 #else
-#define FSCNN_SHUFFLE4(a, b, i, j, k, l) __builtin_shuffle(a, b, (fscnn_vi_baseline){i, j, k, l})
+#define FSCNN_SHUFFLE4(a, b, i, j, k, l) \
+    __builtin_shuffle(a, b, (fscnn_vi_baseline){i, j, k, l})
 #endif
 
 /* The vector types and the vector epilogue of each level (fscnn_level.h is their template). */

@@ -42,36 +42,38 @@
  * generic `__builtin_shuffle` that this replaces, which clang lacks); the 4-float baseline
  * (also the portable path of other architectures) switches to constant shuffles. */
 #if SPCONV_VL == 16
-#define SPCONV_SHIFT_IN(acc, t, r) do {                                                         \
-        const __m512i idx_ = _mm512_add_epi32(                                                 \
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),           \
-            _mm512_set1_epi32((int)(r)));                                                      \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int v = 0; v < SPCONV_NV; v++)                                                    \
-            (acc)[v] += (SPVEC)_mm512_permutex2var_ps((__m512)(t)[v], idx_, (__m512)(t)[v + 1]); \
+#define SPCONV_SHIFT_IN(acc, t, r) do {                                                     \
+        const __m512i idx_ = _mm512_add_epi32(                                             \
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),       \
+            _mm512_set1_epi32((int)(r)));                                                  \
+        _Pragma("GCC unroll 16")                                                           \
+        for (int v = 0; v < SPCONV_NV; v++)                                                \
+            (acc)[v] += (SPVEC)_mm512_permutex2var_ps((__m512)(t)[v], idx_,                \
+                                                      (__m512)(t)[v + 1]);                 \
     } while (0)
 #elif SPCONV_VL == 8
-#define SPCONV_SHIFT_IN(acc, t, r) do {                                                         \
-        const __m256i idx_ = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),       \
-                                              _mm256_set1_epi32((int)(r)));                    \
-        const __m256 upper_ = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx_, _mm256_set1_epi32(7))); \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int v = 0; v < SPCONV_NV; v++)                                                    \
-            (acc)[v] += (SPVEC)_mm256_blendv_ps(_mm256_permutevar8x32_ps((__m256)(t)[v], idx_), \
-                                                _mm256_permutevar8x32_ps((__m256)(t)[v + 1], idx_), \
-                                                upper_);                                       \
+#define SPCONV_SHIFT_IN(acc, t, r) do {                                                     \
+        const __m256i idx_ = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),   \
+                                              _mm256_set1_epi32((int)(r)));                \
+        const __m256 upper_ =                                                              \
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx_, _mm256_set1_epi32(7)));           \
+        _Pragma("GCC unroll 16")                                                           \
+        for (int v = 0; v < SPCONV_NV; v++)                                                \
+            (acc)[v] += (SPVEC)_mm256_blendv_ps(                                           \
+                _mm256_permutevar8x32_ps((__m256)(t)[v], idx_),                           \
+                _mm256_permutevar8x32_ps((__m256)(t)[v + 1], idx_), upper_);               \
     } while (0)
 #else
-#define SPCONV_SHIFT_BY(acc, t, r)                                                              \
-        _Pragma("GCC unroll 16")                                                               \
-        for (int v = 0; v < SPCONV_NV; v++)                                                    \
+#define SPCONV_SHIFT_BY(acc, t, r)                                                          \
+        _Pragma("GCC unroll 16")                                                           \
+        for (int v = 0; v < SPCONV_NV; v++)                                                \
             (acc)[v] += FSCNN_SHUFFLE4((t)[v], (t)[v + 1], r, r + 1, r + 2, r + 3);
-#define SPCONV_SHIFT_IN(acc, t, r) do {                                                         \
-        switch (r) {                                                                           \
-        case 1: SPCONV_SHIFT_BY(acc, t, 1) break;                                              \
-        case 2: SPCONV_SHIFT_BY(acc, t, 2) break;                                              \
-        default: SPCONV_SHIFT_BY(acc, t, 3) break;                                             \
-        }                                                                                      \
+#define SPCONV_SHIFT_IN(acc, t, r) do {                                                     \
+        switch (r) {                                                                       \
+        case 1: SPCONV_SHIFT_BY(acc, t, 1) break;                                          \
+        case 2: SPCONV_SHIFT_BY(acc, t, 2) break;                                          \
+        default: SPCONV_SHIFT_BY(acc, t, 3) break;                                         \
+        }                                                                                  \
     } while (0)
 #endif
 
