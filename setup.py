@@ -6,6 +6,8 @@ FSCNN_OPENMP=0          build without OpenMP even when the compiler supports it.
 FSCNN_REQUIRE_OPENMP=1  fail the build when OpenMP is not available (default: warn, build serial).
 FSCNN_DEBUG=1           Cython bounds checks and assertions on, C asserts on, -O1 -g.
 FSCNN_NATIVE=1          add -march=native (opt-in only: such a build crashes on older CPUs).
+FSCNN_SANITIZE=LIST     build with -fsanitize=LIST (e.g. address,undefined or thread), -O1 -g
+                        and frame pointers: for checking the C kernels (CI runs such builds).
 
 SIMD code paths (baseline, AVX2+FMA, AVX-512) are always compiled into the same
 extension through per-function target attributes and chosen at run time, so the
@@ -86,9 +88,11 @@ class BuildExt(build_ext):
     def build_extensions(self):
         compiler_cmd = self.compiler.compiler_so[:1] if hasattr(self.compiler, "compiler_so") else ["cc"]
         omp_c, omp_l = self._probe_openmp(compiler_cmd)
-        # setuptools compares timestamps, not flags: each variant compiles its objects into its
-        # own directory, and a variant other than the last one built relinks every extension.
-        variant = _variant() + ("-openmp" if omp_c else "-serial")
+        # setuptools compares timestamps, not flags: each variant (and compiler) compiles its
+        # objects into its own directory, and a variant other than the last one built relinks
+        # every extension.
+        variant = "-".join([_variant(), os.path.basename(compiler_cmd[0]),
+                            "openmp" if omp_c else "serial"])
         stamp = os.path.join(self.build_temp, "fscnn-variant")
         previous = open(stamp).read() if os.path.exists(stamp) else None
         self.force = self.force or previous != variant
@@ -139,18 +143,34 @@ def _compiler_version(compiler_cmd):
         return " ".join(compiler_cmd)
 
 
+def _sanitizers():
+    """The FSCNN_SANITIZE list (e.g. "address,undefined"), "" when unset."""
+    value = os.environ.get("FSCNN_SANITIZE", "").strip()
+    if value and not all(part.isidentifier() for part in value.split(",")):
+        raise ValueError(f"FSCNN_SANITIZE must be a comma-separated list of sanitizers, e.g. "
+                         f"address,undefined, got {value!r}")
+    return value
+
+
 def _variant():
     """Name of the build variant: the switches that change the generated C or the objects."""
+    sanitize = _sanitizers()
     return ("debug" if _flag("FSCNN_DEBUG") else "release") + \
-        ("-native" if _flag("FSCNN_NATIVE") else "")
+        ("-native" if _flag("FSCNN_NATIVE") else "") + \
+        ("-sanitize-" + sanitize.replace(",", "-") if sanitize else "")
 
 
 def _extensions():
     debug = _flag("FSCNN_DEBUG")
-    cflags = ["-O1", "-g"] if debug else ["-O3", "-DNDEBUG"]
+    sanitize = _sanitizers()
+    cflags = ["-O1", "-g"] if debug or sanitize else ["-O3", "-DNDEBUG"]
     cflags += ["-fno-strict-aliasing", "-Wno-unused-function"]
+    ldflags = []
     if _flag("FSCNN_NATIVE"):
         cflags.append("-march=native")
+    if sanitize:
+        cflags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer"]
+        ldflags.append(f"-fsanitize={sanitize}")
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
     if debug:
         macros.append(("FSCNN_DEBUG", "1"))
@@ -160,6 +180,7 @@ def _extensions():
             [os.path.join("fscnn", "_ext", f"{name}.pyx")],
             include_dirs=[INCLUDE_DIR, np.get_include()],
             extra_compile_args=list(cflags),
+            extra_link_args=list(ldflags),
             define_macros=list(macros),
             depends=[os.path.join(INCLUDE_DIR, h) for h in os.listdir(INCLUDE_DIR)],
         )

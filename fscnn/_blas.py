@@ -48,6 +48,13 @@ def _take_control(controller):
             clear(force=True)
 
 
+def gemm_threads(threads):
+    """How many of fscnn's ``threads`` a kernel that calls BLAS from its OpenMP loop uses: all,
+    each calling single-threaded BLAS (:func:`single_threaded_blas`), when BLAS can be
+    limited; else 1, its GEMMs one after another with BLAS's own threads."""
+    return threads if can_limit_blas() else 1
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
     """Run the block with BLAS limited to one thread (no-op when that is impossible)."""

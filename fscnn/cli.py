@@ -16,6 +16,7 @@ import warnings
 from . import __version__
 from ._table import format_table
 from .errors import CommandError, as_command_error
+from .kernels import CONV_KERNELS
 
 __all__ = ["main", "build_parser", "format_table", "CommandError", "SUBCOMMANDS"]
 
@@ -98,8 +99,8 @@ def _output_positions(model, input_size):
     """
     import numpy as np
 
+    from ._validate import sliding_output_hw
     from .bench import input_shape
-    from .functional._validate import sliding_output_hw
     from .nn import Graph, LayerInputError
 
     modules = dict(model.named_modules())
@@ -378,7 +379,7 @@ def add_bench_parser(subparsers):
                              "torch,dense for a zoo model; onnxruntime,dense for an .onnx "
                              "file, run by ONNX Runtime with the same pruned weights; "
                              "litert,dense for a .tflite file; dense for an .npz model)")
-    parser.add_argument("--kernel", choices=("auto", "sparse", "dense", "winograd", "depthwise"),
+    parser.add_argument("--kernel", choices=CONV_KERNELS,
                         default="auto",
                         help="fscnn's kernel choice per layer (default auto: timed; winograd: "
                              "on 3x3 stride-1 convolutions, depthwise: on depthwise "

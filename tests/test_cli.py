@@ -98,7 +98,7 @@ def _user_errors(dense, corrupt, ints, other):
         (["prune", ints, "out.npz", "--sparsity", "0.5"], "'fc.weight': expected a float"),
         (["prune", dense, "no/such/dir/out.npz", "--sparsity", "0.5"],
          "No such file or directory"),
-        (["info"], "the following arguments are required: MODEL|WEIGHTS.npz"),
+        (["info"], "the following arguments are required: MODEL|FILE"),
         (["info", "nosuchmodel"], "unknown model 'nosuchmodel' (models: mobilenet_v2, nopad, "
                                   "resnet101,"),
         (["info", "missing.npz"], "missing.npz: No such file or directory"),

@@ -8,6 +8,8 @@ from conftest import assert_close, sparse_weight, to_torch, torch_or_skip
 from fscnn import _config
 from fscnn._ext import _conv
 from fscnn._memory import aligned_empty
+from fscnn.kernels import DenseConv, DepthwiseConv, PointwiseConv
+from fscnn.kernels.pointwise_conv import variant_plan
 from fscnn.ops import Conv2dOp, OpError, conv_padding
 from reference import conv2d as ref_conv2d
 
@@ -88,7 +90,7 @@ def test_sparse_residues_every_simd_level(case, simd_level, rng):
     s = hp["stride"] if isinstance(hp["stride"], tuple) else (hp["stride"],) * 2
     last_column = hp["dilation"][1] * (w.shape[3] - 1) // s[1]  # of a tap in its phase plane
     VL = _conv.vector_len(_config.simd_level_index())
-    assert op._plan(x.shape)["sparse"]["R"] == min(VL, last_column + 1)
+    assert op._plan(x.shape).plan.R == min(VL, last_column + 1)
     assert_close(op(x), ref_conv2d(x, w, b, **hp))
 
 
@@ -112,9 +114,9 @@ def test_sparse_1x1_reads_an_aligned_input_in_place(shape, simd_level, threads, 
     x[...] = rng.standard_normal(x.shape)
     op = Conv2dOp(w, b, groups=g, kernel="sparse")
     y = op(x)
-    sp = op._plan(x.shape)["sparse"]
-    assert sp["layout"]["in_place"] and sp["R"] == 1
-    assert sp["pack"] == (h * w_ < _conv.tile_size(_config.simd_level_index(), sp["half_tile"]))
+    sp = op._plan(x.shape).plan
+    assert sp.layout.in_place and sp.R == 1
+    assert sp.pack == (h * w_ < _conv.tile_size(_config.simd_level_index(), sp.half_tile))
     assert_close(y, ref_conv2d(x, w, b, groups=g))
     for floats in (1, 4):
         assert np.array_equal(op(_misaligned_copy(x, floats)), y)
@@ -135,6 +137,34 @@ def test_results_do_not_depend_on_threads_or_simd_beyond_rounding(rng):
     with _config.threads(2):
         two = Conv2dOp(w, b, kernel="sparse", **hp)(x)
     assert np.array_equal(one, two)
+
+
+# Flat outputs whose last tile is moved back at every SIMD level (148 positions, 160 or 152 in
+# the sparse kernel's aligned layouts; 49 in the pointwise kernel's), and a 3x3 layer whose
+# padded rows (16 floats at the baseline) make 160 positions.
+# Enough input channels that each work item takes a while: the second thread then runs some.
+OVERLAP_CASES = [("sparse", (8, 256, 1, 1), {}, (1, 256, 4, 37)),
+                 ("sparse", (16, 64, 3, 3), {"padding": 1}, (1, 64, 10, 11)),
+                 ("dense", (64, 256, 1, 1), {}, (1, 256, 7, 7))]
+
+
+@pytest.mark.parametrize("kernel, shape, hp, x_shape", OVERLAP_CASES,
+                         ids=["sparse_1x1", "sparse_3x3", "pointwise"])
+def test_threads_write_disjoint_outputs(kernel, shape, hp, x_shape, rng):
+    # A moved-back last tile stores only the positions the tile before it did not: both are
+    # work items that two threads may run at once. Writing the same values twice would give
+    # the same result, so this test is for a race detector: CI runs it under ThreadSanitizer
+    # at the baseline SIMD level (.ci/run), whose 16-byte stores it instruments; the repeated
+    # calls let the two tiles run on different threads.
+    w = sparse_weight(shape, 0.3, rng)
+    x = aligned_empty(x_shape)
+    x[...] = rng.standard_normal(x_shape)
+    with _config.threads(2):
+        op = Conv2dOp(w, kernel=kernel, **hp)
+        first = op(x)
+        for _ in range(100):
+            assert np.array_equal(op(x), first)
+    assert_close(first, ref_conv2d(x, w, **hp))
 
 
 def _torch_conv2d(x, w, b, hp):
@@ -253,9 +283,9 @@ def test_cases_exercise_full_and_half_tiles_and_both_layouts(simd_level):
         n, c, o, h, w, k, s, p, d, g = case
         op = Conv2dOp(np.ones((o, c // g) + k, np.float32), stride=s, padding=p, dilation=d,
                       groups=g, kernel="sparse")
-        sp = op._plan((n, c, h, w))["sparse"]
-        halves.add(sp["half_tile"])
-        aligned.add(sp["layout"]["VL"] > 1)
+        sp = op._plan((n, c, h, w)).plan
+        halves.add(sp.half_tile)
+        aligned.add(sp.layout.VL > 1)
     assert halves == {True, False}
     assert aligned == {True, False}
 
@@ -318,10 +348,10 @@ def test_winograd_every_simd_level(activation, simd_level, rng):
 
 def test_winograd_small_chunks_and_thread_independence(monkeypatch, rng):
     # chunks of 3 tiles on a 6-tile-wide grid: chunks start mid-row and span rows
-    import fscnn.ops as ops
-    monkeypatch.setattr(ops, "_WINOGRAD_CHUNK_BYTES", 0)
-    monkeypatch.setattr(ops, "_WINOGRAD_U_FACTOR", 0.0)
-    monkeypatch.setattr(ops, "_WINOGRAD_MIN_CHUNK", 3)
+    from fscnn.kernels import winograd_conv
+    monkeypatch.setattr(winograd_conv, "CHUNK_BYTES", 0)
+    monkeypatch.setattr(winograd_conv, "U_FACTOR", 0.0)
+    monkeypatch.setattr(winograd_conv, "MIN_CHUNK", 3)
     x = rng.standard_normal((2, 5, 21, 23)).astype(np.float32)
     w = sparse_weight((7, 5, 3, 3), 0.0, rng)
     b = rng.standard_normal(7).astype(np.float32)
@@ -330,7 +360,7 @@ def test_winograd_small_chunks_and_thread_independence(monkeypatch, rng):
         with _config.threads(t):
             op = Conv2dOp(w, b, padding=1, kernel="winograd")
             outs.append(op(x))
-            assert op._plan(x.shape)["winograd"]["chunk"] == 3
+            assert op._plan(x.shape).plan.chunk == 3
     assert_close(outs[0], ref_conv2d(x, w, b, padding=1), rtol=WINO_RTOL)
     assert np.array_equal(outs[0], outs[1])
 
@@ -403,7 +433,7 @@ def test_auto_times_winograd_and_drops_its_weights_when_unused(rng):
     info = op.plan_info(x.shape)
     assert set(info["timings"]) == {"sparse", "dense", "winograd"}
     assert info["kernel"] == min(info["timings"], key=info["timings"].get)
-    assert (op._winograd_u is not None) == (info["kernel"] == "winograd")
+    assert ("winograd" in op._derived) == (info["kernel"] == "winograd")
     assert_close(y, ref_conv2d(x, w, padding=1), rtol=WINO_RTOL)
 
 
@@ -490,7 +520,7 @@ def test_depthwise_skips_zero_taps(rng):
     x, w, b, hp = _dw_make(DW_CASES[0], 0.7, rng)
     op = Conv2dOp(w, b, kernel="depthwise", **hp)
     op(x)
-    assert op._plan(x.shape)["depthwise"]["offsets"].size == np.count_nonzero(w)
+    assert op._plan(x.shape).plan.offsets.size == np.count_nonzero(w)
 
 
 @pytest.mark.parametrize("shape, groups", [((4, 2, 3, 3), 1), ((4, 2, 3, 3), 2)])
@@ -510,7 +540,7 @@ def test_auto_times_depthwise_on_depthwise_layers(rng):
     info = op.plan_info(x.shape)
     assert set(info["timings"]) == {"depthwise", "sparse", "dense"}
     assert info["kernel"] == min(info["timings"], key=info["timings"].get)
-    assert ("depthwise" in op._plan(x.shape)) == (info["kernel"] == "depthwise")
+    assert (op._plan(x.shape).runner is DepthwiseConv) == (info["kernel"] == "depthwise")
     assert_close(y, ref_conv2d(x, w, b, **hp))
     # a one-shot call takes the depthwise kernel
     assert_close(F.conv2d(x, w, b, **hp), ref_conv2d(x, w, b, **hp))
@@ -546,12 +576,14 @@ def _pw_make(case, sparsity, rng):
 
 def _pw_variant_outputs(x, w, b, activation, hp, threads=None):
     op = Conv2dOp(w, b, activation=activation, kernel="dense", **hp)
-    geo = op._plan(x.shape)["geo"]
+    geo = op._plan(x.shape).geo
     level = _config.simd_level_index()
     threads = threads or _config.get_num_threads()
-    return [op._run_pointwise(x, geo, op._pointwise_variant(geo, threads, level, v, op.dense),
-                              level, threads)
-            for v in range(len(_conv.pointwise_variants(level)))]
+    outs = []
+    for v in range(len(_conv.pointwise_variants(level))):
+        outs.append(aligned_empty(op.output_shape(x.shape)))
+        PointwiseConv.run(x, variant_plan(op, geo, threads, level, v, op.dense), outs[-1])
+    return outs
 
 
 @pytest.mark.parametrize("case", PW_CASES, ids=_pw_id)
@@ -572,9 +604,9 @@ def test_pointwise_is_the_dense_kernel_of_1x1_layers(case, sparsity, threads, rn
     x, w, b, hp = _pw_make(case, sparsity, rng)
     op = Conv2dOp(w, b, kernel="dense", **hp)
     assert_close(op(x), ref_conv2d(x, w, b, **hp))
-    assert "pointwise" in op._plan(x.shape)
+    assert op._plan(x.shape).runner is PointwiseConv
     grouped = Conv2dOp(np.ones((4, 1, 1, 1), np.float32), groups=2, kernel="dense")
-    assert "pointwise" not in grouped._plan((1, 2, 5, 5))  # grouped 1x1: the GEMM path
+    assert grouped._plan((1, 2, 5, 5)).runner is DenseConv  # grouped 1x1: the GEMM path
 
 
 def test_pointwise_does_not_depend_on_threads(rng):
@@ -589,17 +621,18 @@ def test_auto_times_pointwise_variants(rng, monkeypatch):
     """'auto' times every tile-shape variant of the pointwise kernel and keeps the fastest.
     Timings are faked (the variant last run is "fastest" when it is the last one), so the
     choice is known: the last variant, and the dense kernel over the sparse one."""
+    import fscnn.kernels.pointwise_conv as pointwise
     import fscnn.ops as ops
     x, w, b, hp = _pw_make(PW_CASES[2], 0.0, rng)
     level = _config.simd_level_index()
     n_variants = len(_conv.pointwise_variants(level))
     assert n_variants >= 2
     ran = []
-    run_pointwise = Conv2dOp._run_pointwise
+    run = PointwiseConv.run
 
-    def recording_run(self, x, geo, pw, *args, **kwargs):
-        ran.append(pw["variant"])
-        return run_pointwise(self, x, geo, pw, *args, **kwargs)
+    def recording_run(x, plan, out):
+        ran.append(plan.variant)
+        return run(x, plan, out)
 
     def fake_time(fn, repeats=3):
         before = len(ran)
@@ -609,15 +642,16 @@ def test_auto_times_pointwise_variants(rng, monkeypatch):
             return 1.0  # the sparse kernel
         return 0.1 if new[-1] == n_variants - 1 else 0.5
 
-    monkeypatch.setattr(Conv2dOp, "_run_pointwise", recording_run)
+    monkeypatch.setattr(PointwiseConv, "run", staticmethod(recording_run))
+    monkeypatch.setattr(pointwise, "time_call", fake_time)
     monkeypatch.setattr(ops, "_time_call", fake_time)
     op = Conv2dOp(w, b, kernel="auto", **hp)
     y = op(x)
     plan = op._plan(x.shape)
     assert sorted(set(ran)) == list(range(n_variants))  # every variant was timed
-    assert plan["kernel"] == "dense"
-    assert plan["pointwise"]["variant"] == n_variants - 1
-    assert set(plan["timings"]) == {"sparse", "dense"}
+    assert plan.kernel == "dense" and plan.runner is PointwiseConv
+    assert plan.plan.variant == n_variants - 1
+    assert set(plan.timings) == {"sparse", "dense"}
     assert_close(y, ref_conv2d(x, w, b, **hp))
 
 
@@ -667,7 +701,7 @@ def test_fused_max_pool_bands_and_threads(rng):
         with _config.threads(t):
             op = Conv2dOp(w, b, kernel="sparse", pool="max2x2", **hp)
             outs.append(op(x))
-            rows = op._plan(x.shape)["sparse"]["band_rows"]
+            rows = op._plan(x.shape).plan.band_rows
             assert rows % 2 == 0 and 2 <= rows <= 44
     assert np.array_equal(outs[0], outs[1])
     assert_close(outs[0], _pool_ref(x, w, b, None, hp))

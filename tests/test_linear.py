@@ -86,14 +86,14 @@ def _panel_major_by_argsort(m, width):
                                              ((5, 10), 1.0)])
 def test_panel_major_layout_matches_argsort(monkeypatch, entries, shape, sparsity, rng):
     from fscnn._ext import _linear
+    from fscnn.kernels import sparse_linear
     from fscnn.sparse import CSRMatrix
-    blocks = LinearOp._panel_blocks
-    monkeypatch.setattr(LinearOp, "_panel_blocks",
-                        staticmethod(lambda m, O, width: blocks(m, O, width, entries)))
-    w = sparse_weight(shape, sparsity, rng)
-    op = LinearOp(CSRMatrix.from_dense(w), kernel="sparse")
-    got = op._panel_major()
-    want = _panel_major_by_argsort(op.sparse, _linear.panel_width())
+    blocks = sparse_linear._panel_blocks
+    monkeypatch.setattr(sparse_linear, "_panel_blocks",
+                        lambda m, O, width: blocks(m, O, width, entries))
+    m = CSRMatrix.from_dense(sparse_weight(shape, sparsity, rng))
+    got = sparse_linear.panel_major(m)
+    want = _panel_major_by_argsort(m, _linear.panel_width())
     for g, e in zip(got, want):
         assert g.dtype == e.dtype
         np.testing.assert_array_equal(g, e)

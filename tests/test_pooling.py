@@ -12,7 +12,7 @@ import reference as ref
 from conftest import assert_close, to_torch, torch_or_skip
 from fscnn.functional import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 from fscnn import _config
-from fscnn.functional._validate import (GRAIN, activation_code, as_float32_nchw, as_float_array,
+from fscnn._validate import (GRAIN, activation_code, as_float32_nchw, as_float_array,
                                         pair, sliding_output_hw, threads_for)
 
 POOL_CASES = [

@@ -1,43 +1,66 @@
 """Convolution kernels: direct sparse (register-blocked SIMD), dense (flat im2col + SGEMM),
-Winograd F(4x4, 3x3) (transforms in C, 36 SGEMMs per chunk of tiles) and depthwise (one input
-channel per group, a channel at a time in cache).
+pointwise (register-blocked GEMM of 1x1 layers), Winograd F(4x4, 3x3) (transforms in C, 36
+SGEMMs per chunk of tiles) and depthwise (one input channel per group, a channel at a time in
+cache).
 
-Callers (fscnn.ops) validate every argument; nothing here checks shapes or index bounds. Arrays
-are C-contiguous float32 unless said otherwise; outputs are preallocated by the caller.
+Each kernel is a class that a plan (fscnn.kernels) builds once: the constructor keeps the
+plan's arrays and sizes as the C struct its micro-kernel reads (spconv_layer, ...), with the
+arrays that struct points into; calling the object runs the kernel on one input into a
+preallocated output, with the caller's scratch buffers. Callers validate every argument;
+nothing here checks shapes or index bounds. Arrays are C-contiguous float32 unless said
+otherwise.
 """
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
 
-cdef extern from "spconv.h" nogil:
-    int64_t spconv_tile_size(int level, int half)
-    int64_t spconv_vector_len(int level)
-    void spconv_items(int level, int half, const float *inp, const int64_t *ptr, int64_t ncb,
-                      int64_t R, const int32_t *offsets, const float *values, const float *bias, float *out,
-                      float *partial, const int64_t *oblk, int64_t n_oblk, int64_t i0, int64_t i1,
-                      int64_t Wq, int64_t H_out, int64_t W_out, int act)
-    void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t W,
-                   int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
-                   int64_t Hq, int64_t Wq, int64_t plane, int one_phase, float *buf)
+cdef extern from "conv_pack.h" nogil:
+    ctypedef struct conv_packing:
+        int64_t H, W, pad_top, pad_left, sh, sw, Hq, Wq, plane
+        int one_phase
+    void conv_pack(const conv_packing *pk, const float *x, int64_t c0, int64_t c1, float *buf)
     void conv_scatter(const float *wide, int64_t ld, int64_t n_out, int64_t o0, int64_t q0,
                       int64_t n, const float *bias, int act, int64_t Wq, int64_t H_out,
                       int64_t W_out, float *out)
+
+cdef extern from "spconv.h" nogil:
+    ctypedef struct spconv_layer:
+        const int64_t *ptr
+        const int32_t *offsets
+        const float *values
+        const float *bias
+        const int64_t *oblk
+        int64_t ncb, R, n_oblk, Wq, W_out
+        int act, level, half
+    int64_t spconv_tile_size(int level, int half)
+    int64_t spconv_vector_len(int level)
+    void spconv_items(const spconv_layer *k, const float *inp, float *out, float *partial,
+                      int64_t H_out, int64_t i0, int64_t i1)
 
 cdef extern from "fscnn_pool.h" nogil:
     void fscnn_maxpool2x2_row(const float *r0, const float *r1, float *out, Py_ssize_t n)
 
 cdef extern from "dwconv.h" nogil:
+    ctypedef struct dwconv_layer:
+        const int64_t *ptr
+        const int32_t *offsets
+        const float *values
+        const float *bias
+        int64_t Wq, H_out, W_out
+        int act, level
     int64_t dwconv_tile_size(int level)
-    void dwconv_channels(int level, const float *inp, const int64_t *ptr, const int32_t *offsets,
-                         const float *values, const float *bias, int64_t o0, int64_t o1,
-                         float *wide, float *out, int64_t Wq, int64_t H_out, int64_t W_out,
-                         int act)
+    void dwconv_channels(const dwconv_layer *lay, const float *inp, int64_t o0, int64_t o1,
+                         float *wide, float *out)
 
 cdef extern from "pointwise.h" nogil:
-    ctypedef void (*pw_items_fn)(const float *x, int64_t ldx, const float *wpack, int64_t K,
-                                 int64_t O, const float *bias, float *out, int64_t ldo,
-                                 int64_t L, int64_t t, int64_t b0, int64_t b1, int act)
+    ctypedef struct pw_layer:
+        const float *wpack
+        const float *bias
+        int64_t K, O
+        int act
+    ctypedef void (*pw_items_fn)(const pw_layer *lay, const float *x, int64_t ldx, float *out,
+                                 int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1)
     ctypedef struct pw_variant:
         int64_t mr
         int64_t t
@@ -45,12 +68,14 @@ cdef extern from "pointwise.h" nogil:
     const pw_variant *pw_variants "pointwise_variants"(int level, int *n)
 
 cdef extern from "winograd.h" nogil:
+    ctypedef struct wino_layer:
+        const float *bias
+        int64_t C, H, W, O, H_out, W_out, pad_top, pad_left, tiles_w
+        int act, level
     int64_t wino_tmp_len(int64_t tiles_w)
-    void wino_input(int level, const float *x, int64_t C, int64_t H, int64_t W, int64_t pad_top,
-                    int64_t pad_left, int64_t tiles_w, int64_t t0, int64_t cnt, float *V,
+    void wino_input(const wino_layer *lay, const float *x, int64_t t0, int64_t cnt, float *V,
                     float *tmp)
-    void wino_output(int level, const float *M, int64_t O, int64_t tiles_w, int64_t t0,
-                     int64_t cnt, const float *bias, int act, int64_t H_out, int64_t W_out,
+    void wino_output(const wino_layer *lay, const float *M, int64_t t0, int64_t cnt,
                      float *out, float *tmp)
 
 
@@ -83,330 +108,464 @@ def vector_len(int level):
     return spconv_vector_len(level)
 
 
-cdef void _pack_image(const float *x, int64_t C, int64_t H, int64_t W, int64_t pad_top,
-                      int64_t pad_left, int64_t sh, int64_t sw, int64_t Hq, int64_t Wq,
-                      int64_t plane, bint one_phase, float *buf, int n_threads) noexcept nogil:
+cdef conv_packing _packing(packing) except *:
+    """The C form of a :class:`fscnn.kernels.base.Packing`."""
+    cdef conv_packing pk
+    pk.H, pk.W, pk.pad_top, pk.pad_left = packing.H, packing.W, packing.pad_top, packing.pad_left
+    pk.sh, pk.sw, pk.Hq, pk.Wq = packing.sh, packing.sw, packing.Hq, packing.Wq
+    pk.plane, pk.one_phase = packing.plane, packing.one_phase
+    return pk
+
+
+cdef const float *_packed_image(const float *x, int64_t C, const conv_packing *pk, bint pack,
+                                float *buf, int n_threads) noexcept nogil:
+    """The packed layout of image x (C, H, W): packed into buf, or x itself when ``pack`` is
+    false (an unpadded 1x1 stride-1 layer, whose input already has that layout)."""
     cdef int64_t c
-    for c in prange(C, num_threads=n_threads, schedule="dynamic"):
-        conv_pack(x, c, c + 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, plane, one_phase, buf)
-
-
-cdef const float *_packed_image(const float *x, int64_t C, int64_t H, int64_t W,
-                                int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
-                                int64_t Hq, int64_t Wq, bint one_phase, bint pack, float *buf,
-                                int n_threads, int64_t plane=-1) noexcept nogil:
-    """The packed layout of image x: packed into buf (planes ``plane`` floats apart, Hq*Wq by
-    default), or x itself when ``pack`` is false (an unpadded 1x1 stride-1 layer, whose input
-    already has that layout)."""
     if not pack:
         return x
-    _pack_image(x, C, H, W, pad_top, pad_left, sh, sw, Hq, Wq, Hq * Wq if plane < 0 else plane,
-                one_phase, buf, n_threads)
+    for c in prange(C, num_threads=n_threads, schedule="dynamic"):
+        conv_pack(pk, x, c, c + 1, buf)
     return buf
 
 
-def sparse_conv2d(const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
-                  const int64_t[:, ::1] ptr,          # IN  (O, ncb*R+1) non-zeros per (block, residue)
-                  int R,                              # IN  residues (see spconv_impl.h)
-                  const int32_t[::1] offsets,         # IN  (nnz,) aligned positions in the packed image
-                  const float[::1] values,            # IN  (nnz,) in the order of offsets
-                  const float[::1] bias,              # IN  (O,) or None
-                  const int64_t[::1] oblk,            # IN  (n_oblk+1,) output-channel blocks
-                  float[::1] buf,                     # SCRATCH packed image + tail, tail zeroed,
-                                                      #   vector-aligned
-                  float[:, ::1] partial,              # SCRATCH (n_threads, largest block * tile)
-                  float[:, :, :, ::1] out,            # OUT (N, O, H_c, W_c) computed positions
-                  int pad_top, int pad_left, int sh, int sw, int Hq, int Wq, int64_t plane,
-                  int64_t Wc, int act, int level, bint half, bint pack, bint one_phase,
-                  int n_threads):
-    """Direct sparse convolution, O(N * nnz * H_c * Wc) multiply-adds.
+cdef class SparseConv:
+    """Direct sparse convolution (spconv_impl.h) bound to one plan, O(N * nnz * H_c * Wc)
+    multiply-adds.
 
-    The input is packed into planes of Hq rows of Wq floats, ``plane`` floats apart; output
-    (y, x) is flat position y*Wc + x of the packed image's positions (Wc == Wq, or an unpadded
-    1x1 layer viewed as one row: H_c == 1, W_c == H_out*W_out, Wc == plane).
-    ``pack`` false: x already has the packed layout (an unpadded 1x1 stride-1 layer whose
-    planes are a whole number of vectors, vector-aligned) and is read in place; ``buf`` is
-    then unused. ``one_phase``: only phase (0, 0) of each channel is packed (see conv_pack)."""
-    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t H_out = out.shape[2], W_out = out.shape[3]
-    cdef int64_t ncb = (ptr.shape[1] - 1) // R
-    cdef int64_t n_oblk = oblk.shape[0] - 1
-    cdef int64_t T = spconv_tile_size(level, half)
-    cdef int64_t n_tiles = (H_out * Wc + T - 1) // T
-    cdef int64_t n_items = n_tiles * n_oblk
-    cdef const float *bptr = &bias[0] if bias is not None else NULL
-    cdef const int32_t *optr = &offsets[0] if offsets.shape[0] else NULL
-    cdef const float *vptr = &values[0] if values.shape[0] else NULL
-    cdef int64_t n, i
-    cdef const float *src
-    if N == 0 or out.shape[1] == 0 or H_out == 0 or W_out == 0:
-        return
-    with nogil:
-        for n in range(N):
-            src = _packed_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
-                                one_phase, pack, &buf[0], n_threads, plane)
-            for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
-                spconv_items(level, half, src, &ptr[0, 0], ncb, R, optr, vptr, bptr,
-                             &out[n, 0, 0, 0], &partial[threadid(), 0], &oblk[0], n_oblk, i,
-                             i + 1, Wc, H_out, W_out, act)
+    Parameters
+    ----------
+    ptr : int64 array of shape (O, ncb*R+1)
+        Non-zeros per (output channel, input-channel block, residue).
+    R : int
+        Residues (see spconv_impl.h).
+    offsets : int32 array of shape (nnz,)
+        Aligned positions of the non-zeros in the packed image.
+    values : float32 array of shape (nnz,)
+        In the order of offsets.
+    bias : float32 array of shape (O,) or None
+    oblk : int64 array of shape (n_oblk+1,)
+        Output-channel blocks (one block [0, O] when ``band_rows``).
+    packing : fscnn.kernels.base.Packing
+        The packed image: planes of Hq rows of Wq floats, ``plane`` floats apart.
+    Wc, W_valid : int
+        Flat positions per computed output row, and the valid ones: Wc == Wq, or an unpadded
+        1x1 layer computed as one row per channel (Wc == plane, W_valid == H_out*W_out).
+    act, level, n_threads : int
+        Activation code, SIMD level, threads.
+    half : bool
+        The half tile.
+    band_rows : int
+        0, or the convolution output rows per band of the fused 2x2 max pool
+        (:meth:`conv_maxpool2`), an even number.
+    """
+    cdef spconv_layer k
+    cdef conv_packing pk
+    cdef int64_t band_rows
+    cdef int n_threads
+    cdef const int64_t[:, ::1] ptr
+    cdef const int32_t[::1] offsets
+    cdef const float[::1] values
+    cdef const float[::1] bias
+    cdef const int64_t[::1] oblk
+
+    def __init__(self, const int64_t[:, ::1] ptr, int64_t R, const int32_t[::1] offsets,
+                 const float[::1] values, const float[::1] bias, const int64_t[::1] oblk,
+                 packing, int64_t Wc, int64_t W_valid, int act, int level, bint half,
+                 int n_threads, int64_t band_rows=0):
+        self.ptr, self.offsets, self.values, self.bias, self.oblk = ptr, offsets, values, bias, oblk
+        self.k.ptr = &ptr[0, 0]
+        self.k.offsets = &offsets[0] if offsets.shape[0] else NULL
+        self.k.values = &values[0] if values.shape[0] else NULL
+        self.k.bias = &bias[0] if bias is not None else NULL
+        self.k.oblk = &oblk[0]
+        self.k.ncb = (ptr.shape[1] - 1) // R
+        self.k.R, self.k.n_oblk, self.k.Wq, self.k.W_out = R, oblk.shape[0] - 1, Wc, W_valid
+        self.k.act, self.k.level, self.k.half = act, level, half
+        self.pk = _packing(packing)
+        self.band_rows, self.n_threads = band_rows, n_threads
+
+    def conv(self, const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
+             float[::1] buf,                          # SCRATCH packed image + tail, tail
+                                                      #   zeroed, vector-aligned
+             float[:, ::1] partial,                   # SCRATCH (n_threads, largest block * T)
+             float[:, :, :, ::1] out,                 # OUT (N, O, H_c, W_valid)
+             bint pack):
+        """Convolve ``x`` into ``out``, the computed positions: output (y, x) is flat position
+        y*Wc + x of the packed image's positions. ``pack`` false: x already has the packed
+        layout (an unpadded 1x1 stride-1 layer whose planes are a whole number of vectors,
+        vector-aligned) and is read in place; ``buf`` is then unused."""
+        cdef const spconv_layer *k = &self.k
+        cdef int64_t N = x.shape[0], C = x.shape[1], H_out = out.shape[2]
+        cdef int64_t T = spconv_tile_size(k.level, k.half)
+        cdef int64_t n_items = (H_out * k.Wq + T - 1) // T * k.n_oblk
+        cdef int64_t n, i
+        cdef const float *src
+        if N == 0 or out.shape[1] == 0 or H_out == 0 or out.shape[3] == 0:
+            return
+        with nogil:
+            for n in range(N):
+                src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, pack, &buf[0], self.n_threads)
+                for i in prange(n_items, num_threads=self.n_threads, schedule="dynamic"):
+                    spconv_items(k, src, &out[n, 0, 0, 0], &partial[threadid(), 0], H_out, i,
+                                 i + 1)
+
+    def conv_maxpool2(self, const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                      float[::1] buf,                     # SCRATCH packed image, readable
+                                                          #   to max(offsets) + L + T
+                      float[:, ::1] partial,              # SCRATCH (n_threads, O * T)
+                      float[:, ::1] band,                 # SCRATCH (n_threads,
+                                                          #   O * band_rows * W_valid)
+                      float[:, :, :, ::1] out):           # OUT (N, O, H_conv//2, W_valid//2)
+        """Convolve ``x`` and max-pool the result with a 2x2 stride-2 window (floor mode),
+        fused: a work item is a band of ``band_rows`` convolution output rows of one image,
+        computed for all output channels into the thread's ``band`` scratch (the tiles of
+        :meth:`conv`, with the band's flat positions) and pooled from there, so the full-size
+        convolution output is never written to memory."""
+        cdef const spconv_layer *k = &self.k
+        cdef int64_t N = x.shape[0], C = x.shape[1]
+        cdef int64_t O = out.shape[1], Hpo = out.shape[2], Wpo = out.shape[3]
+        cdef int64_t T = spconv_tile_size(k.level, k.half)
+        cdef int64_t band_rows = self.band_rows
+        cdef int64_t n_bands = (2 * Hpo + band_rows - 1) // band_rows
+        cdef int64_t n, b, r0, rows, o, j
+        cdef float *scr
+        cdef const float *src
+        if N == 0 or O == 0 or Hpo == 0 or Wpo == 0:
+            return
+        with nogil:
+            for n in range(N):
+                src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, True, &buf[0], self.n_threads)
+                for b in prange(n_bands, num_threads=self.n_threads, schedule="dynamic"):
+                    r0 = b * band_rows
+                    rows = band_rows if r0 + band_rows <= 2 * Hpo else 2 * Hpo - r0
+                    scr = &band[threadid(), 0]
+                    # the band's rows r0 .. r0+rows-1 are flat positions r0*Wq + [0, rows*Wq)
+                    spconv_items(k, src + r0 * k.Wq, scr, &partial[threadid(), 0], rows, 0,
+                                 (rows * k.Wq + T - 1) // T)
+                    for o in range(O):
+                        for j in range(rows // 2):
+                            fscnn_maxpool2x2_row(scr + (o * rows + 2 * j) * k.W_out,
+                                                 scr + (o * rows + 2 * j + 1) * k.W_out,
+                                                 &out[n, o, r0 // 2 + j, 0], Wpo)
 
 
-def sparse_conv2d_maxpool2(const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
-                           const int64_t[:, ::1] ptr,       # IN  as in sparse_conv2d
-                           int R,                           # IN
-                           const int32_t[::1] offsets,      # IN
-                           const float[::1] values,         # IN
-                           const float[::1] bias,           # IN  (O,) or None
-                           const int64_t[::1] oblk,         # IN  (2,): [0, O]
-                           float[::1] buf,                  # SCRATCH packed image, readable
-                                                            #   to max(offsets) + L + T
-                           float[:, ::1] partial,           # SCRATCH (n_threads, O * T)
-                           float[:, ::1] band,              # SCRATCH (n_threads, O*band_rows*W_conv)
-                           float[:, :, :, ::1] out,         # OUT (N, O, H_conv//2, W_conv//2)
-                           int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
-                           int W_conv, int band_rows, int act, int level, bint half,
-                           bint one_phase, int n_threads):
-    """Direct sparse convolution followed by 2x2 stride-2 max pooling (floor mode), fused: a
-    work item is a band of ``band_rows`` (even) convolution output rows of one image, computed
-    for all output channels into the thread's ``band`` scratch (the sparse tiles of
-    sparse_conv2d, with the band's flat positions) and pooled from there, so the full-size
-    convolution output is never written to memory."""
-    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t O = out.shape[1], Hpo = out.shape[2], Wpo = out.shape[3]
-    cdef int64_t ncb = (ptr.shape[1] - 1) // R
-    cdef int64_t T = spconv_tile_size(level, half)
-    cdef int64_t n_bands = (2 * Hpo + band_rows - 1) // band_rows
-    cdef const float *bptr = &bias[0] if bias is not None else NULL
-    cdef const int32_t *optr = &offsets[0] if offsets.shape[0] else NULL
-    cdef const float *vptr = &values[0] if values.shape[0] else NULL
-    cdef int64_t n, b, r0, rows, o, j
-    cdef float *scr
-    cdef const float *src
-    if N == 0 or O == 0 or Hpo == 0 or Wpo == 0:
-        return
-    with nogil:
-        for n in range(N):
-            src = _packed_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
-                                one_phase, True, &buf[0], n_threads)
-            for b in prange(n_bands, num_threads=n_threads, schedule="dynamic"):
-                r0 = b * band_rows
-                rows = band_rows if r0 + band_rows <= 2 * Hpo else 2 * Hpo - r0
-                scr = &band[threadid(), 0]
-                # the band's rows r0 .. r0+rows-1 are flat positions r0*Wq + [0, rows*Wq)
-                spconv_items(level, half, src + r0 * Wq, &ptr[0, 0], ncb, R, optr, vptr, bptr,
-                             scr, &partial[threadid(), 0], &oblk[0], 1, 0,
-                             (rows * Wq + T - 1) // T, Wq, rows, W_conv, act)
-                for o in range(O):
-                    for j in range(rows // 2):
-                        fscnn_maxpool2x2_row(scr + (o * rows + 2 * j) * W_conv,
-                                             scr + (o * rows + 2 * j + 1) * W_conv,
-                                             &out[n, o, r0 // 2 + j, 0], Wpo)
+cdef class DenseConv:
+    """Dense convolution as SGEMM over chunks of the flat output, bound to one plan: for each
+    chunk of ``chunk`` positions and each group, the K = Cg*KH*KW shifted input runs are
+    copied into a (K, chunk) panel (a plain memcpy per row, thanks to the packed layout) and
+    multiplied by the group's (O/groups, K) weights. O(N * O * K * H_out * Wq) multiply-adds.
+    1x1 kernels read the packed planes directly (no panel).
+
+    Parameters
+    ----------
+    weight : float32 array of shape (O, Cg*KH*KW)
+        Rows in (ci, kh, kw) order.
+    tap_offsets : int32 array of shape (Cg*KH*KW,)
+        Positions of the taps of group 0 in the packed image.
+    group_stride : int
+        Position shift between the groups' inputs.
+    bias : float32 array of shape (O,) or None
+    groups : int
+    packing : fscnn.kernels.base.Packing
+    pack : bool
+        False: x already has the packed layout (unpadded 1x1 stride 1) and is read in place.
+    chunk, act, n_threads : int
+        Positions per work item, activation code, threads (each calls single-threaded BLAS).
+    """
+    cdef const float[:, ::1] weight
+    cdef const int32_t[::1] tap_offsets
+    cdef const float[::1] bias
+    cdef conv_packing pk
+    cdef int64_t group_stride
+    cdef int groups, chunk, act, n_threads
+    cdef bint pack
+
+    def __init__(self, const float[:, ::1] weight, const int32_t[::1] tap_offsets,
+                 int64_t group_stride, const float[::1] bias, int groups, packing, bint pack,
+                 int chunk, int act, int n_threads):
+        self.weight, self.tap_offsets, self.bias = weight, tap_offsets, bias
+        self.pk = _packing(packing)
+        self.group_stride, self.groups, self.pack = group_stride, groups, pack
+        self.chunk, self.act, self.n_threads = chunk, act, n_threads
+
+    def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                 float[::1] buf,                      # SCRATCH packed image + tail, tail
+                                                      #   zeroed (pack true)
+                 float[:, ::1] panels,                # SCRATCH (n_threads, (K + O/groups) * chunk)
+                 float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out)
+        """Convolve ``x`` into ``out``."""
+        cdef int64_t N = x.shape[0], C = x.shape[1]
+        cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
+        cdef int64_t K = self.weight.shape[1], Og = O // self.groups
+        cdef int64_t Hq = self.pk.Hq, Wq = self.pk.Wq, chunk = self.chunk
+        cdef int64_t L = H_out * Wq
+        cdef int64_t n_chunks = (L + chunk - 1) // chunk
+        cdef int64_t n_items = n_chunks * self.groups
+        cdef const float *bptr = &self.bias[0] if self.bias is not None else NULL
+        cdef bint direct = K == C // self.groups and self.tap_offsets[0] == 0 and K > 0
+        cdef int64_t n, i, g, q0, r, cnt
+        cdef float *panel
+        cdef float *wide
+        cdef const float *bmat
+        cdef const float *src
+        cdef int m, nn, kk, lda, ldb, ldc
+        cdef float one = 1.0, zero = 0.0
+        cdef char *no = b"N"
+        if N == 0 or O == 0 or H_out == 0 or W_out == 0:
+            return
+        with nogil:
+            for n in range(N):
+                src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, self.pack, &buf[0],
+                                    self.n_threads)
+                for i in prange(n_items, num_threads=self.n_threads, schedule="dynamic"):
+                    panel = &panels[threadid(), 0]
+                    wide = panel + K * chunk
+                    g = i % self.groups
+                    q0 = (i // self.groups) * chunk
+                    cnt = chunk if q0 + chunk <= L else L - q0
+                    if direct:
+                        # 1x1 taps: the (K, cnt) panel is the packed planes themselves
+                        bmat = src + g * self.group_stride + q0
+                        ldb = <int> (Hq * Wq if self.pk.one_phase
+                                     else self.pk.sh * self.pk.sw * Hq * Wq)
+                    else:
+                        for r in range(K):
+                            memcpy(panel + r * cnt,
+                                   src + self.tap_offsets[r] + g * self.group_stride + q0,
+                                   sizeof(float) * cnt)
+                        bmat = panel
+                        ldb = <int> cnt
+                    m = <int> cnt
+                    nn = <int> Og
+                    kk = <int> K
+                    lda = <int> K
+                    ldc = <int> cnt
+                    if Wq == W_out:
+                        # flat positions are output positions (1x1 layers): the GEMM writes
+                        # into the output, and the epilogue adds bias and activation in place
+                        wide = &out[n, g * Og, 0, 0] + q0
+                        ldc = <int> (H_out * W_out)
+                    # column-major view: wide^T (cnt x Og) = B^T (cnt x K) . W_g^T (K x Og)
+                    sgemm(no, no, &m, &nn, &kk, &one, <float *> bmat, &ldb,
+                          <float *> &self.weight[g * Og, 0], &lda, &zero, wide, &ldc)
+                    conv_scatter(wide, ldc, Og, g * Og, q0, cnt, bptr, self.act, Wq, H_out,
+                                 W_out, &out[n, 0, 0, 0])
 
 
-def dense_conv2d(const float[:, :, :, ::1] x,        # IN  (N, C, H, W)
-                 const float[:, ::1] weight,         # IN  (O, Cg*KH*KW), rows in (ci, kh, kw) order
-                 const int32_t[::1] tap_offsets,     # IN  (Cg*KH*KW,) positions for group 0
-                 int64_t group_stride,               # IN  position shift between groups' inputs
-                 const float[::1] bias,              # IN  (O,) or None
-                 float[::1] buf,                     # SCRATCH packed image + tail, tail zeroed
-                 float[:, ::1] panels,               # SCRATCH (n_threads, (K + O/groups) * chunk)
-                 float[:, :, :, ::1] out,            # OUT (N, O, H_out, W_out)
-                 int groups, int pad_top, int pad_left, int sh, int sw, int Hq, int Wq,
-                 int chunk, int act, bint pack, bint one_phase, int n_threads):
-    """Dense convolution as SGEMM over chunks of the flat output: for each chunk of ``chunk``
-    positions and each group, the K = Cg*KH*KW shifted input runs are copied into a (K, chunk)
-    panel (a plain memcpy per row, thanks to the packed layout) and multiplied by the group's
-    (O/groups, K) weights. O(N * O * K * H_out * Wq) multiply-adds. 1x1 kernels read the packed
-    planes directly (no panel); ``pack`` false: x already has the packed layout (unpadded 1x1
-    stride 1) and is read in place, ``buf`` is then unused. ``one_phase``: see conv_pack."""
-    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
-    cdef int64_t K = weight.shape[1], Og = O // groups
-    cdef int64_t L = H_out * Wq
-    cdef int64_t n_chunks = (L + chunk - 1) // chunk
-    cdef int64_t n_items = n_chunks * groups
-    cdef const float *bptr = &bias[0] if bias is not None else NULL
-    cdef bint direct = K == C // groups and tap_offsets[0] == 0 and K > 0
-    cdef int64_t n, i, g, q0, r, cnt
-    cdef float *panel
-    cdef float *wide
-    cdef const float *bmat
-    cdef const float *src
-    cdef int m, nn, kk, lda, ldb, ldc
-    cdef float one = 1.0, zero = 0.0
-    cdef char *no = b"N"
-    if N == 0 or O == 0 or H_out == 0 or W_out == 0:
-        return
-    with nogil:
-        for n in range(N):
-            src = _packed_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
-                                one_phase, pack, &buf[0], n_threads)
-            for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
-                panel = &panels[threadid(), 0]
-                wide = panel + K * chunk
-                g = i % groups
-                q0 = (i // groups) * chunk
-                cnt = chunk if q0 + chunk <= L else L - q0
-                if direct:
-                    # 1x1 taps: the (K, cnt) panel is the packed planes themselves
-                    bmat = src + g * group_stride + q0
-                    ldb = <int> (Hq * Wq if one_phase else sh * sw * Hq * Wq)
-                else:
-                    for r in range(K):
-                        memcpy(panel + r * cnt, src + tap_offsets[r] + g * group_stride + q0,
-                               sizeof(float) * cnt)
-                    bmat = panel
-                    ldb = <int> cnt
+cdef class WinogradConv:
+    """Winograd F(4x4, 3x3) convolution (see winograd.h) bound to one plan. The 4x4 output
+    tiles of each image, in row-major order, are cut into chunks of ``chunk`` tiles; a work
+    item (image, chunk) transforms its input tiles into V (36, C, cnt), runs the 36 GEMMs
+    M_a = U_a . V_a (O x cnt) with single-threaded BLAS and transforms M into the output.
+    Work items are independent and computed the same way whatever thread runs them.
+
+    Parameters
+    ----------
+    U : float32 array of shape (36, O, C)
+        Transformed weights G g G^T.
+    bias : float32 array of shape (O,) or None
+    pad_top, pad_left, chunk, act, level, n_threads : int
+    """
+    cdef wino_layer k
+    cdef const float[:, :, ::1] U
+    cdef const float[::1] bias
+    cdef int chunk, n_threads
+
+    def __init__(self, const float[:, :, ::1] U, const float[::1] bias, int64_t pad_top,
+                 int64_t pad_left, int chunk, int act, int level, int n_threads):
+        self.U, self.bias = U, bias
+        self.k.bias = &bias[0] if bias is not None else NULL
+        self.k.pad_top, self.k.pad_left = pad_top, pad_left
+        self.k.act, self.k.level = act, level
+        self.chunk, self.n_threads = chunk, n_threads
+
+    def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                 float[:, ::1] work,                  # SCRATCH (n_threads, 36*(C+O)*chunk + tmp)
+                 float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out)
+        """Convolve ``x`` into ``out``."""
+        cdef wino_layer k = self.k
+        cdef int64_t N = x.shape[0], C = x.shape[1], O = out.shape[1]
+        cdef int64_t chunk = self.chunk
+        cdef int64_t T, n_chunks, i, n, t0, cnt, a
+        cdef float *V
+        cdef float *Mb
+        cdef int m, nn, kk, lda, ldb, ldc
+        cdef float one = 1.0, zero = 0.0
+        cdef char *no = b"N"
+        k.C, k.H, k.W = C, x.shape[2], x.shape[3]
+        k.O, k.H_out, k.W_out = O, out.shape[2], out.shape[3]
+        k.tiles_w = (k.W_out + 3) // 4
+        T = k.tiles_w * ((k.H_out + 3) // 4)
+        n_chunks = (T + chunk - 1) // chunk
+        if N == 0 or O == 0 or k.H_out == 0 or k.W_out == 0:
+            return
+        with nogil:
+            for i in prange(N * n_chunks, num_threads=self.n_threads, schedule="dynamic"):
+                n = i // n_chunks
+                t0 = (i % n_chunks) * chunk
+                cnt = chunk if t0 + chunk <= T else T - t0
+                V = &work[threadid(), 0]
+                Mb = V + 36 * C * cnt
+                wino_input(&k, &x[n, 0, 0, 0], t0, cnt, V, Mb + 36 * O * cnt)
                 m = <int> cnt
-                nn = <int> Og
-                kk = <int> K
-                lda = <int> K
+                nn = <int> O
+                kk = <int> C
+                lda = <int> cnt
+                ldb = <int> C
                 ldc = <int> cnt
-                if Wq == W_out:
-                    # flat positions are output positions (1x1 layers): the GEMM writes into
-                    # the output, and the epilogue adds bias and activation in place
-                    wide = &out[n, g * Og, 0, 0] + q0
-                    ldc = <int> (H_out * W_out)
-                # column-major view: wide^T (cnt x Og) = B^T (cnt x K) . W_g^T (K x Og)
-                sgemm(no, no, &m, &nn, &kk, &one, <float *> bmat, &ldb,
-                      <float *> &weight[g * Og, 0], &lda, &zero, wide, &ldc)
-                conv_scatter(wide, ldc, Og, g * Og, q0, cnt, bptr, act, Wq, H_out, W_out,
-                             &out[n, 0, 0, 0])
+                for a in range(36):
+                    # column-major view: M_a^T (cnt x O) = V_a^T (cnt x C) . U_a^T (C x O)
+                    sgemm(no, no, &m, &nn, &kk, &one, V + a * C * cnt, &lda,
+                          <float *> &self.U[a, 0, 0], &ldb, &zero, Mb + a * O * cnt, &ldc)
+                wino_output(&k, Mb, t0, cnt, &out[n, 0, 0, 0], Mb + 36 * O * cnt)
 
 
-def winograd_conv2d(const float[:, :, :, ::1] x,     # IN  (N, C, H, W)
-                    const float[:, :, ::1] U,        # IN  (36, O, C) transformed weights G g G^T
-                    const float[::1] bias,           # IN  (O,) or None
-                    float[:, ::1] work,              # SCRATCH (n_threads, 36*(C+O)*chunk + tmp)
-                    float[:, :, :, ::1] out,         # OUT (N, O, H_out, W_out)
-                    int pad_top, int pad_left, int chunk, int act, int level, int n_threads):
-    """Winograd F(4x4, 3x3) convolution (see winograd.h). The 4x4 output tiles of each image,
-    in row-major order, are cut into chunks of ``chunk`` tiles; a work item (image, chunk)
-    transforms its input tiles into V (36, C, cnt), runs the 36 GEMMs M_a = U_a . V_a (O x cnt)
-    with single-threaded BLAS and transforms M into the output. Work items are independent and
-    computed the same way whatever thread runs them."""
-    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
-    cdef int64_t tiles_w = (W_out + 3) // 4, tiles_h = (H_out + 3) // 4
-    cdef int64_t T = tiles_w * tiles_h
-    cdef int64_t n_chunks = (T + chunk - 1) // chunk
-    cdef const float *bptr = &bias[0] if bias is not None else NULL
-    cdef int64_t i, n, t0, cnt, a
-    cdef float *V
-    cdef float *Mb
-    cdef int m, nn, kk, lda, ldb, ldc
-    cdef float one = 1.0, zero = 0.0
-    cdef char *no = b"N"
-    if N == 0 or O == 0 or H_out == 0 or W_out == 0:
-        return
-    with nogil:
-        for i in prange(N * n_chunks, num_threads=n_threads, schedule="dynamic"):
-            n = i // n_chunks
-            t0 = (i % n_chunks) * chunk
-            cnt = chunk if t0 + chunk <= T else T - t0
-            V = &work[threadid(), 0]
-            Mb = V + 36 * C * cnt
-            wino_input(level, &x[n, 0, 0, 0], C, H, W, pad_top, pad_left, tiles_w, t0, cnt, V,
-                       Mb + 36 * O * cnt)
-            m = <int> cnt
-            nn = <int> O
-            kk = <int> C
-            lda = <int> cnt
-            ldb = <int> C
-            ldc = <int> cnt
-            for a in range(36):
-                # column-major view: M_a^T (cnt x O) = V_a^T (cnt x C) . U_a^T (C x O)
-                sgemm(no, no, &m, &nn, &kk, &one, V + a * C * cnt, &lda, <float *> &U[a, 0, 0],
-                      &ldb, &zero, Mb + a * O * cnt, &ldc)
-            wino_output(level, Mb, O, tiles_w, t0, cnt, bptr, act, H_out, W_out,
-                        &out[n, 0, 0, 0], Mb + 36 * O * cnt)
+cdef class DepthwiseConv:
+    """Depthwise convolution (see dwconv.h) bound to one plan: a work item (image, input
+    channel) packs the channel's phase planes into the thread's scratch (``work[t, :planes]``,
+    followed by a zeroed tail of T + 16 floats that the caller clears) and computes its O/C
+    output channels, O(N * n_taps * H_out * Wq) multiply-adds. Items are computed the same way
+    whatever thread runs them.
+
+    Parameters
+    ----------
+    ptr : int64 array of shape (O+1,)
+        Taps of each output channel.
+    offsets : int32 array of shape (n_taps,)
+        Positions in a channel's packed planes.
+    values : float32 array of shape (n_taps,)
+    bias : float32 array of shape (O,) or None
+    packing : fscnn.kernels.base.Packing
+        One channel's planes (``plane`` = Hq*Wq).
+    act, level, n_threads : int
+    """
+    cdef dwconv_layer k
+    cdef conv_packing pk
+    cdef int n_threads
+    cdef const int64_t[::1] ptr
+    cdef const int32_t[::1] offsets
+    cdef const float[::1] values
+    cdef const float[::1] bias
+
+    def __init__(self, const int64_t[::1] ptr, const int32_t[::1] offsets,
+                 const float[::1] values, const float[::1] bias, packing, int act, int level,
+                 int n_threads):
+        self.ptr, self.offsets, self.values, self.bias = ptr, offsets, values, bias
+        self.k.ptr = &ptr[0]
+        self.k.offsets = &offsets[0] if offsets.shape[0] else NULL
+        self.k.values = &values[0] if values.shape[0] else NULL
+        self.k.bias = &bias[0] if bias is not None else NULL
+        self.pk = _packing(packing)
+        self.k.Wq, self.k.act, self.k.level = self.pk.Wq, act, level
+        self.n_threads = n_threads
+
+    def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                 float[:, ::1] work,                  # SCRATCH (n_threads, planes + T + 16 + L + T)
+                 float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out), O = mult * C
+        """Convolve ``x`` into ``out``."""
+        cdef dwconv_layer k = self.k
+        cdef int64_t N = x.shape[0], C = x.shape[1], O = out.shape[1]
+        cdef int64_t mult = O // C if C else 0
+        cdef int64_t planes = (1 if self.pk.one_phase else self.pk.sh * self.pk.sw) * \
+            self.pk.Hq * self.pk.Wq
+        cdef int64_t wide_at = planes + dwconv_tile_size(k.level) + 16
+        cdef int64_t i, n, c
+        cdef float *buf
+        k.H_out, k.W_out = out.shape[2], out.shape[3]
+        if N == 0 or O == 0 or k.H_out == 0 or k.W_out == 0:
+            return
+        with nogil:
+            for i in prange(N * C, num_threads=self.n_threads, schedule="dynamic"):
+                n = i // C
+                c = i % C
+                buf = &work[threadid(), 0]
+                conv_pack(&self.pk, &x[n, c, 0, 0], 0, 1, buf)
+                dwconv_channels(&k, buf, c * mult, (c + 1) * mult, buf + wide_at,
+                                &out[n, 0, 0, 0])
 
 
-def depthwise_conv2d(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
-                     const int64_t[::1] ptr,         # IN  (O+1,) taps of each output channel
-                     const int32_t[::1] offsets,     # IN  (n_taps,) positions in a channel's planes
-                     const float[::1] values,        # IN  (n_taps,)
-                     const float[::1] bias,          # IN  (O,) or None
-                     float[:, ::1] work,             # SCRATCH (n_threads, planes + T + 16 + L + T)
-                     float[:, :, :, ::1] out,        # OUT (N, O, H_out, W_out), O = mult * C
-                     int pad_top, int pad_left, int sh, int sw, int Hq, int Wq, int act,
-                     int level, bint one_phase, int n_threads):
-    """Depthwise convolution (see dwconv.h): a work item (image, input channel) packs the
-    channel's phase planes into the thread's scratch (``work[t, :planes]``, followed by a
-    zeroed tail of T + 16 floats that the caller clears) and computes its O/C output channels,
-    O(N * n_taps * H_out * Wq) multiply-adds. Items are computed the same way whatever thread
-    runs them."""
-    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
-    cdef int64_t mult = O // C if C else 0
-    cdef int64_t planes = (1 if one_phase else sh * sw) * Hq * Wq
-    cdef int64_t wide_at = planes + dwconv_tile_size(level) + 16
-    cdef const float *bptr = &bias[0] if bias is not None else NULL
-    cdef const int32_t *optr = &offsets[0] if offsets.shape[0] else NULL
-    cdef const float *vptr = &values[0] if values.shape[0] else NULL
-    cdef int64_t i, n, c
-    cdef float *buf
-    if N == 0 or O == 0 or H_out == 0 or W_out == 0:
-        return
-    with nogil:
-        for i in prange(N * C, num_threads=n_threads, schedule="dynamic"):
-            n = i // C
-            c = i % C
-            buf = &work[threadid(), 0]
-            conv_pack(&x[n, c, 0, 0], 0, 1, H, W, pad_top, pad_left, sh, sw, Hq, Wq, Hq * Wq, one_phase,
-                      buf)
-            dwconv_channels(level, buf, &ptr[0], optr, vptr, bptr, c * mult, (c + 1) * mult,
-                            buf + wide_at, &out[n, 0, 0, 0], Wq, H_out, W_out, act)
+cdef class PointwiseConv:
+    """Dense 1x1 convolution, groups 1 (see pointwise.h), bound to one plan: for each image,
+    work items (position tile, chunk of output-channel blocks) of output = W . X, with X the
+    packed planes (or x itself when ``pack`` is false) and positions y*Wq + x, Wq == W_out. An
+    image with fewer positions than a tile is computed in the ``small`` scratch. Items are
+    computed the same way whatever thread runs them.
 
+    Parameters
+    ----------
+    wpack : float32 array of shape (ceil(O/MR), C, MR)
+        Packed weights of the variant.
+    bias : float32 array of shape (O,) or None
+    packing : fscnn.kernels.base.Packing
+    pack : bool
+        False: x already has the packed layout and is read in place.
+    n_bchunks : int
+        Chunks of output-channel blocks per tile.
+    act, level, n_threads : int
+    variant : int
+        Index into pointwise_variants(level).
+    """
+    cdef pw_layer k
+    cdef pw_items_fn items
+    cdef int64_t T, n_bchunks
+    cdef conv_packing pk
+    cdef bint pack
+    cdef int n_threads
+    cdef const float[:, :, ::1] wpack
+    cdef const float[::1] bias
 
-def pointwise_conv2d(const float[:, :, :, ::1] x,    # IN  (N, C, H, W)
-                     const float[:, :, ::1] wpack,   # IN  (ceil(O/MR), C, MR) packed weights
-                     const float[::1] bias,          # IN  (O,) or None
-                     float[::1] buf,                 # SCRATCH packed image (pack true)
-                     float[::1] small,               # SCRATCH (C + O) * T floats (L < T)
-                     float[:, :, :, ::1] out,        # OUT (N, O, H_out, W_out)
-                     int pad_top, int pad_left, int sh, int sw, int Hq, int Wq, int n_bchunks,
-                     int act, int level, int variant, bint pack, bint one_phase, int n_threads):
-    """Dense 1x1 convolution, groups 1 (see pointwise.h): for each image, work items (position
-    tile, chunk of output-channel blocks) of output = W . X, with X the packed planes (or x
-    itself when ``pack`` is false) and positions y*Wq + x, Wq == W_out; ``variant`` indexes
-    pointwise_variants(level). An image with fewer positions than a tile is computed in
-    ``small``. Items are computed the same way whatever thread runs them."""
-    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
-    cdef int n_var
-    cdef const pw_variant *var = &pw_variants(level, &n_var)[variant]
-    cdef int64_t T = var.t
-    cdef pw_items_fn items = var.fn
-    cdef int64_t L = H_out * Wq
-    cdef int64_t n_blk = wpack.shape[0]
-    cdef int64_t bc = (n_blk + n_bchunks - 1) // n_bchunks
-    cdef int64_t n_tiles = (L + T - 1) // T
-    cdef int64_t n_items = n_tiles * n_bchunks
-    cdef int64_t ldx = L if not pack else (Hq * Wq if one_phase else sh * sw * Hq * Wq)
-    cdef const float *bptr = &bias[0] if bias is not None else NULL
-    cdef int64_t n, i, k, b0, b1
-    cdef const float *src
-    cdef float *dst
-    if N == 0 or O == 0 or H_out == 0 or W_out == 0:
-        return
-    with nogil:
-        for n in range(N):
-            src = _packed_image(&x[n, 0, 0, 0], C, H, W, pad_top, pad_left, sh, sw, Hq, Wq,
-                                one_phase, pack, &buf[0], n_threads)
-            if L < T:
-                # fewer positions than a tile: compute T-wide copies, keep the first L columns
-                for k in range(C):
-                    memcpy(&small[k * T], src + k * ldx, sizeof(float) * L)
-                    memset(&small[k * T + L], 0, sizeof(float) * (T - L))
-                items(&small[0], T, &wpack[0, 0, 0], C, O, bptr, &small[C * T], T, T, 0, 0,
-                      n_blk, act)
-                dst = &out[n, 0, 0, 0]
-                for k in range(O):
-                    memcpy(dst + k * L, &small[(C + k) * T], sizeof(float) * L)
-                continue
-            for i in prange(n_items, num_threads=n_threads, schedule="dynamic"):
-                b0 = (i % n_bchunks) * bc
-                b1 = b0 + bc if b0 + bc < n_blk else n_blk
-                items(src, ldx, &wpack[0, 0, 0], C, O, bptr, &out[n, 0, 0, 0], L, L,
-                      i // n_bchunks, b0, b1, act)
+    def __init__(self, const float[:, :, ::1] wpack, const float[::1] bias, packing, bint pack,
+                 int64_t n_bchunks, int act, int level, int variant, int n_threads):
+        cdef int n_var
+        cdef const pw_variant *var = &pw_variants(level, &n_var)[variant]
+        self.wpack, self.bias = wpack, bias
+        self.k.wpack = &wpack[0, 0, 0]
+        self.k.bias = &bias[0] if bias is not None else NULL
+        self.k.K, self.k.act = wpack.shape[1], act
+        self.items, self.T = var.fn, var.t
+        self.pk = _packing(packing)
+        self.pack, self.n_bchunks, self.n_threads = pack, n_bchunks, n_threads
+
+    def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                 float[::1] buf,                      # SCRATCH packed image (pack true)
+                 float[::1] small,                    # SCRATCH (C + O) * T floats (L < T)
+                 float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out)
+        """Convolve ``x`` into ``out``."""
+        cdef pw_layer k = self.k
+        cdef int64_t N = x.shape[0], C = x.shape[1]
+        cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
+        cdef int64_t T = self.T, n_bchunks = self.n_bchunks
+        cdef int64_t L = H_out * self.pk.Wq
+        cdef int64_t n_blk = self.wpack.shape[0]
+        cdef int64_t bc = (n_blk + n_bchunks - 1) // n_bchunks
+        cdef int64_t n_tiles = (L + T - 1) // T
+        cdef int64_t n_items = n_tiles * n_bchunks
+        cdef int64_t ldx = L if not self.pack else (
+            self.pk.Hq * self.pk.Wq if self.pk.one_phase
+            else self.pk.sh * self.pk.sw * self.pk.Hq * self.pk.Wq)
+        cdef int64_t n, i, c, b0, b1
+        cdef const float *src
+        cdef float *dst
+        k.O = O
+        if N == 0 or O == 0 or H_out == 0 or W_out == 0:
+            return
+        with nogil:
+            for n in range(N):
+                src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, self.pack, &buf[0],
+                                    self.n_threads)
+                if L < T:
+                    # fewer positions than a tile: compute T-wide copies, keep the first L
+                    # columns
+                    for c in range(C):
+                        memcpy(&small[c * T], src + c * ldx, sizeof(float) * L)
+                        memset(&small[c * T + L], 0, sizeof(float) * (T - L))
+                    self.items(&k, &small[0], T, &small[C * T], T, T, 0, 0, n_blk)
+                    dst = &out[n, 0, 0, 0]
+                    for c in range(O):
+                        memcpy(dst + c * L, &small[(C + c) * T], sizeof(float) * L)
+                    continue
+                for i in prange(n_items, num_threads=self.n_threads, schedule="dynamic"):
+                    b0 = (i % n_bchunks) * bc
+                    b1 = b0 + bc if b0 + bc < n_blk else n_blk
+                    self.items(&k, src, ldx, &out[n, 0, 0, 0], L, L, i // n_bchunks, b0, b1)

@@ -1,6 +1,9 @@
-"""Sparse Linear kernel (CSR weights times a batch of vectors), see include/splinear.h.
+"""Linear kernels, each bound to one plan: sparse (panel-major CSR weights times a batch of
+vectors, see include/splinear.h) and dense (scipy's BLAS per block of output features).
 
-Callers (fscnn.ops) validate every argument; nothing here checks shapes or index bounds.
+A plan (fscnn.kernels) builds the kernel once from its arrays; calling it runs the kernel on
+one input into a preallocated output. Callers validate every argument; nothing here checks
+shapes or index bounds.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint16_t
@@ -10,11 +13,16 @@ cdef extern from "fscnn_common.h" nogil:
     float fscnn_act(float v, int act)
 
 cdef extern from "splinear.h" nogil:
+    ctypedef struct splin_layer:
+        const int64_t *indptr
+        const uint16_t *idx
+        const float *val
+        const float *bias
+        int64_t n_in, n_out, P, width
+        int act, level
     int64_t splin_panel_width()
-    void splin_rows(int level, const float *x, int64_t N, int64_t I, int64_t O,
-                    const int64_t *indptr, int64_t P, int64_t width, const uint16_t *idx,
-                    const float *val, const float *bias, float *out, int64_t r0, int64_t r1,
-                    int act)
+    void splin_rows(const splin_layer *lay, const float *x, int64_t N, float *out, int64_t r0,
+                    int64_t r1)
 
 # rows per work item: enough for the x panel in L1 to be reused many times, few enough for a
 # dynamic schedule to balance two or more threads on a 1000-row layer
@@ -27,79 +35,119 @@ def panel_width():
     return splin_panel_width()
 
 
-def sparse_linear(const float[:, ::1] x,          # IN  (N, I)
-                  const int64_t[::1] indptr,      # IN  (P*O+1,) panel-major rows: p*O + o
-                  const uint16_t[::1] indices,    # IN  (nnz,) columns relative to the panel
-                  const float[::1] data,          # IN  (nnz,)
-                  const float[::1] bias,          # IN  (O,) or None
-                  float[:, ::1] out,              # OUT (N, O)
-                  int act, int level, int n_threads):
+cdef class SparseLinear:
     """out[n, o] = act(bias[o] + sum over panels p, non-zeros k of row p*O + o of
-    data[k] * x[n, p * panel_width() + indices[k]]), O(N * nnz).
+    data[k] * x[n, p * panel_width() + indices[k]]), O(N * nnz), bound to one plan.
 
     At batch 1 this is memory-bound: each non-zero costs its 4-byte value plus a 2-byte index.
     Blocks of rows are handed to threads dynamically (a descheduled thread does not stall the
     others); each output is summed in the same order whatever thread computes it, so results
-    do not depend on the thread count."""
-    cdef int64_t N = x.shape[0], I = x.shape[1], O = out.shape[1]
-    cdef int64_t P = (indptr.shape[0] - 1) // O if O else 0
-    cdef int64_t n_items = (O + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM
-    cdef int64_t width = splin_panel_width()
-    cdef int64_t i, r0, r1
-    cdef const float *bptr = &bias[0] if bias is not None else NULL
-    cdef const float *vptr = &data[0] if data.shape[0] else NULL
-    cdef const uint16_t *iptr = &indices[0] if indices.shape[0] else NULL
-    if N == 0 or O == 0:
-        return
-    for i in prange(n_items, nogil=True, num_threads=n_threads, schedule="dynamic"):
-        r0 = i * ROWS_PER_ITEM
-        r1 = r0 + ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O
-        splin_rows(level, &x[0, 0], N, I, O, &indptr[0], P, width, iptr, vptr, bptr, &out[0, 0],
-                   r0, r1, act)
+    do not depend on the thread count.
+
+    Parameters
+    ----------
+    indptr : int64 array of shape (P*O+1,)
+        Panel-major rows: row p*O + o is panel p of output feature o.
+    indices : uint16 array of shape (nnz,)
+        Columns relative to the panel.
+    data : float32 array of shape (nnz,)
+    bias : float32 array of shape (O,) or None
+    in_features, out_features, act, level, n_threads : int
+    """
+    cdef splin_layer k
+    cdef int n_threads
+    cdef const int64_t[::1] indptr
+    cdef const uint16_t[::1] indices
+    cdef const float[::1] data
+    cdef const float[::1] bias
+
+    def __init__(self, const int64_t[::1] indptr, const uint16_t[::1] indices,
+                 const float[::1] data, const float[::1] bias, int64_t in_features,
+                 int64_t out_features, int act, int level, int n_threads):
+        self.indptr, self.indices, self.data, self.bias = indptr, indices, data, bias
+        self.k.indptr = &indptr[0]
+        self.k.idx = &indices[0] if indices.shape[0] else NULL
+        self.k.val = &data[0] if data.shape[0] else NULL
+        self.k.bias = &bias[0] if bias is not None else NULL
+        self.k.n_in, self.k.n_out, self.k.width = in_features, out_features, splin_panel_width()
+        self.k.P = (indptr.shape[0] - 1) // out_features
+        self.k.act, self.k.level, self.n_threads = act, level, n_threads
+
+    def __call__(self, const float[:, ::1] x,     # IN  (N, I)
+                 float[:, ::1] out):              # OUT (N, O)
+        """Apply to ``x`` into ``out``."""
+        cdef const splin_layer *k = &self.k
+        cdef int64_t N = x.shape[0], O = k.n_out
+        cdef int64_t n_items = (O + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM
+        cdef int64_t i, r0, r1
+        if N == 0:
+            return
+        for i in prange(n_items, nogil=True, num_threads=self.n_threads, schedule="dynamic"):
+                r0 = i * ROWS_PER_ITEM
+                r1 = r0 + ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O
+                splin_rows(k, &x[0, 0], N, &out[0, 0], r0, r1)
 
 
-def dense_linear(const float[:, ::1] x,          # IN  (N, I)
-                 const float[:, ::1] weight,     # IN  (O, I)
-                 const float[::1] bias,          # IN  (O,) or None
-                 float[:, ::1] out,              # OUT (N, O)
-                 int act, int n_threads):
+cdef class DenseLinear:
     """out = act(x . weight^T + bias) through scipy's BLAS (SGEMV at batch 1, else SGEMM), one
     call per block of ROWS_PER_ITEM output features, blocks handed to fscnn's threads
-    dynamically. The caller keeps BLAS itself single-threaded (fscnn._blas): BLAS's own
-    threads ignore fscnn's thread count and, with a static split, stall whenever one of them
-    is descheduled (a 512x1000 layer took 10 ms instead of 0.03 ms on a busy machine)."""
-    cdef int64_t N = x.shape[0], I = x.shape[1], O = out.shape[1]
-    cdef int64_t n_items = (O + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM
-    cdef int64_t i, r0, n, o
-    cdef int m, nn, kk, lda, ldb, ldc, inc = 1
-    cdef float one = 1.0, zero = 0.0, v
-    cdef char *trans = b"T"
-    cdef char *no = b"N"
-    cdef bint has_bias = bias is not None
-    if N == 0 or O == 0:
-        return
-    if I == 0:
-        out[:, :] = 0
-    for i in prange(n_items, nogil=True, num_threads=n_threads, schedule="dynamic"):
-        r0 = i * ROWS_PER_ITEM
-        m = <int> (ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O - r0)
-        kk = <int> I
-        lda = <int> I
-        if I > 0:
-            if N == 1:
-                # column-major view: y (m) = W_block (I x m)^T . x
-                sgemv(trans, &kk, &m, &one, <float *> &weight[r0, 0], &lda,
-                      <float *> &x[0, 0], &inc, &zero, &out[0, r0], &inc)
-            else:
-                nn = <int> N
-                ldb = <int> I
-                ldc = <int> O
-                # column-major view: out^T block (m x N) = W_block (I x m)^T . x^T (I x N)
-                sgemm(trans, no, &m, &nn, &kk, &one, <float *> &weight[r0, 0], &lda,
-                      <float *> &x[0, 0], &ldb, &zero, &out[0, r0], &ldc)
-        for n in range(N):
-            for o in range(r0, r0 + m):
-                v = out[n, o]
-                if has_bias:
-                    v = v + bias[o]
-                out[n, o] = fscnn_act(v, act)
+    dynamically; bound to one plan. The caller keeps BLAS itself single-threaded
+    (fscnn._blas): BLAS's own threads ignore fscnn's thread count and, with a static split,
+    stall whenever one of them is descheduled (a 512x1000 layer took 10 ms instead of
+    0.03 ms on a busy machine).
+
+    Parameters
+    ----------
+    weight : float32 array of shape (O, I)
+    bias : float32 array of shape (O,) or None
+    act, n_threads : int
+    """
+    cdef const float[:, ::1] weight
+    cdef const float[::1] bias
+    cdef int act, n_threads
+
+    def __init__(self, const float[:, ::1] weight, const float[::1] bias, int act,
+                 int n_threads):
+        self.weight, self.bias, self.act, self.n_threads = weight, bias, act, n_threads
+
+    def __call__(self, const float[:, ::1] x,     # IN  (N, I)
+                 float[:, ::1] out):              # OUT (N, O)
+        """Apply to ``x`` into ``out``."""
+        cdef const float[:, ::1] weight = self.weight
+        cdef const float[::1] bias = self.bias
+        cdef int act = self.act
+        cdef int64_t N = x.shape[0], I = x.shape[1], O = out.shape[1]
+        cdef int64_t n_items = (O + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM
+        cdef int64_t i, r0, n, o
+        cdef int m, nn, kk, lda, ldb, ldc, inc = 1
+        cdef float one = 1.0, zero = 0.0, v
+        cdef char *trans = b"T"
+        cdef char *no = b"N"
+        cdef bint has_bias = bias is not None
+        if N == 0 or O == 0:
+            return
+        if I == 0:
+            out[:, :] = 0
+        for i in prange(n_items, nogil=True, num_threads=self.n_threads, schedule="dynamic"):
+            r0 = i * ROWS_PER_ITEM
+            m = <int> (ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O - r0)
+            kk = <int> I
+            lda = <int> I
+            if I > 0:
+                if N == 1:
+                    # column-major view: y (m) = W_block (I x m)^T . x
+                    sgemv(trans, &kk, &m, &one, <float *> &weight[r0, 0], &lda,
+                          <float *> &x[0, 0], &inc, &zero, &out[0, r0], &inc)
+                else:
+                    nn = <int> N
+                    ldb = <int> I
+                    ldc = <int> O
+                    # column-major view: out^T block (m x N) = W_block (I x m)^T . x^T (I x N)
+                    sgemm(trans, no, &m, &nn, &kk, &one, <float *> &weight[r0, 0], &lda,
+                          <float *> &x[0, 0], &ldb, &zero, &out[0, r0], &ldc)
+            for n in range(N):
+                for o in range(r0, r0 + m):
+                    v = out[n, o]
+                    if has_bias:
+                        v = v + bias[o]
+                    out[n, o] = fscnn_act(v, act)

@@ -17,10 +17,6 @@ from libc.string cimport memcpy
 
 cdef extern from "fscnn_common.h" nogil:
     float fscnn_act(float v, int act)
-    enum:
-        FSCNN_ACT_NONE
-        FSCNN_ACT_RELU
-        FSCNN_ACT_RELU6
 
 cdef extern from "fscnn_pool.h" nogil:
     float fscnn_nanmax(float m, float v)
@@ -28,8 +24,6 @@ cdef extern from "fscnn_pool.h" nogil:
     float fscnn_run_max(const float* p, Py_ssize_t n)
     void fscnn_maxpool2x2_row(const float* r0, const float* r1, float* out, Py_ssize_t n)
     void fscnn_rows_nanmax(float* dst, const float* src, Py_ssize_t n)
-
-ACTIVATION_CODES = {None: FSCNN_ACT_NONE, "relu": FSCNN_ACT_RELU, "relu6": FSCNN_ACT_RELU6}
 
 cdef enum:
     # Elements per parallel work item of the elementwise kernels (64 KiB of float32 per operand).

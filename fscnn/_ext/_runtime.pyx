@@ -1,5 +1,6 @@
 # cython: language_level=3
-"""Build and CPU facts the Python layer needs: OpenMP, compiler, SIMD support."""
+"""Build and CPU facts the Python layer needs: OpenMP, compiler, SIMD support, and the codes
+of the activations that kernels fuse into their epilogue."""
 
 cdef extern from "fscnn_common.h" nogil:
     int FSCNN_HAVE_OPENMP
@@ -7,8 +8,15 @@ cdef extern from "fscnn_common.h" nogil:
     int fscnn_cpu_simd_level()
     int omp_get_max_threads()
     int omp_get_num_procs()
+    enum:
+        FSCNN_ACT_NONE
+        FSCNN_ACT_RELU
+        FSCNN_ACT_RELU6
 
 SIMD_NAMES = ("baseline", "avx2", "avx512")
+
+# Activation name -> the FSCNN_ACT_* code that every kernel's `act` argument takes.
+ACTIVATION_CODES = {None: FSCNN_ACT_NONE, "relu": FSCNN_ACT_RELU, "relu6": FSCNN_ACT_RELU6}
 
 
 def openmp_enabled():

@@ -1,6 +1,5 @@
 """2-D convolution on NumPy arrays (a one-shot :class:`fscnn.ops.Conv2dOp`)."""
-# fscnn.ops imports fscnn.functional's validators: reach it through the module at call time
-from .. import ops
+from ..ops import Conv2dOp, one_shot_kernel
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation=None,
@@ -33,8 +32,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     >>> F.conv2d(np.ones((1, 2, 4, 4)), np.ones((3, 2, 3, 3)), padding=1).shape
     (1, 3, 4, 4)
     """
-    op = ops.Conv2dOp(weight, bias, stride, padding, dilation, groups, activation, kernel="dense")
-    op.kernel = ops.one_shot_kernel(kernel, op.sparsity, "conv2d")
+    op = Conv2dOp(weight, bias, stride, padding, dilation, groups, activation, kernel="dense")
+    op.kernel = one_shot_kernel(kernel, op.sparsity, "conv2d")
     if kernel == "auto" and not op.ineligible["depthwise"]:
         op.kernel = "depthwise"
     op.check_kernel(op.kernel, "conv2d")

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .._memory import aligned_empty
-from ._validate import as_float32_nchw, as_float_array, as_vector, is_int, padding4, pair
+from .._validate import as_float32_nchw, as_float_array, as_vector, is_int, padding4, pair
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,

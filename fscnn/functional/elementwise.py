@@ -8,7 +8,7 @@ softmax are evaluated in forms that cannot overflow. Activations accept arrays o
 import numpy as np
 
 from ..sparse import CSRMatrix, SparseConvWeight
-from ._validate import as_float_array, as_vector, is_int, real
+from .._validate import as_float_array, as_vector, is_int, real
 
 
 def _input(x, name, min_ndim=0):

@@ -8,7 +8,7 @@ import numpy as np
 
 from .._ext import _pool
 from .._memory import aligned_empty
-from ._validate import (MAX_HYPER_PARAMETER, as_float32_nchw, check_nonempty_hw, is_int,
+from .._validate import (MAX_HYPER_PARAMETER, as_float32_nchw, check_nonempty_hw, is_int,
                         is_padding4, padding4, pair, sliding_output_hw,
                         threads_for)
 

@@ -3,7 +3,7 @@ Resize's coordinate rules (torch's ``interpolate`` modes are among them)."""
 import numpy as np
 
 from .._memory import aligned_empty
-from ._validate import as_float_array
+from .._validate import as_float_array
 
 MODES = ("nearest", "linear")
 COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric",

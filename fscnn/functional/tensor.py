@@ -14,7 +14,7 @@ import numpy as np
 
 from .._ext import _pool
 from .._memory import aligned_empty
-from ._validate import activation_code, is_int, threads_for
+from .._validate import activation_code, is_int, threads_for
 
 __all__ = ["add", "sub", "mul", "div", "pow", "maximum", "minimum", "sqrt", "concat", "split",
            "slice_axes", "reshape", "transpose", "squeeze", "unsqueeze", "flatten", "pad",

@@ -26,9 +26,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from .._table import format_table
-from ..functional._validate import as_float_array
-from ..ops import KERNELS, RESTRICTED_KERNELS, Conv2dOp, kernel_ineligibility
+from .._validate import as_float_array
+from ..kernels import (CONV, CONV_KERNELS, LINEAR, LINEAR_KERNELS, ConvLayer, LinearLayer,
+                       ineligibility)
+from ..ops import Conv2dOp
 from .errors import LayerInputError
+
+KERNELS = tuple(dict.fromkeys(CONV_KERNELS + LINEAR_KERNELS))  # the settings of prepare
 
 _epoch = [0]
 _local = threading.local()
@@ -166,12 +170,12 @@ def _occurrences(module):
 
 
 def _kernel_ok(module, kernel):
-    """Whether ``kernel``, one that runs only some convolutions (Winograd, depthwise), can run
-    this layer."""
-    if not hasattr(module, "kernel_size"):
-        return False
-    return kernel_ineligibility(kernel, module.weight.shape, module.stride, module.dilation,
-                                module.groups) is None
+    """Whether a kernel named ``kernel`` can run this convolution or linear layer."""
+    shape = tuple(module.weight.shape)
+    if hasattr(module, "kernel_size"):
+        return ineligibility(CONV, kernel, ConvLayer(shape, module.stride, module.dilation,
+                                                     module.groups)) is None
+    return ineligibility(LINEAR, kernel, LinearLayer(shape)) is None
 
 
 def _kernel_choice(kernel, named, strict):
@@ -186,11 +190,9 @@ def _kernel_choice(kernel, named, strict):
         if kernel not in KERNELS:
             raise ValueError(f"prepare: kernel must be one of {', '.join(map(repr, KERNELS))} "
                              f"or a dict of layer name -> kernel, got {kernel!r}")
-        if kernel in RESTRICTED_KERNELS:
-            # for the whole model: the layers it can run, 'auto' for the others
-            return {name: kernel if _kernel_ok(m, kernel) else "auto" for name, m in named
-                    if hasattr(m, "_make_op")}
-        return dict.fromkeys(op_names, kernel)
+        # for the whole model: the layers it can run, 'auto' for the others
+        return {name: kernel if _kernel_ok(m, kernel) else "auto" for name, m in named
+                if hasattr(m, "_make_op")}
     if not isinstance(kernel, Mapping):
         raise TypeError(f"prepare: kernel must be a str or a dict of layer name -> kernel, "
                         f"got {type(kernel).__name__}")

@@ -20,7 +20,7 @@ from collections import Counter, OrderedDict, namedtuple
 
 import numpy as np
 
-from ..functional._validate import as_float_array
+from .._validate import as_float_array
 from . import activation, init, layers, pooling, tensor
 from .errors import LayerInputError
 from .module import Module

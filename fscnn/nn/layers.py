@@ -13,8 +13,8 @@ import numpy as np
 from .. import functional as F
 from .. import ops
 from ..sparse import CSRMatrix, SparseConvWeight
+from .._validate import is_int, is_padding4, padding4, pair, sliding_output_hw
 from ..functional.elementwise import _scale_sparse_rows
-from ..functional._validate import is_int, is_padding4, padding4, pair, sliding_output_hw
 from . import init
 from .errors import LayerInputError
 from .module import Layer
@@ -94,12 +94,7 @@ class Conv2d(Layer):
                 raise ValueError(f"Conv2d: {what} ({n}) must be divisible by groups "
                                  f"({self.groups})")
         if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(f"Conv2d: padding must be an int, a pair of ints, 'same' or "
-                                 f"'valid', got {padding!r}")
-            if padding == "same" and self.stride != (1, 1):
-                raise ValueError(f"Conv2d: padding='same' is not supported for strided "
-                                 f"convolutions, got stride {self.stride}")
+            ops.conv_padding(padding, self.kernel_size, self.dilation, "Conv2d", self.stride)
             self.padding = padding
         elif is_padding4(padding):
             self.padding = padding4(padding, "Conv2d: padding")
@@ -118,17 +113,12 @@ class Conv2d(Layer):
 
     def _pads(self):
         """Padding as (top, bottom, left, right), with torch's rule for 'same'."""
-        if self.padding == "valid":
-            return (0, 0, 0, 0)
-        if self.padding == "same":
-            pads = []
-            for k, d in zip(self.kernel_size, self.dilation):
-                total = d * (k - 1)
-                pads += [total // 2, total - total // 2]
-            return tuple(pads)
-        if len(self.padding) == 4:
+        if isinstance(self.padding, str):
+            return ops.conv_padding(self.padding, self.kernel_size, self.dilation, "Conv2d",
+                                    self.stride)
+        if len(self.padding) == 4:  # (top, bottom, left, right), checked once in __init__
             return self.padding
-        ph, pw = self.padding
+        ph, pw = self.padding  # a pair, checked once in __init__ (this runs on every call)
         return (ph, ph, pw, pw)
 
     def _check_input(self, x, label):

@@ -7,7 +7,7 @@ the constructor with torch's constraints.
 import numbers
 
 from .. import functional as F
-from ..functional._validate import is_padding4, padding4, pair
+from .._validate import is_padding4, padding4, pair
 from .errors import LayerInputError
 from .layers import check_spatial
 from .module import Layer

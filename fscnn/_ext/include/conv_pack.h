@@ -14,17 +14,25 @@
 #define FSCNN_CONV_PACK_H
 #include "fscnn_common.h"
 
+/* How an image is packed: its size (H, W), the padding before it, the stride, planes of Hq
+ * rows of Wq floats, `plane` >= Hq*Wq floats apart (the sparse kernel rounds it up to its
+ * vector length), and one_phase: only phase (0, 0) is packed, at plane c (a strided 1x1
+ * layer reads no other phase). Filled once per plan (fscnn.kernels.base.Packing). */
+typedef struct {
+    int64_t H, W, pad_top, pad_left, sh, sw, Hq, Wq, plane;
+    int one_phase;
+} conv_packing;
+
 /* Pack channels [c0, c1) of one image x (C, H, W) into phase planes (see above).
- * buf: (C*phases*plane + tail) floats, phases = 1 if one_phase else sh*sw, plane >= Hq*Wq
- * floats from one plane to the next (the sparse kernel rounds it up to its vector length);
- * the caller zeroes the tail once. Every plane element is written, the plane's last
- * plane - Hq*Wq floats too (zeros where the padded input is out of range). one_phase: only
- * phase (0, 0) is packed, at plane c (a strided 1x1 layer reads no other phase).
- * O(C*phases*plane). */
-static void conv_pack(const float *x, int64_t c0, int64_t c1, int64_t H, int64_t W,
-                        int64_t pad_top, int64_t pad_left, int64_t sh, int64_t sw,
-                        int64_t Hq, int64_t Wq, int64_t plane, int one_phase, float *buf)
+ * buf: (C*phases*plane + tail) floats, phases = 1 if one_phase else sh*sw; the caller zeroes
+ * the tail once. Every plane element is written, the plane's last plane - Hq*Wq floats too
+ * (zeros where the padded input is out of range). O(C*phases*plane). */
+static inline void conv_pack(const conv_packing *pk, const float *x, int64_t c0, int64_t c1,
+                             float *buf)
 {
+    const int64_t H = pk->H, W = pk->W, pad_top = pk->pad_top, pad_left = pk->pad_left,
+                  sh = pk->sh, sw = pk->sw, Hq = pk->Hq, Wq = pk->Wq, plane = pk->plane;
+    const int one_phase = pk->one_phase;
     const int64_t gap = plane - Hq * Wq;
     const int64_t phy = one_phase ? 1 : sh, phx = one_phase ? 1 : sw;
     if (sh == 1 && sw == 1 && pad_left == 0 && Wq == W) {

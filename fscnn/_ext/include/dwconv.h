@@ -11,20 +11,31 @@
 #define FSCNN_DWCONV_H
 #include "fscnn_common.h"
 
-#define DW_SUFFIX baseline
-#define DW_TARGET FSCNN_TARGET_BASELINE
-#define DW_VL 4
+/* A layer as the depthwise kernel reads it, filled once per plan
+ * (fscnn.kernels.depthwise_conv). ptr: (O+1,), the taps of output channel o are
+ * ptr[o] .. ptr[o+1] of offsets (positions in the channel's packed planes) and values;
+ * bias: (O,) or NULL; Wq: positions per output row, W_out of them outputs; act: FSCNN_ACT_*,
+ * level: FSCNN_SIMD_*. */
+typedef struct {
+    const int64_t *ptr;
+    const int32_t *offsets;
+    const float *values;
+    const float *bias;
+    int64_t Wq, H_out, W_out;
+    int act, level;
+} dwconv_layer;
+
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline
 #define DW_NV 8
 #include "dwconv_impl.h"
 #if FSCNN_X86
-#define DW_SUFFIX avx2
-#define DW_TARGET FSCNN_TARGET_AVX2
-#define DW_VL 8
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2
 #define DW_NV 8
 #include "dwconv_impl.h"
-#define DW_SUFFIX avx512
-#define DW_TARGET FSCNN_TARGET_AVX512
-#define DW_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512
 #define DW_NV 4
 #include "dwconv_impl.h"
 #endif
@@ -39,11 +50,11 @@ static inline int64_t dwconv_tile_size(int level) {
     return 4 * 8;
 }
 
-static inline void dwconv_channels(int level, const float *in, const int64_t *ptr,
-        const int32_t *offsets, const float *values, const float *bias, int64_t o0, int64_t o1,
-        float *wide, float *out, int64_t Wq, int64_t H_out, int64_t W_out, int act)
+/* Output channels [o0, o1) of one image from the input channel packed in `in` (see
+ * dwconv_impl.h). */
+static inline void dwconv_channels(const dwconv_layer *lay, const float *in, int64_t o0,
+                                   int64_t o1, float *wide, float *out)
 {
-    FSCNN_SIMD_CALL(level, dwconv_channels, in, ptr, offsets, values, bias, o0, o1, wide, out,
-                    Wq, H_out, W_out, act);
+    FSCNN_SIMD_CALL(lay->level, dwconv_channels, lay, in, o0, o1, wide, out);
 }
 #endif

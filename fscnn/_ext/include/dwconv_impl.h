@@ -1,8 +1,8 @@
 /* Depthwise convolution kernel: one SIMD target's copy.
  *
- * Included once per instantiation by dwconv.h with DW_SUFFIX (name suffix), DW_TARGET (target
- * attribute), DW_VL (floats per vector) and DW_NV (accumulator vectors) defined; they are
- * undefined again at the end of this file.
+ * Included once per instantiation by dwconv.h with FSCNN_LEVEL, FSCNN_SUFFIX (see
+ * fscnn_common.h) and DW_NV (accumulator vectors) defined; they are undefined again at the end
+ * of this file.
  *
  * Design: the input channel has been packed into its phase planes (conv_pack.h) in a per-thread
  * buffer that stays in L1/L2, so output position p = y*Wq + x of every output channel fed by it
@@ -13,37 +13,26 @@
  * W_out valid columns of each row are copied to the output.
  */
 
-#if DW_VL == 4
-#define DW_BCAST(v) v, v, v, v
-#elif DW_VL == 8
-#define DW_BCAST(v) v, v, v, v, v, v, v, v
-#else
-#define DW_BCAST(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
-#endif
-#define DW_CAT2(a, b) a##_##b
-#define DW_CAT(a, b) DW_CAT2(a, b)
-#define DW_FN(name) DW_CAT(name, DW_SUFFIX)
-
-typedef float DW_CAT(dw_vec, DW_SUFFIX) __attribute__((vector_size(DW_VL * 4)));
-typedef int32_t DW_CAT(dw_ivec, DW_SUFFIX) __attribute__((vector_size(DW_VL * 4)));
-#define DWVEC DW_CAT(dw_vec, DW_SUFFIX)
-#define DWIVEC DW_CAT(dw_ivec, DW_SUFFIX)
+#define DWVEC FSCNN_VEC
+#define DW_VL FSCNN_VL
 #define DW_T (DW_VL * DW_NV)
 
 /* Output channels [o0, o1) of one image, all fed by the input channel packed in `in`.
+ * lay:     the layer (dwconv_layer, dwconv.h).
  * in:      the channel's phase planes, readable up to max(offsets) + H_out*Wq + T.
- * ptr:     (O+1,) taps of output channel o are ptr[o] .. ptr[o+1] of offsets/values.
  * wide:    scratch of H_out*Wq + T floats.
  * out:     (O, H_out, W_out) of this image. */
-DW_TARGET static void DW_FN(dwconv_channels)(
-        const float *restrict in, const int64_t *restrict ptr, const int32_t *restrict offsets,
-        const float *restrict values, const float *restrict bias, int64_t o0, int64_t o1,
-        float *restrict wide, float *restrict out, int64_t Wq, int64_t H_out, int64_t W_out,
-        int act)
+FSCNN_TARGET static void FSCNN_FN(dwconv_channels)(
+        const dwconv_layer *lay, const float *restrict in, int64_t o0, int64_t o1,
+        float *restrict wide, float *restrict out)
 {
+    const int64_t *restrict ptr = lay->ptr;
+    const int32_t *restrict offsets = lay->offsets;
+    const float *restrict values = lay->values, *restrict bias = lay->bias;
+    const int64_t Wq = lay->Wq, H_out = lay->H_out, W_out = lay->W_out;
+    const int act = lay->act;
     const int64_t L = H_out * Wq, plane = H_out * W_out;
     const DWVEC zero = (DWVEC){0};
-    const DWVEC six = zero + 6.0f;
     for (int64_t o = o0; o < o1; o++) {
         const float bo = bias ? bias[o] : 0.0f;
         const int64_t k0 = ptr[o], k1 = ptr[o + 1];
@@ -53,7 +42,7 @@ DW_TARGET static void DW_FN(dwconv_channels)(
             for (int v = 0; v < DW_NV; v++) acc[v] = zero + bo;
             for (int64_t k = k0; k < k1; k++) {
                 const float wk = values[k];
-                const DWVEC w = {DW_BCAST(wk)};
+                const DWVEC w = {FSCNN_BCAST(wk)};
                 const float *restrict p = in + offsets[k] + p0;
 #pragma GCC unroll 16
                 for (int v = 0; v < DW_NV; v++) {
@@ -63,17 +52,8 @@ DW_TARGET static void DW_FN(dwconv_channels)(
                 }
             }
             if (act != FSCNN_ACT_NONE) {
-                /* integer-mask blends; NaN compares false and passes through, as in PyTorch */
 #pragma GCC unroll 16
-                for (int v = 0; v < DW_NV; v++) {
-                    DWIVEC r = (DWIVEC)acc[v];
-                    r &= ~(DWIVEC)(acc[v] < zero);
-                    if (act == FSCNN_ACT_RELU6) {
-                        const DWIVEC big = (DWIVEC)(acc[v] > six);
-                        r = (r & ~big) | ((DWIVEC)six & big);
-                    }
-                    acc[v] = (DWVEC)r;
-                }
+                for (int v = 0; v < DW_NV; v++) acc[v] = FSCNN_VACT(acc[v], act);
             }
             memcpy(wide + p0, acc, sizeof acc);
         }
@@ -88,13 +68,8 @@ DW_TARGET static void DW_FN(dwconv_channels)(
 }
 
 #undef DWVEC
-#undef DWIVEC
 #undef DW_T
-#undef DW_FN
-#undef DW_CAT
-#undef DW_CAT2
-#undef DW_BCAST
-#undef DW_SUFFIX
-#undef DW_TARGET
 #undef DW_VL
 #undef DW_NV
+#undef FSCNN_SUFFIX
+#undef FSCNN_LEVEL

@@ -1,10 +1,13 @@
 /* Shared definitions for fscnn's C micro-kernels.
  *
- * Design: every kernel family is written once as a template header and compiled three times in
- * the same translation unit, each copy tagged with a GCC/Clang `target` attribute (baseline
- * x86-64, AVX2+FMA, AVX-512F). The copy to run is chosen at run time from the CPU's features, so
- * a default build never needs -march=native and never executes an instruction the CPU lacks.
- * On non-x86 targets only the baseline copy exists.
+ * Design: every kernel family is written once as a template header (*_impl.h) and compiled
+ * once per SIMD level in the same translation unit, each copy tagged with a GCC/Clang `target`
+ * attribute (baseline x86-64, AVX2+FMA, AVX-512F). The copy to run is chosen at run time from
+ * the CPU's features, so a default build never needs -march=native and never executes an
+ * instruction the CPU lacks. On non-x86 targets only the baseline copy exists. What the
+ * templates share is defined here once: the per-level vector types, the activation epilogue
+ * (on vectors and on scalars), the name pasting and the dispatch. Everything compiles with GCC
+ * and clang (CI builds with both).
  */
 #ifndef FSCNN_COMMON_H
 #define FSCNN_COMMON_H
@@ -31,15 +34,21 @@ static inline void omp_set_num_threads(int n) { (void)n; }
 /* SIMD levels, in increasing order; the values are part of the Python API (fscnn._config). */
 enum { FSCNN_SIMD_BASELINE = 0, FSCNN_SIMD_AVX2 = 1, FSCNN_SIMD_AVX512 = 2 };
 
+/* Per SIMD level: the target attribute of its copies (FSCNN_ATTR_<level>) and the floats per
+ * vector its kernels use (FSCNN_VLEN_<level>). */
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define FSCNN_X86 1
-#define FSCNN_TARGET_BASELINE
-#define FSCNN_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define FSCNN_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
+#include <immintrin.h>
+#define FSCNN_ATTR_baseline
+#define FSCNN_ATTR_avx2 __attribute__((target("avx2,fma")))
+#define FSCNN_ATTR_avx512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #else
 #define FSCNN_X86 0
-#define FSCNN_TARGET_BASELINE
+#define FSCNN_ATTR_baseline
 #endif
+#define FSCNN_VLEN_baseline 4
+#define FSCNN_VLEN_avx2 8
+#define FSCNN_VLEN_avx512 16
 
 /* Highest SIMD level this CPU (and its OS, which must save the wide registers) supports. */
 static inline int fscnn_cpu_simd_level(void) {
@@ -62,7 +71,8 @@ static inline int fscnn_cpu_simd_level(void) {
 #define FSCNN_SIMD_CALL(level, fn, ...) do { (void)(level); fn##_baseline(__VA_ARGS__); } while (0)
 #endif
 
-/* Activation fused into kernel epilogues; values are part of the Python API (fscnn._ext). */
+/* Activation fused into kernel epilogues; the Python layer takes the codes from
+ * fscnn._ext._runtime.ACTIVATION_CODES. NaN passes through both, as in PyTorch. */
 enum { FSCNN_ACT_NONE = 0, FSCNN_ACT_RELU = 1, FSCNN_ACT_RELU6 = 2 };
 
 static inline float fscnn_act(float v, int act) {
@@ -70,5 +80,47 @@ static inline float fscnn_act(float v, int act) {
     if (act == FSCNN_ACT_RELU6) return v != v ? v : (v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v));
     return v;
 }
+
+/* Kernel templates. A family's *_impl.h is included once per copy with FSCNN_LEVEL (baseline,
+ * avx2 or avx512) and FSCNN_SUFFIX (the copy's name suffix, e.g. half_avx2) defined, and
+ * undefines both at its end. Within it: */
+#define FSCNN_PASTE_(a, b) a##_##b
+#define FSCNN_PASTE(a, b) FSCNN_PASTE_(a, b)
+#define FSCNN_FN(name) FSCNN_PASTE(name, FSCNN_SUFFIX)     /* the copy's function names */
+#define FSCNN_TARGET FSCNN_PASTE(FSCNN_ATTR, FSCNN_LEVEL)  /* its target attribute */
+#define FSCNN_VL FSCNN_PASTE(FSCNN_VLEN, FSCNN_LEVEL)      /* floats per vector */
+#define FSCNN_VEC FSCNN_PASTE(fscnn_vf, FSCNN_LEVEL)       /* vector of FSCNN_VL floats */
+#define FSCNN_IVEC FSCNN_PASTE(fscnn_vi, FSCNN_LEVEL)      /* ... of int32: masks */
+#define FSCNN_VACT FSCNN_PASTE(fscnn_vact, FSCNN_LEVEL)    /* the activation on a vector */
+/* {FSCNN_BCAST(w)} initialises a vector with w in every lane (one broadcast instruction). */
+#define FSCNN_BCAST(w) FSCNN_PASTE(FSCNN_SPLAT, FSCNN_LEVEL)(w)
+#define FSCNN_SPLAT_baseline(w) w, w, w, w
+#define FSCNN_SPLAT_avx2(w) w, w, w, w, w, w, w, w
+#define FSCNN_SPLAT_avx512(w) w, w, w, w, w, w, w, w, w, w, w, w, w, w, w, w
+
+/* Before a loop whose buffers never overlap: vectorise it without run-time alias checks. */
+#if defined(__clang__)
+#define FSCNN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#else
+#define FSCNN_IVDEP _Pragma("GCC ivdep")
+#endif
+
+/* Lanes i, j, k, l of the 8 lanes of two 4-float vectors (a, b), constant indices. */
+#if defined(__clang__) || __GNUC__ >= 12
+#define FSCNN_SHUFFLE4(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
+#else
+#define FSCNN_SHUFFLE4(a, b, i, j, k, l) \
+    __builtin_shuffle(a, b, (fscnn_vi_baseline){i, j, k, l})
+#endif
+
+/* The vector types and the vector epilogue of each level (fscnn_level.h is their template). */
+#define FSCNN_LEVEL baseline
+#include "fscnn_level.h"
+#if FSCNN_X86
+#define FSCNN_LEVEL avx2
+#include "fscnn_level.h"
+#define FSCNN_LEVEL avx512
+#include "fscnn_level.h"
+#endif
 
 #endif

@@ -3,9 +3,9 @@
  * Design: a pooling window is one contiguous run when it spans whole rows (global average
  * pooling, the common case) and otherwise one run per row. A scalar reduction is a chain of
  * dependent adds or compares, one per element, and GCC will not vectorise a float reduction
- * without -ffast-math; so runs are reduced in two 4-float vectors (GCC/Clang vector
- * extensions: SSE2 at the baseline, no target attribute needed), 8 independent lanes, and
- * the remainder in scalars. Sums combine the lanes in double.
+ * without -ffast-math; so runs are reduced in two 4-float vectors (fscnn_common.h's baseline
+ * vectors: SSE2 on x86-64, no target attribute needed), 8 independent lanes, and the
+ * remainder in scalars. Sums combine the lanes in double.
  * Max is NaN-sticky: a NaN anywhere in the run gives NaN, as in torch's max pooling. It is
  * written as a bitwise blend because C has no `?:` on vectors.
  */
@@ -13,12 +13,10 @@
 #define FSCNN_POOL_H
 
 #include <math.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <string.h>
+#include "fscnn_common.h"
 
-typedef float fscnn_v4f __attribute__((vector_size(16)));
-typedef int fscnn_v4i __attribute__((vector_size(16)));
+typedef fscnn_vf_baseline fscnn_v4f;
+typedef fscnn_vi_baseline fscnn_v4i;
 
 /* max(m, v) where a NaN in either argument wins. A bitwise blend: written as `?:` on floats,
  * GCC emits a branch, which mispredicts on short runs of random data. */
@@ -88,11 +86,6 @@ static inline void fscnn_rows_nanmax(float* dst, const float* src, ptrdiff_t n) 
  * out[i] = max(r0[2i], r0[2i+1], r1[2i], r1[2i+1]), NaN-sticky, for i < n. The general kernel
  * reads with stride 2, which does not vectorise; here the two rows are combined with contiguous
  * vector loads and the even and odd lanes are then split with a shuffle. */
-#if defined(__clang__)
-#define FSCNN_SHUFFLE4(a, b, i, j, k, l) __builtin_shufflevector(a, b, i, j, k, l)
-#else
-#define FSCNN_SHUFFLE4(a, b, i, j, k, l) __builtin_shuffle(a, b, (fscnn_v4i){i, j, k, l})
-#endif
 static inline void fscnn_maxpool2x2_row(const float* r0, const float* r1, float* out, ptrdiff_t n) {
     ptrdiff_t i = 0;
     for (; i + 4 <= n; i += 4) {

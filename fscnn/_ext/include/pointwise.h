@@ -14,54 +14,58 @@
 #define FSCNN_POINTWISE_H
 #include "fscnn_common.h"
 
-#define PW_SUFFIX baseline_4x3
-#define PW_TARGET FSCNN_TARGET_BASELINE
-#define PW_VL 4
+/* A layer as the pointwise kernel reads it, filled once per plan
+ * (fscnn.kernels.pointwise_conv): wpack, the (O, K) weights packed (ceil(O/MR), K, MR) for
+ * the variant's MR; bias: (O,) or NULL; act: FSCNN_ACT_*. */
+typedef struct {
+    const float *wpack;
+    const float *bias;
+    int64_t K, O;
+    int act;
+} pw_layer;
+
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline_4x3
 #define PW_NV 3
 #define PW_MR 4
 #include "pointwise_impl.h"
-#define PW_SUFFIX baseline_6x2
-#define PW_TARGET FSCNN_TARGET_BASELINE
-#define PW_VL 4
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline_6x2
 #define PW_NV 2
 #define PW_MR 6
 #include "pointwise_impl.h"
 #if FSCNN_X86
-#define PW_SUFFIX avx2_4x3
-#define PW_TARGET FSCNN_TARGET_AVX2
-#define PW_VL 8
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2_4x3
 #define PW_NV 3
 #define PW_MR 4
 #include "pointwise_impl.h"
-#define PW_SUFFIX avx2_6x2
-#define PW_TARGET FSCNN_TARGET_AVX2
-#define PW_VL 8
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2_6x2
 #define PW_NV 2
 #define PW_MR 6
 #include "pointwise_impl.h"
-#define PW_SUFFIX avx512_8x3
-#define PW_TARGET FSCNN_TARGET_AVX512
-#define PW_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512_8x3
 #define PW_NV 3
 #define PW_MR 8
 #include "pointwise_impl.h"
-#define PW_SUFFIX avx512_6x4
-#define PW_TARGET FSCNN_TARGET_AVX512
-#define PW_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512_6x4
 #define PW_NV 4
 #define PW_MR 6
 #include "pointwise_impl.h"
-#define PW_SUFFIX avx512_12x2
-#define PW_TARGET FSCNN_TARGET_AVX512
-#define PW_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512_12x2
 #define PW_NV 2
 #define PW_MR 12
 #include "pointwise_impl.h"
 #endif
 
-typedef void (*pw_items_fn)(const float *, int64_t, const float *, int64_t, int64_t,
-                            const float *, float *, int64_t, int64_t, int64_t, int64_t, int64_t,
-                            int);
+/* Output blocks [b0, b1) x position tile t of one image: x (K, ldx) input planes of L
+ * positions, out (O, ldo) (see pw_items in pointwise_impl.h). */
+typedef void (*pw_items_fn)(const pw_layer *lay, const float *x, int64_t ldx, float *out,
+                            int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1);
 typedef struct { int64_t mr, t; pw_items_fn fn; } pw_variant;
 
 static const pw_variant pw_baseline[] = {

@@ -1,8 +1,8 @@
 /* Dense 1x1 convolution (pointwise GEMM) micro-kernel: one SIMD target's copy.
  *
- * Included once per instantiation by pointwise.h with PW_SUFFIX, PW_TARGET, PW_VL (floats per
- * vector), PW_NV (vectors of positions) and PW_MR (output channels) defined; they are undefined
- * again at the end of this file.
+ * Included once per instantiation by pointwise.h with FSCNN_LEVEL, FSCNN_SUFFIX (see
+ * fscnn_common.h), PW_NV (vectors of positions) and PW_MR (output channels) defined; they are
+ * undefined again at the end of this file.
  *
  * Design: output (O, L) = W (O, K) . X (K, L), positions contiguous in X and in the output.
  * A tile is MR output channels x T = NV*VL positions: MR*NV accumulators stay in registers
@@ -12,30 +12,18 @@
  * are adjacent. Bias and activation are applied in registers before the only store.
  */
 
-#if PW_VL == 4
-#define PW_BCAST(v) v, v, v, v
-#elif PW_VL == 8
-#define PW_BCAST(v) v, v, v, v, v, v, v, v
-#else
-#define PW_BCAST(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
-#endif
-#define PW_CAT2(a, b) a##_##b
-#define PW_CAT(a, b) PW_CAT2(a, b)
-#define PW_FN(name) PW_CAT(name, PW_SUFFIX)
-
-typedef float PW_CAT(pw_vec, PW_SUFFIX) __attribute__((vector_size(PW_VL * 4)));
-typedef int32_t PW_CAT(pw_ivec, PW_SUFFIX) __attribute__((vector_size(PW_VL * 4)));
-#define PWVEC PW_CAT(pw_vec, PW_SUFFIX)
-#define PWIVEC PW_CAT(pw_ivec, PW_SUFFIX)
+#define PWVEC FSCNN_VEC
+#define PW_VL FSCNN_VL
 #define PW_T (PW_VL * PW_NV)
 
-/* Output channels [ob*MR, ob*MR + rows) x positions [p0, p0+T).
+/* Output channels [ob*MR, ob*MR + rows) x positions [p0, p0+T), of which [p0 + skip, p0+T)
+ * are stored.
  * x: (K, ldx) input planes, readable at [p0, p0+T) of every row. wp: packed weights of block
  * ob, (K, MR). bias: (O,) or NULL. out: (O, ldo). */
-PW_TARGET static void PW_FN(pw_tile)(
+FSCNN_TARGET static void FSCNN_FN(pw_tile)(
         const float *restrict x, int64_t ldx, const float *restrict wp, int64_t K,
         const float *restrict bias, int64_t o0, int rows, float *restrict out, int64_t ldo,
-        int64_t p0, int act)
+        int64_t p0, int64_t skip, int act)
 {
     PWVEC acc[PW_MR][PW_NV];
 #pragma GCC unroll 16
@@ -53,62 +41,58 @@ PW_TARGET static void PW_FN(pw_tile)(
 #pragma GCC unroll 16
         for (int i = 0; i < PW_MR; i++) {
             const float wk = wp[k * PW_MR + i];
-            const PWVEC w = {PW_BCAST(wk)};
+            const PWVEC w = {FSCNN_BCAST(wk)};
 #pragma GCC unroll 16
             for (int v = 0; v < PW_NV; v++) acc[i][v] += w * xv[v];
         }
     }
     if (act != FSCNN_ACT_NONE) {
-        /* integer-mask blends; NaN compares false and passes through, as in PyTorch */
-        const PWVEC zero = (PWVEC){0};
-        const PWVEC six = zero + 6.0f;
 #pragma GCC unroll 16
         for (int i = 0; i < PW_MR; i++) {
 #pragma GCC unroll 16
-            for (int v = 0; v < PW_NV; v++) {
-                PWIVEC r = (PWIVEC)acc[i][v];
-                r &= ~(PWIVEC)(acc[i][v] < zero);
-                if (act == FSCNN_ACT_RELU6) {
-                    const PWIVEC big = (PWIVEC)(acc[i][v] > six);
-                    r = (r & ~big) | ((PWIVEC)six & big);
-                }
-                acc[i][v] = (PWVEC)r;
-            }
+            for (int v = 0; v < PW_NV; v++) acc[i][v] = FSCNN_VACT(acc[i][v], act);
         }
     }
     for (int i = 0; i < rows; i++) {
         float *restrict o = out + (o0 + i) * ldo + p0;
+        if (skip) {
+            float tmp[PW_T];
+            memcpy(tmp, acc[i], sizeof tmp);
+            memcpy(o + skip, tmp + skip, (size_t)(PW_T - skip) * sizeof(float));
+            continue;
+        }
 #pragma GCC unroll 16
         for (int v = 0; v < PW_NV; v++) memcpy(o + v * PW_VL, &acc[i][v], sizeof(PWVEC));
     }
 }
 
 /* Output blocks [b0, b1) x position tile t of one image. L: positions; the last tile is moved
- * back to end at L (its recomputed positions get bit-identical values), so L >= T is
- * required: the caller copies a shorter input into a T-wide buffer. */
-PW_TARGET static void PW_FN(pw_items)(
-        const float *restrict x, int64_t ldx, const float *restrict wpack, int64_t K, int64_t O,
-        const float *restrict bias, float *restrict out, int64_t ldo, int64_t L, int64_t t,
-        int64_t b0, int64_t b1, int act)
+ * back to end at L and stores only the positions past the tile before it (another work item:
+ * two threads never write the same output), so L >= T is required: the caller copies a
+ * shorter input into a T-wide buffer. */
+FSCNN_TARGET static void FSCNN_FN(pw_items)(
+        const pw_layer *lay, const float *restrict x, int64_t ldx, float *restrict out,
+        int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1)
 {
-    int64_t p0 = t * PW_T;
-    if (p0 + PW_T > L) p0 = L - PW_T;
+    const float *restrict wpack = lay->wpack, *restrict bias = lay->bias;
+    const int64_t K = lay->K, O = lay->O;
+    int64_t p0 = t * PW_T, skip = 0;
+    if (p0 + PW_T > L) {
+        skip = p0 - (L - PW_T);
+        p0 = L - PW_T;
+    }
     for (int64_t b = b0; b < b1; b++) {
         const int64_t o0 = b * PW_MR;
         const int rows = (int)((O - o0 < PW_MR) ? O - o0 : PW_MR);
-        PW_FN(pw_tile)(x, ldx, wpack + b * K * PW_MR, K, bias, o0, rows, out, ldo, p0, act);
+        FSCNN_FN(pw_tile)(x, ldx, wpack + b * K * PW_MR, K, bias, o0, rows, out, ldo, p0, skip,
+                          lay->act);
     }
 }
 
 #undef PWVEC
-#undef PWIVEC
 #undef PW_T
-#undef PW_FN
-#undef PW_CAT
-#undef PW_CAT2
-#undef PW_BCAST
-#undef PW_SUFFIX
-#undef PW_TARGET
 #undef PW_VL
 #undef PW_NV
 #undef PW_MR
+#undef FSCNN_SUFFIX
+#undef FSCNN_LEVEL

@@ -13,38 +13,50 @@
 #include "fscnn_common.h"
 #include "conv_pack.h"
 
+/* A layer as the sparse kernel reads it, filled once per plan (fscnn.kernels.sparse_conv).
+ * ptr:     (O, ncb*R+1) row-major: the non-zeros of output channel o that read input-channel
+ *          block b with residue r are ptr[o*(ncb*R+1) + b*R + r] .. that + 1.
+ * offsets: (nnz,) aligned part of each non-zero's position in the packed image.
+ * values:  (nnz,) in the order of offsets. bias: (O,) or NULL.
+ * oblk:    (n_oblk+1,) boundaries of the blocks of output channels that work items cover.
+ * Wq, W_out: flat positions per output row, and how many of them are outputs.
+ * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; half: the half tile (see below). */
+typedef struct {
+    const int64_t *ptr;
+    const int32_t *offsets;
+    const float *values;
+    const float *bias;
+    const int64_t *oblk;
+    int64_t ncb, R, n_oblk, Wq, W_out;
+    int act, level, half;
+} spconv_layer;
+
 /* Each target is instantiated with a full tile and a half tile (suffix half_<level>): layers
  * whose flat output is short (7x7, 14x14 planes) waste less of a half tile on positions past the
  * end. */
-#define SPCONV_SUFFIX baseline
-#define SPCONV_TARGET FSCNN_TARGET_BASELINE
-#define SPCONV_VL 4
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline
 #define SPCONV_NV 6
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX half_baseline
-#define SPCONV_TARGET FSCNN_TARGET_BASELINE
-#define SPCONV_VL 4
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX half_baseline
 #define SPCONV_NV 3
 #include "spconv_impl.h"
 #if FSCNN_X86
-#define SPCONV_SUFFIX avx2
-#define SPCONV_TARGET FSCNN_TARGET_AVX2
-#define SPCONV_VL 8
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2
 #define SPCONV_NV 6
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX half_avx2
-#define SPCONV_TARGET FSCNN_TARGET_AVX2
-#define SPCONV_VL 8
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX half_avx2
 #define SPCONV_NV 3
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX avx512
-#define SPCONV_TARGET FSCNN_TARGET_AVX512
-#define SPCONV_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512
 #define SPCONV_NV 8
 #include "spconv_impl.h"
-#define SPCONV_SUFFIX half_avx512
-#define SPCONV_TARGET FSCNN_TARGET_AVX512
-#define SPCONV_VL 16
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX half_avx512
 #define SPCONV_NV 4
 #include "spconv_impl.h"
 #endif
@@ -71,16 +83,15 @@ static inline int64_t spconv_vector_len(int level) {
     return 4;
 }
 
-static inline void spconv_items(int level, int half,
-        const float *in, const int64_t *ptr, int64_t ncb, int64_t R, const int32_t *offsets,
-        const float *values, const float *bias, float *out, float *partial, const int64_t *oblk,
-        int64_t n_oblk, int64_t i0, int64_t i1, int64_t Wq, int64_t H_out, int64_t W_out, int act)
+/* Work items [i0, i1) of one image, item i = (tile i / n_oblk, output block i % n_oblk).
+ * in: the packed image (vector-aligned, readable to max(offsets) + H_out*Wq + T + VL);
+ * out: (O, H_out, W_out); partial: scratch of (largest block) * T floats. */
+static inline void spconv_items(const spconv_layer *k, const float *in, float *out,
+                                float *partial, int64_t H_out, int64_t i0, int64_t i1)
 {
-    if (half)
-        FSCNN_SIMD_CALL(level, spconv_items_half, in, ptr, ncb, R, offsets, values, bias, out,
-                        partial, oblk, n_oblk, i0, i1, Wq, H_out, W_out, act);
+    if (k->half)
+        FSCNN_SIMD_CALL(k->level, spconv_items_half, k, in, out, partial, H_out, i0, i1);
     else
-        FSCNN_SIMD_CALL(level, spconv_items, in, ptr, ncb, R, offsets, values, bias, out,
-                        partial, oblk, n_oblk, i0, i1, Wq, H_out, W_out, act);
+        FSCNN_SIMD_CALL(k->level, spconv_items, k, in, out, partial, H_out, i0, i1);
 }
 #endif

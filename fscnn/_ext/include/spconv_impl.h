@@ -1,8 +1,8 @@
 /* Direct sparse convolution micro-kernel: one SIMD target's copy.
  *
- * Included once per instantiation by spconv.h with SPCONV_SUFFIX (name suffix), SPCONV_TARGET
- * (target attribute), SPCONV_VL (floats per vector: 4, 8 or 16) and SPCONV_NV (accumulator
- * vectors) defined; they are undefined again at the end of this file.
+ * Included once per instantiation by spconv.h with FSCNN_LEVEL, FSCNN_SUFFIX (see
+ * fscnn_common.h) and SPCONV_NV (accumulator vectors) defined; they are undefined again at the
+ * end of this file.
  *
  * Design: the input of one image has been packed (conv_pack) into "phase planes" of Hq rows of
  * Wq floats: for stride (sh, sw) there are sh*sw planes per channel and tap (kh, kw) of output
@@ -32,48 +32,81 @@
  * thread count.
  */
 
-#define SPCONV_CAT2(a, b) a##_##b
-#define SPCONV_CAT(a, b) SPCONV_CAT2(a, b)
-#define SPCONV_FN(name) SPCONV_CAT(name, SPCONV_SUFFIX)
-
-typedef float SPCONV_CAT(spconv_vec, SPCONV_SUFFIX) __attribute__((vector_size(SPCONV_VL * 4)));
-typedef int32_t SPCONV_CAT(spconv_ivec, SPCONV_SUFFIX) __attribute__((vector_size(SPCONV_VL * 4)));
-#define SPVEC SPCONV_CAT(spconv_vec, SPCONV_SUFFIX)
-#define SPIVEC SPCONV_CAT(spconv_ivec, SPCONV_SUFFIX)
+#define SPVEC FSCNN_VEC
+#define SPCONV_VL FSCNN_VL
 #define SPCONV_T (SPCONV_VL * SPCONV_NV)
 
-/* One tile of T output positions [p0, p0+T) for output channels [o0, o1) of one image.
+/* acc[v] += lanes r .. r+VL-1 of (t[v], t[v+1]) for v < NV: the sum of a residue-r segment
+ * shifted into place, one two-source shuffle per vector. The index r is known only at run
+ * time: AVX-512 and AVX2 permute by a vector of indices (the instructions GCC chose for the
+ * generic `__builtin_shuffle` that this replaces, which clang lacks); the 4-float baseline
+ * (also the portable path of other architectures) switches to constant shuffles. */
+#if SPCONV_VL == 16
+#define SPCONV_SHIFT_IN(acc, t, r) do {                                                     \
+        const __m512i idx_ = _mm512_add_epi32(                                             \
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),       \
+            _mm512_set1_epi32((int)(r)));                                                  \
+        _Pragma("GCC unroll 16")                                                           \
+        for (int v = 0; v < SPCONV_NV; v++)                                                \
+            (acc)[v] += (SPVEC)_mm512_permutex2var_ps((__m512)(t)[v], idx_,                \
+                                                      (__m512)(t)[v + 1]);                 \
+    } while (0)
+#elif SPCONV_VL == 8
+#define SPCONV_SHIFT_IN(acc, t, r) do {                                                     \
+        const __m256i idx_ = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),   \
+                                              _mm256_set1_epi32((int)(r)));                \
+        const __m256 upper_ =                                                              \
+            _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx_, _mm256_set1_epi32(7)));           \
+        _Pragma("GCC unroll 16")                                                           \
+        for (int v = 0; v < SPCONV_NV; v++)                                                \
+            (acc)[v] += (SPVEC)_mm256_blendv_ps(                                           \
+                _mm256_permutevar8x32_ps((__m256)(t)[v], idx_),                           \
+                _mm256_permutevar8x32_ps((__m256)(t)[v + 1], idx_), upper_);               \
+    } while (0)
+#else
+#define SPCONV_SHIFT_BY(acc, t, r)                                                          \
+        _Pragma("GCC unroll 16")                                                           \
+        for (int v = 0; v < SPCONV_NV; v++)                                                \
+            (acc)[v] += FSCNN_SHUFFLE4((t)[v], (t)[v + 1], r, r + 1, r + 2, r + 3);
+#define SPCONV_SHIFT_IN(acc, t, r) do {                                                     \
+        switch (r) {                                                                       \
+        case 1: SPCONV_SHIFT_BY(acc, t, 1) break;                                          \
+        case 2: SPCONV_SHIFT_BY(acc, t, 2) break;                                          \
+        default: SPCONV_SHIFT_BY(acc, t, 3) break;                                         \
+        }                                                                                  \
+    } while (0)
+#endif
+
+/* One tile of T output positions [p0, p0+T) for output channels [o0, o1) of one image, of
+ * which positions [p0 + skip, p0+T) are stored.
  * in:      packed planes (read-only), SPCONV_VL-aligned, readable up to max(offsets) + p0 + T
  *          (+ SPCONV_VL when R > 1). p0 is a multiple of SPCONV_VL (see spconv_items).
- * ptr:     (O, ncb*R+1) row-major: the non-zeros of output channel o that read input-channel
- *          block b with residue r are ptr[o*(ncb*R+1) + b*R + r] .. that + 1.
- * offsets: (nnz,) aligned part of each non-zero's position (a multiple of SPCONV_VL); its
- *          residue r (0 <= r < R) is the segment it sits in. values: (nnz,).
- * bias:    (O,) or NULL. out: (O, H_out, W_out) of this image.
+ * ptr, offsets, values, bias, ncb, R: see spconv_layer (spconv.h); an offset is a multiple
+ *          of SPCONV_VL, its residue r (0 <= r < R) the segment it sits in.
+ * out:     (O, H_out, W_out) of this image.
  * partial: scratch of (o1-o0)*T floats holding the accumulators between channel blocks.
  * Residue 0 accumulates straight into the tile's accumulators. A residue r > 0 accumulates
  * T + SPCONV_VL positions (from the aligned position below) and is shifted into them by r
  * lanes at the end of its segment, so every load of the input is aligned. */
-SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
+FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
         const float *restrict in, const int64_t *restrict ptr, int64_t ncb, int64_t R,
         const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
         float *restrict out, float *restrict partial,
-        int64_t o0, int64_t o1, int64_t p0, int64_t Wq, int64_t H_out, int64_t W_out, int act)
+        int64_t o0, int64_t o1, int64_t p0, int64_t skip, int64_t Wq, int64_t H_out,
+        int64_t W_out, int act)
 {
     float tmp[SPCONV_T] __attribute__((aligned(64)));
     const int64_t plane = H_out * W_out;
     const int64_t L = H_out * Wq;
     const int64_t stride = ncb * R + 1;
     const float *restrict base = in + p0;
-    SPIVEC iota;
-    for (int j = 0; j < SPCONV_VL; j++) iota[j] = j;
     /* The tile's valid outputs: runs of columns x < W_out within each output row it touches,
      * computed once per tile and reused by every output channel. */
     int64_t run_dst[SPCONV_T], run_src[SPCONV_T], run_len[SPCONV_T];
     int n_runs = 0;
     {
         const int64_t pend = (p0 + SPCONV_T < L) ? p0 + SPCONV_T : L;
-        int64_t p = p0, y = p0 / Wq, x = p0 - y * Wq;
+        int64_t p = p0 + skip, y = p / Wq, x = p - y * Wq;
         while (p < pend) {
             int64_t run = Wq - x;
             if (p + run > pend) run = pend - p;
@@ -131,9 +164,7 @@ SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
                     }
                 }
                 /* lanes r .. r+VL-1 of (t[v], t[v+1]): positions p0 + v*VL + [0, VL) */
-                const SPIVEC idx = iota + (int32_t)r;
-#pragma GCC unroll 16
-                for (int v = 0; v < SPCONV_NV; v++) acc[v] += __builtin_shuffle(t[v], t[v + 1], idx);
+                SPCONV_SHIFT_IN(acc, t, r);
             }
             if (!last) {
 #pragma GCC unroll 16
@@ -141,20 +172,8 @@ SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
                 continue;
             }
             if (act != FSCNN_ACT_NONE) {
-                /* Blend through integer masks (C has no vector ?:). Comparisons with NaN are
-                 * false, so NaN passes through both clamps, as in PyTorch. */
-                const SPVEC zero = (SPVEC){0};
-                const SPVEC six = zero + 6.0f;
 #pragma GCC unroll 16
-                for (int v = 0; v < SPCONV_NV; v++) {
-                    SPIVEC m = (SPIVEC)acc[v];
-                    m &= ~(SPIVEC)(acc[v] < zero);
-                    if (act == FSCNN_ACT_RELU6) {
-                        const SPIVEC big = (SPIVEC)(acc[v] > six);
-                        m = (m & ~big) | ((SPIVEC)six & big);
-                    }
-                    acc[v] = (SPVEC)m;
-                }
+                for (int v = 0; v < SPCONV_NV; v++) acc[v] = FSCNN_VACT(acc[v], act);
             }
             float *restrict orow = out + o * plane;
             if (whole) {
@@ -172,34 +191,35 @@ SPCONV_TARGET static void SPCONV_FN(spconv_tile)(
     }
 }
 
-/* All items [i0, i1) of one image; item i = (tile i / n_oblk, output block i % n_oblk). */
-SPCONV_TARGET static void SPCONV_FN(spconv_items)(
-        const float *restrict in, const int64_t *restrict ptr, int64_t ncb, int64_t R,
-        const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
-        float *restrict out, float *restrict partial, const int64_t *restrict oblk, int64_t n_oblk,
-        int64_t i0, int64_t i1, int64_t Wq, int64_t H_out, int64_t W_out, int act)
+/* Work items [i0, i1) of one image (see spconv_items in spconv.h). */
+FSCNN_TARGET static void FSCNN_FN(spconv_items)(
+        const spconv_layer *k, const float *restrict in, float *restrict out,
+        float *restrict partial, int64_t H_out, int64_t i0, int64_t i1)
 {
+    const int64_t n_oblk = k->n_oblk, Wq = k->Wq;
     const int64_t L = H_out * Wq;
     for (int64_t i = i0; i < i1; i++) {
         const int64_t t = i / n_oblk, b = i - t * n_oblk;
         /* The last tile is moved back to end at L when the flat output holds a whole tile, so
          * no read goes past position L-1+max(offsets): an unpadded 1x1 layer then reads its
-         * input in place (no packing). The positions it recomputes get bit-identical values:
-         * each is the same sequence of FMAs whatever its lane. */
-        int64_t p0 = t * SPCONV_T;
-        if (p0 + SPCONV_T > L && L >= SPCONV_T) p0 = L - SPCONV_T;
-        SPCONV_FN(spconv_tile)(in, ptr, ncb, R, offsets, values, bias, out, partial, oblk[b],
-                               oblk[b + 1], p0, Wq, H_out, W_out, act);
+         * input in place (no packing). It stores only the positions past the tile before it,
+         * which is another work item: two threads never write the same output. */
+        int64_t p0 = t * SPCONV_T, skip = 0;
+        if (p0 + SPCONV_T > L && L >= SPCONV_T) {
+            skip = p0 - (L - SPCONV_T);
+            p0 = L - SPCONV_T;
+        }
+        FSCNN_FN(spconv_tile)(in, k->ptr, k->ncb, k->R, k->offsets, k->values, k->bias, out,
+                              partial, k->oblk[b], k->oblk[b + 1], p0, skip, Wq, H_out,
+                              k->W_out, k->act);
     }
 }
 
+#undef SPCONV_SHIFT_IN
+#undef SPCONV_SHIFT_BY
 #undef SPVEC
-#undef SPIVEC
 #undef SPCONV_T
-#undef SPCONV_FN
-#undef SPCONV_CAT
-#undef SPCONV_CAT2
-#undef SPCONV_SUFFIX
-#undef SPCONV_TARGET
 #undef SPCONV_VL
 #undef SPCONV_NV
+#undef FSCNN_SUFFIX
+#undef FSCNN_LEVEL

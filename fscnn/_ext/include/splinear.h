@@ -20,9 +20,6 @@
 #ifndef FSCNN_SPLINEAR_H
 #define FSCNN_SPLINEAR_H
 #include "fscnn_common.h"
-#if FSCNN_X86
-#include <immintrin.h>
-#endif
 
 #define SPLIN_PANEL 6144
 
@@ -53,7 +50,7 @@ static inline float splin_dot_baseline(const float *restrict val, const uint16_t
     memcpy(tval, val, (size_t)(n) * sizeof(float));
 
 #define SPLIN_IDX16(p) _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p)))
-FSCNN_TARGET_AVX512 static inline float splin_dot_avx512(const float *restrict val,
+FSCNN_ATTR_avx512 static inline float splin_dot_avx512(const float *restrict val,
                                                          const uint16_t *restrict idx,
                                                          int64_t n, const float *restrict x)
 {
@@ -82,7 +79,7 @@ FSCNN_TARGET_AVX512 static inline float splin_dot_avx512(const float *restrict v
 }
 
 #define SPLIN_IDX8(p) _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p)))
-FSCNN_TARGET_AVX2 static inline float splin_dot_avx2(const float *restrict val,
+FSCNN_ATTR_avx2 static inline float splin_dot_avx2(const float *restrict val,
                                                      const uint16_t *restrict idx, int64_t n,
                                                      const float *restrict x)
 {
@@ -111,23 +108,38 @@ FSCNN_TARGET_AVX2 static inline float splin_dot_avx2(const float *restrict val,
 }
 #endif
 
-/* Rows [r0, r1) of out (N, O) = act(x (N, I) . W^T + bias). W is stored panel-major: the
- * columns are cut into P panels of `width` columns, and panel p of row o is row p*O + o of a
- * CSR matrix (indptr, idx, val) whose column indices are relative to the panel (so they always
- * fit 16 bits). The rows are swept panel by panel, each panel's weights being one contiguous
- * stream; out holds the partial sums between panels. */
+/* A layer as the sparse linear kernel reads it, filled once per plan
+ * (fscnn.kernels.sparse_linear). W (O, I) is stored panel-major: the columns are cut into P
+ * panels of `width` columns, and panel p of row o is row p*O + o of a CSR matrix (indptr,
+ * idx, val) whose column indices are relative to the panel (so they always fit 16 bits).
+ * n_in, n_out: I and O (the name I is complex.h's); bias: (O,) or NULL; act: FSCNN_ACT_*;
+ * level: FSCNN_SIMD_*. */
+typedef struct {
+    const int64_t *indptr;
+    const uint16_t *idx;
+    const float *val;
+    const float *bias;
+    int64_t n_in, n_out, P, width;
+    int act, level;
+} splin_layer;
+
+/* Rows [r0, r1) of out (N, O) = act(x (N, I) . W^T + bias). The rows are swept panel by panel,
+ * each panel's weights being one contiguous stream; out holds the partial sums between
+ * panels. */
 #define SPLIN_ROWS(NAME, TARGET, DOT)                                                              \
-TARGET static void NAME(const float *restrict x, int64_t N, int64_t I, int64_t O,              \
-                        const int64_t *restrict indptr, int64_t P, int64_t width,              \
-                        const uint16_t *restrict idx, const float *restrict val,               \
-                        const float *restrict bias, float *restrict out, int64_t r0,           \
-                        int64_t r1, int act)                                                   \
+TARGET static void NAME(const splin_layer *lay, const float *restrict x, int64_t N,            \
+                        float *restrict out, int64_t r0, int64_t r1)                           \
 {                                                                                              \
+    const int64_t *restrict indptr = lay->indptr;                                              \
+    const uint16_t *restrict idx = lay->idx;                                                   \
+    const float *restrict val = lay->val, *restrict bias = lay->bias;                          \
+    const int64_t n_in = lay->n_in, O = lay->n_out, P = lay->P, width = lay->width;            \
+    const int act = lay->act;                                                                  \
     for (int64_t p = 0; p < P; p++) {                                                          \
         for (int64_t o = r0; o < r1; o++) {                                                    \
             const int64_t k0 = indptr[p * O + o], k1 = indptr[p * O + o + 1];                  \
             for (int64_t n = 0; n < N; n++) {                                                  \
-                const float s = DOT(val + k0, idx + k0, k1 - k0, x + n * I + p * width);       \
+                const float s = DOT(val + k0, idx + k0, k1 - k0, x + n * n_in + p * width);    \
                 float v = p == 0 ? s : out[n * O + o] + s;                                     \
                 if (p == P - 1) v = fscnn_act(bias ? v + bias[o] : v, act);                    \
                 out[n * O + o] = v;                                                            \
@@ -135,20 +147,19 @@ TARGET static void NAME(const float *restrict x, int64_t N, int64_t I, int64_t O
         }                                                                                      \
     }                                                                                          \
 }
-SPLIN_ROWS(splin_rows_baseline, FSCNN_TARGET_BASELINE, splin_dot_baseline)
+SPLIN_ROWS(splin_rows_baseline, FSCNN_ATTR_baseline, splin_dot_baseline)
 #if FSCNN_X86
-SPLIN_ROWS(splin_rows_avx2, FSCNN_TARGET_AVX2, splin_dot_avx2)
-SPLIN_ROWS(splin_rows_avx512, FSCNN_TARGET_AVX512, splin_dot_avx512)
+SPLIN_ROWS(splin_rows_avx2, FSCNN_ATTR_avx2, splin_dot_avx2)
+SPLIN_ROWS(splin_rows_avx512, FSCNN_ATTR_avx512, splin_dot_avx512)
 #endif
 
 /* Column panel width in input features (the caller lays the weights out with it). */
 static inline int64_t splin_panel_width(void) { return SPLIN_PANEL; }
 
-static inline void splin_rows(int level, const float *x, int64_t N, int64_t I, int64_t O,
-        const int64_t *indptr, int64_t P, int64_t width, const uint16_t *idx, const float *val,
-        const float *bias, float *out, int64_t r0, int64_t r1, int act)
+/* Rows [r0, r1) of out (N, O) = act(x (N, I) . W^T + bias). */
+static inline void splin_rows(const splin_layer *lay, const float *x, int64_t N, float *out,
+                              int64_t r0, int64_t r1)
 {
-    FSCNN_SIMD_CALL(level, splin_rows, x, N, I, O, indptr, P, width, idx, val, bias, out, r0, r1,
-                    act);
+    FSCNN_SIMD_CALL(lay->level, splin_rows, lay, x, N, out, r0, r1);
 }
 #endif

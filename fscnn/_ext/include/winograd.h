@@ -4,23 +4,34 @@
  *     Y = A^T [ (G g G^T) (.) (B^T d B) ] A
  * so the 9*16 multiply-adds per tile and channel pair of a direct convolution become 36
  * element-wise products, which over all channels are 36 independent GEMMs
- * (O x C) . (C x tiles), run by the caller (fscnn/_ext/_conv.pyx winograd_conv2d) through BLAS.
- * The weight transform U = G g G^T is done once in Python (fscnn.ops). Interpolation points
- * 0, 1, -1, 1/2, -1/2 and infinity (Cook-Toom): with +-1/2 instead of Lavin's +-2 the
- * transform entries stay small; both measured ~1e-5 relative error (float32) on 512-channel
- * layers, well inside the 1e-4 budget.
+ * (O x C) . (C x tiles), run by the caller (WinogradConv in fscnn/_ext/_conv.pyx) through BLAS.
+ * The weight transform U = G g G^T is done once in Python (fscnn.kernels.winograd_conv).
+ * Interpolation points 0, 1, -1, 1/2, -1/2 and infinity (Cook-Toom): with +-1/2 instead of
+ * Lavin's +-2 the transform entries stay small; both measured ~1e-5 relative error (float32)
+ * on 512-channel layers, well inside the 1e-4 budget.
  *     B^T = [ 1/4    0  -5/4    0   1  0 ]     A^T = [ 1  1   1    1     1   0 ]
  *           [   0 -1/4  -1/4    1   1  0 ]           [ 0  1  -1  1/2  -1/2   0 ]
  *           [   0  1/4  -1/4   -1   1  0 ]           [ 0  1   1  1/4   1/4   0 ]
  *           [   0 -1/2    -1  1/2   1  0 ]           [ 0  1  -1  1/8  -1/8   1 ]
  *           [   0  1/2    -1 -1/2   1  0 ]
  *           [   0  1/4     0 -5/4   0  1 ]
- * (G is in fscnn.ops.WINOGRAD_G.) Non-finite inputs: a NaN or infinity spreads to every output
- * of the tiles that read it (and infinities may become NaN), unlike a direct convolution.
+ * (G is fscnn.kernels.winograd_conv.WINOGRAD_G.) Non-finite inputs: a NaN or infinity spreads
+ * to every output of the tiles that read it (and infinities may become NaN), unlike a direct
+ * convolution.
  */
 #ifndef FSCNN_WINOGRAD_H
 #define FSCNN_WINOGRAD_H
 #include "fscnn_common.h"
+
+/* A layer as the Winograd transforms read it, filled once per plan
+ * (fscnn.kernels.winograd_conv): the input (C, H, W) and its padding before (pad_top,
+ * pad_left), the output (O, H_out, W_out) of tiles_w tiles per row, bias (O,) or NULL,
+ * act: FSCNN_ACT_*, level: FSCNN_SIMD_*. */
+typedef struct {
+    const float *bias;
+    int64_t C, H, W, O, H_out, W_out, pad_top, pad_left, tiles_w;
+    int act, level;
+} wino_layer;
 
 /* floats per row buffer for a row of tiles_w tiles (6x6 tiles overlap by 2) */
 static inline int64_t wino_row_len(int64_t tiles_w) { return (4 * tiles_w + 2 + 15) & ~(int64_t)15; }
@@ -48,30 +59,29 @@ static inline int64_t wino_tmp_len(int64_t tiles_w) { return 28 * wino_row_len(t
     (o3) = wm1 + 0.125f * wm2 + (m5);                                  \
 } while (0)
 
-#define WINO_SUFFIX baseline
-#define WINO_TARGET FSCNN_TARGET_BASELINE
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline
 #include "winograd_impl.h"
 #if FSCNN_X86
-#define WINO_SUFFIX avx2
-#define WINO_TARGET FSCNN_TARGET_AVX2
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2
 #include "winograd_impl.h"
-#define WINO_SUFFIX avx512
-#define WINO_TARGET FSCNN_TARGET_AVX512
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512
 #include "winograd_impl.h"
 #endif
 
-static inline void wino_input(int level, const float *x, int64_t C, int64_t H, int64_t W,
-        int64_t pad_top, int64_t pad_left, int64_t tiles_w, int64_t t0, int64_t cnt, float *V,
-        float *tmp)
+/* Input transform of tiles [t0, t0+cnt) of image x into V (36, C, cnt). */
+static inline void wino_input(const wino_layer *lay, const float *x, int64_t t0, int64_t cnt,
+                              float *V, float *tmp)
 {
-    FSCNN_SIMD_CALL(level, wino_input, x, C, H, W, pad_top, pad_left, tiles_w, t0, cnt, V, tmp);
+    FSCNN_SIMD_CALL(lay->level, wino_input, lay, x, t0, cnt, V, tmp);
 }
 
-static inline void wino_output(int level, const float *M, int64_t O, int64_t tiles_w,
-        int64_t t0, int64_t cnt, const float *bias, int act, int64_t H_out, int64_t W_out,
-        float *out, float *tmp)
+/* Output transform of tiles [t0, t0+cnt) from M (36, O, cnt) into out (O, H_out, W_out). */
+static inline void wino_output(const wino_layer *lay, const float *M, int64_t t0, int64_t cnt,
+                               float *out, float *tmp)
 {
-    FSCNN_SIMD_CALL(level, wino_output, M, O, tiles_w, t0, cnt, bias, act, H_out, W_out, out,
-                    tmp);
+    FSCNN_SIMD_CALL(lay->level, wino_output, lay, M, t0, cnt, out, tmp);
 }
 #endif

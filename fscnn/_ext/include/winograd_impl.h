@@ -1,25 +1,22 @@
 /* Winograd F(4x4, 3x3) input and output transforms: one SIMD target's copy.
  *
- * Included by winograd.h with WINO_SUFFIX (name suffix) and WINO_TARGET (target attribute)
- * defined; both are undefined again at the end. Plain C: the loops run over tiles (or over the
- * columns of a row of tiles) innermost so that GCC vectorises them at -O3 for each target.
- * `#pragma GCC ivdep`: the buffers of a loop never overlap, and without it GCC needs more
+ * Included by winograd.h with FSCNN_LEVEL and FSCNN_SUFFIX defined (see fscnn_common.h); both
+ * are undefined again at the end. Plain C: the loops run over tiles (or over the
+ * columns of a row of tiles) innermost so that the compiler vectorises them at -O3 for each
+ * target. FSCNN_IVDEP: the buffers of a loop never overlap, and without it GCC needs more
  * run-time alias checks than it allows and leaves the loops scalar.
  */
-#define WINO_CAT2(a, b) a##_##b
-#define WINO_CAT(a, b) WINO_CAT2(a, b)
-#define WINO_FN(name) WINO_CAT(name, WINO_SUFFIX)
-
 /* Input transform V = B^T d B of tiles [t0, t0+cnt) (row-major tile index over a tiles_h x
  * tiles_w grid) of one image x (C, H, W) whose padded input starts pad_top rows above and
- * pad_left columns left of x. Tile t = (ty, tx) reads padded rows 4ty..4ty+5 and columns
+ * pad_left columns left of x (sizes from lay, see wino_layer in winograd.h). Tile t = (ty, tx) reads padded rows 4ty..4ty+5 and columns
  * 4tx..4tx+5; positions outside x read zero.
  * V: (36, C, cnt) floats, element (a, c, s) = transformed tile t0+s, a = 6*k + l.
  * tmp: 7 * wino_row_len(tiles_w) floats. */
-WINO_TARGET static void WINO_FN(wino_input)(const float *x, int64_t C, int64_t H, int64_t W,
-        int64_t pad_top, int64_t pad_left, int64_t tiles_w, int64_t t0, int64_t cnt,
-        float *V, float *tmp)
+FSCNN_TARGET static void FSCNN_FN(wino_input)(const wino_layer *lay, const float *x,
+        int64_t t0, int64_t cnt, float *V, float *tmp)
 {
+    const int64_t C = lay->C, H = lay->H, W = lay->W, pad_top = lay->pad_top,
+                  pad_left = lay->pad_left, tiles_w = lay->tiles_w;
     const int64_t RW = wino_row_len(tiles_w);
     float *zero = tmp, *f = tmp + RW;
     const int64_t plane = C * cnt;  /* distance between consecutive a */
@@ -52,7 +49,7 @@ WINO_TARGET static void WINO_FN(wino_input)(const float *x, int64_t C, int64_t H
                 memset(f + k * RW, 0, (size_t)jlo * sizeof(float));
                 memset(f + k * RW + jhi, 0, (size_t)(width - jhi) * sizeof(float));
             }
-            #pragma GCC ivdep
+            FSCNN_IVDEP
             for (int64_t j = 0; j < n; j++) {
                 const float d0 = r0[j], d1 = r1[j], d2 = r2[j], d3 = r3[j], d4 = r4[j], d5 = r5[j];
                 WINO_BT(f0[j], f1[j], f2[j], f3[j], f4[j], f5[j], d0, d1, d2, d3, d4, d5);
@@ -61,7 +58,7 @@ WINO_TARGET static void WINO_FN(wino_input)(const float *x, int64_t C, int64_t H
             for (int64_t k = 0; k < 6; k++) {
                 const float *fk = f + k * RW;
                 float *v = V + 6 * k * plane + c * cnt + s0;
-                #pragma GCC ivdep
+                FSCNN_IVDEP
                 for (int64_t s = 0; s < seg; s++) {
                     const float *q = fk + 4 * s;
                     const float d0 = q[0], d1 = q[1], d2 = q[2], d3 = q[3], d4 = q[4], d5 = q[5];
@@ -75,12 +72,14 @@ WINO_TARGET static void WINO_FN(wino_input)(const float *x, int64_t C, int64_t H
 }
 
 /* Output transform Y = A^T m A of tiles [t0, t0+cnt) for all O output channels, plus bias and
- * activation; stores only outputs inside (H_out, W_out) of out (O, H_out, W_out).
+ * activation (from lay); stores only outputs inside (H_out, W_out) of out (O, H_out, W_out).
  * M: (36, O, cnt) floats. tmp: 28 * wino_row_len(tiles_w) floats. */
-WINO_TARGET static void WINO_FN(wino_output)(const float *M, int64_t O, int64_t tiles_w,
-        int64_t t0, int64_t cnt, const float *bias, int act, int64_t H_out, int64_t W_out,
-        float *out, float *tmp)
+FSCNN_TARGET static void FSCNN_FN(wino_output)(const wino_layer *lay, const float *M,
+        int64_t t0, int64_t cnt, float *out, float *tmp)
 {
+    const int64_t O = lay->O, tiles_w = lay->tiles_w, H_out = lay->H_out, W_out = lay->W_out;
+    const float *bias = lay->bias;
+    const int act = lay->act;
     const int64_t RW = wino_row_len(tiles_w);
     float *z = tmp, *yrow = tmp + 24 * RW;
     const int64_t plane = O * cnt;
@@ -99,7 +98,7 @@ WINO_TARGET static void WINO_FN(wino_output)(const float *M, int64_t O, int64_t 
                 const float *m = M + l * plane + o * cnt + s0;
                 float *z0 = z + l * RW, *z1 = z + (6 + l) * RW, *z2 = z + (12 + l) * RW,
                       *z3 = z + (18 + l) * RW;
-                #pragma GCC ivdep
+                FSCNN_IVDEP
                 for (int64_t s = 0; s < seg; s++) {
                     const float m0 = m[s], m1 = m[6 * plane + s], m2 = m[12 * plane + s],
                                 m3 = m[18 * plane + s], m4 = m[24 * plane + s],
@@ -112,7 +111,7 @@ WINO_TARGET static void WINO_FN(wino_output)(const float *M, int64_t O, int64_t 
                 const float *zr = z + 6 * rr * RW;
                 float *orow = out + (o * H_out + 4 * ty + rr) * W_out + x0;
                 float *dst = (ncol == 4 * seg) ? orow : yrow;  /* whole tiles: straight to out */
-                #pragma GCC ivdep
+                FSCNN_IVDEP
                 for (int64_t s = 0; s < seg; s++) {
                     const float m0 = zr[s], m1 = zr[RW + s], m2 = zr[2 * RW + s],
                                 m3 = zr[3 * RW + s], m4 = zr[4 * RW + s], m5 = zr[5 * RW + s];
@@ -137,8 +136,5 @@ WINO_TARGET static void WINO_FN(wino_output)(const float *M, int64_t O, int64_t 
     }
 }
 
-#undef WINO_FN
-#undef WINO_CAT
-#undef WINO_CAT2
-#undef WINO_SUFFIX
-#undef WINO_TARGET
+#undef FSCNN_SUFFIX
+#undef FSCNN_LEVEL

@@ -1,5 +1,5 @@
-"""Argument checks shared by :mod:`fscnn.functional` and the layer classes, and the rule
-that sizes a kernel's thread team (:func:`threads_for`).
+"""Argument checks shared by the operators (:mod:`fscnn.ops`), :mod:`fscnn.functional` and the
+layer classes, and the rule that sizes a kernel's thread team (:func:`threads_for`).
 
 Compiled kernels trust their arguments (bounds checks are off), so every public entry point
 runs these checks first. Each check takes ``name``, the label its messages start with
@@ -10,10 +10,9 @@ import numbers
 
 import numpy as np
 
-from .._config import get_num_threads
-
+from ._config import get_num_threads
 # Activations that kernels apply in their epilogue: name -> FSCNN_ACT_* code of fscnn_common.h.
-from .._ext._pool import ACTIVATION_CODES as FUSED_ACTIVATIONS
+from ._ext._runtime import ACTIVATION_CODES as FUSED_ACTIVATIONS
 
 
 def is_int(v):
