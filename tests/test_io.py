@@ -365,7 +365,7 @@ def test_wrong_dtypes(tmp_path, array):
     ({"shape": (2**40, 2**10)}, "w::shape", "max_bytes"),
     ({"shape": (2**62, 2**62, 2**62)}, "w::shape", "numpy can hold"),
     ({"values": [[1.0, 2.0]]}, "w::values", "expected 1 dimension"),
-    ({"version": 2}, FORMAT_KEY, "unsupported format version 2"),
+    ({"version": 3}, FORMAT_KEY, "unsupported format version 3"),
     ({"version": 1.0}, FORMAT_KEY, "unsupported format version"),
     ({"version": "1"}, FORMAT_KEY, "expected a bool, integer"),
     ({"version": [1]}, FORMAT_KEY, "unsupported format version"),
