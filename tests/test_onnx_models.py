@@ -183,3 +183,19 @@ def test_onnx_light_model_zoo_graphs(name, rng):
     graph = fscnn.from_onnx(data).prepare(kernel="dense")
     x = rng.uniform(0, 1, graph.inputs[0].shape).astype(np.float32)
     _assert_matches_ort(graph, data, x)
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 17, 20])
+def test_opsets(opset, rng):
+    """One model (squeeze-excitation, hard-swish, depthwise convolutions) exported at each
+    opset: Clip, Squeeze/Unsqueeze, ReduceMean, Flatten... change form across them."""
+    torch, model = _torchvision_model("mobilenet_v3_small", rng)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), buffer, dynamo=False,
+                          opset_version=opset, input_names=["input"])
+    data = buffer.getvalue()
+    graph = fscnn.from_onnx(data).prepare(kernel="dense")
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    _assert_matches_ort(graph, data, x)
