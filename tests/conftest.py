@@ -149,6 +149,21 @@ def import_or_skip(module, how=None):
         pytest.skip(message, allow_module_level=True)
 
 
+def package_dir_or_skip(package, how=None):
+    """The folder of the installed package ``package``, found without importing it (for
+    packages installed only for their data files, such as ``digit_recognizer``, whose import
+    pulls in torchvision); skip the calling test when it is missing, or fail it when it is
+    :func:`required`."""
+    spec = importlib.util.find_spec(package)
+    if spec is not None and spec.submodule_search_locations:
+        return spec.submodule_search_locations[0]
+    message = f"needs the data of {package}{f' ({how})' if how else ''}: not installed"
+    if required(package):
+        pytest.fail(f"{message}; FSCNN_REQUIRE_{package.upper()}=1 or FSCNN_REQUIRE_ALL=1 "
+                    "forbids skipping", pytrace=False)
+    pytest.skip(message, allow_module_level=True)
+
+
 def torch_or_skip():
     """The ``torch`` module, or skip the calling test when PyTorch is not installed (fail
     when it is :func:`required`)."""

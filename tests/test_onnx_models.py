@@ -82,6 +82,7 @@ def _export(torch, model, size, exporter):
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         if exporter == "dynamo":
+            import_or_skip("onnxscript", "the test extra; torch's dynamo exporter needs it")
             batch = torch.export.Dim("batch", min=1, max=64)
             torch.onnx.export(model, (x,), buffer, dynamo=True, input_names=["input"],
                               dynamic_shapes=({0: batch},), verbose=False)
