@@ -5,7 +5,48 @@ import platform
 import sys
 import warnings
 
-from ._ext import _runtime
+# OpenMP's wait policy. Threads that finish a parallel region spin, waiting for the next one,
+# before they sleep: GNU libgomp for 300,000 spins (about 10-20 ms on recent Xeons, whose PAUSE
+# takes ~140 cycles), LLVM's libomp for 200 ms. When other processes (or several workers of one
+# job) compete for the cores, a spinning thread holds the core its descheduled sibling needs to
+# reach the next barrier: a 2-thread ResNet-18 call beside one busy process took 5-13x the time
+# of a 1-thread call (issue #14). fscnn's threads spin briefly (long enough to bridge the Python
+# between two layers) and then sleep, unless the user chose a policy.
+# libgomp reads GOMP_SPINCOUNT when it is loaded (by the extension below), so fscnn's value is
+# set only for that load and removed again: it never reaches another library's OpenMP runtime
+# (PyTorch bundles its own libgomp) nor child processes, which decide for themselves. libomp
+# (clang builds) reads KMP_BLOCKTIME when its first parallel region starts, so that one stays
+# set; libgomp ignores it.
+DEFAULT_SPIN_COUNT = 10000  # libgomp spins (~0.1-1.5 ms) before a waiting thread sleeps
+DEFAULT_BLOCKTIME_MS = 1  # libomp's equivalent, in milliseconds
+
+
+def _load_runtime():
+    """Import the runtime extension (which loads the OpenMP runtime) under fscnn's wait
+    policy; returns (module, a description of the policy in force)."""
+    policy = os.environ.get("OMP_WAIT_POLICY")
+    spin_default = policy is None and "GOMP_SPINCOUNT" not in os.environ
+    if spin_default:
+        os.environ["GOMP_SPINCOUNT"] = str(DEFAULT_SPIN_COUNT)
+    try:
+        from ._ext import _runtime as runtime
+    finally:
+        if spin_default:
+            del os.environ["GOMP_SPINCOUNT"]
+    if "clang" in runtime.compiler():  # built against LLVM's libomp
+        if policy is None and "KMP_BLOCKTIME" not in os.environ:
+            os.environ["KMP_BLOCKTIME"] = str(DEFAULT_BLOCKTIME_MS)
+            return runtime, f"fscnn's default: spin {DEFAULT_BLOCKTIME_MS} ms, then sleep"
+        chosen = ("OMP_WAIT_POLICY", "KMP_BLOCKTIME")
+    elif spin_default:
+        return runtime, f"fscnn's default: spin {DEFAULT_SPIN_COUNT} times, then sleep"
+    else:
+        chosen = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    return runtime, "set by the environment: " + ", ".join(
+        f"{k}={os.environ[k]}" for k in chosen if k in os.environ)
+
+
+_runtime, _wait_policy = _load_runtime()
 
 SIMD_LEVELS = _runtime.SIMD_NAMES  # index = level passed to the kernels
 
@@ -201,6 +242,7 @@ def config_dict():
         "platform": platform.platform(),
         "compiler": _runtime.compiler(),
         "openmp": _runtime.openmp_enabled(),
+        "openmp_wait": _wait_policy if _runtime.openmp_enabled() else "-",
         "threads": get_num_threads(),
         "usable_cpus": usable_cpus(),
         "simd_detected": cpu_simd_level(),
