@@ -255,7 +255,8 @@ class _WeightedOp:
         else:
             x = np.zeros(shape, np.float32)
             timings, plans = {}, {}
-            for kernel in self._candidates():
+            candidates = [k for k in self._candidates() if k.cannot_win(geo) is None]
+            for kernel in candidates or self._candidates():
                 plan = kernel.plan(self, geo, threads, level)
                 plans[kernel.name] = kernel, plan
                 timings[kernel.name] = _time_call(

@@ -437,6 +437,23 @@ def test_auto_times_winograd_and_drops_its_weights_when_unused(rng):
     assert_close(y, ref_conv2d(x, w, padding=1), rtol=WINO_RTOL)
 
 
+@pytest.mark.parametrize("shape, why", [((2, 16, 2, 2), "25% used on 2x2 output planes"),
+                                        ((1, 16, 5, 5), "39% used on 5x5 output planes"),
+                                        ((2, 16, 4, 4), "2 tiles per call")])
+def test_auto_does_not_time_winograd_where_it_cannot_win(shape, why, rng):
+    """Where its tiles are mostly wasted or too few, 'auto' leaves Winograd out; asked for
+    explicitly, it still runs there, correctly."""
+    from fscnn.kernels import WinogradConv
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = sparse_weight((8, 16, 3, 3), 0.0, rng)
+    op = Conv2dOp(w, padding=1, kernel="auto")
+    assert_close(op(x), ref_conv2d(x, w, padding=1))
+    assert set(op.plan_info(x.shape)["timings"]) == {"sparse", "dense"}
+    assert why in WinogradConv.cannot_win(op._geometry(x.shape))
+    assert_close(Conv2dOp(w, padding=1, kernel="winograd")(x), ref_conv2d(x, w, padding=1),
+                 rtol=WINO_RTOL)
+
+
 # -- depthwise (one input channel per group) ----------------------------------------------------
 # (N, C, multiplier, H, W, (KH, KW), stride, padding, dilation): MobileNet's shapes, smaller,
 # and every geometry the kernel treats differently (phases, tile tails, planes under a tile).

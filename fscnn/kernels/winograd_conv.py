@@ -60,6 +60,23 @@ class WinogradConv(Kernel):
         return "the Winograd kernel needs " + ", ".join(problems) if problems else None
 
     @staticmethod
+    def cannot_win(geo):
+        """Two cases where the kernel lost to the other kernels in every layer measured and
+        timing it only gave 'auto' a chance to pick it by noise: output planes that fill less
+        than half of its 4x4 tiles (2x2, 5x5, a row: most of what it computes is discarded), and
+        calls of fewer than 4 tiles in all, where each element of U (4x the dense weights) is
+        streamed from memory for almost no arithmetic. Measured on 512/256-channel 3x3 layers
+        of ResNet-18 at batch 2 (AVX2, 1 thread): 2x2 planes 18.4 ms vs 8.8 ms (im2col), 4x4
+        planes 8.0 vs 1.9 ms; at 8x8 planes (8 tiles) Winograd won, 0.81 vs 1.1 ms."""
+        tiled = (-(-geo.H_out // 4) * 4) * (-(-geo.W_out // 4) * 4)
+        if 2 * geo.H_out * geo.W_out < tiled:
+            return (f"its 4x4 tiles would be {geo.H_out * geo.W_out / tiled:.0%} used on "
+                    f"{geo.H_out}x{geo.W_out} output planes")
+        if geo.batch * tiled // 16 < 4:
+            return f"{geo.batch * tiled // 16} tiles per call are too few to amortise its weights"
+        return None
+
+    @staticmethod
     def plan(op, geo, threads, level):
         """Chunk of tiles per work item and scratch shape. The chunk depends on the layer's
         shape only (not on the thread count), so results do not either. The transformed
