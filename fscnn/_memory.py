@@ -5,6 +5,8 @@ numpy aligns its arrays to 16 bytes only. fscnn's operators allocate their outpu
 cache lines: an unpadded 1x1 convolution's sparse kernel reads its input in place only from a
 64-byte aligned array (and copies any other input first).
 """
+import math
+
 import numpy as np
 
 ALIGN_BYTES = 64
@@ -13,7 +15,7 @@ ALIGN_BYTES = 64
 def aligned_empty(shape, dtype=np.float32):
     """An uninitialised C-contiguous array of ``shape`` starting on a 64-byte boundary."""
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape))
+    size = math.prod(shape) if isinstance(shape, tuple) else int(np.prod(shape))
     raw = np.empty(size * dtype.itemsize + ALIGN_BYTES, dtype=np.uint8)
     start = -raw.ctypes.data % ALIGN_BYTES
     return raw[start:start + size * dtype.itemsize].view(dtype).reshape(shape)

@@ -393,10 +393,11 @@ class Conv2dOp(_WeightedOp):
 
     def __call__(self, x):
         """Convolve ``x`` of shape (N, C, H, W); returns float32 (N, O, H_out, W_out)."""
-        if isinstance(x, np.ndarray) and x.dtype.kind == "f":
-            self.check_input_shape(x.shape)  # before converting: refuse huge bad views cheaply
-            self._plan(x.shape)
-        x = as_float_array(x, f"{self.name}: input")
+        if not (x.__class__ is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
+            if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+                self.check_input_shape(x.shape)  # before converting: refuse huge bad views
+                self._plan(x.shape)  # cheaply
+            x = as_float_array(x, f"{self.name}: input")
         self.check_input_shape(x.shape)
         plan = self._plan(x.shape)
         return self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan)

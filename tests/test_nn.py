@@ -655,6 +655,27 @@ def test_depthwise_setting_for_a_model(rng):
         net(x)
 
 
+def test_a_shape_already_run_still_converts_and_checks_other_inputs(rng):
+    """A prepared layer skips its checks only for float32 C-contiguous inputs of a shape it
+    already ran: other dtypes and layouts of that shape are converted, other shapes checked."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 3))
+    model.eval()
+    x = rng.standard_normal((2, 3, 10, 10)).astype(np.float32)
+    model.prepare(input_shape=x.shape)
+    expected = model(x)
+    assert_close(model(x.astype(np.float64)), expected)
+    strided = np.ascontiguousarray(np.swapaxes(x, 2, 3)).swapaxes(2, 3)  # same values, F-order
+    assert not strided.flags.c_contiguous
+    assert_close(model(strided), expected)
+    with pytest.raises(nn.LayerInputError, match=r"0 \(Conv2d\): expected 3 input channels"):
+        model(np.zeros((2, 5, 10, 10), np.float32))
+    with pytest.raises(nn.LayerInputError, match=r"3 \(Conv2d\)"):
+        model(np.zeros((2, 3, 2, 2), np.float32))  # too small for the second convolution
+    with pytest.raises(TypeError):
+        model(x.astype(np.int32))
+
+
 def test_prepare_validates_its_arguments():
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
     with pytest.raises(ValueError, match=r"kernel must be one of"):

@@ -26,6 +26,7 @@ Validation happens before ``plan`` and ``run``, in :mod:`fscnn.ops` and here: th
 code behind ``call`` checks nothing.
 """
 import functools
+import math
 import threading
 import time
 from collections import namedtuple
@@ -204,7 +205,7 @@ def scratch(slot, shape):
 
     Scratch is per thread, so concurrent calls never share it, and reusing it avoids the page
     faults of a fresh multi-megabyte allocation on every call. Contents are undefined."""
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     buf = getattr(_workspace, slot, None)
     if buf is None or buf.size < size:
         buf = aligned_empty(max(size, 1))
