@@ -66,6 +66,27 @@ def test_sparse_linear_panels_and_tails(shape, sparsity, simd_level, threads, rn
     assert_close(LinearOp(w, b, kernel="sparse")(x), ref_linear(x, w, b))
 
 
+@pytest.mark.parametrize("shape", [(3, 6143), (40, 6145), (2, 70001)])
+@pytest.mark.parametrize("batch", [4, 9, 33, 70])
+def test_sparse_linear_batched_path(shape, batch, simd_level, threads, rng):
+    """From BATCH_MIN vectors the sparse kernel multiplies x transposed (rows padded to the
+    vector width) with broadcast weights: blocks of 4, 2 and 1 vectors of images, across
+    column panels, with bias and a fused activation; the result does not depend on the thread
+    count."""
+    from fscnn import _config
+    from fscnn.kernels.sparse_linear import BATCH_MIN
+    w = sparse_weight(shape, 0.8, rng)
+    w[0, :] = 0  # an empty row
+    b = rng.standard_normal(shape[0]).astype(np.float32)
+    x = rng.standard_normal((batch, shape[1])).astype(np.float32)
+    op = LinearOp(w, b, activation="relu6", kernel="sparse")
+    y = op(x)
+    assert batch >= BATCH_MIN and op._plan(x.shape).plan.xt is not None
+    assert_close(y, np.minimum(np.maximum(ref_linear(x, w, b), 0), 6))
+    with _config.threads(3 - threads):
+        assert np.array_equal(LinearOp(w, b, activation="relu6", kernel="sparse")(x), y)
+
+
 def _panel_major_by_argsort(m, width):
     """The panel-major layout as first written (a stable argsort of all non-zeros): the
     reference for the blockwise counting sort."""

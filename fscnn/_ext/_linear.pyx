@@ -21,6 +21,9 @@ cdef extern from "splinear.h" nogil:
         int64_t n_in, n_out, P, width
         int act, level
     int64_t splin_panel_width()
+    int64_t splin_batch_width(int level)
+    void splin_batch_rows(const splin_layer *lay, const float *xt, int64_t N, int64_t Np,
+                          float *out, int64_t r0, int64_t r1)
     void splin_rows(const splin_layer *lay, const float *x, int64_t N, float *out, int64_t r0,
                     int64_t r1)
 
@@ -28,6 +31,11 @@ cdef extern from "splinear.h" nogil:
 # dynamic schedule to balance two or more threads on a 1000-row layer
 cdef enum:
     ROWS_PER_ITEM = 32
+
+
+def batch_width(int level):
+    """Floats per vector of the batched sparse linear path at SIMD level ``level``."""
+    return splin_batch_width(level)
 
 
 def panel_width():
@@ -86,6 +94,24 @@ cdef class SparseLinear:
                 r0 = i * ROWS_PER_ITEM
                 r1 = r0 + ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O
                 splin_rows(k, &x[0, 0], N, &out[0, 0], r0, r1)
+
+    def batched(self, const float[:, ::1] xt,    # IN  (I, Np): x transposed, rows padded
+                int64_t N, float[:, ::1] out):    # OUT (N, O)
+        """Apply to the batch of ``N`` vectors given transposed as ``xt`` into ``out`` (the
+        batched path; ``xt``'s rows hold a multiple of :func:`batch_width` floats)."""
+        cdef const splin_layer *k = &self.k
+        cdef int64_t O = k.n_out, Np = xt.shape[1]
+        cdef int64_t n_items = (O + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM
+        cdef int64_t i, r0, r1
+        if (xt.shape[0] != k.n_in or out.shape[0] != N or out.shape[1] != O or N > Np
+                or Np % splin_batch_width(k.level)):
+            raise ValueError("SparseLinear.batched: inconsistent shapes")
+        if N == 0:
+            return
+        for i in prange(n_items, nogil=True, num_threads=self.n_threads, schedule="dynamic"):
+                r0 = i * ROWS_PER_ITEM
+                r1 = r0 + ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O
+                splin_batch_rows(k, &xt[0, 0], N, Np, &out[0, 0], r0, r1)
 
 
 cdef class DenseLinear:

@@ -7,14 +7,21 @@ from typing import NamedTuple
 import numpy as np
 
 from .._ext import _linear
-from .base import Kernel
+from .base import Kernel, scratch
+
+
+# Batches from this size run the batched path (x transposed, broadcast FMAs over the batch;
+# see splinear.h) instead of one gather pass per vector.
+BATCH_MIN = 4
 
 
 class SparseLinearPlan(NamedTuple):
     """The sparse linear kernel's plan: the compiled kernel bound to the operator's
-    panel-major weights (``call``)."""
+    panel-major weights (``call``) and, for the batched path, the shape of the transposed
+    input (``xt``: (I, N rounded up to the vector width)), else None."""
 
     call: _linear.SparseLinear
+    xt: tuple = None
 
 
 def _panel_blocks(m, O, width, entries=1 << 18):
@@ -73,10 +80,19 @@ class SparseLinear(Kernel):
         (``op.derived``)."""
         indptr, indices, data = op.derived(SparseLinear.name, None,
                                            lambda: panel_major(op.sparse))
-        return SparseLinearPlan(_linear.SparseLinear(
-            indptr, indices, data, op.bias, op.in_features, op.out_features, op.act_code, level,
-            threads))
+        call = _linear.SparseLinear(indptr, indices, data, op.bias, op.in_features,
+                                    op.out_features, op.act_code, level, threads)
+        N, width = shape[0], _linear.batch_width(level)
+        xt = (op.in_features, -(-N // width) * width) if N >= BATCH_MIN else None
+        return SparseLinearPlan(call, xt)
 
     @staticmethod
     def run(x, plan, out):
-        plan.call(x, out)
+        if plan.xt is None:
+            plan.call(x, out)
+            return
+        xt = scratch("linear_xt", plan.xt)
+        N = x.shape[0]
+        xt[:, :N] = x.T
+        xt[:, N:] = 0.0
+        plan.call.batched(xt, N, out)

@@ -153,6 +153,104 @@ SPLIN_ROWS(splin_rows_avx2, FSCNN_ATTR_avx2, splin_dot_avx2)
 SPLIN_ROWS(splin_rows_avx512, FSCNN_ATTR_avx512, splin_dot_avx512)
 #endif
 
+/* Batched path: a sparse-dense product vectorised over the batch. The caller transposes x
+ * into xt (I, Np), Np = N rounded up to the vector width: a non-zero w[o, i] then multiplies
+ * the contiguous row xt[i, :] (a broadcast and NV fused multiply-adds per non-zero and block of
+ * NV*W images) instead of being multiplied with N gathered scalars, one image at a time. Each
+ * row's NV accumulators stay in registers across all its panels; its weights are re-read (from
+ * L1) once per block of images. Each output is summed over panels and non-zeros in storage
+ * order, whatever the thread count. */
+#define SPLIN_BLOCK(NAME, TARGET, VEC, W, NV, LOAD, STORE, FMA, SET1, ZERO)                        \
+TARGET static inline void NAME(const splin_layer *lay, int64_t o, const float *restrict xt,    \
+                               int64_t Np, float *restrict lanes)                              \
+{                                                                                              \
+    const int64_t *restrict indptr = lay->indptr;                                              \
+    const uint16_t *restrict idx = lay->idx;                                                   \
+    const float *restrict val = lay->val;                                                      \
+    const int64_t O = lay->n_out, P = lay->P, width = lay->width;                              \
+    VEC a[NV];                                                                                 \
+    for (int j = 0; j < NV; j++) a[j] = ZERO;                                                  \
+    for (int64_t p = 0; p < P; p++) {                                                          \
+        const float *restrict xp = xt + p * width * Np;                                        \
+        const int64_t k1 = indptr[p * O + o + 1];                                              \
+        for (int64_t k = indptr[p * O + o]; k < k1; k++) {                                     \
+            const VEC w = SET1(val[k]);                                                        \
+            const float *restrict xr = xp + (int64_t)idx[k] * Np;                              \
+            for (int j = 0; j < NV; j++) a[j] = FMA(w, LOAD(xr + j * W), a[j]);                \
+        }                                                                                      \
+    }                                                                                          \
+    for (int j = 0; j < NV; j++) STORE(lanes + j * W, a[j]);                                   \
+}
+
+/* Rows [r0, r1) of out (N, O) from xt (I, Np): blocks of 4, 2 or 1 vectors of images. */
+#define SPLIN_BATCH_ROWS(NAME, TARGET, W, BLOCK)                                                   \
+TARGET static void NAME(const splin_layer *lay, const float *restrict xt, int64_t N,           \
+                        int64_t Np, float *restrict out, int64_t r0, int64_t r1)               \
+{                                                                                              \
+    const float *restrict bias = lay->bias;                                                    \
+    const int64_t O = lay->n_out;                                                              \
+    const int act = lay->act;                                                                  \
+    float lanes[4 * W];                                                                        \
+    for (int64_t o = r0; o < r1; o++) {                                                        \
+        for (int64_t nb = 0; nb < Np;) {                                                       \
+            const int64_t left = (Np - nb) / W, nv = left >= 4 ? 4 : (left >= 2 ? 2 : 1);      \
+            if (nv == 4) BLOCK##4(lay, o, xt + nb, Np, lanes);                                 \
+            else if (nv == 2) BLOCK##2(lay, o, xt + nb, Np, lanes);                            \
+            else BLOCK##1(lay, o, xt + nb, Np, lanes);                                         \
+            const int64_t n_end = nb + nv * W < N ? nb + nv * W : N;                           \
+            for (int64_t n = nb; n < n_end; n++)                                               \
+                out[n * O + o] = fscnn_act(bias ? lanes[n - nb] + bias[o] : lanes[n - nb], act); \
+            nb += nv * W;                                                                      \
+        }                                                                                      \
+    }                                                                                          \
+}
+
+#define SPLIN_F_LOAD(p) (*(p))
+#define SPLIN_F_STORE(p, v) (*(p) = (v))
+#define SPLIN_F_FMA(a, b, c) ((a) * (b) + (c))
+#define SPLIN_F_SET1(v) (v)
+SPLIN_BLOCK(splin_block_baseline4, FSCNN_ATTR_baseline, float, 1, 4, SPLIN_F_LOAD, SPLIN_F_STORE,
+            SPLIN_F_FMA, SPLIN_F_SET1, 0.0f)
+SPLIN_BLOCK(splin_block_baseline2, FSCNN_ATTR_baseline, float, 1, 2, SPLIN_F_LOAD, SPLIN_F_STORE,
+            SPLIN_F_FMA, SPLIN_F_SET1, 0.0f)
+SPLIN_BLOCK(splin_block_baseline1, FSCNN_ATTR_baseline, float, 1, 1, SPLIN_F_LOAD, SPLIN_F_STORE,
+            SPLIN_F_FMA, SPLIN_F_SET1, 0.0f)
+SPLIN_BATCH_ROWS(splin_batch_rows_baseline, FSCNN_ATTR_baseline, 1, splin_block_baseline)
+#if FSCNN_X86
+SPLIN_BLOCK(splin_block_avx24, FSCNN_ATTR_avx2, __m256, 8, 4, _mm256_loadu_ps, _mm256_storeu_ps,
+            _mm256_fmadd_ps, _mm256_set1_ps, _mm256_setzero_ps())
+SPLIN_BLOCK(splin_block_avx22, FSCNN_ATTR_avx2, __m256, 8, 2, _mm256_loadu_ps, _mm256_storeu_ps,
+            _mm256_fmadd_ps, _mm256_set1_ps, _mm256_setzero_ps())
+SPLIN_BLOCK(splin_block_avx21, FSCNN_ATTR_avx2, __m256, 8, 1, _mm256_loadu_ps, _mm256_storeu_ps,
+            _mm256_fmadd_ps, _mm256_set1_ps, _mm256_setzero_ps())
+SPLIN_BATCH_ROWS(splin_batch_rows_avx2, FSCNN_ATTR_avx2, 8, splin_block_avx2)
+SPLIN_BLOCK(splin_block_avx5124, FSCNN_ATTR_avx512, __m512, 16, 4, _mm512_loadu_ps,
+            _mm512_storeu_ps, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_setzero_ps())
+SPLIN_BLOCK(splin_block_avx5122, FSCNN_ATTR_avx512, __m512, 16, 2, _mm512_loadu_ps,
+            _mm512_storeu_ps, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_setzero_ps())
+SPLIN_BLOCK(splin_block_avx5121, FSCNN_ATTR_avx512, __m512, 16, 1, _mm512_loadu_ps,
+            _mm512_storeu_ps, _mm512_fmadd_ps, _mm512_set1_ps, _mm512_setzero_ps())
+SPLIN_BATCH_ROWS(splin_batch_rows_avx512, FSCNN_ATTR_avx512, 16, splin_block_avx512)
+#endif
+
+/* Floats per vector of the batched path at `level`: xt's rows are padded to a multiple. */
+static inline int64_t splin_batch_width(int level)
+{
+#if FSCNN_X86
+    if (level >= FSCNN_SIMD_AVX512) return 16;
+    if (level == FSCNN_SIMD_AVX2) return 8;
+#endif
+    (void)level;
+    return 1;
+}
+
+/* Rows [r0, r1) of out (N, O) = act(x . W^T + bias), x given transposed as xt (I, Np). */
+static inline void splin_batch_rows(const splin_layer *lay, const float *xt, int64_t N,
+                                    int64_t Np, float *out, int64_t r0, int64_t r1)
+{
+    FSCNN_SIMD_CALL(lay->level, splin_batch_rows, lay, xt, N, Np, out, r0, r1);
+}
+
 /* Column panel width in input features (the caller lays the weights out with it). */
 static inline int64_t splin_panel_width(void) { return SPLIN_PANEL; }
 
