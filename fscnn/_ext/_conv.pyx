@@ -8,7 +8,8 @@ plan's arrays and sizes as the C struct its micro-kernel reads (spconv_layer, ..
 arrays that struct points into; calling the object runs the kernel on one input into a
 preallocated output, with the caller's scratch buffers. Callers validate every argument;
 nothing here checks shapes or index bounds. Arrays are C-contiguous float32 unless said
-otherwise.
+otherwise. Thread counts are read into locals before a prange: in a debug build (nonecheck)
+the None check of ``self`` in a prange's clause jumps into the OpenMP block, which GCC refuses.
 """
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t
@@ -203,10 +204,11 @@ cdef class SparseConv:
         cdef const float *src
         if N == 0 or out.shape[1] == 0 or H_out == 0 or out.shape[3] == 0:
             return
+        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         with nogil:
             for n in range(N):
                 src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, pack, &buf[0], self.n_threads)
-                for i in prange(n_items, num_threads=self.n_threads, schedule="dynamic"):
+                for i in prange(n_items, num_threads=nt, schedule="dynamic"):
                     spconv_items(k, src, &out[n, 0, 0, 0], &partial[threadid(), 0], H_out, i,
                                  i + 1)
 
@@ -233,10 +235,11 @@ cdef class SparseConv:
         cdef const float *src
         if N == 0 or O == 0 or Hpo == 0 or Wpo == 0:
             return
+        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         with nogil:
             for n in range(N):
                 src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, True, &buf[0], self.n_threads)
-                for b in prange(n_bands, num_threads=self.n_threads, schedule="dynamic"):
+                for b in prange(n_bands, num_threads=nt, schedule="dynamic"):
                     r0 = b * band_rows
                     rows = band_rows if r0 + band_rows <= 2 * Hpo else 2 * Hpo - r0
                     scr = &band[threadid(), 0]
@@ -314,11 +317,12 @@ cdef class DenseConv:
         cdef char *no = b"N"
         if N == 0 or O == 0 or H_out == 0 or W_out == 0:
             return
+        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         with nogil:
             for n in range(N):
                 src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, self.pack, &buf[0],
                                     self.n_threads)
-                for i in prange(n_items, num_threads=self.n_threads, schedule="dynamic"):
+                for i in prange(n_items, num_threads=nt, schedule="dynamic"):
                     panel = &panels[threadid(), 0]
                     wide = panel + K * chunk
                     g = i % self.groups
@@ -400,8 +404,9 @@ cdef class WinogradConv:
         n_chunks = (T + chunk - 1) // chunk
         if N == 0 or O == 0 or k.H_out == 0 or k.W_out == 0:
             return
+        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         with nogil:
-            for i in prange(N * n_chunks, num_threads=self.n_threads, schedule="dynamic"):
+            for i in prange(N * n_chunks, num_threads=nt, schedule="dynamic"):
                 n = i // n_chunks
                 t0 = (i % n_chunks) * chunk
                 cnt = chunk if t0 + chunk <= T else T - t0
@@ -475,8 +480,9 @@ cdef class DepthwiseConv:
         k.H_out, k.W_out = out.shape[2], out.shape[3]
         if N == 0 or O == 0 or k.H_out == 0 or k.W_out == 0:
             return
+        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         with nogil:
-            for i in prange(N * C, num_threads=self.n_threads, schedule="dynamic"):
+            for i in prange(N * C, num_threads=nt, schedule="dynamic"):
                 n = i // C
                 c = i % C
                 buf = &work[threadid(), 0]
@@ -550,6 +556,7 @@ cdef class PointwiseConv:
         k.O = O
         if N == 0 or O == 0 or H_out == 0 or W_out == 0:
             return
+        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         with nogil:
             for n in range(N):
                 src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, self.pack, &buf[0],
@@ -565,7 +572,7 @@ cdef class PointwiseConv:
                     for c in range(O):
                         memcpy(dst + c * L, &small[(C + c) * T], sizeof(float) * L)
                     continue
-                for i in prange(n_items, num_threads=self.n_threads, schedule="dynamic"):
+                for i in prange(n_items, num_threads=nt, schedule="dynamic"):
                     b0 = (i % n_bchunks) * bc
                     b1 = b0 + bc if b0 + bc < n_blk else n_blk
                     self.items(&k, src, ldx, &out[n, 0, 0, 0], L, L, i // n_bchunks, b0, b1)

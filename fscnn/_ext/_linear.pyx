@@ -90,7 +90,8 @@ cdef class SparseLinear:
         cdef int64_t i, r0, r1
         if N == 0:
             return
-        for i in prange(n_items, nogil=True, num_threads=self.n_threads, schedule="dynamic"):
+        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
+        for i in prange(n_items, nogil=True, num_threads=nt, schedule="dynamic"):
                 r0 = i * ROWS_PER_ITEM
                 r1 = r0 + ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O
                 splin_rows(k, &x[0, 0], N, &out[0, 0], r0, r1)
@@ -108,7 +109,8 @@ cdef class SparseLinear:
             raise ValueError("SparseLinear.batched: inconsistent shapes")
         if N == 0:
             return
-        for i in prange(n_items, nogil=True, num_threads=self.n_threads, schedule="dynamic"):
+        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
+        for i in prange(n_items, nogil=True, num_threads=nt, schedule="dynamic"):
                 r0 = i * ROWS_PER_ITEM
                 r1 = r0 + ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O
                 splin_batch_rows(k, &xt[0, 0], N, Np, &out[0, 0], r0, r1)
@@ -154,7 +156,8 @@ cdef class DenseLinear:
             return
         if I == 0:
             out[:, :] = 0
-        for i in prange(n_items, nogil=True, num_threads=self.n_threads, schedule="dynamic"):
+        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
+        for i in prange(n_items, nogil=True, num_threads=nt, schedule="dynamic"):
             r0 = i * ROWS_PER_ITEM
             m = <int> (ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O - r0)
             kk = <int> I
