@@ -36,6 +36,7 @@ import numpy as np
 
 from . import _config
 from .nn import Module
+from .nn.module import probe_output
 
 __all__ = ["predict"]
 
@@ -202,8 +203,7 @@ def predict(model, images, *, batch_size=None):
     _check_images(images, batch_size)
     if batch_size is not None:
         images = images.rechunk({0: int(batch_size)})
-    # an empty batch checks that the images fit and gives the output's shape, at no cost
-    probe = model(np.zeros((0,) + images.shape[1:], np.float32))
+    probe = probe_output(model, images.shape[1:])  # raises here when the images do not fit
     if not isinstance(probe, np.ndarray):
         raise TypeError(f"fscnn.dask.predict: the model returns {type(probe).__name__}, "
                         f"expected one array (models with one output)")

@@ -163,6 +163,7 @@ def run(target, source, out, *, arch=None, batch_size=32, workers=None, schedule
     running one; neither: this process, with ``threads`` kernel threads.
     """
     from .nn import LayerInputError
+    from .nn.module import probe_output
     if workers is not None and scheduler is not None:
         raise CommandError("give --workers (a new local cluster) or --scheduler (a running "
                            "one), not both")
@@ -171,7 +172,7 @@ def run(target, source, out, *, arch=None, batch_size=32, workers=None, schedule
     with as_command_error(LayerInputError, ValueError,
                           context=f"{source}: inputs of shape {tuple(x.shape[1:])} per image "
                                   f"do not fit the model"):
-        probe = model(np.zeros((0,) + x.shape[1:], np.float32))
+        probe = probe_output(model, x.shape[1:])
     if not isinstance(probe, np.ndarray):
         raise CommandError("the model has several outputs; fscnn predict writes models with one")
     if top_k is not None and probe.ndim != 2:

@@ -30,6 +30,19 @@ class ThreadProbe(nn.Module):
         return np.concatenate([out, used], axis=1)
 
 
+class Flattening(nn.Module):
+    """Flattens with ``x.reshape(len(x), -1)``, which NumPy refuses on an empty batch."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.fc = nn.Linear(32 * 8 * 8, 5)
+
+    def forward(self, x):
+        x = self.model(x)
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
 def _model(classes=True):
     nn.manual_seed(0)
     layers = [nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
@@ -74,6 +87,13 @@ def test_threaded_scheduler_matches_the_model(images):
         y = fscnn.dask.predict(conv, x.astype(np.float64), batch_size=5)
         assert y.chunks == ((5, 5, 2), (32,), (8,), (8,))
         _check(y, conv, images, (5, 5, 2))
+
+
+def test_a_model_that_cannot_take_an_empty_batch(images):
+    model = Flattening(_model(classes=False))
+    x = da.from_array(images, chunks=(5, -1, -1, -1))
+    with fscnn.dask.dask.config.set(scheduler="threads"):
+        _check(fscnn.dask.predict(model, x), model, images, (5, 5, 2))
 
 
 def test_threaded_scheduler_shares_the_threads(images):

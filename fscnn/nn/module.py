@@ -744,3 +744,19 @@ class Layer(Module):
         if x.shape[1] != channels:
             raise LayerInputError(f"{label}: expected {channels} {what}, got {x.shape[1]} "
                                   f"(input shape {x.shape})")
+
+
+def probe_output(model, image_shape):
+    """What ``model`` returns for a batch of images of ``image_shape`` (C, H, W), computed on
+    an empty batch (no kernel runs), or on one zero image when the model's own code cannot
+    take an empty batch (e.g. ``x.reshape(len(x), -1)``): its shape and dtype say what a
+    batch gives, and an input that does not fit raises here, before any real work.
+
+    Returns
+    -------
+    The model's output for the probe (an array of first dimension 0 or 1, or a tuple).
+    """
+    try:
+        return model(np.zeros((0,) + tuple(image_shape), np.float32))
+    except ValueError:
+        return model(np.zeros((1,) + tuple(image_shape), np.float32))
