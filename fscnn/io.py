@@ -12,7 +12,10 @@ An archive is a plain NumPy ``.npz`` file (a zip of ``.npy`` members, no pickles
     optional, uint8 of shape (n,): the UTF-8 JSON of :meth:`fscnn.nn.Graph.spec` (layer type
     names from a fixed list, constructor arguments, value names), present when the archive
     holds a whole model (an imported graph): :func:`load_model` rebuilds it without the
-    packages it was imported with.
+    packages it was imported with. Saved from a prepared model, the description also holds
+    ``"plan"``: layer name -> ``[[input shape], threads, SIMD level, kernel]`` rows, the kernels
+    its layers chose, which the loaded model takes instead of timing them again (older fscnn
+    versions ignore it).
 ``NAME``
     a tensor stored dense, with its own dtype and shape.
 ``NAME::shape``, ``NAME::values`` and exactly one of ``NAME::delta16``, ``NAME::index32``,
