@@ -167,6 +167,10 @@ def run(target, source, out, *, arch=None, batch_size=32, workers=None, schedule
     if workers is not None and scheduler is not None:
         raise CommandError("give --workers (a new local cluster) or --scheduler (a running "
                            "one), not both")
+    for path in (out, top_k_out if top_k is not None else None):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):
+            raise CommandError(f"{path}: the folder {folder} does not exist")
     model, _ = build_model(target, arch)
     x, names = read_inputs(source, input_size, channels, mean, std, strict)
     with as_command_error(LayerInputError, ValueError,

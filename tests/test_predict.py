@@ -126,12 +126,15 @@ def test_bad_npy_inputs(model_file, tmp_path, capsys, array, message):
 def test_other_mistakes(model_file, tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
     (tmp_path / "empty").mkdir()
+    out = str(tmp_path / "o.npy")
     cases = [
-        ([str(tmp_path / "x.npy"), "--input-size", "8"], "--input-size resizes the images"),
-        ([str(tmp_path / "empty")], "no image files"),
-        ([str(tmp_path / "x.txt")], "expected a .npy array"),
+        ([str(tmp_path / "x.npy"), "--out", out, "--input-size", "8"],
+         "--input-size resizes the images"),
+        ([str(tmp_path / "empty"), "--out", out], "no image files"),
+        ([str(tmp_path / "x.txt"), "--out", out], "expected a .npy array"),
+        ([str(tmp_path / "x.npy"), "--out", str(tmp_path / "no" / "o.npy")], "does not exist"),
     ]
     for args, message in cases:
-        assert main(["predict", model_file] + args + ["--out", str(tmp_path / "o.npy")]) == 2
+        assert main(["predict", model_file] + args) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o.npy").exists()
