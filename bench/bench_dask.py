@@ -4,8 +4,9 @@ total kernel threads.
 
 The model (a zoo model with random weights, magnitude-pruned, held sparse) is prepared once
 in this process at one thread for the chunk shape, so the pickle each worker receives carries
-its kernel choices and no worker times kernels. Images are generated on the workers
-(``dask.array.random``), so no input crosses the network; each configuration computes once to
+its kernel choices and no worker times kernels. Images are generated and persisted on the
+workers (``dask.array.random``) before timing, so no input crosses the network and the
+cluster rows time inference only; each configuration computes once to
 warm up (ship the model, build plans) and is then timed ``--repeats`` times (median, min-max).
 
 Targets of issue #16 on a 2-core machine: 2 workers >= 1.7x the images/s of 1 worker for
@@ -56,7 +57,7 @@ def main(argv=None):
 
     import dask
     import dask.array as da
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, wait
 
     import fscnn
     import fscnn.dask
@@ -92,7 +93,8 @@ def main(argv=None):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster, Client(cluster):
             x = da.random.default_rng(0).random((n, 3, size, size), chunks=(b, -1, -1, -1),
-                                                dtype=np.float32)
+                                                dtype=np.float32).persist()
+            wait(x)  # generated and held on the workers: the timings are inference only
             y = fscnn.dask.predict(model, x)
             rows.append(_row(f"LocalCluster, {workers} worker(s) x 1 thread", n,
                              _timed(y.compute, args.repeats), workers))
