@@ -3,6 +3,7 @@ import contextlib
 import os
 import platform
 import sys
+import threading
 import warnings
 
 # OpenMP's wait policy. Threads that finish a parallel region spin, waiting for the next one,
@@ -51,6 +52,7 @@ _runtime, _wait_policy = _load_runtime()
 SIMD_LEVELS = _runtime.SIMD_NAMES  # index = level passed to the kernels
 
 _state = {"threads": None, "simd": None, "forked": False}
+_local = threading.local()  # per-thread override of the thread count (see thread_limit)
 
 
 def _after_fork_in_child():
@@ -119,6 +121,9 @@ def get_num_threads():
     """
     if _state["threads"] is None:
         _state["threads"] = _default_threads()
+    limit = getattr(_local, "threads", None)
+    if limit is not None and not _state["forked"]:
+        return limit
     if _state["forked"] and _state["threads"] > 1:
         warnings.warn("fscnn: this process was forked from one that may have run OpenMP "
                       "threads, which GNU libgomp cannot do safely; fscnn's kernels run on one "
@@ -153,6 +158,24 @@ def threads(n):
         yield
     finally:
         _state["threads"] = old
+
+
+@contextlib.contextmanager
+def thread_limit(n):
+    """Context manager: fscnn calls made by the *calling* Python thread inside the block use
+    ``n`` kernel threads; other Python threads keep the process's setting.
+
+    For work split among concurrent Python threads (a Dask task per chunk on a thread pool),
+    so that their kernel threads together do not exceed the cores they were given.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"thread_limit: expected a positive integer, got {n!r}")
+    old = getattr(_local, "threads", None)
+    _local.threads = int(n)
+    try:
+        yield
+    finally:
+        _local.threads = old
 
 
 def cpu_simd_level():

@@ -37,6 +37,8 @@ class Progress:
         Show it: None when stderr is a terminal.
     delay : float, optional
         Seconds after which it appears (default :data:`DELAY`).
+    rate : bool
+        The counter shown without tqdm also shows steps per second (tqdm's bar always does).
 
     Examples
     --------
@@ -46,13 +48,14 @@ class Progress:
     ...         progress.update()
     """
 
-    def __init__(self, total, desc, unit, enabled=None, delay=None):
+    def __init__(self, total, desc, unit, enabled=None, delay=None, rate=False):
         if enabled not in (None, True, False):
             raise TypeError(f"progress must be None, True or False, got {enabled!r}")
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
         self.enabled = _is_terminal(sys.stderr) if enabled is None else enabled
         self.delay = DELAY if delay is None else delay
         self.start = time.perf_counter()
+        self.rate = rate
         self.display = None
 
     def update(self, n=1):
@@ -61,7 +64,7 @@ class Progress:
         if self.display is not None:
             self.display.update(n)
         elif self.enabled and time.perf_counter() - self.start >= self.delay:
-            self.display = _display(self.total, self.desc, self.unit, self.n)
+            self.display = _display(self.total, self.desc, self.unit, self.n, self.rate)
 
     def close(self):
         """Remove what was shown."""
@@ -76,26 +79,32 @@ class Progress:
         self.close()
 
 
-def _display(total, desc, unit, done):
+def _display(total, desc, unit, done, rate):
     try:
         from tqdm import tqdm
     except ImportError:
-        return _Counter(total, desc, unit, done)
+        return _Counter(total, desc, unit, done, rate)
     return tqdm(total=total, initial=done, desc=desc, unit=unit, leave=False, file=sys.stderr)
 
 
 class _Counter:
-    """tqdm's stand-in: ``desc: unit i/N`` rewritten in place on stderr."""
+    """tqdm's stand-in: ``desc: unit i/N`` rewritten in place on stderr, with ``rate``
+    followed by ``(r unit/s)`` since the counter appeared."""
 
-    def __init__(self, total, desc, unit, done):
+    def __init__(self, total, desc, unit, done, rate=False):
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
+        self.start, self.first, self.rate = time.perf_counter(), done, rate
         self.update(done)
 
     def update(self, n=1):
         self.n += n
         of = f"/{self.total}" if self.total else ""
-        print(f"\r{self.desc}: {self.unit} {self.n}{of}", end="", file=sys.stderr, flush=True)
+        elapsed = time.perf_counter() - self.start
+        rate = (f" ({(self.n - self.first) / elapsed:.1f} {self.unit}/s)"
+                if self.rate and elapsed > 0 else "")
+        print(f"\r{self.desc}: {self.unit} {self.n}{of}{rate}", end="", file=sys.stderr,
+              flush=True)
 
     def close(self):
-        print("\r" + " " * (len(self.desc) + len(self.unit) + 30) + "\r", end="",
+        print("\r" + " " * (2 * len(self.unit) + len(self.desc) + 50) + "\r", end="",
               file=sys.stderr, flush=True)

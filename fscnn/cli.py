@@ -74,6 +74,15 @@ def _positive_int(text):
     return value
 
 
+def _floats(text):
+    """argparse type: comma-separated numbers, e.g. ``0.485,0.456,0.406``."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, received "
+                                         f"{text!r}") from None
+
+
 def _build_model(name):
     from .bench import zoo_model
     return zoo_model(name)
@@ -392,11 +401,74 @@ def add_bench_parser(subparsers):
     parser.set_defaults(run=_run_bench)
 
 
+def _run_predict(args):
+    from . import predict
+    report = predict.run(args.target, args.input, args.out, arch=args.model,
+                         batch_size=args.batch_size, workers=args.workers,
+                         scheduler=args.scheduler, threads=args.threads,
+                         input_size=args.input_size, channels=args.channels, mean=args.mean,
+                         std=args.std, top_k=args.top_k, strict=args.strict)
+    print(f"wrote {report['out']}: outputs of shape {report['output_shape']}, "
+          f"{report['images_per_second']:.1f} images/s")
+    if report["top_k_out"]:
+        print(f"wrote {report['top_k_out']}: the top {args.top_k} classes of each image")
+    return 0
+
+
+def add_predict_parser(subparsers):
+    """Register ``fscnn predict``."""
+    parser = subparsers.add_parser(
+        "predict", help="run a model over a .npy array or a folder of images, in this process "
+                        "or on a Dask cluster",
+        description="Run MODEL on every image of INPUT (a .npy float array (N, C, H, W), or a "
+                    "folder of JPEG/PNG images, resized and centre-cropped to --input-size "
+                    "and normalised) and write the outputs (N, ...) to OUT (.npy), with "
+                    "--top-k also a CSV of file, class, score. Runs in this process, on a new "
+                    "local Dask cluster (--workers) or on a running one (--scheduler). "
+                    "Corrupt images are reported and skipped (--strict: fail); outputs are "
+                    "renamed into place only when complete.")
+    parser.add_argument("target", metavar="MODEL|FILE",
+                        help="as for fscnn bench: a model name of fscnn.models, a model file "
+                             "(.onnx, .tflite, whole-model .npz) or a .npz of weights with "
+                             "--model")
+    parser.add_argument("input", metavar="INPUT", help="a .npy array (N, C, H, W) or a folder "
+                                                       "of images")
+    parser.add_argument("--out", required=True, metavar="OUT.npy", help="outputs, in input order")
+    parser.add_argument("--model", metavar="ARCH",
+                        help="architecture of a .npz archive of weights")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="B",
+                        help="images per model call (and per Dask chunk) (default 32)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="run on a new local Dask cluster of N worker processes (needs "
+                            "fscnn[dask])")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the Dask cluster of this scheduler, e.g. tcp://host:8786")
+    parser.add_argument("--threads", type=_positive_int, metavar="T",
+                        help="kernel threads: of this process, or of each --workers worker "
+                             "(default: all usable cores in process, 1 per worker)")
+    parser.add_argument("--input-size", type=_positive_int, metavar="H",
+                        help="folders: crop the images to H x H (default 224)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), default=3,
+                        help="folders: 3 (RGB, default) or 1 (grey-scale)")
+    parser.add_argument("--mean", type=_floats, metavar="M,...",
+                        help="folders: per-channel mean of (x / 255 - mean) / std (default "
+                             "ImageNet's 0.485,0.456,0.406)")
+    parser.add_argument("--std", type=_floats, metavar="S,...",
+                        help="folders: per-channel std (default ImageNet's 0.229,0.224,0.225)")
+    parser.add_argument("--top-k", type=_positive_int, metavar="K",
+                        help="also write OUT with .csv: the K largest outputs of each image "
+                             "(file, class, score)")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail on a corrupt image instead of skipping it")
+    parser.set_defaults(run=_run_predict)
+
+
 # The subcommands, in the order ``fscnn --help`` lists them. To add one, write
 # ``add_<name>_parser(subparsers)`` like the functions above: ``subparsers.add_parser(...)``,
 # its arguments, and ``set_defaults(run=handler)`` where ``handler(args) -> int`` prints its
 # output and raises CommandError (or OSError for a file) for user mistakes; then append it here.
-SUBCOMMANDS = [add_bench_parser, add_info_parser, add_prune_parser]
+SUBCOMMANDS = [add_bench_parser, add_info_parser, add_prune_parser, add_predict_parser]
 
 
 def build_parser():

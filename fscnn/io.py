@@ -12,7 +12,10 @@ An archive is a plain NumPy ``.npz`` file (a zip of ``.npy`` members, no pickles
     optional, uint8 of shape (n,): the UTF-8 JSON of :meth:`fscnn.nn.Graph.spec` (layer type
     names from a fixed list, constructor arguments, value names), present when the archive
     holds a whole model (an imported graph): :func:`load_model` rebuilds it without the
-    packages it was imported with.
+    packages it was imported with. Saved from a prepared model, the description also holds
+    ``"plan"``: layer name -> ``[[input shape], threads, SIMD level, kernel]`` rows, the kernels
+    its layers chose, which the loaded model takes instead of timing them again (older fscnn
+    versions ignore it).
 ``NAME``
     a tensor stored dense, with its own dtype and shape.
 ``NAME::shape``, ``NAME::values`` and exactly one of ``NAME::delta16``, ``NAME::index32``,
@@ -59,6 +62,7 @@ from collections.abc import Mapping
 import numpy as np
 
 __all__ = ["ArchiveError", "FORMAT_KEY", "FORMAT_VERSION", "GRAPH_KEY", "save", "load",
+           "encode_tensor", "decode_tensor",
            "load_model", "holds_model", "decode", "is_encoded", "encoded_nbytes", "state_dict_of"]
 
 FORMAT_KEY = "__fscnn_format__"
@@ -241,6 +245,42 @@ def encoded_nbytes(array, min_sparsity=0.5):
     return encoded[1].nbytes + encoded[2].nbytes + 8 * array.ndim
 
 
+def encode_tensor(value, min_sparsity=0.5):
+    """One tensor in the encoding `save` would store it with, for pickles of models.
+
+    Parameters
+    ----------
+    value : ndarray, CSRMatrix or SparseConvWeight
+    min_sparsity : float
+        As in `save`.
+
+    Returns
+    -------
+    dict or None
+        ``{"shape": ..., "values": ..., ENCODING: index}`` (the members of a sparse-stored
+        tensor, without its name), or None when `save` would store it dense.
+    """
+    from .sparse import CSRMatrix, SparseConvWeight
+    if isinstance(value, (CSRMatrix, SparseConvWeight)):
+        encoded = _encode_rows(value, min_sparsity)
+    else:
+        value = np.asarray(value)
+        encoded = _encode(value, min_sparsity)
+    if encoded is None:
+        return None
+    encoding, values, index = encoded
+    return {"shape": np.array(value.shape, dtype=np.int64), "values": values, encoding: index}
+
+
+def decode_tensor(fields, rows=False):
+    """The tensor of :func:`encode_tensor`'s fields: a dense array, or with ``rows`` a
+    CSRMatrix (2-D) / SparseConvWeight (4-D), checked as `load` checks archives."""
+    where, name = "pickled tensor", fields.get("shape", np.zeros(0)).tolist()
+    if rows:
+        return _decode_rows(where, str(name), fields, np.iinfo(np.int64).max)
+    return _decode_sparse(where, str(name), fields, np.iinfo(np.int64).max)
+
+
 def _members(state_dict, min_sparsity, spec=None):
     """The (key, array) pairs that represent ``state_dict`` (and a graph's ``spec``) in an
     archive."""
@@ -308,6 +348,12 @@ def save(model_or_state_dict, path, *, min_sparsity=0.5, compress=False):
     state_dict = state_dict_of(model_or_state_dict)
     spec_of = getattr(model_or_state_dict, "spec", None)  # a Graph: the whole model
     spec = spec_of() if callable(spec_of) else None
+    if spec is not None:  # and its kernel choices, so that load_model does not time them again
+        choices = model_or_state_dict._kernel_choices()
+        if choices:
+            spec["plan"] = {name: [[list(shape), threads, level, kernel]
+                                   for shape, threads, level, kernel in rows]
+                            for name, rows in choices.items()}
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], received {min_sparsity!r}")
     path = os.fspath(path)
@@ -776,6 +822,7 @@ def load_model(path, *, max_bytes=None, sparse=True, input_shapes=None):
                                        "into a model with model.load_state_dict(fscnn.load("
                                        "path)) (fscnn bench/info: give --model ARCH)")
     spec = _graph_spec(path, arrays[GRAPH_KEY])
+    choices = _plan_choices(path, spec.pop("plan", None))
     weights = set()
     if sparse:  # the weights a layer can hold sparse; other 2-D/4-D tensors stay dense
         try:
@@ -789,9 +836,36 @@ def load_model(path, *, max_bytes=None, sparse=True, input_shapes=None):
                 from None
     tensors = _assemble(path, arrays, max_bytes, sparse=weights)
     try:
-        return Graph.from_spec(spec, tensors)
+        model = Graph.from_spec(spec, tensors)
     except (GraphError, TypeError, ValueError, KeyError, MemoryError) as exc:
         raise ArchiveError(path, GRAPH_KEY, f"invalid model description: {exc}") from None
+    model._carry_choices(choices)
+    return model
+
+
+def _plan_choices(path, plan):
+    """The kernel choices of a model description's ``plan`` entry (written by `save` from a
+    prepared model: layer name -> ``[[input shape], threads, SIMD level, kernel], ...``),
+    checked as plain data; None when absent."""
+    if plan is None:
+        return None
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 31
+
+    def row_ok(row):
+        return (isinstance(row, list) and len(row) == 4 and isinstance(row[0], list)
+                and len(row[0]) <= _MAX_NDIM and all(is_int(s) for s in row[0])
+                and is_int(row[1]) and is_int(row[2]) and isinstance(row[3], str))
+
+    if not isinstance(plan, dict) or not all(
+            isinstance(name, str) and isinstance(rows, list) and all(map(row_ok, rows))
+            for name, rows in plan.items()):
+        raise ArchiveError(path, GRAPH_KEY, "malformed kernel plan in the model description "
+                                            "(expected layer name -> [[input shape], threads, "
+                                            "SIMD level, kernel] rows)")
+    return {name: [(tuple(shape), threads, level, kernel) for shape, threads, level, kernel
+                   in rows] for name, rows in plan.items()}
 
 
 def holds_model(path):

@@ -148,6 +148,7 @@ class _WeightedOp:
         self._plans = OrderedDict()
         self._plans_lock = threading.Lock()
         self._derived = {}  # kernel name -> key -> weights derived for it (see derived)
+        self._presets = {}  # (shape, threads, level) -> kernel 'auto' takes without timing
 
     @property
     def sparse(self):
@@ -211,6 +212,23 @@ class _WeightedOp:
                 entries[key] = hit
         return hit
 
+    def kernel_choices(self):
+        """The kernels chosen so far, as ``[(input shape, threads, SIMD level, kernel), ...]``:
+        what :meth:`preset_kernels` takes (pickles and archives carry them)."""
+        with self._plans_lock:
+            return [(key[0], key[1], key[2], plan.kernel) for key, plan in self._plans.items()]
+
+    def preset_kernels(self, choices):
+        """Take ``[(input shape, threads, SIMD level, kernel), ...]`` (:meth:`kernel_choices`
+        of an op with the same weights, e.g. in the process that pickled the model) as the
+        choices of ``kernel='auto'`` for those keys: a plan for one of them is built without
+        timing the candidates. Other keys are timed as usual; kernels this op cannot run are
+        ignored."""
+        with self._plans_lock:
+            for shape, threads, level, kernel in choices:
+                if kernel in self._runners:
+                    self._presets[(tuple(shape), int(threads), int(level))] = kernel
+
     def _plan(self, shape):
         threads, level = _config.get_num_threads(), _config.simd_level_index()
         key = (tuple(shape), threads, level)
@@ -246,6 +264,8 @@ class _WeightedOp:
         another kernel's set-up. A kernel that reads the dense weights keeps them resident
         once picked; otherwise the transient is dropped with the losing plans."""
         name = self.kernel
+        if name == "auto":  # chosen before, by a process with the same threads and SIMD level
+            name = self._presets.get((tuple(shape), threads, level), "auto")
         if name == "auto" and self.sparsity < self.min_auto_sparsity:
             name = "dense"
         if name != "auto":

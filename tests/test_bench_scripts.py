@@ -57,3 +57,13 @@ def test_bench_tflite_times_fscnn_and_litert(tmp_path):
     assert max(report["max_relative_error"].values()) <= 1e-4
     assert sum(report["kernels"].values()) == 91  # 49 convolutions + 42 depthwise
     assert "remainder" in out
+
+
+def test_bench_dask_reports_scaling_and_overhead(tmp_path):
+    from conftest import import_or_skip
+    import_or_skip("distributed", 'pip install "fscnn[dask]"')
+    out = _run("bench_dask.py", "--input-size", "32", "--images", "8", "--batch-size", "4",
+               "--repeats", "1", "--json", str(tmp_path / "d.json"), cwd=tmp_path)
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert len(report["rows"]) == 6 and all(r["images_per_s"] > 0 for r in report["rows"])
+    assert len(report["ratios"]) == 3 and "2 workers / 1 worker" in out

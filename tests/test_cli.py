@@ -58,7 +58,7 @@ def _cells(out, name):
     raise AssertionError(f"no row {name!r} in\n{out}")
 
 
-@pytest.mark.parametrize("argv", [[], ["info"], ["prune"]])
+@pytest.mark.parametrize("argv", [[], ["info"], ["prune"], ["predict"]])
 @pytest.mark.parametrize("flag", ["--help", "-h"])
 def test_help_at_every_level(capsys, argv, flag):
     status, out, err = _run(capsys, *argv, flag)
@@ -69,7 +69,7 @@ def test_help_at_every_level(capsys, argv, flag):
 def test_top_level_help_lists_only_working_commands(capsys):
     _, out, _ = _run(capsys, "--help")
     listed = re.findall(r"^    (\w+)\s", out, flags=re.MULTILINE)
-    assert listed == ["bench", "info", "prune"]
+    assert listed == ["bench", "info", "prune", "predict"]
 
 
 def test_version(capsys):

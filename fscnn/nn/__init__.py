@@ -11,7 +11,7 @@ from ._plan import LayerPlan, LayerTime, PlanReport, profile
 from .activation import (ELU, GELU, Hardsigmoid, Hardswish, LeakyReLU, LocalResponseNorm,
                          LogSoftmax, PReLU, ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh)
 from .container import ModuleList, Sequential
-from .errors import LayerInputError, StateDictError
+from .errors import LayerInputError, ModelPickleError, StateDictError
 from .init import manual_seed
 from .graph import Graph, GraphError, GraphInput, Node
 from .layers import BatchNorm2d, Conv2d, ConvTranspose2d, Dropout, Flatten, Gemm, Identity, Linear
@@ -22,7 +22,7 @@ from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 __all__ = ["Module", "Layer", "Sequential", "ModuleList", "Conv2d", "Linear", "BatchNorm2d",
            "ReLU", "ReLU6", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid",
            "SiLU", "Softmax", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
-           "Flatten", "Dropout", "Identity", "StateDictError", "LayerInputError",
+           "Flatten", "Dropout", "Identity", "StateDictError", "LayerInputError", "ModelPickleError",
            "IncompatibleKeys", "StateDict", "LayerPlan", "PlanReport", "LayerTime", "profile",
            "manual_seed", "ConvTranspose2d", "Gemm", "ELU", "GELU", "LogSoftmax",
            "LocalResponseNorm", "Graph", "GraphError", "GraphInput", "Node", "tensor"]

@@ -264,9 +264,13 @@ class Plan:
         The ``kernel`` argument of :meth:`Module.prepare`.
     strict : bool
         Refuse names in a ``kernel`` mapping that match no layer (else ignore them).
+    choices : dict, optional
+        :meth:`choices` of a plan of the same tree (e.g. carried by a pickle): the layers set
+        to 'auto' take those kernels for the recorded input shapes, thread counts and SIMD
+        levels without timing them again.
     """
 
-    def __init__(self, root, kernel, strict=True):
+    def __init__(self, root, kernel, strict=True, choices=None):
         named = list(root.named_modules())
         kernels = _kernel_choice(kernel, named, strict)
         self.labels = {id(m): label(name, m) for name, m in named}
@@ -299,6 +303,21 @@ class Plan:
                                           kernels[name])
         order = {id(m): i for i, (_, m) in enumerate(named)}
         self._ordered_steps = sorted(self.steps.values(), key=lambda s: order[id(s.head)])
+        for step in self._ordered_steps:
+            if choices and step.kernel == "auto" and step.name in choices:
+                step.op.preset_kernels(choices[step.name])
+
+    def choices(self):
+        """The kernels that the layers set to 'auto' chose so far: qualified layer name ->
+        ``[(input shape, threads, SIMD level, kernel), ...]`` (plain data: what a pickle of
+        the model carries and ``fscnn.save`` writes with a whole model)."""
+        found = {}
+        for step in self._ordered_steps:
+            if step.kernel == "auto":
+                rows = step.op.kernel_choices()
+                if rows:
+                    found[step.name] = rows
+        return found
 
     def contains(self, module):
         """Whether ``module`` is part of the tree this plan was built from."""

@@ -96,3 +96,11 @@ class LayerInputError(ValueError):
     The message starts with the layer's qualified name in the model being run and its type,
     e.g. ``"features.3 (Conv2d): expected 64 input channels, got 32"``.
     """
+
+
+class ModelPickleError(ValueError):
+    """A pickled module was written by another fscnn version (or is not one fscnn wrote).
+
+    Pickles move a model between processes of one installation (multiprocessing, Dask
+    workers); ``fscnn.save`` archives move it between versions.
+    """

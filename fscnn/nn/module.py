@@ -22,12 +22,17 @@ from .. import io
 from .._progress import Progress
 from ..sparse import CSRMatrix, FormatError, SparseConvWeight
 from . import _plan
-from .errors import LayerInputError, StateDictError
+from .errors import LayerInputError, ModelPickleError, StateDictError
 
 SPARSE_TYPES = (CSRMatrix, SparseConvWeight)
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 """What a non-strict :meth:`Module.load_state_dict` could not match, as in torch."""
+
+# What a module's pickle records, checked on unpickling: pickles are for moving a model
+# between processes of one installation (e.g. Dask workers), archives (fscnn.save) for keeping it.
+_PICKLE_KEY = "_fscnn_pickle"
+_PICKLE_FORMAT = 1
 
 # Lazy preparation may be triggered from several threads calling one model at once.
 _prepare_lock = threading.RLock()
@@ -174,6 +179,9 @@ class Module:
         d["_version"] = 0
         d["_prepared"] = None
         d["_kernel"] = "auto"
+        # kernel choices a pickle or archive carried (see Plan.choices), and the versions of
+        # the tree's modules then: a tree changed since is timed again
+        d["_choices"] = None
 
     # ------------------------------------------------------------------ attributes
     def _touch(self):
@@ -236,13 +244,61 @@ class Module:
         self._touch()
 
     def __getstate__(self):
-        # Copies and pickles leave the prepared plan behind; they prepare their own lazily.
+        # A pickle carries the architecture, the convolution and linear weights in the
+        # encoding fscnn.save would write (held as before on arrival: dense or compressed
+        # rows) and the prepared plan's kernel choices, not the converted kernel data: the
+        # receiver rebuilds those lazily, without timing kernels again when its thread count
+        # and SIMD level are those the choices were made for.
+        from .. import __version__
         state = dict(self.__dict__)
         state["_prepared"] = None
+        state["_choices"] = self._kernel_choices()  # versions differ in the receiving process
+        params, packed = OrderedDict(state["_parameters"]), {}
+        for name in getattr(self, "_sparse_weights", {}):
+            fields = None if params.get(name) is None else io.encode_tensor(params[name])
+            if fields is not None:
+                packed[name] = (isinstance(params[name], SPARSE_TYPES), fields)
+                params[name] = None
+        state["_parameters"], state["_packed"] = params, packed
+        state[_PICKLE_KEY] = (_PICKLE_FORMAT, __version__)
         return state
 
+    def _kernel_choices(self):
+        """The kernel choices of the current plan (:meth:`Plan.choices`), else those a pickle
+        or archive carried and no plan has used yet, else None."""
+        plan = self.__dict__["_prepared"]
+        if plan is not None and plan.is_current():
+            return plan.choices() or None
+        choices = self.__dict__["_choices"]
+        return choices[0] if choices and choices[1] == self._tree_versions() else None
+
+    def _tree_versions(self):
+        return tuple(m._version for _, m in self.named_modules())
+
+    def _carry_choices(self, choices):
+        """Have the next lazily built plan take ``choices`` (:meth:`Plan.choices` of this
+        model in another process, or read from an archive) instead of timing kernels."""
+        with _prepare_lock:
+            self.__dict__["_prepared"] = None
+            self.__dict__["_choices"] = (choices, self._tree_versions()) if choices else None
+
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        from .. import __version__
+        found = state.pop(_PICKLE_KEY, None)
+        if found != (_PICKLE_FORMAT, __version__):
+            made = (f"fscnn {found[1]}" if isinstance(found, tuple) and len(found) == 2
+                    else "another fscnn version")
+            raise ModelPickleError(f"cannot unpickle this {type(self).__name__}: it was pickled "
+                                   f"by {made}, this is fscnn {__version__}; save models with "
+                                   f"fscnn.save to move them between versions")
+        params = state["_parameters"]
+        for name, (sparse, fields) in state.pop("_packed").items():
+            params[name] = io.decode_tensor(fields, rows=sparse)
+            if not sparse:
+                params[name].setflags(write=False)
+        choices = state.pop("_choices", None)
+        self.__dict__.update(state, _choices=None)
+        self._carry_choices(choices)
 
     def __dir__(self):
         d = self.__dict__
@@ -566,7 +622,11 @@ class Module:
         with _prepare_lock:
             plan = self._prepared
             if plan is None or not plan.is_current():
-                plan = _plan.Plan(self, self._kernel, strict=False)
+                # choices carried by a pickle or an archive apply to the first plan only: a
+                # changed tree is timed again
+                plan = _plan.Plan(self, self._kernel, strict=False,
+                                  choices=self._kernel_choices())
+                self.__dict__["_choices"] = None
                 self._prepared = plan
             return plan
 
@@ -612,6 +672,7 @@ class Module:
                                  f"positive ints, got {input_shape!r}")
         with _prepare_lock:
             plan = _plan.Plan(self, kernel)
+            self.__dict__["_choices"] = None  # an explicit prepare times the kernels again
             self.__dict__["_kernel"] = kernel
             self.__dict__["_prepared"] = plan
         if input_shape is not None:
@@ -683,3 +744,19 @@ class Layer(Module):
         if x.shape[1] != channels:
             raise LayerInputError(f"{label}: expected {channels} {what}, got {x.shape[1]} "
                                   f"(input shape {x.shape})")
+
+
+def probe_output(model, image_shape):
+    """What ``model`` returns for a batch of images of ``image_shape`` (C, H, W), computed on
+    an empty batch (no kernel runs), or on one zero image when the model's own code cannot
+    take an empty batch (e.g. ``x.reshape(len(x), -1)``): its shape and dtype say what a
+    batch gives, and an input that does not fit raises here, before any real work.
+
+    Returns
+    -------
+    The model's output for the probe (an array of first dimension 0 or 1, or a tuple).
+    """
+    try:
+        return model(np.zeros((0,) + tuple(image_shape), np.float32))
+    except ValueError:
+        return model(np.zeros((1,) + tuple(image_shape), np.float32))

@@ -1,0 +1,129 @@
+"""Scale-out benchmark of ``fscnn.dask.predict``: images/s on 1 and 2 single-threaded
+``LocalCluster`` workers, and its overhead against a plain loop in one process at equal
+total kernel threads.
+
+The model (a zoo model with random weights, magnitude-pruned, held sparse) is prepared once
+in this process at one thread for the chunk shape, so the pickle each worker receives carries
+its kernel choices and no worker times kernels. Images are generated and persisted on the
+workers (``dask.array.random``) before timing, so no input crosses the network and the
+cluster rows time inference only; each configuration computes once to
+warm up (ship the model, build plans) and is then timed ``--repeats`` times (median, min-max).
+
+Targets of issue #16 on a 2-core machine: 2 workers >= 1.7x the images/s of 1 worker for
+ResNet-18 at 90% on 224x224; ``fscnn.dask.predict`` on the threaded scheduler within 10% of a
+plain loop at the same total threads.
+
+    python bench/bench_dask.py                          # ResNet-18, 90%, 224x224, 64 images
+    python bench/bench_dask.py --model vgg16 --images 32 --json dask.json
+
+Needs ``pip install "fscnn[dask]"``.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+
+def _timed(fn, repeats):
+    fn()  # warm-up: ships the model, builds plans
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _row(name, n, times, threads):
+    med = statistics.median(times)
+    return {"config": name, "threads_total": threads, "median_s": med, "min_s": min(times),
+            "max_s": max(times), "images_per_s": n / med}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", metavar="OUT.json")
+    args = parser.parse_args(argv)
+
+    import dask
+    import dask.array as da
+    from distributed import Client, LocalCluster, wait
+
+    import fscnn
+    import fscnn.dask
+    from fscnn._config import threads
+
+    fscnn.nn.manual_seed(0)
+    model = fscnn.models.get_model(args.model).eval()
+    fscnn.prune(model, args.sparsity, inplace=True)
+    model.to_sparse()
+    size, n, b = args.input_size, args.images, args.batch_size
+    chunk = (b, 3, size, size)
+    with threads(1):  # the kernel choices the single-threaded workers will reuse
+        model.prepare(chunk)
+    x_np = np.random.default_rng(0).random((n, 3, size, size), dtype=np.float32)
+    rows = []
+
+    def loop(t):
+        def run():
+            with threads(t):
+                for i in range(0, n, b):
+                    model(x_np[i:i + b])
+        return run
+
+    for t in (1, 2):
+        rows.append(_row(f"plain loop, {t} thread(s)", n, _timed(loop(t), args.repeats), t))
+        x = da.from_array(x_np, chunks=(b, -1, -1, -1))
+        with dask.config.set(scheduler="threads", num_workers=t), threads(t):
+            y = fscnn.dask.predict(model, x)
+            rows.append(_row(f"fscnn.dask.predict, threaded scheduler, {t} worker thread(s)", n,
+                             _timed(y.compute, args.repeats), t))
+
+    for workers in (1, 2):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster):
+            x = da.random.default_rng(0).random((n, 3, size, size), chunks=(b, -1, -1, -1),
+                                                dtype=np.float32).persist()
+            wait(x)  # generated and held on the workers: the timings are inference only
+            y = fscnn.dask.predict(model, x)
+            rows.append(_row(f"LocalCluster, {workers} worker(s) x 1 thread", n,
+                             _timed(y.compute, args.repeats), workers))
+
+    by = {r["config"]: r for r in rows}
+    ratios = {
+        "2 workers / 1 worker (target >= 1.7)":
+            by["LocalCluster, 2 worker(s) x 1 thread"]["images_per_s"]
+            / by["LocalCluster, 1 worker(s) x 1 thread"]["images_per_s"],
+    }
+    for t in (1, 2):
+        ratios[f"dask threaded / plain loop at {t} thread(s) (target >= 0.9)"] = (
+            by[f"fscnn.dask.predict, threaded scheduler, {t} worker thread(s)"]["images_per_s"]
+            / by[f"plain loop, {t} thread(s)"]["images_per_s"])
+    print(f"{args.model} at {args.sparsity:.0%}, {n} images {size}x{size}, chunks of {b}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    width = max(len(r["config"]) for r in rows)
+    print(f"{'configuration':<{width}}  threads  images/s  median s (min-max)")
+    for r in rows:
+        print(f"{r['config']:<{width}}  {r['threads_total']:>7}  {r['images_per_s']:>8.1f}  "
+              f"{r['median_s']:.3f} ({r['min_s']:.3f}-{r['max_s']:.3f})")
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": rows, "ratios": ratios,
+                       "load_average": os.getloadavg()[0]}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
