@@ -119,7 +119,7 @@ static inline float fscnn_act(float v, int act) {
 #define FSCNN_VACT_ARRAY FSCNN_PASTE(fscnn_vact_array, FSCNN_LEVEL) /* ... on a run, in place */
 #define FSCNN_VSEL FSCNN_PASTE(fscnn_vsel, FSCNN_LEVEL)
 #define FSCNN_VRELU6 FSCNN_PASTE(fscnn_vrelu6, FSCNN_LEVEL)
-#define FSCNN_VEXP FSCNN_PASTE(fscnn_vexp, FSCNN_LEVEL)
+#define FSCNN_VEXPNEG FSCNN_PASTE(fscnn_vexpneg, FSCNN_LEVEL)
 #define FSCNN_VSIGMOID FSCNN_PASTE(fscnn_vsigmoid, FSCNN_LEVEL)
 /* Whether a level evaluates exp with vector arithmetic (else with expf per lane). */
 #define FSCNN_VMATH_baseline 0

@@ -7,7 +7,7 @@
  *
  * sigmoid and silu need exp. The baseline level computes it lane by lane with the C library's
  * expf (fscnn_act), so it is the reference the vector levels are tested against. AVX2 and
- * AVX-512 use FSCNN_VEXP below: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and Cephes'
+ * AVX-512 use FSCNN_VEXPNEG below: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and Cephes'
  * degree-7 polynomial for exp(r) (max relative error 2e-7 on [-ln2/2, ln2/2]), scaled by 2^n
  * built in the exponent bits; sigmoid is evaluated without overflow. Measured against float64
  * over [-100, 100] (tests/test_activations.py, the bound asserted there): sigmoid and silu
@@ -34,21 +34,19 @@ FSCNN_TARGET static inline FSCNN_VEC FSCNN_VRELU6(FSCNN_VEC v)
 }
 
 #if FSCNN_PASTE(FSCNN_VMATH, FSCNN_LEVEL)
-/* exp(v) per lane, see the header comment; overflows to +inf, underflows through the
- * subnormals to 0, NaN stays NaN. v is clamped to [-104, 89] (beyond which exp is 0 or inf in
- * float32) so that n is in [-150, 128], and 2^n is applied as 2^(n>>1) * 2^(n-(n>>1)), two
- * normal floats: the first product is exact, the second rounds once into the subnormals or
- * overflows. NaN is replaced by 0 first to keep the float->int conversion defined. */
-FSCNN_TARGET static inline FSCNN_VEC FSCNN_VEXP(FSCNN_VEC v)
+/* exp(v) per lane for v <= 0 (all sigmoid needs), see the header comment; underflows through
+ * the subnormals to 0, NaN stays NaN. v is clamped at -104 (exp is 0 in float32 below) so that
+ * n is in [-150, 0], and 2^n is applied as 2^(n>>1) * 2^(n-(n>>1)), two normal floats: the
+ * first product is exact, the second rounds once into the subnormals. n is read from the bits
+ * of the rounding sum (1.5*2^23 + n has them in its mantissa): no float->int conversion, so a
+ * NaN lane is harmless garbage times NaN; the masks keep the shifts in range. */
+FSCNN_TARGET static inline FSCNN_VEC FSCNN_VEXPNEG(FSCNN_VEC v)
 {
     const FSCNN_VEC zero = (FSCNN_VEC){0};
-    const FSCNN_IVEC nan = (FSCNN_IVEC)(v != v);
-    FSCNN_VEC x = FSCNN_VSEL(nan, zero, v);
-    x = FSCNN_VSEL(x < zero - 104.0f, zero - 104.0f, x);
-    x = FSCNN_VSEL(x > zero + 89.0f, zero + 89.0f, x);
-    /* n = round(x / ln2) by the 1.5*2^23 trick (|x / ln2| < 2^22), r = x - n ln2 in two parts */
+    FSCNN_VEC x = FSCNN_VSEL(v < zero - 104.0f, zero - 104.0f, v);
+    /* n = round(x / ln2) by the 1.5*2^23 trick, r = x - n ln2 in two parts (Cody-Waite) */
     const FSCNN_VEC magic = zero + 12582912.0f;
-    const FSCNN_VEC n = (x * 1.44269504088896341f + magic) - magic;
+    const FSCNN_VEC nm = x * 1.44269504088896341f + magic, n = nm - magic;
     x = x - n * 0.693359375f;
     x = x - n * -2.12194440e-4f;
     FSCNN_VEC p = zero + 1.9875691500e-4f;
@@ -58,10 +56,9 @@ FSCNN_TARGET static inline FSCNN_VEC FSCNN_VEXP(FSCNN_VEC v)
     p = p * x + 1.6666665459e-1f;
     p = p * x + 5.0000001201e-1f;
     p = p * (x * x) + x + 1.0f;
-    const FSCNN_IVEC ni = __builtin_convertvector(n, FSCNN_IVEC), n1 = ni >> 1;
-    p = p * (FSCNN_VEC)((n1 + 127) << 23);
-    p = p * (FSCNN_VEC)((ni - n1 + 127) << 23);
-    return FSCNN_VSEL(nan, v, p);
+    const FSCNN_IVEC ni = (FSCNN_IVEC)nm - 0x4B400000, n1 = ni >> 1;
+    p = p * (FSCNN_VEC)(((n1 + 127) & 0xFF) << 23);
+    return p * (FSCNN_VEC)(((ni - n1 + 127) & 0xFF) << 23);
 }
 
 /* sigmoid as 1/(1+e) for v >= 0 and e/(1+e) for v < 0 with e = exp(-|v|) <= 1: no overflow,
@@ -69,7 +66,8 @@ FSCNN_TARGET static inline FSCNN_VEC FSCNN_VEXP(FSCNN_VEC v)
 FSCNN_TARGET static inline FSCNN_VEC FSCNN_VSIGMOID(FSCNN_VEC v)
 {
     const FSCNN_VEC zero = (FSCNN_VEC){0};
-    const FSCNN_VEC e = FSCNN_VEXP(FSCNN_VSEL(v < zero, v, -v));
+    const FSCNN_IVEC sign = (FSCNN_IVEC){0} + INT32_MIN;
+    const FSCNN_VEC e = FSCNN_VEXPNEG((FSCNN_VEC)((FSCNN_IVEC)v | sign));  /* exp(-|v|) */
     const FSCNN_VEC r = 1.0f / (e + 1.0f);
     return FSCNN_VSEL(v < zero, e * r, r);
 }
