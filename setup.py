@@ -182,6 +182,7 @@ def _extensions():
             extra_compile_args=list(cflags),
             extra_link_args=list(ldflags),
             define_macros=list(macros),
+            libraries=[] if sys.platform == "win32" else ["m"],  # expf (fscnn_common.h)
             depends=[os.path.join(INCLUDE_DIR, h) for h in os.listdir(INCLUDE_DIR)],
         )
         for name in sorted(os.path.basename(p)[:-4] for p in glob(os.path.join("fscnn", "_ext", "*.pyx")))

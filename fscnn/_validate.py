@@ -155,7 +155,8 @@ def is_padding4(padding):
 
 
 def activation_code(activation, name):
-    """The kernel code of a fused activation (``None``, ``'relu'`` or ``'relu6'``)."""
+    """The kernel code of a fused activation (``None`` or a name in ``ACTIVATION_CODES``:
+    ``'relu'``, ``'relu6'``, ``'sigmoid'``, ``'silu'``, ``'hardswish'``, ``'hardsigmoid'``)."""
     if not (activation is None or isinstance(activation, str)) \
             or activation not in FUSED_ACTIVATIONS:
         choices = ", ".join(repr(a) for a in FUSED_ACTIVATIONS)

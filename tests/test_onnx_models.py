@@ -200,3 +200,24 @@ def test_opsets(opset, rng):
     graph = fscnn.from_onnx(data).prepare(kernel="dense")
     x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
     _assert_matches_ort(graph, data, x)
+
+
+@pytest.mark.parametrize("name, fused", [
+    ("efficientnet_b0", {"Conv2d+SiLU", "Conv2d+Sigmoid"}),
+    ("mobilenet_v3_small", {"Conv2d+Hardswish", "Conv2d+Hardsigmoid", "Gemm+Hardswish"})])
+def test_mobile_activations_fused_against_onnxruntime(name, fused, rng):
+    """SiLU (exported as x * Sigmoid(x)), the squeeze-excitation gates (Sigmoid,
+    HardSigmoid) and HardSwish run in the epilogues of the convolutions and linear layers
+    before them; pruned to 90%, sparse kernels, batch 1 at the family's size (32x32)."""
+    size, exporter = FAMILIES[name]
+    torch, model = _torchvision_model(name, rng)
+    data = _export(torch, model, size, exporter)
+    graph = fscnn.from_onnx(data)
+    fscnn.prune.prune(graph, 0.9, inplace=True)
+    pruned = replace_weights(data, {k: graph.state_dict()[k]
+                                    for k in fscnn.prune.prunable_names(graph)})
+    x = rng.standard_normal((1, 3, size, size)).astype(np.float32)
+    graph.to_sparse().prepare(x.shape, kernel="sparse")
+    layers = {row.layers for row in graph.plan()}
+    assert fused <= layers, sorted(layers)
+    _assert_matches_ort(graph, pruned.SerializeToString(), x)

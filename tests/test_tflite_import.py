@@ -691,3 +691,21 @@ def test_inconsistent_sparsity_is_refused(rng):
          "FullyConnectedOptions")
     with pytest.raises(fscnn.ModelImportError, match="sparsity"):
         fscnn.from_tflite(w.build())
+
+
+@pytest.mark.parametrize("op, layer", [("LOGISTIC", "Conv2d+Sigmoid"),
+                                       ("HARD_SWISH", "Conv2d+Hardswish")])
+def test_conv_then_activation_is_fused(rng, op, layer):
+    # a convolution read only by LOGISTIC / HARD_SWISH runs them in its kernel's epilogue
+    shape, fshape = (1, 9, 8, 5), (6, 3, 3, 5)
+    w = ModelWriter()
+    x = w.input("x", shape)
+    inputs = [x, w.const("filter", _rand(rng, fshape)), w.const("bias", _rand(rng, (6,)))]
+    c = w.tensor("c", (1, 9, 8, 6))
+    w.op("CONV_2D", inputs, [c], "Conv2DOptions", padding=SAME, stride_w=1, stride_h=1,
+         dilation_w_factor=1, dilation_h_factor=1, fused_activation_function=NONE)
+    w.op(op, [c], [w.tensor("y", (1, 9, 8, 6))])
+    model = w.build()
+    graph = fscnn.from_tflite(model).prepare(kernel="sparse")
+    assert layer in {row.layers for row in graph.plan()}
+    check(model, _rand(rng, shape, -3, 3), graph=graph)

@@ -22,8 +22,8 @@ cdef extern from "conv_pack.h" nogil:
         int one_phase
     void conv_pack(const conv_packing *pk, const float *x, int64_t c0, int64_t c1, float *buf)
     void conv_scatter(const float *wide, int64_t ld, int64_t n_out, int64_t o0, int64_t q0,
-                      int64_t n, const float *bias, int act, int64_t Wq, int64_t H_out,
-                      int64_t W_out, float *out)
+                      int64_t n, const float *bias, int act, int level, int64_t Wq,
+                      int64_t H_out, int64_t W_out, float *out)
 
 cdef extern from "spconv.h" nogil:
     ctypedef struct spconv_layer:
@@ -273,24 +273,25 @@ cdef class DenseConv:
     packing : fscnn.kernels.base.Packing
     pack : bool
         False: x already has the packed layout (unpadded 1x1 stride 1) and is read in place.
-    chunk, act, n_threads : int
-        Positions per work item, activation code, threads (each calls single-threaded BLAS).
+    chunk, act, level, n_threads : int
+        Positions per work item, activation code, SIMD level of the activation, threads (each
+        calls single-threaded BLAS).
     """
     cdef const float[:, ::1] weight
     cdef const int32_t[::1] tap_offsets
     cdef const float[::1] bias
     cdef conv_packing pk
     cdef int64_t group_stride
-    cdef int groups, chunk, act, n_threads
+    cdef int groups, chunk, act, level, n_threads
     cdef bint pack
 
     def __init__(self, const float[:, ::1] weight, const int32_t[::1] tap_offsets,
                  int64_t group_stride, const float[::1] bias, int groups, packing, bint pack,
-                 int chunk, int act, int n_threads):
+                 int chunk, int act, int level, int n_threads):
         self.weight, self.tap_offsets, self.bias = weight, tap_offsets, bias
         self.pk = _packing(packing)
         self.group_stride, self.groups, self.pack = group_stride, groups, pack
-        self.chunk, self.act, self.n_threads = chunk, act, n_threads
+        self.chunk, self.act, self.level, self.n_threads = chunk, act, level, n_threads
 
     def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                  float[::1] buf,                      # SCRATCH packed image + tail, tail
@@ -353,8 +354,8 @@ cdef class DenseConv:
                     # column-major view: wide^T (cnt x Og) = B^T (cnt x K) . W_g^T (K x Og)
                     sgemm(no, no, &m, &nn, &kk, &one, <float *> bmat, &ldb,
                           <float *> &self.weight[g * Og, 0], &lda, &zero, wide, &ldc)
-                    conv_scatter(wide, ldc, Og, g * Og, q0, cnt, bptr, self.act, Wq, H_out,
-                                 W_out, &out[n, 0, 0, 0])
+                    conv_scatter(wide, ldc, Og, g * Og, q0, cnt, bptr, self.act, self.level,
+                                 Wq, H_out, W_out, &out[n, 0, 0, 0])
 
 
 cdef class WinogradConv:

@@ -10,7 +10,9 @@ from libc.stdint cimport int64_t, uint16_t
 from scipy.linalg.cython_blas cimport sgemm, sgemv
 
 cdef extern from "fscnn_common.h" nogil:
-    float fscnn_act(float v, int act)
+    enum:
+        FSCNN_ACT_NONE
+    void fscnn_act_array(int level, float *x, int64_t n, int act)
 
 cdef extern from "splinear.h" nogil:
     ctypedef struct splin_layer:
@@ -128,15 +130,17 @@ cdef class DenseLinear:
     ----------
     weight : float32 array of shape (O, I)
     bias : float32 array of shape (O,) or None
-    act, n_threads : int
+    act, level, n_threads : int
+        Activation code, the SIMD level of its epilogue, threads.
     """
     cdef const float[:, ::1] weight
     cdef const float[::1] bias
-    cdef int act, n_threads
+    cdef int act, level, n_threads
 
-    def __init__(self, const float[:, ::1] weight, const float[::1] bias, int act,
+    def __init__(self, const float[:, ::1] weight, const float[::1] bias, int act, int level,
                  int n_threads):
         self.weight, self.bias, self.act, self.n_threads = weight, bias, act, n_threads
+        self.level = level
 
     def __call__(self, const float[:, ::1] x,     # IN  (N, I)
                  float[:, ::1] out):              # OUT (N, O)
@@ -175,8 +179,8 @@ cdef class DenseLinear:
                     sgemm(trans, no, &m, &nn, &kk, &one, <float *> &weight[r0, 0], &lda,
                           <float *> &x[0, 0], &ldb, &zero, &out[0, r0], &ldc)
             for n in range(N):
-                for o in range(r0, r0 + m):
-                    v = out[n, o]
-                    if has_bias:
-                        v = v + bias[o]
-                    out[n, o] = fscnn_act(v, act)
+                if has_bias:
+                    for o in range(r0, r0 + m):
+                        out[n, o] = out[n, o] + bias[o]
+                if act != FSCNN_ACT_NONE:
+                    fscnn_act_array(self.level, &out[n, r0], m, act)

@@ -16,7 +16,9 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 cdef extern from "fscnn_common.h" nogil:
-    float fscnn_act(float v, int act)
+    enum:
+        FSCNN_ACT_NONE
+    void fscnn_act_array(int level, float *x, Py_ssize_t n, int act)
 
 cdef extern from "fscnn_pool.h" nogil:
     float fscnn_nanmax(float m, float v)
@@ -205,15 +207,19 @@ def adaptive_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out,
         _adaptive_pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, &rows[0, 0], &cols[0, 0], take_max)
 
 
-cdef void _add_act(const float* a, const float* b, float* out, Py_ssize_t n,
-                   int act) noexcept nogil:
+cdef void _add_act(const float* a, const float* b, float* out, Py_ssize_t n, int act,
+                   int level) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(n):
-        out[i] = fscnn_act(a[i] + b[i], act)
+        out[i] = a[i] + b[i]
+    if act != FSCNN_ACT_NONE:
+        fscnn_act_array(level, out, n, act)  # the chunk is still in L1
 
 
-def add(const float[::1] a, const float[::1] b, float[::1] out, int act, int n_threads):
-    """out = act(a + b), act an ``FSCNN_ACT_*`` code (NaN propagates through every act).
+def add(const float[::1] a, const float[::1] b, float[::1] out, int act, int level,
+        int n_threads):
+    """out = act(a + b), act an ``FSCNN_ACT_*`` code (NaN propagates through every act)
+    evaluated at SIMD level ``level``, as the kernels' epilogues evaluate it.
 
     a, b: IN (n,); out: OUT (n,). O(n), memory bound; threads take chunks of
     ELEMENTWISE_CHUNK elements.
@@ -222,4 +228,22 @@ def add(const float[::1] a, const float[::1] b, float[::1] out, int act, int n_t
     cdef Py_ssize_t n_chunks = (n + ELEMENTWISE_CHUNK - 1) // ELEMENTWISE_CHUNK
     for c in prange(n_chunks, nogil=True, num_threads=n_threads, schedule="dynamic"):
         start = c * ELEMENTWISE_CHUNK
-        _add_act(&a[start], &b[start], &out[start], min(ELEMENTWISE_CHUNK, n - start), act)
+        _add_act(&a[start], &b[start], &out[start], min(ELEMENTWISE_CHUNK, n - start), act,
+                 level)
+
+
+def activation(const float[::1] x, float[::1] out, int act, int level, int n_threads):
+    """out = act(x), act an ``FSCNN_ACT_*`` code other than none, evaluated at SIMD level
+    ``level`` with the kernels' epilogue (fscnn_level.h): one pass instead of NumPy's several.
+    out may be x itself.
+
+    x: IN (n,); out: OUT (n,). O(n); threads take chunks of ELEMENTWISE_CHUNK elements.
+    """
+    cdef Py_ssize_t n = x.shape[0], c, start, m
+    cdef Py_ssize_t n_chunks = (n + ELEMENTWISE_CHUNK - 1) // ELEMENTWISE_CHUNK
+    for c in prange(n_chunks, nogil=True, num_threads=n_threads, schedule="dynamic"):
+        start = c * ELEMENTWISE_CHUNK
+        m = min(ELEMENTWISE_CHUNK, n - start)
+        if <const float*> &out[start] != &x[start]:
+            memcpy(&out[start], &x[start], m * sizeof(float))
+        fscnn_act_array(level, &out[start], m, act)

@@ -12,11 +12,19 @@ cdef extern from "fscnn_common.h" nogil:
         FSCNN_ACT_NONE
         FSCNN_ACT_RELU
         FSCNN_ACT_RELU6
+        FSCNN_ACT_SIGMOID
+        FSCNN_ACT_SILU
+        FSCNN_ACT_HARDSWISH
+        FSCNN_ACT_HARDSIGMOID
 
 SIMD_NAMES = ("baseline", "avx2", "avx512")
 
 # Activation name -> the FSCNN_ACT_* code that every kernel's `act` argument takes.
-ACTIVATION_CODES = {None: FSCNN_ACT_NONE, "relu": FSCNN_ACT_RELU, "relu6": FSCNN_ACT_RELU6}
+# hardsigmoid is torch's relu6(x + 3) / 6 (ONNX HardSigmoid with alpha=1/6, beta=0.5); silu is
+# x * sigmoid(x), a.k.a. swish.
+ACTIVATION_CODES = {None: FSCNN_ACT_NONE, "relu": FSCNN_ACT_RELU, "relu6": FSCNN_ACT_RELU6,
+                    "sigmoid": FSCNN_ACT_SIGMOID, "silu": FSCNN_ACT_SILU,
+                    "hardswish": FSCNN_ACT_HARDSWISH, "hardsigmoid": FSCNN_ACT_HARDSIGMOID}
 
 
 def openmp_enabled():

@@ -13,6 +13,7 @@ naming the problem.
 import numpy as np
 
 from .._ext import _pool
+from .._config import simd_level_index
 from .._memory import aligned_empty
 from .._validate import activation_code, is_int, threads_for
 
@@ -68,8 +69,9 @@ def add(a, b, activation=None):
     ----------
     a, b : array_like
         Float inputs are computed in float32; two integer inputs keep their integer type.
-    activation : {None, 'relu', 'relu6'}
-        Applied to the sum (floats only). Same-shape float inputs take one compiled pass.
+    activation : {None, 'relu', 'relu6', 'sigmoid', 'silu', 'hardswish', 'hardsigmoid'}
+        Applied to the sum (floats only) with the kernels' epilogue code. Same-shape float
+        inputs take one compiled pass.
 
     Returns
     -------
@@ -86,14 +88,13 @@ def add(a, b, activation=None):
     if a.shape == b.shape == shape:
         if out.size:
             _pool.add(np.ascontiguousarray(a).reshape(-1), np.ascontiguousarray(b).reshape(-1),
-                      out.reshape(-1), code, threads_for(out.size))
+                      out.reshape(-1), code, simd_level_index(), threads_for(out.size))
         return out
     with np.errstate(all="ignore"):
         np.add(a, b, out=out)
-    if code:
-        np.maximum(out, np.float32(0), out=out)
-        if activation == "relu6":
-            np.minimum(out, np.float32(6), out=out)
+    if code and out.size:
+        flat = out.reshape(-1)
+        _pool.activation(flat, flat, code, simd_level_index(), threads_for(out.size))
     return out
 
 

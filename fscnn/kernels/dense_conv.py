@@ -47,7 +47,7 @@ class DenseConv(Kernel):
         pack = not geo.in_place
         call = _conv.DenseConv(weights, geo.tap_offsets.astype(np.int32), geo.group_stride,
                                op.bias, op.groups, geo.packing(), pack, chunk, op.act_code,
-                               threads)
+                               level, threads)
         panels = (threads, (weights.shape[1] + op.weight_shape[0] // op.groups) * chunk)
         return DensePlan(chunk, weights, pack, geo.packed, geo.max_tap + geo.L, panels, call)
 

@@ -30,7 +30,7 @@ class DenseLinear(Kernel):
         threads = _blas.gemm_threads(threads)
         weights = op.dense
         return DenseLinearPlan(weights, _linear.DenseLinear(weights, op.bias, op.act_code,
-                                                            threads))
+                                                            level, threads))
 
     @staticmethod
     def run(x, plan, out):

@@ -1,7 +1,8 @@
 """Activation layers, each a thin wrapper of its :mod:`fscnn.functional` function.
 
-ReLU and ReLU6 after a convolution or linear layer run inside that layer's kernel once the
-model is prepared (``_fused_activation``). The ``inplace`` flags are accepted for torch
+ReLU, ReLU6, Sigmoid, SiLU, Hardswish and Hardsigmoid (torch's defaults) after a convolution
+or linear layer run inside that layer's kernel once the model is prepared
+(``_fused_activation``, a name in ``fscnn._ext._runtime.ACTIVATION_CODES``). The ``inplace`` flags are accepted for torch
 compatibility; fscnn never writes into a layer's input.
 """
 import numbers
@@ -53,6 +54,7 @@ class Hardswish(_PointwiseInplace):
     """``x * relu6(x + 3) / 6``, like ``torch.nn.Hardswish``."""
 
     _function = staticmethod(F.hardswish)
+    _fused_activation = "hardswish"
 
 
 class Hardsigmoid(_PointwiseInplace):
@@ -63,6 +65,14 @@ class Hardsigmoid(_PointwiseInplace):
         super().__init__(inplace)
         F.hardsigmoid(np.zeros(1, np.float32), alpha, beta)  # validates
         self.alpha, self.beta = float(alpha), float(beta)
+
+    @property
+    def _fused_activation(self):
+        """Kernels fuse torch's form relu6(x + 3) / 6 only; 1e-7 admits alpha = 1/6 rounded to
+        float32, as ONNX stores it."""
+        if abs(self.alpha - 1 / 6) < 1e-7 and abs(self.beta - 0.5) < 1e-7:
+            return "hardsigmoid"
+        return None
 
     def forward(self, x):
         """The activation of ``x``, any shape, as float32."""
@@ -78,12 +88,14 @@ class SiLU(_PointwiseInplace):
     """``x * sigmoid(x)``, like ``torch.nn.SiLU``."""
 
     _function = staticmethod(F.silu)
+    _fused_activation = "silu"
 
 
 class Sigmoid(_Pointwise):
     """``1 / (1 + exp(-x))``, like ``torch.nn.Sigmoid``."""
 
     _function = staticmethod(F.sigmoid)
+    _fused_activation = "sigmoid"
 
 
 class Tanh(_Pointwise):

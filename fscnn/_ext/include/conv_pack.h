@@ -99,15 +99,15 @@ static inline void conv_pack(const conv_packing *pk, const float *x, int64_t c0,
     }
 }
 
-/* Epilogue of the dense path: wide (n_out, ld) holds positions [q0, q0+n) of the flat output
+/* Epilogue of the dense path (activation at SIMD level `level`): wide (n_out, ld) holds positions [q0, q0+n) of the flat output
  * of n_out channels starting at channel o0; add bias, apply the activation and store columns
  * x < W_out into out (O, H_out, W_out); wide may be the output itself (when Wq == W_out, so the
  * store is in place). Walks the chunk row by row: a division per element to
  * find (y, x) cost more than the GEMM on large planes (1x1 16->96 channels at 112x112: 9.6 ms,
  * the GEMM a fraction of that). */
 static void conv_scatter(const float *wide, int64_t ld, int64_t n_out, int64_t o0, int64_t q0,
-                         int64_t n, const float *bias, int act, int64_t Wq, int64_t H_out,
-                         int64_t W_out, float *out)
+                         int64_t n, const float *bias, int act, int level, int64_t Wq,
+                         int64_t H_out, int64_t W_out, float *out)
 {
     const int64_t plane = H_out * W_out, L = H_out * Wq;
     const int64_t qend = (q0 + n < L) ? q0 + n : L;
@@ -122,11 +122,9 @@ static void conv_scatter(const float *wide, int64_t ld, int64_t n_out, int64_t o
             const int64_t valid = (x < W_out) ? ((x + run <= W_out) ? run : W_out - x) : 0;
             float *dst = orow + y * W_out + x;
             const float *s = src + q;
-            if (act == FSCNN_ACT_NONE) {
-                for (int64_t j = 0; j < valid; j++) dst[j] = s[j] + b;
-            } else {
-                for (int64_t j = 0; j < valid; j++) dst[j] = fscnn_act(s[j] + b, act);
-            }
+            for (int64_t j = 0; j < valid; j++) dst[j] = s[j] + b;
+            /* the level's vector epilogue over the run just stored (still in L1) */
+            if (act != FSCNN_ACT_NONE && valid > 0) fscnn_act_array(level, dst, valid, act);
             q += run;
         }
     }

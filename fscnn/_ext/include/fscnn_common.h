@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -72,13 +73,36 @@ static inline int fscnn_cpu_simd_level(void) {
 #endif
 
 /* Activation fused into kernel epilogues; the Python layer takes the codes from
- * fscnn._ext._runtime.ACTIVATION_CODES. NaN passes through both, as in PyTorch. */
-enum { FSCNN_ACT_NONE = 0, FSCNN_ACT_RELU = 1, FSCNN_ACT_RELU6 = 2 };
+ * fscnn._ext._runtime.ACTIVATION_CODES. Each is evaluated as torch evaluates it, so NaN
+ * propagates and the infinities give torch's results (silu(-inf) and hardswish(-inf) are
+ * -inf * 0 = NaN in torch too). */
+enum {
+    FSCNN_ACT_NONE = 0, FSCNN_ACT_RELU = 1, FSCNN_ACT_RELU6 = 2, FSCNN_ACT_SIGMOID = 3,
+    FSCNN_ACT_SILU = 4, FSCNN_ACT_HARDSWISH = 5, FSCNN_ACT_HARDSIGMOID = 6
+};
 
+static inline float fscnn_relu6f(float v) {
+    return v != v ? v : (v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v));
+}
+
+/* 1/(1+e) or e/(1+e) with e = exp(-|v|) <= 1: never overflows, and stays a subnormal rather
+ * than 0 for large negative v; NaN stays NaN. */
+static inline float fscnn_sigmoidf(float v) {
+    const float e = expf(-fabsf(v)), r = 1.0f / (1.0f + e);
+    return v < 0.0f ? e * r : r;
+}
+
+/* The scalar form, the baseline level's definition: plain C, the C library's expf. */
 static inline float fscnn_act(float v, int act) {
-    if (act == FSCNN_ACT_RELU) return v > 0.0f ? v : (v != v ? v : 0.0f);
-    if (act == FSCNN_ACT_RELU6) return v != v ? v : (v < 0.0f ? 0.0f : (v > 6.0f ? 6.0f : v));
-    return v;
+    switch (act) {
+    case FSCNN_ACT_RELU: return v > 0.0f ? v : (v != v ? v : 0.0f);
+    case FSCNN_ACT_RELU6: return fscnn_relu6f(v);
+    case FSCNN_ACT_SIGMOID: return fscnn_sigmoidf(v);
+    case FSCNN_ACT_SILU: return v * fscnn_sigmoidf(v);
+    case FSCNN_ACT_HARDSWISH: return v * fscnn_relu6f(v + 3.0f) / 6.0f;
+    case FSCNN_ACT_HARDSIGMOID: return fscnn_relu6f(v + 3.0f) / 6.0f;
+    default: return v;
+    }
 }
 
 /* Kernel templates. A family's *_impl.h is included once per copy with FSCNN_LEVEL (baseline,
@@ -92,6 +116,15 @@ static inline float fscnn_act(float v, int act) {
 #define FSCNN_VEC FSCNN_PASTE(fscnn_vf, FSCNN_LEVEL)       /* vector of FSCNN_VL floats */
 #define FSCNN_IVEC FSCNN_PASTE(fscnn_vi, FSCNN_LEVEL)      /* ... of int32: masks */
 #define FSCNN_VACT FSCNN_PASTE(fscnn_vact, FSCNN_LEVEL)    /* the activation on a vector */
+#define FSCNN_VACT_ARRAY FSCNN_PASTE(fscnn_vact_array, FSCNN_LEVEL) /* ... on a run, in place */
+#define FSCNN_VSEL FSCNN_PASTE(fscnn_vsel, FSCNN_LEVEL)
+#define FSCNN_VRELU6 FSCNN_PASTE(fscnn_vrelu6, FSCNN_LEVEL)
+#define FSCNN_VEXPNEG FSCNN_PASTE(fscnn_vexpneg, FSCNN_LEVEL)
+#define FSCNN_VSIGMOID FSCNN_PASTE(fscnn_vsigmoid, FSCNN_LEVEL)
+/* Whether a level evaluates exp with vector arithmetic (else with expf per lane). */
+#define FSCNN_VMATH_baseline 0
+#define FSCNN_VMATH_avx2 1
+#define FSCNN_VMATH_avx512 1
 /* {FSCNN_BCAST(w)} initialises a vector with w in every lane (one broadcast instruction). */
 #define FSCNN_BCAST(w) FSCNN_PASTE(FSCNN_SPLAT, FSCNN_LEVEL)(w)
 #define FSCNN_SPLAT_baseline(w) w, w, w, w
@@ -122,5 +155,11 @@ static inline float fscnn_act(float v, int act) {
 #define FSCNN_LEVEL avx512
 #include "fscnn_level.h"
 #endif
+
+/* x[0 .. n) = act(x[0 .. n)) in place with SIMD level `level`'s epilogue (act != NONE). */
+static inline void fscnn_act_array(int level, float *x, int64_t n, int act)
+{
+    FSCNN_SIMD_CALL(level, fscnn_vact_array, x, n, act);
+}
 
 #endif

@@ -126,7 +126,7 @@ typedef struct {
 /* Rows [r0, r1) of out (N, O) = act(x (N, I) . W^T + bias). The rows are swept panel by panel,
  * each panel's weights being one contiguous stream; out holds the partial sums between
  * panels. */
-#define SPLIN_ROWS(NAME, TARGET, DOT)                                                              \
+#define SPLIN_ROWS(NAME, TARGET, DOT, ACT_ARRAY)                                                              \
 TARGET static void NAME(const splin_layer *lay, const float *restrict x, int64_t N,            \
                         float *restrict out, int64_t r0, int64_t r1)                           \
 {                                                                                              \
@@ -141,16 +141,19 @@ TARGET static void NAME(const splin_layer *lay, const float *restrict x, int64_t
             for (int64_t n = 0; n < N; n++) {                                                  \
                 const float s = DOT(val + k0, idx + k0, k1 - k0, x + n * n_in + p * width);    \
                 float v = p == 0 ? s : out[n * O + o] + s;                                     \
-                if (p == P - 1) v = fscnn_act(bias ? v + bias[o] : v, act);                    \
+                if (p == P - 1 && bias) v += bias[o];                                          \
                 out[n * O + o] = v;                                                            \
             }                                                                                  \
         }                                                                                      \
     }                                                                                          \
+    /* the level's vector epilogue, over each sample's finished rows */                        \
+    if (act != FSCNN_ACT_NONE && r1 > r0)                                                      \
+        for (int64_t n = 0; n < N; n++) ACT_ARRAY(out + n * O + r0, r1 - r0, act);            \
 }
-SPLIN_ROWS(splin_rows_baseline, FSCNN_ATTR_baseline, splin_dot_baseline)
+SPLIN_ROWS(splin_rows_baseline, FSCNN_ATTR_baseline, splin_dot_baseline, fscnn_vact_array_baseline)
 #if FSCNN_X86
-SPLIN_ROWS(splin_rows_avx2, FSCNN_ATTR_avx2, splin_dot_avx2)
-SPLIN_ROWS(splin_rows_avx512, FSCNN_ATTR_avx512, splin_dot_avx512)
+SPLIN_ROWS(splin_rows_avx2, FSCNN_ATTR_avx2, splin_dot_avx2, fscnn_vact_array_avx2)
+SPLIN_ROWS(splin_rows_avx512, FSCNN_ATTR_avx512, splin_dot_avx512, fscnn_vact_array_avx512)
 #endif
 
 /* Batched path: a sparse-dense product vectorised over the batch. The caller transposes x

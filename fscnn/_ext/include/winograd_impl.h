@@ -124,11 +124,7 @@ FSCNN_TARGET static void FSCNN_FN(wino_output)(const wino_layer *lay, const floa
                 }
                 /* activation in its own contiguous pass: inside the loop above it kept GCC
                  * from vectorising the interleaved stores */
-                if (act == FSCNN_ACT_RELU) {
-                    for (int64_t j = 0; j < ncol; j++) dst[j] = fscnn_act(dst[j], FSCNN_ACT_RELU);
-                } else if (act == FSCNN_ACT_RELU6) {
-                    for (int64_t j = 0; j < ncol; j++) dst[j] = fscnn_act(dst[j], FSCNN_ACT_RELU6);
-                }
+                if (act != FSCNN_ACT_NONE) FSCNN_VACT_ARRAY(dst, ncol, act);
                 if (dst == yrow) memcpy(orow, yrow, (size_t)ncol * sizeof(float));
             }
         }
