@@ -86,36 +86,34 @@ cdef class SparseLinear:
     def __call__(self, const float[:, ::1] x,     # IN  (N, I)
                  float[:, ::1] out):              # OUT (N, O)
         """Apply to ``x`` into ``out``."""
-        cdef const splin_layer *k = &self.k
-        cdef int64_t N = x.shape[0], O = k.n_out
-        cdef int64_t n_items = (O + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM
-        cdef int64_t i, r0, r1
-        if N == 0:
-            return
-        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
-        for i in prange(n_items, nogil=True, num_threads=nt, schedule="dynamic"):
-                r0 = i * ROWS_PER_ITEM
-                r1 = r0 + ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O
-                splin_rows(k, &x[0, 0], N, &out[0, 0], r0, r1)
+        if x.shape[0] > 0:
+            self._rows(&x[0, 0], x.shape[0], 0, &out[0, 0])
 
     def batched(self, const float[:, ::1] xt,    # IN  (I, Np): x transposed, rows padded
                 int64_t N, float[:, ::1] out):    # OUT (N, O)
         """Apply to the batch of ``N`` vectors given transposed as ``xt`` into ``out`` (the
         batched path; ``xt``'s rows hold a multiple of :func:`batch_width` floats)."""
+        cdef int64_t Np = xt.shape[1]
+        if (xt.shape[0] != self.k.n_in or out.shape[0] != N or out.shape[1] != self.k.n_out
+                or N > Np or Np % splin_batch_width(self.k.level)):
+            raise ValueError("SparseLinear.batched: inconsistent shapes")
+        if N > 0:
+            self._rows(&xt[0, 0], N, Np, &out[0, 0])
+
+    cdef void _rows(self, const float *src, int64_t N, int64_t Np, float *out) noexcept:
+        """Blocks of rows to the threads: src is x (N, I) when Np is 0, else xt (I, Np)."""
         cdef const splin_layer *k = &self.k
-        cdef int64_t O = k.n_out, Np = xt.shape[1]
+        cdef int64_t O = k.n_out
         cdef int64_t n_items = (O + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM
         cdef int64_t i, r0, r1
-        if (xt.shape[0] != k.n_in or out.shape[0] != N or out.shape[1] != O or N > Np
-                or Np % splin_batch_width(k.level)):
-            raise ValueError("SparseLinear.batched: inconsistent shapes")
-        if N == 0:
-            return
         cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         for i in prange(n_items, nogil=True, num_threads=nt, schedule="dynamic"):
                 r0 = i * ROWS_PER_ITEM
                 r1 = r0 + ROWS_PER_ITEM if r0 + ROWS_PER_ITEM < O else O
-                splin_batch_rows(k, &xt[0, 0], N, Np, &out[0, 0], r0, r1)
+                if Np == 0:
+                    splin_rows(k, src, N, out, r0, r1)
+                else:
+                    splin_batch_rows(k, src, N, Np, out, r0, r1)
 
 
 cdef class DenseLinear:

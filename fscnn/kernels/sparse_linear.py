@@ -94,5 +94,5 @@ class SparseLinear(Kernel):
         xt = scratch("linear_xt", plan.xt)
         N = x.shape[0]
         xt[:, :N] = x.T
-        xt[:, N:] = 0.0
+        xt[:, N:] = 0.0  # padded lanes are computed, then dropped: no NaNs or subnormals there
         plan.call.batched(xt, N, out)
