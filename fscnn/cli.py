@@ -392,7 +392,7 @@ def add_bench_parser(subparsers):
                         default="auto",
                         help="fscnn's kernel choice per layer (default auto: timed; winograd: "
                              "on 3x3 stride-1 convolutions, depthwise: on depthwise "
-                             "convolutions, auto elsewhere)")
+                             "convolutions, block_sparse: on convolutions, auto elsewhere)")
     parser.add_argument("--per-layer", action="store_true",
                         help="add a per-layer table: shape, sparsity, kernel, time, GFLOP/s")
     parser.add_argument("--seed", type=int, default=0, metavar="N",

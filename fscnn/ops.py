@@ -275,7 +275,7 @@ class _WeightedOp:
         else:
             x = np.zeros(shape, np.float32)
             timings, plans = {}, {}
-            candidates = [k for k in self._candidates() if k.cannot_win(geo) is None]
+            candidates = [k for k in self._candidates() if k.cannot_win(self, geo) is None]
             for kernel in candidates or self._candidates():
                 plan = kernel.plan(self, geo, threads, level)
                 plans[kernel.name] = kernel, plan

@@ -32,9 +32,9 @@ cdef extern from "spconv.h" nogil:
         const float *values
         const float *bias
         const int64_t *oblk
-        int64_t ncb, R, n_oblk, Wq, W_out
-        int act, level, half
-    int64_t spconv_tile_size(int level, int half)
+        int64_t ncb, R, n_oblk, Wq, W_out, O
+        int act, level, half, block
+    int64_t spconv_tile_size(int level, int half, int block)
     int64_t spconv_vector_len(int level)
     void spconv_items(const spconv_layer *k, const float *inp, float *out, float *partial,
                       int64_t H_out, int64_t i0, int64_t i1)
@@ -98,9 +98,9 @@ def winograd_tmp_len(int64_t tiles_w):
     return wino_tmp_len(tiles_w)
 
 
-def tile_size(int level, bint half):
+def tile_size(int level, bint half, int block=1):
     """Output positions per micro-kernel tile at SIMD level ``level`` (full or half tile)."""
-    return spconv_tile_size(level, half)
+    return spconv_tile_size(level, half, block)
 
 
 def vector_len(int level):
@@ -137,16 +137,19 @@ cdef class SparseConv:
     Parameters
     ----------
     ptr : int64 array of shape (O, ncb*R+1)
-        Non-zeros per (output channel, input-channel block, residue).
+        Non-zeros per (output channel, input-channel block, residue); with ``block`` > 1,
+        blocks of non-zeros per (block of output channels, ...), shape (ceil(O/block), ...).
     R : int
         Residues (see spconv_impl.h).
     offsets : int32 array of shape (nnz,)
         Aligned positions of the non-zeros in the packed image.
-    values : float32 array of shape (nnz,)
-        In the order of offsets.
+    values : float32 array of shape (nnz * block,)
+        In the order of offsets (``block`` values per offset: one per output channel of the
+        block).
     bias : float32 array of shape (O,) or None
     oblk : int64 array of shape (n_oblk+1,)
-        Output-channel blocks (one block [0, O] when ``band_rows``).
+        Output-channel blocks (one block [0, O] when ``band_rows``), counted in blocks of
+        ``block`` channels.
     packing : fscnn.kernels.base.Packing
         The packed image: planes of Hq rows of Wq floats, ``plane`` floats apart.
     Wc, W_valid : int
@@ -159,6 +162,11 @@ cdef class SparseConv:
     band_rows : int
         0, or the convolution output rows per band of the fused 2x2 max pool
         (:meth:`conv_maxpool2`), an even number.
+    O : int
+        Output channels.
+    block : int
+        1 (the plain kernel) or 4 (the block kernel: non-zeros stored in blocks of 4
+        consecutive output channels at one tap).
     """
     cdef spconv_layer k
     cdef conv_packing pk
@@ -173,7 +181,7 @@ cdef class SparseConv:
     def __init__(self, const int64_t[:, ::1] ptr, int64_t R, const int32_t[::1] offsets,
                  const float[::1] values, const float[::1] bias, const int64_t[::1] oblk,
                  packing, int64_t Wc, int64_t W_valid, int act, int level, bint half,
-                 int n_threads, int64_t band_rows=0):
+                 int n_threads, int64_t band_rows, int64_t O, int block):
         self.ptr, self.offsets, self.values, self.bias, self.oblk = ptr, offsets, values, bias, oblk
         self.k.ptr = &ptr[0, 0]
         self.k.offsets = &offsets[0] if offsets.shape[0] else NULL
@@ -183,6 +191,7 @@ cdef class SparseConv:
         self.k.ncb = (ptr.shape[1] - 1) // R
         self.k.R, self.k.n_oblk, self.k.Wq, self.k.W_out = R, oblk.shape[0] - 1, Wc, W_valid
         self.k.act, self.k.level, self.k.half = act, level, half
+        self.k.O, self.k.block = O, block
         self.pk = _packing(packing)
         self.band_rows, self.n_threads = band_rows, n_threads
 
@@ -198,7 +207,7 @@ cdef class SparseConv:
         vector-aligned) and is read in place; ``buf`` is then unused."""
         cdef const spconv_layer *k = &self.k
         cdef int64_t N = x.shape[0], C = x.shape[1], H_out = out.shape[2]
-        cdef int64_t T = spconv_tile_size(k.level, k.half)
+        cdef int64_t T = spconv_tile_size(k.level, k.half, k.block)
         cdef int64_t n_items = (H_out * k.Wq + T - 1) // T * k.n_oblk
         cdef int64_t n, i
         cdef const float *src
@@ -227,7 +236,7 @@ cdef class SparseConv:
         cdef const spconv_layer *k = &self.k
         cdef int64_t N = x.shape[0], C = x.shape[1]
         cdef int64_t O = out.shape[1], Hpo = out.shape[2], Wpo = out.shape[3]
-        cdef int64_t T = spconv_tile_size(k.level, k.half)
+        cdef int64_t T = spconv_tile_size(k.level, k.half, k.block)
         cdef int64_t band_rows = self.band_rows
         cdef int64_t n_bands = (2 * Hpo + band_rows - 1) // band_rows
         cdef int64_t n, b, r0, rows, o, j

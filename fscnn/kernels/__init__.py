@@ -14,7 +14,7 @@ from .dense_conv import DenseConv
 from .dense_linear import DenseLinear
 from .depthwise_conv import DepthwiseConv
 from .pointwise_conv import PointwiseConv
-from .sparse_conv import SparseConv
+from .sparse_conv import BlockSparseConv, SparseConv
 from .sparse_linear import SparseLinear
 from .winograd_conv import WinogradConv
 
@@ -22,7 +22,7 @@ from .winograd_conv import WinogradConv
 # so that the dense weights it builds to time them (for sparse-held layers) are never alive
 # together with another kernel's set-up. For a setting that several classes run ('dense'), the
 # first that can run a layer runs it.
-CONV = (DepthwiseConv, SparseConv, WinogradConv, PointwiseConv, DenseConv)
+CONV = (DepthwiseConv, SparseConv, BlockSparseConv, WinogradConv, PointwiseConv, DenseConv)
 LINEAR = (SparseLinear, DenseLinear)
 
 
@@ -54,4 +54,5 @@ def ineligibility(registry, name, layer):
 
 __all__ = ["CONV", "LINEAR", "CONV_KERNELS", "LINEAR_KERNELS", "ConvLayer", "LinearLayer",
            "Kernel", "OpError", "kernel_names", "runner", "ineligibility", "DepthwiseConv", "SparseConv",
+           "BlockSparseConv",
            "WinogradConv", "PointwiseConv", "DenseConv", "SparseLinear", "DenseLinear"]

@@ -15,9 +15,9 @@ A kernel class runs one kernel family for one kind of operator. It is registered
     itself (a linear layer), ``threads`` and ``level`` the thread count and SIMD level it will
     run with. The plan holds everything the kernel reads (converted weights, offsets, work
     split) and the compiled kernel bound to it (``call``), so that running it converts nothing.
-``cannot_win(geo)``
-    Why ``kernel='auto'`` need not time the kernel on inputs of geometry ``geo`` (it cannot
-    be the fastest there), or None (the default).
+``cannot_win(op, geo)``
+    Why ``kernel='auto'`` need not time the kernel for the operator ``op`` on inputs of
+    geometry ``geo`` (it cannot be the fastest there), or None (the default).
 ``run(x, plan, out)``
     Compute ``x`` (validated: float32, C-contiguous, the planned shape) into the preallocated
     ``out``. Kernels never allocate their outputs; their scratch comes from :func:`scratch`.
@@ -77,7 +77,7 @@ class Kernel:
         return None
 
     @staticmethod
-    def cannot_win(geo):
+    def cannot_win(op, geo):
         return None
 
     @staticmethod

@@ -1,4 +1,5 @@
-"""Direct sparse convolution (include/spconv_impl.h): the kernel of ``kernel='sparse'``.
+"""Direct sparse convolution (include/spconv_impl.h): the kernels of ``kernel='sparse'`` and
+of ``kernel='block_sparse'`` (the same kernel on blocks of 4 output channels).
 
 It runs any convolution. The input is packed into phase planes whose rows (planes, for a flat
 1x1 layer) start on whole vectors, so that every load is aligned; the non-zeros are grouped per
@@ -26,6 +27,10 @@ ALIGNED_WORK_LIMIT = 1.3
 BAND_BYTES = 1 << 20  # scratch of one band of the fused pool (all output channels)
 # Reordered copies of the values an operator keeps (per block size and residue pattern).
 MAX_ORDERS = 4
+# Output channels per block of the block kernel (SPCONV_B in spconv.h), and the least fraction
+# of its stored weights that must be non-zero for 'auto' to time it.
+BLOCK = 4
+MIN_BLOCK_FILL = 0.6
 
 
 class SparseLayout(NamedTuple):
@@ -118,27 +123,55 @@ def _computed_positions(lay, level):
                                             _conv.tile_size(level, True)))
 
 
-def _order(op, rows, idx, residue, ncb, cb, R):
-    """The non-zeros (CSR order) stably sorted by (row, input-channel block, residue):
-    (order, values in that order, segment pointers of shape (O, ncb*R+1)).
+def _nonzeros(op, block):
+    """The stored non-zeros as (rows, tap indices, values, row pointers): the CSR form's for
+    ``block`` 1; for the block kernel, blocks of ``block`` consecutive output channels at one
+    tap (row ``o // block``; values of shape (blocks, block), zeros where a channel of the
+    block has none at that tap)."""
+    csr = op.sparse.csr
+    O = op.weight_shape[0]
+    rows = np.repeat(np.arange(O, dtype=np.int64), np.diff(csr.indptr))
+    idx = csr.indices.astype(np.int64)
+    if block == 1:
+        return rows, idx, csr.data, csr.indptr
+    K = int(np.prod(op.weight_shape[1:]))
+    keys, where = np.unique((rows // block) * K + idx, return_inverse=True)
+    values = np.zeros((keys.size, block), np.float32)
+    values[where.reshape(-1), rows % block] = csr.data
+    brows = keys // K
+    indptr = np.searchsorted(brows, np.arange(-(-O // block) + 1), side="left")
+    return brows, keys % K, values, indptr
+
+
+def block_fill(op, block=4):
+    """The fraction of the block kernel's stored weights that are non-zero: 1 when the
+    non-zeros form whole blocks of ``block`` output channels at a tap, about
+    d / (1 - (1-d)**block) at random at density d (0.29 at 90% sparsity)."""
+    nnz = op.sparse.nnz
+    return nnz / (block * _nonzeros(op, block)[1].size) if nnz else 1.0
+
+
+def _order(op, kind, rows, idx, values, residue, n_rows, ncb, cb, R):
+    """The non-zeros (or blocks; ``n_rows`` rows) stably sorted by (row, input-channel block,
+    residue): (order, values in that order, segment pointers of shape (n_rows, ncb*R+1)).
 
     The order depends on the block size and on the residue of each tap, not on the input
     shape, so plans share their values (a plan per input shape would otherwise hold its own
-    copy of the weights): the operator keeps them (``op.derived``)."""
-    O, _, KH, KW = op.weight_shape
+    copy of the weights): the operator keeps them (``op.derived``, under the kernel's name
+    ``kind``)."""
+    KH, KW = op.weight_shape[2:]
     tap_residue = np.zeros(idx.max() + 1 if idx.size else 0, np.int64)
     tap_residue[idx] = residue
     key = (rows * ncb + (idx // (KH * KW)) // cb) * R + residue
     order = np.argsort(key, kind="stable")
 
     def build():
-        ptr = np.searchsorted(key[order], np.arange(O * ncb * R + 1), side="left")
-        ptr = np.concatenate([ptr[:-1].reshape(O, ncb * R), ptr[ncb * R::ncb * R, None]],
+        ptr = np.searchsorted(key[order], np.arange(n_rows * ncb * R + 1), side="left")
+        ptr = np.concatenate([ptr[:-1].reshape(n_rows, ncb * R), ptr[ncb * R::ncb * R, None]],
                              axis=1).astype(np.int64)
-        return op.sparse.csr.data[order], np.ascontiguousarray(ptr)
+        return np.ascontiguousarray(values[order]).reshape(-1), np.ascontiguousarray(ptr)
 
-    values, ptr = op.derived(SparseConv.name, (cb, R, tap_residue.tobytes()), build,
-                             limit=MAX_ORDERS)
+    values, ptr = op.derived(kind, (cb, R, tap_residue.tobytes()), build, limit=MAX_ORDERS)
     return order, values, ptr
 
 
@@ -158,6 +191,68 @@ def _band_rows(op, geo, Wq, T):
     return min(range(2, min(used, cap) + 1, 2), key=lambda r: (work(r), r))
 
 
+def _plan(op, geo, threads, level, block):
+    """The plan of the plain (``block`` 1) or the block kernel: packed layout, the non-zeros
+    (blocks) grouped per (output channel (block), input-channel block, residue), tile size and
+    work split.
+
+    A non-zero at packed position ``a + r`` (``a`` a multiple of the vector length, r the
+    residue) is stored as ``a``; the kernel loads aligned vectors at ``a`` and shifts the sum
+    of its residue's segment by r lanes (spconv_impl.h)."""
+    O, Cg, KH, KW = op.weight_shape
+    plain = _layout(op, geo, 1)
+    if block > 1:
+        # The block kernel loads each vector for 4 FMAs: split cache lines cost it less than
+        # the residues' extra vector and shuffles, and it has no registers for them (4*NVB
+        # accumulators). Aligned with residues it ran VGG-shaped 3x3 layers at 90% 0.6-0.85x
+        # the plain kernel, unaligned 1.1-2x (AVX2, 4x1-block weights).
+        lay = plain
+    else:
+        lay = _layout(op, geo, _conv.vector_len(level))
+        if (_computed_positions(lay, level)
+                > ALIGNED_WORK_LIMIT * _computed_positions(plain, level)):
+            lay = plain  # small planes: padding the rows would more than undo aligned loads
+    VL = lay.VL
+    rows, idx, values, indptr = _nonzeros(op, block)
+    # a block's channels are in one group (BlockSparseConv.ineligibility)
+    pos = lay.taps[idx] + (rows * block // (O // op.groups)) * lay.group_stride
+    check_offsets_fit(op.name, geo.input_shape, lay.packed, lay.L)
+    residue = pos % VL
+    R = int(residue.max()) + 1 if residue.size else 1
+    # the half tile when it computes at least 3% fewer positions (past the end of the flat
+    # output): a full tile streams the weights half as often, and on ResNet-50's 56x56 1x1
+    # layers (3136 positions, 2% fewer with half tiles) it was 5-8% faster at 90%
+    full, half_t = _conv.tile_size(level, False, block), _conv.tile_size(level, True, block)
+    half = -(-lay.L // half_t) * half_t < 0.97 * (-(-lay.L // full) * full)
+    T = half_t if half else full
+    n_tiles = -(-lay.L // T)
+    # input-channel blocks: one tile's window of a block (KH kernel rows of T + a vector of
+    # floats per phase plane and channel) fits in WINDOW_BYTES
+    (sh, sw), dw = geo.stride, op.dilation[1]
+    window = KH * min(KW, sw) * (T + VL + (dw * (KW - 1)) // sw) * 4
+    ncb = -(-Cg // max(1, WINDOW_BYTES // window))
+    cb = -(-Cg // ncb)  # equal blocks: no short last block costing a pass over the partials
+    n_rows = indptr.shape[0] - 1
+    kind = BlockSparseConv.name if block > 1 else SparseConv.name
+    order, values, ptr = _order(op, kind, rows, idx, values, residue, n_rows, ncb, cb, R)
+    max_tap = int(pos.max()) if pos.size else 0
+    if op.pool:
+        band_rows = _band_rows(op, geo, lay.Wq, T)
+        oblk = np.array([0, n_rows], np.int64)
+        reach, pack, partial = lay.L + T + VL, True, (threads, n_rows * block * T)
+        band = (threads, O * band_rows * geo.W_out)
+    else:
+        band_rows, band = 0, None
+        n_blocks = 1 if n_tiles >= 8 * threads else min(n_rows, -(-8 * threads // n_tiles))
+        oblk = balanced_blocks(indptr, n_blocks)
+        reach, pack = n_tiles * T + VL, not (lay.in_place and lay.L >= T)
+        partial = (threads, int(np.diff(oblk).max()) * block * T)
+    call = _conv.SparseConv(ptr, R, (pos - residue)[order].astype(np.int32), values, op.bias,
+                            oblk, geo.packing(lay.Hq, lay.Wq, lay.plane), lay.Wc, lay.Wc_len,
+                            op.act_code, level, half, threads, band_rows, O, block)
+    return SparsePlan(lay, R, half, pack, max_tap + reach, partial, band_rows, band, call)
+
+
 class SparseConv(Kernel):
     """Direct sparse convolution: any layer, the 2x2 max pool fused."""
 
@@ -166,56 +261,7 @@ class SparseConv(Kernel):
 
     @staticmethod
     def plan(op, geo, threads, level):
-        """Packed layout, the non-zeros grouped per (output channel, input-channel block,
-        residue), tile size and work split.
-
-        A non-zero at packed position ``a + r`` (``a`` a multiple of the vector length, r the
-        residue) is stored as ``a``; the kernel loads aligned vectors at ``a`` and shifts the
-        sum of its residue's segment by r lanes (spconv_impl.h)."""
-        csr = op.sparse.csr
-        O, Cg, KH, KW = op.weight_shape
-        lay = _layout(op, geo, _conv.vector_len(level))
-        plain = _layout(op, geo, 1)
-        if _computed_positions(lay, level) > ALIGNED_WORK_LIMIT * _computed_positions(plain,
-                                                                                      level):
-            lay = plain  # small planes: padding the rows would more than undo aligned loads
-        VL = lay.VL
-        rows = np.repeat(np.arange(O, dtype=np.int64), np.diff(csr.indptr))
-        idx = csr.indices.astype(np.int64)
-        pos = lay.taps[idx] + (rows // (O // op.groups)) * lay.group_stride
-        check_offsets_fit(op.name, geo.input_shape, lay.packed, lay.L)
-        residue = pos % VL
-        R = int(residue.max()) + 1 if residue.size else 1
-        # the half tile when it computes at least 3% fewer positions (past the end of the flat
-        # output): a full tile streams the weights half as often, and on ResNet-50's 56x56 1x1
-        # layers (3136 positions, 2% fewer with half tiles) it was 5-8% faster at 90%
-        full, half_t = _conv.tile_size(level, False), _conv.tile_size(level, True)
-        half = -(-lay.L // half_t) * half_t < 0.97 * (-(-lay.L // full) * full)
-        T = half_t if half else full
-        n_tiles = -(-lay.L // T)
-        # input-channel blocks: one tile's window of a block (KH kernel rows of T + a vector
-        # of floats per phase plane and channel) fits in WINDOW_BYTES
-        (sh, sw), dw = geo.stride, op.dilation[1]
-        window = KH * min(KW, sw) * (T + VL + (dw * (KW - 1)) // sw) * 4
-        ncb = -(-Cg // max(1, WINDOW_BYTES // window))
-        cb = -(-Cg // ncb)  # equal blocks: no short last block costing a pass over the partials
-        order, values, ptr = _order(op, rows, idx, residue, ncb, cb, R)
-        max_tap = int(pos.max()) if pos.size else 0
-        if op.pool:
-            band_rows = _band_rows(op, geo, lay.Wq, T)
-            oblk = np.array([0, O], np.int64)
-            reach, pack, partial = lay.L + T + VL, True, (threads, O * T)
-            band = (threads, O * band_rows * geo.W_out)
-        else:
-            band_rows, band = 0, None
-            n_blocks = 1 if n_tiles >= 8 * threads else min(O, -(-8 * threads // n_tiles))
-            oblk = balanced_blocks(csr.indptr, n_blocks)
-            reach, pack = n_tiles * T + VL, not (lay.in_place and lay.L >= T)
-            partial = (threads, int(np.diff(oblk).max()) * T)
-        call = _conv.SparseConv(ptr, R, (pos - residue)[order].astype(np.int32), values,
-                                op.bias, oblk, geo.packing(lay.Hq, lay.Wq, lay.plane), lay.Wc,
-                                lay.Wc_len, op.act_code, level, half, threads, band_rows)
-        return SparsePlan(lay, R, half, pack, max_tap + reach, partial, band_rows, band, call)
+        return _plan(op, geo, threads, level, 1)
 
     @staticmethod
     def run(x, plan, out):
@@ -233,3 +279,32 @@ class SparseConv(Kernel):
         view = out.reshape(out.shape[:2] + (lay.Hc, lay.Wc_len))
         plan.call.conv(x, packed_scratch(lay.packed, plan.readable) if pack else NO_BUFFER,
                        scratch("partial", plan.partial), view, pack)
+
+
+class BlockSparseConv(SparseConv):
+    """The sparse kernel on blocks of 4 consecutive output channels at one tap (4x1 blocks,
+    as ``fscnn.prune(..., pattern="4x1")`` leaves them): each input vector loaded feeds the 4
+    channels' FMAs (spconv_impl.h, spconv_tile_block). A block holding fewer than 4 non-zeros
+    stores zeros, so on weights that do not form blocks it does up to 4x the multiply-adds."""
+
+    name = "block_sparse"
+
+    @staticmethod
+    def ineligibility(layer):
+        O, groups = layer.weight_shape[0], layer.groups
+        if groups > 1 and (O // groups) % BLOCK:
+            return (f"the block kernel needs output channels per group divisible by {BLOCK} "
+                    f"(got {O // groups})")
+        return None
+
+    @staticmethod
+    def cannot_win(op, geo):
+        fill = block_fill(op, BLOCK)
+        if fill < MIN_BLOCK_FILL:
+            return (f"its blocks of {BLOCK} output channels would be {fill:.0%} non-zero "
+                    f"(below {MIN_BLOCK_FILL:.0%})")
+        return None
+
+    @staticmethod
+    def plan(op, geo, threads, level):
+        return _plan(op, geo, threads, level, BLOCK)

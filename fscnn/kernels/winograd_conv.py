@@ -60,7 +60,7 @@ class WinogradConv(Kernel):
         return "the Winograd kernel needs " + ", ".join(problems) if problems else None
 
     @staticmethod
-    def cannot_win(geo):
+    def cannot_win(op, geo):
         """Two cases where the kernel lost to the other kernels in every layer measured and
         timing it only gave 'auto' a chance to pick it by noise: output planes that fill less
         than half of its 4x4 tiles (2x2, 5x5, a row: most of what it computes is discarded), and

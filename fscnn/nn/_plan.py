@@ -78,7 +78,7 @@ LayerTime = namedtuple("LayerTime", ["name", "type", "input_shape", "kernel", "s
 LayerTime.__doc__ = """One layer call recorded by :func:`profile`.
 
 Fields: ``name`` (qualified name), ``type`` (what runs, e.g. ``"Conv2d+BatchNorm2d+ReLU"``),
-``input_shape``, ``kernel`` ('sparse'/'dense'/'winograd'/'depthwise' for convolution and linear layers,
+``input_shape``, ``kernel`` (the kernel, e.g. 'sparse' or 'dense', for convolution and linear layers,
 else None),
 ``sparsity`` (of the prepared weights, else None), ``seconds``, and the FLOPs of the call
 counted on all weights (``flops_dense``) and on the non-zeros (``flops_sparse``), 2 per
@@ -238,7 +238,7 @@ LayerPlan.__doc__ = """One prepared operator of a plan.
 
 Fields: ``name`` (qualified name of the convolution or linear layer), ``layers`` (what it
 fuses, e.g. ``"Conv2d+BatchNorm2d+ReLU"``), ``density`` (fraction of non-zero weights after
-folding), ``kernel_setting`` ('auto', 'sparse', 'dense', 'winograd' or 'depthwise') and
+folding), ``kernel_setting`` ('auto' or a kernel: 'sparse', 'block_sparse', 'dense', ...) and
 ``kernels`` (dict: input shape -> kernel chosen, for each shape the layer has run on).
 """
 

@@ -20,16 +20,30 @@
  * values:  (nnz,) in the order of offsets. bias: (O,) or NULL.
  * oblk:    (n_oblk+1,) boundaries of the blocks of output channels that work items cover.
  * Wq, W_out: flat positions per output row, and how many of them are outputs.
- * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; half: the half tile (see below). */
+ * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; half: the half tile (see below).
+ * block: 1, or SPCONV_B: the non-zeros are stored in blocks of SPCONV_B consecutive output
+ *          channels at one tap (the block kernel, spconv_tile_block): ptr's rows, offsets and
+ *          oblk then count blocks, values are (blocks, SPCONV_B) and O is the channel count. */
 typedef struct {
     const int64_t *ptr;
     const int32_t *offsets;
     const float *values;
     const float *bias;
     const int64_t *oblk;
-    int64_t ncb, R, n_oblk, Wq, W_out;
-    int act, level, half;
+    int64_t ncb, R, n_oblk, Wq, W_out, O;
+    int act, level, half, block;
 } spconv_layer;
+
+/* Rows per block of the block kernel, and its accumulator vectors per row (full and half
+ * tile): 4*NVB accumulators + 4 broadcast weights + the loaded vector in 16 registers
+ * (baseline, AVX2) or 32 (AVX-512). */
+#define SPCONV_B 4
+#define SPCONV_NVB_BASELINE 2
+#define SPCONV_NVB_HALF_BASELINE 1
+#define SPCONV_NVB_AVX2 2
+#define SPCONV_NVB_HALF_AVX2 1
+#define SPCONV_NVB_AVX512 4
+#define SPCONV_NVB_HALF_AVX512 2
 
 /* Each target is instantiated with a full tile and a half tile (suffix half_<level>): layers
  * whose flat output is short (7x7, 14x14 planes) waste less of a half tile on positions past the
@@ -37,39 +51,50 @@ typedef struct {
 #define FSCNN_LEVEL baseline
 #define FSCNN_SUFFIX baseline
 #define SPCONV_NV 6
+#define SPCONV_NVB SPCONV_NVB_BASELINE
 #include "spconv_impl.h"
 #define FSCNN_LEVEL baseline
 #define FSCNN_SUFFIX half_baseline
 #define SPCONV_NV 3
+#define SPCONV_NVB SPCONV_NVB_HALF_BASELINE
 #include "spconv_impl.h"
 #if FSCNN_X86
 #define FSCNN_LEVEL avx2
 #define FSCNN_SUFFIX avx2
 #define SPCONV_NV 6
+#define SPCONV_NVB SPCONV_NVB_AVX2
 #include "spconv_impl.h"
 #define FSCNN_LEVEL avx2
 #define FSCNN_SUFFIX half_avx2
 #define SPCONV_NV 3
+#define SPCONV_NVB SPCONV_NVB_HALF_AVX2
 #include "spconv_impl.h"
 #define FSCNN_LEVEL avx512
 #define FSCNN_SUFFIX avx512
 #define SPCONV_NV 8
+#define SPCONV_NVB SPCONV_NVB_AVX512
 #include "spconv_impl.h"
 #define FSCNN_LEVEL avx512
 #define FSCNN_SUFFIX half_avx512
 #define SPCONV_NV 4
+#define SPCONV_NVB SPCONV_NVB_HALF_AVX512
 #include "spconv_impl.h"
 #endif
 
-/* Output positions per tile at each SIMD level, full or half tile. */
-static inline int64_t spconv_tile_size(int level, int half) {
-    int64_t t = 4 * 6;
+/* Output positions per tile at each SIMD level, full or half tile, of the plain kernel
+ * (block 1) or the block kernel (block SPCONV_B). */
+static inline int64_t spconv_tile_size(int level, int half, int block) {
+    int64_t t = block > 1 ? 4 * (half ? SPCONV_NVB_HALF_BASELINE : SPCONV_NVB_BASELINE)
+                          : 4 * (half ? 3 : 6);
 #if FSCNN_X86
-    if (level >= FSCNN_SIMD_AVX512) t = 16 * 8;
-    else if (level == FSCNN_SIMD_AVX2) t = 8 * 6;
+    if (level >= FSCNN_SIMD_AVX512)
+        t = block > 1 ? 16 * (half ? SPCONV_NVB_HALF_AVX512 : SPCONV_NVB_AVX512)
+                      : 16 * (half ? 4 : 8);
+    else if (level == FSCNN_SIMD_AVX2)
+        t = block > 1 ? 8 * (half ? SPCONV_NVB_HALF_AVX2 : SPCONV_NVB_AVX2) : 8 * (half ? 3 : 6);
 #endif
     (void)level;
-    return half ? t / 2 : t;
+    return t;
 }
 
 /* Floats per vector at each SIMD level: the alignment, in floats, of the packed rows and of

@@ -1,7 +1,8 @@
 /* Direct sparse convolution micro-kernel: one SIMD target's copy.
  *
  * Included once per instantiation by spconv.h with FSCNN_LEVEL, FSCNN_SUFFIX (see
- * fscnn_common.h) and SPCONV_NV (accumulator vectors) defined; they are undefined again at the
+ * fscnn_common.h), SPCONV_NV (accumulator vectors) and SPCONV_NVB (those of the block kernel,
+ * per output channel of a block) defined; they are undefined again at the
  * end of this file.
  *
  * Design: the input of one image has been packed (conv_pack) into "phase planes" of Hq rows of
@@ -77,6 +78,33 @@
     } while (0)
 #endif
 
+/* The valid outputs of the tile of T positions at p0 (the first `skip` not stored): runs of
+ * columns x < W_out within each output row it touches, as (destination in the output plane,
+ * source in the tile, length); returns their number (at most T). Computed once per tile and
+ * reused by every output channel. */
+static inline int FSCNN_FN(spconv_runs)(int64_t p0, int64_t skip, int64_t T, int64_t Wq,
+                                        int64_t H_out, int64_t W_out, int64_t *run_dst,
+                                        int64_t *run_src, int64_t *run_len)
+{
+    const int64_t L = H_out * Wq, pend = (p0 + T < L) ? p0 + T : L;
+    int64_t p = p0 + skip, y = p / Wq, x = p - y * Wq;
+    int n_runs = 0;
+    while (p < pend) {
+        int64_t run = Wq - x;
+        if (p + run > pend) run = pend - p;
+        if (x < W_out) {
+            run_dst[n_runs] = y * W_out + x;
+            run_src[n_runs] = p - p0;
+            run_len[n_runs] = (x + run <= W_out) ? run : W_out - x;
+            n_runs++;
+        }
+        p += run;
+        y++;
+        x = 0;
+    }
+    return n_runs;
+}
+
 /* One tile of T output positions [p0, p0+T) for output channels [o0, o1) of one image, of
  * which positions [p0 + skip, p0+T) are stored.
  * in:      packed planes (read-only), SPCONV_VL-aligned, readable up to max(offsets) + p0 + T
@@ -97,30 +125,11 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
 {
     float tmp[SPCONV_T] __attribute__((aligned(64)));
     const int64_t plane = H_out * W_out;
-    const int64_t L = H_out * Wq;
     const int64_t stride = ncb * R + 1;
     const float *restrict base = in + p0;
-    /* The tile's valid outputs: runs of columns x < W_out within each output row it touches,
-     * computed once per tile and reused by every output channel. */
     int64_t run_dst[SPCONV_T], run_src[SPCONV_T], run_len[SPCONV_T];
-    int n_runs = 0;
-    {
-        const int64_t pend = (p0 + SPCONV_T < L) ? p0 + SPCONV_T : L;
-        int64_t p = p0 + skip, y = p / Wq, x = p - y * Wq;
-        while (p < pend) {
-            int64_t run = Wq - x;
-            if (p + run > pend) run = pend - p;
-            if (x < W_out) {
-                run_dst[n_runs] = y * W_out + x;
-                run_src[n_runs] = p - p0;
-                run_len[n_runs] = (x + run <= W_out) ? run : W_out - x;
-                n_runs++;
-            }
-            p += run;
-            y++;
-            x = 0;
-        }
-    }
+    const int n_runs = FSCNN_FN(spconv_runs)(p0, skip, SPCONV_T, Wq, H_out, W_out, run_dst,
+                                             run_src, run_len);
     const int whole = n_runs == 1 && run_len[0] == SPCONV_T;
     for (int64_t b = 0; b < ncb; b++) {
         const int first = b == 0, last = b == ncb - 1;
@@ -137,7 +146,7 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
             }
             const int64_t *bp = ptr + o * stride + b * R;
             for (int64_t k = bp[0], kend = bp[1]; k < kend; k++) {
-                const SPVEC w = (SPVEC){0} + values[k];
+                const SPVEC w = {FSCNN_BCAST(values[k])};
                 const float *restrict p = base + offsets[k];
 #pragma GCC unroll 16
                 for (int v = 0; v < SPCONV_NV; v++) {
@@ -154,7 +163,7 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
 #pragma GCC unroll 17
                 for (int v = 0; v <= SPCONV_NV; v++) t[v] = (SPVEC){0};
                 for (; k < kend; k++) {
-                    const SPVEC w = (SPVEC){0} + values[k];
+                    const SPVEC w = {FSCNN_BCAST(values[k])};
                     const float *restrict p = base + offsets[k];
 #pragma GCC unroll 17
                     for (int v = 0; v <= SPCONV_NV; v++) {
@@ -191,6 +200,91 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
     }
 }
 
+/* The block kernel: spconv_tile for a layer whose non-zeros are stored in blocks of
+ * SPCONV_B = 4 consecutive output channels at one tap (4x1 blocks; a block's missing entries
+ * are zeros). Each input vector loaded feeds 4 FMAs, one per channel of the block, instead of
+ * one: the plain kernel does a load per FMA and is bound by loads (spconv.h).
+ * ob0, ob1: output blocks (channels [4*ob0, 4*ob1) that are < O); ptr and offsets index
+ * blocks, values are (blocks, 4); partial: scratch of (ob1-ob0)*4*SPCONV_TB floats. The
+ * tile is SPCONV_TB = SPCONV_NVB vectors of positions: 4*SPCONV_NVB accumulators, plus 4
+ * broadcast weights and the loaded vector, must stay in registers. The input is packed
+ * unaligned (VL 1): its offsets have no residues, ptr's segments are per (block row,
+ * input-channel block). */
+#define SPCONV_TB (SPCONV_VL * SPCONV_NVB)
+FSCNN_TARGET static void FSCNN_FN(spconv_tile_block)(
+        const float *restrict in, const int64_t *restrict ptr, int64_t ncb,
+        const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
+        float *restrict out, float *restrict partial, int64_t O,
+        int64_t ob0, int64_t ob1, int64_t p0, int64_t skip, int64_t Wq, int64_t H_out,
+        int64_t W_out, int act)
+{
+    float tmp[SPCONV_TB] __attribute__((aligned(64)));
+    const int64_t plane = H_out * W_out;
+    const int64_t stride = ncb + 1;
+    const float *restrict base = in + p0;
+    int64_t run_dst[SPCONV_TB], run_src[SPCONV_TB], run_len[SPCONV_TB];
+    const int n_runs = FSCNN_FN(spconv_runs)(p0, skip, SPCONV_TB, Wq, H_out, W_out, run_dst,
+                                             run_src, run_len);
+    const int whole = n_runs == 1 && run_len[0] == SPCONV_TB;
+    for (int64_t b = 0; b < ncb; b++) {
+        const int first = b == 0, last = b == ncb - 1;
+        for (int64_t ob = ob0; ob < ob1; ob++) {
+            SPVEC acc[SPCONV_B][SPCONV_NVB];
+            float *restrict part = partial + (ob - ob0) * SPCONV_B * SPCONV_TB;
+            const int64_t o_base = ob * SPCONV_B;
+            if (first) {
+#pragma GCC unroll 4
+                for (int j = 0; j < SPCONV_B; j++) {
+                    const float bo = (bias && o_base + j < O) ? bias[o_base + j] : 0.0f;
+#pragma GCC unroll 16
+                    for (int v = 0; v < SPCONV_NVB; v++) acc[j][v] = (SPVEC){0} + bo;
+                }
+            } else {
+                memcpy(acc, part, sizeof acc);
+            }
+            const int64_t *bp = ptr + ob * stride + b;
+            for (int64_t k = bp[0], kend = bp[1]; k < kend; k++) {
+                const float *restrict wk = values + SPCONV_B * k;
+                const SPVEC w0 = {FSCNN_BCAST(wk[0])}, w1 = {FSCNN_BCAST(wk[1])};
+                const SPVEC w2 = {FSCNN_BCAST(wk[2])}, w3 = {FSCNN_BCAST(wk[3])};
+                const float *restrict p = base + offsets[k];
+#pragma GCC unroll 16
+                for (int v = 0; v < SPCONV_NVB; v++) {
+                    SPVEC x;
+                    memcpy(&x, p + v * SPCONV_VL, sizeof x);
+                    acc[0][v] += w0 * x;
+                    acc[1][v] += w1 * x;
+                    acc[2][v] += w2 * x;
+                    acc[3][v] += w3 * x;
+                }
+            }
+            if (!last) {
+                memcpy(part, acc, sizeof acc);
+                continue;
+            }
+#pragma GCC unroll 4
+            for (int j = 0; j < SPCONV_B; j++) {
+                const int64_t o = o_base + j;
+                if (o >= O) break;
+                if (act != FSCNN_ACT_NONE) {
+#pragma GCC unroll 16
+                    for (int v = 0; v < SPCONV_NVB; v++) acc[j][v] = FSCNN_VACT(acc[j][v], act);
+                }
+                float *restrict orow = out + o * plane;
+                if (whole) {
+#pragma GCC unroll 16
+                    for (int v = 0; v < SPCONV_NVB; v++)
+                        memcpy(orow + run_dst[0] + v * SPCONV_VL, &acc[j][v], sizeof(SPVEC));
+                    continue;
+                }
+                memcpy(tmp, acc[j], sizeof tmp);
+                for (int q = 0; q < n_runs; q++)
+                    memcpy(orow + run_dst[q], tmp + run_src[q], (size_t)run_len[q] * sizeof(float));
+            }
+        }
+    }
+}
+
 /* Work items [i0, i1) of one image (see spconv_items in spconv.h). */
 FSCNN_TARGET static void FSCNN_FN(spconv_items)(
         const spconv_layer *k, const float *restrict in, float *restrict out,
@@ -204,14 +298,20 @@ FSCNN_TARGET static void FSCNN_FN(spconv_items)(
          * no read goes past position L-1+max(offsets): an unpadded 1x1 layer then reads its
          * input in place (no packing). It stores only the positions past the tile before it,
          * which is another work item: two threads never write the same output. */
-        int64_t p0 = t * SPCONV_T, skip = 0;
-        if (p0 + SPCONV_T > L && L >= SPCONV_T) {
-            skip = p0 - (L - SPCONV_T);
-            p0 = L - SPCONV_T;
+        const int64_t T = k->block > 1 ? SPCONV_TB : SPCONV_T;
+        int64_t p0 = t * T, skip = 0;
+        if (p0 + T > L && L >= T) {
+            skip = p0 - (L - T);
+            p0 = L - T;
         }
-        FSCNN_FN(spconv_tile)(in, k->ptr, k->ncb, k->R, k->offsets, k->values, k->bias, out,
-                              partial, k->oblk[b], k->oblk[b + 1], p0, skip, Wq, H_out,
-                              k->W_out, k->act);
+        if (k->block > 1)
+            FSCNN_FN(spconv_tile_block)(in, k->ptr, k->ncb, k->offsets, k->values,
+                                        k->bias, out, partial, k->O, k->oblk[b],
+                                        k->oblk[b + 1], p0, skip, Wq, H_out, k->W_out, k->act);
+        else
+            FSCNN_FN(spconv_tile)(in, k->ptr, k->ncb, k->R, k->offsets, k->values, k->bias,
+                                  out, partial, k->oblk[b], k->oblk[b + 1], p0, skip, Wq,
+                                  H_out, k->W_out, k->act);
     }
 }
 
@@ -219,6 +319,8 @@ FSCNN_TARGET static void FSCNN_FN(spconv_items)(
 #undef SPCONV_SHIFT_BY
 #undef SPVEC
 #undef SPCONV_T
+#undef SPCONV_TB
+#undef SPCONV_NVB
 #undef SPCONV_VL
 #undef SPCONV_NV
 #undef FSCNN_SUFFIX
