@@ -225,12 +225,13 @@ ZOO_SPARSITY = 0.9
 
 def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, input_size=224,
         warmup=2, iterations=None, seconds=10.0, compare=None, per_layer=False,
-        kernel="auto", keep=(), seed=0, out=None, progress=True):
+        kernel="auto", keep=(), seed=0, out=None, progress=True, pattern="unstructured"):
     """Run the benchmark and print its report (on ``out``, default ``sys.stdout`` at the time
     of the call); returns the report as a dict (see ``--json``).
 
     ``target``: see :func:`build_model`. ``sparsity``: magnitude-prune every conv/linear
-    weight to this fraction of zeros; None measures the weights as they are; ``"default"`` is
+    weight to this fraction of zeros (in ``pattern``: see :func:`fscnn.prune`; '4x1' blocks run
+    on the block kernel); None measures the weights as they are; ``"default"`` is
     :data:`ZOO_SPARSITY` for a zoo model (random weights) and None for a file, whose weights
     are the user's own. ``compare``: names of :data:`COMPARISONS`; None takes
     :data:`DEFAULT_COMPARISONS` for the kind of target (an ONNX file is compared with ONNX
@@ -255,9 +256,12 @@ def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, in
     if "litert" in compare and sparsity is not None:
         raise CommandError("--compare litert runs the .tflite file as given: measure it without "
                            "--sparsity (or prune it with fscnn prune and compare with dense)")
+    if pattern != "unstructured" and sparsity is None:
+        raise CommandError(f"--pattern {pattern} prunes: give --sparsity too (a model file is "
+                           "measured as given otherwise)")
     if sparsity is not None:
         with as_command_error(ValueError, TypeError):  # --keep names no layer, NaN weights
-            prune(model, sparsity, keep=list(keep), inplace=True)
+            prune(model, sparsity, keep=list(keep), pattern=pattern, inplace=True)
     state = model.state_dict()  # dense arrays: the torch model and fscnn's dense path use them
     achieved = sparsity_report(model).total.sparsity
     # the measured fscnn model holds its pruned weights sparse, as a deployment would: its
@@ -266,11 +270,12 @@ def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, in
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(input_shape(model, batch, input_size), dtype=np.float32)
     report = {"model": name, "target": target, "sparsity": achieved, "pruned_to": sparsity,
-              "batch": batch,
+              "pattern": pattern, "batch": batch,
               "threads": threads, "input_size": input_size, "kernel": kernel,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": _cpu_name(),
               "simd": _config.get_simd_level(), "fscnn_version": _config.config_dict()["fscnn"]}
-    how = "as given" if sparsity is None else f"pruned to {sparsity:.0%}"
+    how = "as given" if sparsity is None else f"pruned to {sparsity:.0%}" + (
+        "" if pattern == "unstructured" else f" in {pattern} blocks")
     print(f"fscnn bench: {name}, {achieved:.1%} of conv/linear weights zero ({how}), input "
           f"{'x'.join(map(str, x.shape))}, {threads} thread(s), SIMD {report['simd']}",
           file=out)

@@ -327,7 +327,9 @@ def add_prune_parser(subparsers):
                         help="layers or weights kept dense, fnmatch patterns allowed "
                              "(e.g. features.0,classifier.6); repeatable")
     parser.add_argument("--pattern", default="unstructured", metavar="P",
-                        help="unstructured (default), N:M such as 2:4, or RxC blocks such as 1x4")
+                        help="unstructured (default), N:M such as 2:4, or RxC blocks such as "
+                             "4x1 (R output by C input channels at a tap; 4x1 blocks run on "
+                             "the block kernel)")
     parser.set_defaults(run=_run_prune)
 
 
@@ -340,7 +342,7 @@ def _run_bench(args):
                        iterations=args.iterations, seconds=args.time, compare=compare,
                        per_layer=args.per_layer, kernel=args.kernel,
                        keep=[n for group in args.keep for n in group.split(",") if n],
-                       seed=args.seed)
+                       seed=args.seed, pattern=args.pattern)
     if args.json:
         bench.write_json(report, args.json)
         print(f"wrote {args.json}")
@@ -370,6 +372,10 @@ def add_bench_parser(subparsers):
                              "the weights of a .npz archive are measured as given)")
     parser.add_argument("--keep", action="append", default=[], metavar="NAME,...",
                         help="layers kept dense when pruning; repeatable")
+    parser.add_argument("--pattern", default="unstructured", metavar="P",
+                        help="what --sparsity prunes: unstructured (default), N:M such as 2:4, "
+                             "or RxC blocks such as 4x1 (4 output channels at a tap, which "
+                             "the block kernel runs)")
     parser.add_argument("--batch", type=_positive_int, default=1, metavar="N",
                         help="images per call (default 1)")
     parser.add_argument("--threads", type=_positive_int, metavar="T",

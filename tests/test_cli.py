@@ -227,6 +227,18 @@ def test_bench_runs_checks_and_writes_json(capsys, tmp_path):
     assert {r["layer"] for r in report["layers"]} >= {"conv1", "fc"}
 
 
+def test_bench_prunes_in_4x1_blocks(capsys, tmp_path):
+    out_json = tmp_path / "r.json"
+    status, out, err = _run(capsys, "bench", "toy", "--pattern", "4x1", "--sparsity", "0.75",
+                            "--threads", "1", "--iterations", "1", "--warmup", "0",
+                            "--compare", "dense", "--kernel", "block_sparse", "--json", out_json)
+    assert status == 0, err
+    assert "pruned to 75% in 4x1 blocks" in out and "(ok)" in out
+    import json
+    report = json.loads(out_json.read_text())
+    assert report["pattern"] == "4x1" and report["kernels"].get("block_sparse", 0) >= 1
+
+
 def test_bench_of_an_archive_needs_its_architecture(capsys, tmp_path):
     path = tmp_path / "w.npz"
     np.savez(path, x=np.ones(3, np.float32))
@@ -245,7 +257,11 @@ def test_bench_user_errors_are_one_line(capsys, tmp_path, dense_npz):
             (["bench", "toy", "--keep", "nosuch", "--compare", "dense"],
              "keep: ['nosuch'] match no prunable weight"),
             (["bench", dense_npz, "--model", "nopad", "--compare", "dense"],
-             "the weights do not fit --model nopad: Error(s) in loading state_dict")]:
+             "the weights do not fit --model nopad: Error(s) in loading state_dict"),
+            (["bench", dense_npz, "--model", "toy", "--pattern", "4x1"],
+             "--pattern 4x1 prunes: give --sparsity too"),
+            (["bench", "toy", "--pattern", "2:4", "--compare", "dense"],
+             "pattern '2:4' fixes the sparsity at 0.5")]:
         status, out, err = _run(capsys, *argv)
         assert status == 2, (argv, err)
         assert err.count("\n") == 1 and err.startswith("fscnn: error: "), (argv, err)
