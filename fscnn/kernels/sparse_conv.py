@@ -31,6 +31,12 @@ MAX_ORDERS = 4
 # of its stored weights that must be non-zero for 'auto' to time it.
 BLOCK = 4
 MIN_BLOCK_FILL = 0.6
+# The block kernel's full tile up to this many computed positions per channel, its half tile
+# above. On VGG-shaped 3x3 layers at 90% in 4x1 blocks (AVX2, 1 thread, against the plain
+# kernel on the same weights) the full tile (3 vectors per channel, one accumulator spilled)
+# ran 112x112 and 56x56 planes x0.79-0.88 and x0.83-1.05, the half tile (2 vectors) x0.91-0.95
+# and x1.07-1.10; on 14x14 and 7x7 planes the full tile won (see spconv.h).
+BLOCK_FULL_TILE_MAX = 512
 
 
 class SparseLayout(NamedTuple):
@@ -223,7 +229,10 @@ def _plan(op, geo, threads, level, block):
     # output): a full tile streams the weights half as often, and on ResNet-50's 56x56 1x1
     # layers (3136 positions, 2% fewer with half tiles) it was 5-8% faster at 90%
     full, half_t = _conv.tile_size(level, False, block), _conv.tile_size(level, True, block)
-    half = -(-lay.L // half_t) * half_t < 0.97 * (-(-lay.L // full) * full)
+    if block > 1:
+        half = lay.L > BLOCK_FULL_TILE_MAX
+    else:
+        half = -(-lay.L // half_t) * half_t < 0.97 * (-(-lay.L // full) * full)
     T = half_t if half else full
     n_tiles = -(-lay.L // T)
     # input-channel blocks: one tile's window of a block (KH kernel rows of T + a vector of
