@@ -19,7 +19,8 @@ CASES = [
     (1, 3, 8, 9, 11, (3, 3), 1, 1, 1, 1),
     (1, 8, 10, 30, 29, (3, 3), 1, 1, 1, 1),        # over BLOCK_FULL_TILE_MAX: the half tile
     (2, 17, 6, 7, 7, (1, 1), 1, 0, 1, 1),          # 1x1, batch 2, odd channels, O % 4 == 2
-    (1, 64, 13, 9, 9, (3, 3), 1, 1, 1, 1),         # several channel blocks, O % 4 == 1
+    (1, 64, 13, 9, 9, (3, 3), 1, 1, 1, 1),         # O % 4 == 1
+    (1, 300, 10, 16, 16, (3, 3), 1, 1, 1, 1),      # channel blocks in groups of tiles
     (2, 6, 8, 13, 11, (1, 1), 1, 0, 1, 2),         # unpadded 1x1 read in place, groups 2
     (1, 4, 8, 23, 12, (1, 1), 2, 0, 1, 2),         # 1x1 stride 2: phase (0, 0) packed alone
     (1, 4, 8, 13, 12, (5, 5), 2, 2, 1, 2),         # 5x5 stride 2 groups 2
@@ -93,6 +94,18 @@ def test_block_kernel_tile_follows_the_plane_size(rng):
         plan = op._plan(x.shape).plan
         assert plan.half_tile == half and (plan.layout.L > BLOCK_FULL_TILE_MAX) == half
         assert_close(op(x), ref_conv2d(x, w, b, **hp))
+
+
+def test_block_kernel_groups_tiles_and_channel_blocks(rng):
+    # a work item is a group of tiles; with several input-channel blocks each (tile, block)
+    # keeps its partial sums between them
+    x, w, b, hp = _make(CASES[4], rng)
+    with _config.threads(1):
+        op = Conv2dOp(w, b, kernel="block_sparse", **hp)
+        y = op(x)
+        plan = op._plan(x.shape).plan
+    assert plan.group > 1 and plan.call.channel_blocks > 1
+    assert_close(y, ref_conv2d(x, w, b, **hp))
 
 
 def test_block_kernel_is_bit_identical_across_threads_and_close_to_the_plain_one(rng):

@@ -32,10 +32,11 @@ cdef extern from "spconv.h" nogil:
         const float *values
         const float *bias
         const int64_t *oblk
-        int64_t ncb, R, n_oblk, Wq, W_out, O
+        int64_t ncb, R, n_oblk, Wq, W_out, O, group
         int act, level, half, block
     int64_t spconv_tile_size(int level, int half, int block)
     int64_t spconv_vector_len(int level)
+    int64_t spconv_n_items(const spconv_layer *k, int64_t H_out)
     void spconv_items(const spconv_layer *k, const float *inp, float *out, float *partial,
                       int64_t H_out, int64_t i0, int64_t i1)
 
@@ -167,6 +168,8 @@ cdef class SparseConv:
     block : int
         1 (the plain kernel) or 4 (the block kernel: non-zeros stored in blocks of 4
         consecutive output channels at one tap).
+    group : int
+        Tiles per work item of the block kernel, 1 to SPCONV_GROUP_MAX (16).
     """
     cdef spconv_layer k
     cdef conv_packing pk
@@ -181,7 +184,7 @@ cdef class SparseConv:
     def __init__(self, const int64_t[:, ::1] ptr, int64_t R, const int32_t[::1] offsets,
                  const float[::1] values, const float[::1] bias, const int64_t[::1] oblk,
                  packing, int64_t Wc, int64_t W_valid, int act, int level, bint half,
-                 int n_threads, int64_t band_rows, int64_t O, int block):
+                 int n_threads, int64_t band_rows, int64_t O, int block, int64_t group):
         self.ptr, self.offsets, self.values, self.bias, self.oblk = ptr, offsets, values, bias, oblk
         self.k.ptr = &ptr[0, 0]
         self.k.offsets = &offsets[0] if offsets.shape[0] else NULL
@@ -191,14 +194,20 @@ cdef class SparseConv:
         self.k.ncb = (ptr.shape[1] - 1) // R
         self.k.R, self.k.n_oblk, self.k.Wq, self.k.W_out = R, oblk.shape[0] - 1, Wc, W_valid
         self.k.act, self.k.level, self.k.half = act, level, half
-        self.k.O, self.k.block = O, block
+        self.k.O, self.k.block, self.k.group = O, block, group
         self.pk = _packing(packing)
         self.band_rows, self.n_threads = band_rows, n_threads
+
+    @property
+    def channel_blocks(self):
+        """Input-channel blocks (ncb) the kernel runs in turn, keeping partial sums."""
+        return self.k.ncb
 
     def conv(self, const float[:, :, :, ::1] x,       # IN  (N, C, H, W)
              float[::1] buf,                          # SCRATCH packed image + tail, tail
                                                       #   zeroed, vector-aligned
-             float[:, ::1] partial,                   # SCRATCH (n_threads, largest block * T)
+             float[:, ::1] partial,                   # SCRATCH (n_threads, largest block * T
+                                                      #   * group)
              float[:, :, :, ::1] out,                 # OUT (N, O, H_c, W_valid)
              bint pack):
         """Convolve ``x`` into ``out``, the computed positions: output (y, x) is flat position
@@ -207,8 +216,7 @@ cdef class SparseConv:
         vector-aligned) and is read in place; ``buf`` is then unused."""
         cdef const spconv_layer *k = &self.k
         cdef int64_t N = x.shape[0], C = x.shape[1], H_out = out.shape[2]
-        cdef int64_t T = spconv_tile_size(k.level, k.half, k.block)
-        cdef int64_t n_items = (H_out * k.Wq + T - 1) // T * k.n_oblk
+        cdef int64_t n_items = spconv_n_items(k, H_out)
         cdef int64_t n, i
         cdef const float *src
         if N == 0 or out.shape[1] == 0 or H_out == 0 or out.shape[3] == 0:
@@ -224,7 +232,7 @@ cdef class SparseConv:
     def conv_maxpool2(self, const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
                       float[::1] buf,                     # SCRATCH packed image, readable
                                                           #   to max(offsets) + L + T
-                      float[:, ::1] partial,              # SCRATCH (n_threads, O * T)
+                      float[:, ::1] partial,              # SCRATCH (n_threads, O * T * group)
                       float[:, ::1] band,                 # SCRATCH (n_threads,
                                                           #   O * band_rows * W_valid)
                       float[:, :, :, ::1] out):           # OUT (N, O, H_conv//2, W_valid//2)
@@ -236,7 +244,6 @@ cdef class SparseConv:
         cdef const spconv_layer *k = &self.k
         cdef int64_t N = x.shape[0], C = x.shape[1]
         cdef int64_t O = out.shape[1], Hpo = out.shape[2], Wpo = out.shape[3]
-        cdef int64_t T = spconv_tile_size(k.level, k.half, k.block)
         cdef int64_t band_rows = self.band_rows
         cdef int64_t n_bands = (2 * Hpo + band_rows - 1) // band_rows
         cdef int64_t n, b, r0, rows, o, j
@@ -254,7 +261,7 @@ cdef class SparseConv:
                     scr = &band[threadid(), 0]
                     # the band's rows r0 .. r0+rows-1 are flat positions r0*Wq + [0, rows*Wq)
                     spconv_items(k, src + r0 * k.Wq, scr, &partial[threadid(), 0], rows, 0,
-                                 (rows * k.Wq + T - 1) // T)
+                                 spconv_n_items(k, rows))
                     for o in range(O):
                         for j in range(rows // 2):
                             fscnn_maxpool2x2_row(scr + (o * rows + 2 * j) * k.W_out,

@@ -37,6 +37,11 @@ MIN_BLOCK_FILL = 0.6
 # ran 112x112 and 56x56 planes x0.79-0.88 and x0.83-1.05, the half tile (2 vectors) x0.91-0.95
 # and x1.07-1.10; on 14x14 and 7x7 planes the full tile won (see spconv.h).
 BLOCK_FULL_TILE_MAX = 512
+# The block kernel's work item is a group of tiles (tiles innermost, see spconv_impl.h) whose
+# input window (all channels of a channel block) fits in this many bytes (L2), up to
+# GROUP_MAX tiles (SPCONV_GROUP_MAX in spconv.h).
+GROUP_WINDOW_BYTES = 256 * 1024
+GROUP_MAX = 16
 
 
 class SparseLayout(NamedTuple):
@@ -66,8 +71,9 @@ class SparsePlan(NamedTuple):
     """The sparse kernel's plan for one input shape: its layout, residues ``R``, tile size
     (``half_tile``), whether the input is packed (``pack``; else read in place when aligned),
     the floats a packed image must be readable to (``readable``), scratch shapes (``partial``
-    and, with the fused pool, ``band``), the rows per band of the fused pool (0: none) and the
-    compiled kernel bound to the reordered weights (``call``)."""
+    and, with the fused pool, ``band``), the rows per band of the fused pool (0: none), the
+    tiles per work item of the block kernel (``group``; 1 for the plain one) and the compiled
+    kernel bound to the reordered weights (``call``)."""
 
     layout: SparseLayout
     R: int
@@ -77,6 +83,7 @@ class SparsePlan(NamedTuple):
     partial: tuple
     band_rows: int
     band: Optional[tuple]
+    group: int
     call: _conv.SparseConv
 
 
@@ -241,6 +248,11 @@ def _plan(op, geo, threads, level, block):
     window = KH * min(KW, sw) * (T + VL + (dw * (KW - 1)) // sw) * 4
     ncb = -(-Cg // max(1, WINDOW_BYTES // window))
     cb = -(-Cg // ncb)  # equal blocks: no short last block costing a pass over the partials
+    group = 1
+    if block > 1:
+        group = max(1, min(GROUP_MAX, GROUP_WINDOW_BYTES // (cb * window)))
+        if not op.pool:  # enough items for the threads (a band is the pooled layer's item)
+            group = max(1, min(group, n_tiles // (4 * threads)))
     n_rows = indptr.shape[0] - 1
     kind = BlockSparseConv.name if block > 1 else SparseConv.name
     order, values, ptr = _order(op, kind, rows, idx, values, residue, n_rows, ncb, cb, R)
@@ -248,18 +260,20 @@ def _plan(op, geo, threads, level, block):
     if op.pool:
         band_rows = _band_rows(op, geo, lay.Wq, T)
         oblk = np.array([0, n_rows], np.int64)
-        reach, pack, partial = lay.L + T + VL, True, (threads, n_rows * block * T)
+        reach, pack, partial = lay.L + T + VL, True, (threads, n_rows * block * T * group)
         band = (threads, O * band_rows * geo.W_out)
     else:
         band_rows, band = 0, None
-        n_blocks = 1 if n_tiles >= 8 * threads else min(n_rows, -(-8 * threads // n_tiles))
+        n_items = -(-n_tiles // group)
+        n_blocks = 1 if n_items >= 8 * threads else min(n_rows, -(-8 * threads // n_items))
         oblk = balanced_blocks(indptr, n_blocks)
         reach, pack = n_tiles * T + VL, not (lay.in_place and lay.L >= T)
-        partial = (threads, int(np.diff(oblk).max()) * block * T)
+        partial = (threads, int(np.diff(oblk).max()) * block * T * group)
     call = _conv.SparseConv(ptr, R, (pos - residue)[order].astype(np.int32), values, op.bias,
                             oblk, geo.packing(lay.Hq, lay.Wq, lay.plane), lay.Wc, lay.Wc_len,
-                            op.act_code, level, half, threads, band_rows, O, block)
-    return SparsePlan(lay, R, half, pack, max_tap + reach, partial, band_rows, band, call)
+                            op.act_code, level, half, threads, band_rows, O, block, group)
+    return SparsePlan(lay, R, half, pack, max_tap + reach, partial, band_rows, band, group,
+                      call)
 
 
 class SparseConv(Kernel):
