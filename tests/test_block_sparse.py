@@ -8,7 +8,7 @@ import fscnn
 from conftest import assert_close, sparse_weight
 from fscnn import _config
 from fscnn.kernels import BlockSparseConv
-from fscnn.kernels.sparse_conv import BLOCK_FULL_TILE_MAX, MIN_BLOCK_FILL, block_fill
+from fscnn.kernels.sparse_conv import MIN_BLOCK_FILL, block_fill
 from fscnn.ops import Conv2dOp, OpError
 from reference import conv2d as ref_conv2d
 
@@ -17,7 +17,7 @@ from reference import conv2d as ref_conv2d
 # and O not a multiple of 4 (a last block with missing channels) where not.
 CASES = [
     (1, 3, 8, 9, 11, (3, 3), 1, 1, 1, 1),
-    (1, 8, 10, 30, 29, (3, 3), 1, 1, 1, 1),        # over BLOCK_FULL_TILE_MAX: the half tile
+    (1, 8, 10, 30, 29, (3, 3), 1, 1, 1, 1),        # a larger plane: many groups of tiles
     (2, 17, 6, 7, 7, (1, 1), 1, 0, 1, 1),          # 1x1, batch 2, odd channels, O % 4 == 2
     (1, 64, 13, 9, 9, (3, 3), 1, 1, 1, 1),         # O % 4 == 1
     (1, 300, 10, 16, 16, (3, 3), 1, 1, 1, 1),      # channel blocks in groups of tiles
@@ -85,15 +85,6 @@ def test_block_kernel_fused_max_pool(sparsity, threads, rng):
     ref = np.maximum(ref_conv2d(x, w, b, **hp), 0)[:, :, :16, :16]
     ref = ref.reshape(2, 14, 8, 2, 8, 2).max(axis=(3, 5))
     assert_close(y, ref)
-
-
-def test_block_kernel_tile_follows_the_plane_size(rng):
-    for case, half in ((CASES[0], False), (CASES[1], True)):
-        x, w, b, hp = _make(case, rng)
-        op = Conv2dOp(w, b, kernel="block_sparse", **hp)
-        plan = op._plan(x.shape).plan
-        assert plan.half_tile == half and (plan.layout.L > BLOCK_FULL_TILE_MAX) == half
-        assert_close(op(x), ref_conv2d(x, w, b, **hp))
 
 
 def test_block_kernel_groups_tiles_and_channel_blocks(rng):

@@ -31,16 +31,13 @@ MAX_ORDERS = 4
 # of its stored weights that must be non-zero for 'auto' to time it.
 BLOCK = 4
 MIN_BLOCK_FILL = 0.6
-# The block kernel's full tile up to this many computed positions per channel, its half tile
-# above. On VGG-shaped 3x3 layers at 90% in 4x1 blocks (AVX2, 1 thread, against the plain
-# kernel on the same weights) the full tile (3 vectors per channel, one accumulator spilled)
-# ran 112x112 and 56x56 planes x0.79-0.88 and x0.83-1.05, the half tile (2 vectors) x0.91-0.95
-# and x1.07-1.10; on 14x14 and 7x7 planes the full tile won (see spconv.h).
-BLOCK_FULL_TILE_MAX = 512
 # The block kernel's work item is a group of tiles (tiles innermost, see spconv_impl.h) whose
 # input window (all channels of a channel block) fits in this many bytes (L2), up to
-# GROUP_MAX tiles (SPCONV_GROUP_MAX in spconv.h).
-GROUP_WINDOW_BYTES = 256 * 1024
+# GROUP_MAX tiles (SPCONV_GROUP_MAX in spconv.h). Against one tile per item, groups ran
+# 64-channel 3x3 layers at 90% in 4x1 blocks 1.2-1.5x faster on 112x112 planes (16 tiles),
+# 1.1-1.25x on 56x56, 512-channel 14x14 ones 1.1x; 256 KiB, 512 KiB and 1 MiB were within
+# noise of each other (AVX2, 512 KiB L2).
+GROUP_WINDOW_BYTES = 512 * 1024
 GROUP_MAX = 16
 
 
@@ -237,7 +234,7 @@ def _plan(op, geo, threads, level, block):
     # layers (3136 positions, 2% fewer with half tiles) it was 5-8% faster at 90%
     full, half_t = _conv.tile_size(level, False, block), _conv.tile_size(level, True, block)
     if block > 1:
-        half = lay.L > BLOCK_FULL_TILE_MAX
+        half = False  # the block kernel has one tile size (spconv.h)
     else:
         half = -(-lay.L // half_t) * half_t < 0.97 * (-(-lay.L // full) * full)
     T = half_t if half else full
@@ -250,9 +247,8 @@ def _plan(op, geo, threads, level, block):
     cb = -(-Cg // ncb)  # equal blocks: no short last block costing a pass over the partials
     group = 1
     if block > 1:
-        group = max(1, min(GROUP_MAX, GROUP_WINDOW_BYTES // (cb * window)))
-        if not op.pool:  # enough items for the threads (a band is the pooled layer's item)
-            group = max(1, min(group, n_tiles // (4 * threads)))
+        # threads share the groups' output blocks when there are few groups (n_blocks below)
+        group = max(1, min(GROUP_MAX, n_tiles, GROUP_WINDOW_BYTES // (cb * window)))
     n_rows = indptr.shape[0] - 1
     kind = BlockSparseConv.name if block > 1 else SparseConv.name
     order, values, ptr = _order(op, kind, rows, idx, values, residue, n_rows, ncb, cb, R)

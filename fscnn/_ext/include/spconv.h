@@ -36,20 +36,19 @@ typedef struct {
     int act, level, half, block;
 } spconv_layer;
 
-/* Rows per block of the block kernel, and its accumulator vectors per row (full and half
- * tile): 4*NVB accumulators + 4 broadcast weights + the loaded vector in 16 registers
- * (baseline, AVX2) or 32 (AVX-512). AVX2's full tile (12 accumulators) spills one to the
- * stack, and still ran planes of 14x14 and 7x7 faster than the half tile (x1.25-1.30 and
- * x1.67-1.76 the plain kernel vs x1.12-1.29 and x1.54-1.59); the half tile is faster on
- * large planes (fscnn.kernels.sparse_conv.BLOCK_FULL_TILE_MAX). */
+/* Rows per block of the block kernel, and its accumulator vectors per row: 4*NVB
+ * accumulators + 4 broadcast weights + the loaded vector in 16 registers (baseline, AVX2) or
+ * 32 (AVX-512). The block kernel has one tile size (the half-tile copies compile it too, and
+ * never run it): on AVX2, 3 vectors (one accumulator spilled to the stack) ran ResNet-shaped
+ * layers at 90% in 4x1 blocks 1.2-1.5x slower than 2 vectors (56x56 to 7x7 planes). */
 #define SPCONV_B 4
 #define SPCONV_GROUP_MAX 16
 #define SPCONV_NVB_BASELINE 2
-#define SPCONV_NVB_HALF_BASELINE 1
-#define SPCONV_NVB_AVX2 3
-#define SPCONV_NVB_HALF_AVX2 2
+#define SPCONV_NVB_HALF_BASELINE SPCONV_NVB_BASELINE
+#define SPCONV_NVB_AVX2 2
+#define SPCONV_NVB_HALF_AVX2 SPCONV_NVB_AVX2
 #define SPCONV_NVB_AVX512 4
-#define SPCONV_NVB_HALF_AVX512 2
+#define SPCONV_NVB_HALF_AVX512 SPCONV_NVB_AVX512
 
 /* Each target is instantiated with a full tile and a half tile (suffix half_<level>): layers
  * whose flat output is short (7x7, 14x14 planes) waste less of a half tile on positions past the
