@@ -31,11 +31,12 @@ MAX_ORDERS = 4
 # of its stored weights that must be non-zero for 'auto' to time it.
 BLOCK = 4
 MIN_BLOCK_FILL = 0.6
-# The block kernel's work item is a group of tiles (tiles innermost, see spconv_impl.h) whose
-# input window (all channels of a channel block) fits in this many bytes (L2), up to
-# GROUP_MAX tiles (SPCONV_GROUP_MAX in spconv.h). Against one tile per item, groups ran
+# A work item is a group of consecutive tiles (tiles innermost, see spconv_impl.h) whose input
+# window (all channels of a channel block) fits in this many bytes (L2), up to GROUP_MAX tiles
+# (SPCONV_GROUP_MAX in spconv.h). Against one tile per item, groups ran the block kernel on
 # 64-channel 3x3 layers at 90% in 4x1 blocks 1.2-1.5x faster on 112x112 planes (16 tiles),
-# 1.1-1.25x on 56x56, 512-channel 14x14 ones 1.1x; 256 KiB, 512 KiB and 1 MiB were within
+# 1.1-1.25x on 56x56, 512-channel 14x14 ones 1.1x, and the plain kernel on VGG16's 3x3
+# layers at 90% unstructured x1.02-1.18 (7x7: x0.98); 256 KiB, 512 KiB and 1 MiB were within
 # noise of each other (AVX2, 512 KiB L2).
 GROUP_WINDOW_BYTES = 512 * 1024
 GROUP_MAX = 16
@@ -245,10 +246,9 @@ def _plan(op, geo, threads, level, block):
     window = KH * min(KW, sw) * (T + VL + (dw * (KW - 1)) // sw) * 4
     ncb = -(-Cg // max(1, WINDOW_BYTES // window))
     cb = -(-Cg // ncb)  # equal blocks: no short last block costing a pass over the partials
-    group = 1
-    if block > 1:
-        # threads share the groups' output blocks when there are few groups (n_blocks below)
-        group = max(1, min(GROUP_MAX, n_tiles, GROUP_WINDOW_BYTES // (cb * window)))
+    # a work item is a group of tiles; threads share the groups' output blocks when there are
+    # few groups (n_blocks below)
+    group = max(1, min(GROUP_MAX, n_tiles, GROUP_WINDOW_BYTES // (cb * window)))
     n_rows = indptr.shape[0] - 1
     kind = BlockSparseConv.name if block > 1 else SparseConv.name
     order, values, ptr = _order(op, kind, rows, idx, values, residue, n_rows, ncb, cb, R)

@@ -23,9 +23,9 @@
  * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; half: the half tile (see below).
  * block: 1, or SPCONV_B: the non-zeros are stored in blocks of SPCONV_B consecutive output
  *          channels at one tap (the block kernel, spconv_tile_block): ptr's rows, offsets and
- *          oblk then count blocks, values are (blocks, SPCONV_B) and O is the channel count;
- *          a work item is a group of `group` tiles (at most SPCONV_GROUP_MAX) for a block of
- *          output blocks. */
+ *          oblk then count blocks, values are (blocks, SPCONV_B) and O is the channel count.
+ * group:   tiles per work item (at most SPCONV_GROUP_MAX): an item computes a group of tiles
+ *          for a block of output channels (blocks). */
 typedef struct {
     const int64_t *ptr;
     const int32_t *offsets;
@@ -117,12 +117,11 @@ static inline int64_t spconv_vector_len(int level) {
 static inline int64_t spconv_n_items(const spconv_layer *k, int64_t H_out) {
     const int64_t T = spconv_tile_size(k->level, k->half, k->block);
     const int64_t n_tiles = (H_out * k->Wq + T - 1) / T;
-    const int64_t per_item = k->block > 1 ? k->group : 1;
-    return (n_tiles + per_item - 1) / per_item * k->n_oblk;
+    return (n_tiles + k->group - 1) / k->group * k->n_oblk;
 }
 
-/* Work items [i0, i1) of one image, item i = (tile i / n_oblk, output block i % n_oblk); with
- * the block kernel (group of tiles i / n_oblk, ...).
+/* Work items [i0, i1) of one image, item i = (group of tiles i / n_oblk, output block
+ * i % n_oblk).
  * in: the packed image (vector-aligned, readable to max(offsets) + H_out*Wq + T + VL);
  * out: (O, H_out, W_out); partial: scratch of (largest block) * T floats. */
 static inline void spconv_items(const spconv_layer *k, const float *in, float *out,

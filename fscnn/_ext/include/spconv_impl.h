@@ -24,8 +24,10 @@
  * in VL, and the kernel was bound by those loads (spconv.h). The cost: the padding columns
  * (6-12% more positions on VGG16's planes), a ninth vector per non-zero of residue r > 0,
  * and the shuffles.
- * Loop order: a work item is (tile, block of output channels); inside it the tile's input window
- * (all channels) is reused from cache by every output channel of the block. Items are handed to
+ * Loop order: a work item is (group of consecutive tiles, block of output channels); inside it
+ * the group's input window (all channels of an input-channel block) is reused from cache by
+ * every output channel of the block, and each output channel's non-zeros are read once per
+ * group and its outputs written position after position (spconv_tile). Items are handed to
  * threads dynamically (prange schedule "dynamic"), so a thread that the OS deschedules on a busy
  * machine does not hold the others back at the barrier (with a static split, ResNet-18 ran 40x
  * slower on 2 threads while another process used one core). Each output element is computed by
@@ -105,101 +107,6 @@ static inline int FSCNN_FN(spconv_runs)(int64_t p0, int64_t skip, int64_t T, int
     return n_runs;
 }
 
-/* One tile of T output positions [p0, p0+T) for output channels [o0, o1) of one image, of
- * which positions [p0 + skip, p0+T) are stored.
- * in:      packed planes (read-only), SPCONV_VL-aligned, readable up to max(offsets) + p0 + T
- *          (+ SPCONV_VL when R > 1). p0 is a multiple of SPCONV_VL (see spconv_items).
- * ptr, offsets, values, bias, ncb, R: see spconv_layer (spconv.h); an offset is a multiple
- *          of SPCONV_VL, its residue r (0 <= r < R) the segment it sits in.
- * out:     (O, H_out, W_out) of this image.
- * partial: scratch of (o1-o0)*T floats holding the accumulators between channel blocks.
- * Residue 0 accumulates straight into the tile's accumulators. A residue r > 0 accumulates
- * T + SPCONV_VL positions (from the aligned position below) and is shifted into them by r
- * lanes at the end of its segment, so every load of the input is aligned. */
-FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
-        const float *restrict in, const int64_t *restrict ptr, int64_t ncb, int64_t R,
-        const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
-        float *restrict out, float *restrict partial,
-        int64_t o0, int64_t o1, int64_t p0, int64_t skip, int64_t Wq, int64_t H_out,
-        int64_t W_out, int act)
-{
-    float tmp[SPCONV_T] __attribute__((aligned(64)));
-    const int64_t plane = H_out * W_out;
-    const int64_t stride = ncb * R + 1;
-    const float *restrict base = in + p0;
-    int64_t run_dst[SPCONV_T], run_src[SPCONV_T], run_len[SPCONV_T];
-    const int n_runs = FSCNN_FN(spconv_runs)(p0, skip, SPCONV_T, Wq, H_out, W_out, run_dst,
-                                             run_src, run_len);
-    const int whole = n_runs == 1 && run_len[0] == SPCONV_T;
-    for (int64_t b = 0; b < ncb; b++) {
-        const int first = b == 0, last = b == ncb - 1;
-        for (int64_t o = o0; o < o1; o++) {
-            SPVEC acc[SPCONV_NV];
-            float *restrict part = partial + (o - o0) * SPCONV_T;
-            if (first) {
-                const float bo = bias ? bias[o] : 0.0f;
-#pragma GCC unroll 16
-                for (int v = 0; v < SPCONV_NV; v++) acc[v] = (SPVEC){0} + bo;
-            } else {
-#pragma GCC unroll 16
-                for (int v = 0; v < SPCONV_NV; v++) memcpy(&acc[v], part + v * SPCONV_VL, sizeof(SPVEC));
-            }
-            const int64_t *bp = ptr + o * stride + b * R;
-            for (int64_t k = bp[0], kend = bp[1]; k < kend; k++) {
-                const SPVEC w = {FSCNN_BCAST(values[k])};
-                const float *restrict p = base + offsets[k];
-#pragma GCC unroll 16
-                for (int v = 0; v < SPCONV_NV; v++) {
-                    SPVEC x;
-                    memcpy(&x, p + v * SPCONV_VL, sizeof x);
-                    acc[v] += w * x;
-                }
-            }
-            for (int64_t r = 1; r < R; r++) {
-                const int64_t kend = bp[r + 1];
-                int64_t k = bp[r];
-                if (k == kend) continue;
-                SPVEC t[SPCONV_NV + 1];
-#pragma GCC unroll 17
-                for (int v = 0; v <= SPCONV_NV; v++) t[v] = (SPVEC){0};
-                for (; k < kend; k++) {
-                    const SPVEC w = {FSCNN_BCAST(values[k])};
-                    const float *restrict p = base + offsets[k];
-#pragma GCC unroll 17
-                    for (int v = 0; v <= SPCONV_NV; v++) {
-                        SPVEC x;
-                        memcpy(&x, p + v * SPCONV_VL, sizeof x);
-                        t[v] += w * x;
-                    }
-                }
-                /* lanes r .. r+VL-1 of (t[v], t[v+1]): positions p0 + v*VL + [0, VL) */
-                SPCONV_SHIFT_IN(acc, t, r);
-            }
-            if (!last) {
-#pragma GCC unroll 16
-                for (int v = 0; v < SPCONV_NV; v++) memcpy(part + v * SPCONV_VL, &acc[v], sizeof(SPVEC));
-                continue;
-            }
-            if (act != FSCNN_ACT_NONE) {
-#pragma GCC unroll 16
-                for (int v = 0; v < SPCONV_NV; v++) acc[v] = FSCNN_VACT(acc[v], act);
-            }
-            float *restrict orow = out + o * plane;
-            if (whole) {
-                /* the tile is one run of valid outputs (always when Wq == W_out, e.g. 1x1
-                 * layers): store the accumulators straight to the output */
-#pragma GCC unroll 16
-                for (int v = 0; v < SPCONV_NV; v++)
-                    memcpy(orow + run_dst[0] + v * SPCONV_VL, &acc[v], sizeof(SPVEC));
-                continue;
-            }
-            memcpy(tmp, acc, sizeof tmp);
-            for (int q = 0; q < n_runs; q++)
-                memcpy(orow + run_dst[q], tmp + run_src[q], (size_t)run_len[q] * sizeof(float));
-        }
-    }
-}
-
 /* The tile at index t of a flat output of L positions: its start p0 and the positions it
  * skips. The last tile is moved back to end at L when the flat output holds a whole tile, so
  * no read goes past position L-1+max(offsets): an unpadded 1x1 layer then reads its input in
@@ -213,6 +120,116 @@ static inline void FSCNN_FN(spconv_tile_start)(int64_t t, int64_t T, int64_t L, 
     if (*p0 + T > L && L >= T) {
         *skip = *p0 - (L - T);
         *p0 = L - T;
+    }
+}
+
+/* A group of tiles [t0, t0+G) (G <= SPCONV_GROUP_MAX) of T output positions each, for output
+ * channels [o0, o1) of one image. Tile t covers positions [p0, p0+T) of which [p0 + skip,
+ * p0+T) are stored (spconv_tile_start). Channels outermost, tiles innermost: an output
+ * channel's non-zeros are read once per group, and its outputs written position after
+ * position (see spconv_tile_block for what writing every channel per tile cost).
+ * in:      packed planes (read-only), SPCONV_VL-aligned, readable up to max(offsets) + p0 + T
+ *          (+ SPCONV_VL when R > 1) for every tile's p0, a multiple of SPCONV_VL.
+ * ptr, offsets, values, bias, ncb, R: see spconv_layer (spconv.h); an offset is a multiple
+ *          of SPCONV_VL, its residue r (0 <= r < R) the segment it sits in.
+ * out:     (O, H_out, W_out) of this image.
+ * partial: scratch of (o1-o0)*G*T floats holding the accumulators between channel blocks.
+ * Residue 0 accumulates straight into the tile's accumulators. A residue r > 0 accumulates
+ * T + SPCONV_VL positions (from the aligned position below) and is shifted into them by r
+ * lanes at the end of its segment, so every load of the input is aligned. */
+FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
+        const float *restrict in, const int64_t *restrict ptr, int64_t ncb, int64_t R,
+        const int32_t *restrict offsets, const float *restrict values, const float *restrict bias,
+        float *restrict out, float *restrict partial,
+        int64_t o0, int64_t o1, int64_t t0, int64_t G, int64_t Wq, int64_t H_out,
+        int64_t W_out, int act)
+{
+    float tmp[SPCONV_T] __attribute__((aligned(64)));
+    const int64_t plane = H_out * W_out, L = H_out * Wq;
+    const int64_t stride = ncb * R + 1;
+    int64_t p0[SPCONV_GROUP_MAX];
+    int64_t run_dst[SPCONV_GROUP_MAX][SPCONV_T], run_src[SPCONV_GROUP_MAX][SPCONV_T];
+    int64_t run_len[SPCONV_GROUP_MAX][SPCONV_T];
+    int n_runs[SPCONV_GROUP_MAX], whole[SPCONV_GROUP_MAX];
+    for (int64_t g = 0; g < G; g++) {
+        int64_t skip;
+        FSCNN_FN(spconv_tile_start)(t0 + g, SPCONV_T, L, &p0[g], &skip);
+        n_runs[g] = FSCNN_FN(spconv_runs)(p0[g], skip, SPCONV_T, Wq, H_out, W_out,
+                                          run_dst[g], run_src[g], run_len[g]);
+        whole[g] = n_runs[g] == 1 && run_len[g][0] == SPCONV_T;
+    }
+    for (int64_t b = 0; b < ncb; b++) {
+        const int first = b == 0, last = b == ncb - 1;
+        for (int64_t o = o0; o < o1; o++) {
+            const int64_t *bp = ptr + o * stride + b * R;
+            for (int64_t g = 0; g < G; g++) {
+                SPVEC acc[SPCONV_NV];
+                float *restrict part = partial + ((o - o0) * G + g) * SPCONV_T;
+                const float *restrict base = in + p0[g];
+                if (first) {
+                    const float bo = bias ? bias[o] : 0.0f;
+#pragma GCC unroll 16
+                    for (int v = 0; v < SPCONV_NV; v++) acc[v] = (SPVEC){0} + bo;
+                } else {
+#pragma GCC unroll 16
+                    for (int v = 0; v < SPCONV_NV; v++)
+                        memcpy(&acc[v], part + v * SPCONV_VL, sizeof(SPVEC));
+                }
+                for (int64_t k = bp[0], kend = bp[1]; k < kend; k++) {
+                    const SPVEC w = {FSCNN_BCAST(values[k])};
+                    const float *restrict p = base + offsets[k];
+#pragma GCC unroll 16
+                    for (int v = 0; v < SPCONV_NV; v++) {
+                        SPVEC x;
+                        memcpy(&x, p + v * SPCONV_VL, sizeof x);
+                        acc[v] += w * x;
+                    }
+                }
+                for (int64_t r = 1; r < R; r++) {
+                    const int64_t kend = bp[r + 1];
+                    int64_t k = bp[r];
+                    if (k == kend) continue;
+                    SPVEC t[SPCONV_NV + 1];
+#pragma GCC unroll 17
+                    for (int v = 0; v <= SPCONV_NV; v++) t[v] = (SPVEC){0};
+                    for (; k < kend; k++) {
+                        const SPVEC w = {FSCNN_BCAST(values[k])};
+                        const float *restrict p = base + offsets[k];
+#pragma GCC unroll 17
+                        for (int v = 0; v <= SPCONV_NV; v++) {
+                            SPVEC x;
+                            memcpy(&x, p + v * SPCONV_VL, sizeof x);
+                            t[v] += w * x;
+                        }
+                    }
+                    /* lanes r .. r+VL-1 of (t[v], t[v+1]): positions p0 + v*VL + [0, VL) */
+                    SPCONV_SHIFT_IN(acc, t, r);
+                }
+                if (!last) {
+#pragma GCC unroll 16
+                    for (int v = 0; v < SPCONV_NV; v++)
+                        memcpy(part + v * SPCONV_VL, &acc[v], sizeof(SPVEC));
+                    continue;
+                }
+                if (act != FSCNN_ACT_NONE) {
+#pragma GCC unroll 16
+                    for (int v = 0; v < SPCONV_NV; v++) acc[v] = FSCNN_VACT(acc[v], act);
+                }
+                float *restrict orow = out + o * plane;
+                if (whole[g]) {
+                    /* the tile is one run of valid outputs (always when Wq == W_out, e.g. 1x1
+                     * layers): store the accumulators straight to the output */
+#pragma GCC unroll 16
+                    for (int v = 0; v < SPCONV_NV; v++)
+                        memcpy(orow + run_dst[g][0] + v * SPCONV_VL, &acc[v], sizeof(SPVEC));
+                    continue;
+                }
+                memcpy(tmp, acc, sizeof tmp);
+                for (int q = 0; q < n_runs[g]; q++)
+                    memcpy(orow + run_dst[g][q], tmp + run_src[g][q],
+                           (size_t)run_len[g][q] * sizeof(float));
+            }
+        }
     }
 }
 
@@ -327,21 +344,18 @@ FSCNN_TARGET static void FSCNN_FN(spconv_items)(
     const int64_t n_oblk = k->n_oblk, Wq = k->Wq;
     const int64_t L = H_out * Wq;
     for (int64_t i = i0; i < i1; i++) {
-        const int64_t t = i / n_oblk, b = i - t * n_oblk;
-        if (k->block > 1) {  /* item t: the group of tiles [t*G, t*G + G) */
-            const int64_t n_tiles = (L + SPCONV_TB - 1) / SPCONV_TB;
-            const int64_t t0 = t * k->group;
-            const int64_t G = t0 + k->group <= n_tiles ? k->group : n_tiles - t0;
+        const int64_t t = i / n_oblk, b = i - t * n_oblk;  /* group t, output block b */
+        const int64_t T = k->block > 1 ? SPCONV_TB : SPCONV_T;
+        const int64_t n_tiles = (L + T - 1) / T, t0 = t * k->group;
+        const int64_t G = t0 + k->group <= n_tiles ? k->group : n_tiles - t0;
+        if (k->block > 1)
             FSCNN_FN(spconv_tile_block)(in, k->ptr, k->ncb, k->offsets, k->values, k->bias,
                                         out, partial, k->O, k->oblk[b], k->oblk[b + 1], t0, G,
                                         Wq, H_out, k->W_out, k->act);
-            continue;
-        }
-        int64_t p0, skip;
-        FSCNN_FN(spconv_tile_start)(t, SPCONV_T, L, &p0, &skip);
-        FSCNN_FN(spconv_tile)(in, k->ptr, k->ncb, k->R, k->offsets, k->values, k->bias, out,
-                              partial, k->oblk[b], k->oblk[b + 1], p0, skip, Wq, H_out,
-                              k->W_out, k->act);
+        else
+            FSCNN_FN(spconv_tile)(in, k->ptr, k->ncb, k->R, k->offsets, k->values, k->bias,
+                                  out, partial, k->oblk[b], k->oblk[b + 1], t0, G, Wq, H_out,
+                                  k->W_out, k->act);
     }
 }
 
