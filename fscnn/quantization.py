@@ -28,7 +28,7 @@ from .nn.layers import Conv2d, Linear
 from .nn.module import Module
 from .nn.quantized import QuantizedConv2d, QuantizedLinear
 
-__all__ = ["quantize", "quantize_weight", "quantize_input", "SCHEMES"]
+__all__ = ["quantize", "quantize_weight", "quantize_input", "quantized_weight_names", "SCHEMES"]
 
 SCHEMES = ("minmax", "percentile")
 SIGNED_MAX, UNSIGNED_MAX = 127, 255
@@ -111,6 +111,13 @@ class _Calibration:
             amax = float(np.percentile(np.concatenate(self.samples[name]), percentile))
         top = UNSIGNED_MAX if unsigned else SIGNED_MAX
         return (np.float32(amax / top) if amax > 0 else np.float32(1.0)), unsigned
+
+
+def quantized_weight_names(model):
+    """state_dict keys of the int8 weights of ``model``'s quantized layers, in state_dict
+    order (``fscnn info`` lists them beside the float layers' weights)."""
+    return [key for key, (module, attribute, _) in model._state_slots().items()
+            if attribute == "weight" and isinstance(module, (QuantizedConv2d, QuantizedLinear))]
 
 
 def _targets(model, keep):
