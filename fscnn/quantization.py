@@ -28,7 +28,8 @@ from .nn.layers import Conv2d, Linear
 from .nn.module import Module
 from .nn.quantized import QuantizedConv2d, QuantizedLinear
 
-__all__ = ["quantize", "quantize_weight", "quantize_input", "quantized_weight_names", "SCHEMES"]
+__all__ = ["quantize", "dequantize", "is_quantized", "quantize_weight", "quantize_input",
+           "quantized_weight_names", "SCHEMES"]
 
 SCHEMES = ("minmax", "percentile")
 SIGNED_MAX, UNSIGNED_MAX = 127, 255
@@ -111,6 +112,64 @@ class _Calibration:
             amax = float(np.percentile(np.concatenate(self.samples[name]), percentile))
         top = UNSIGNED_MAX if unsigned else SIGNED_MAX
         return (np.float32(amax / top) if amax > 0 else np.float32(1.0)), unsigned
+
+
+def is_quantized(model):
+    """Whether ``model`` holds quantized layers."""
+    return any(isinstance(m, (QuantizedConv2d, QuantizedLinear)) for _, m in model.named_modules())
+
+
+def _float_layer(q):
+    """The float Conv2d/Linear of the quantized layer ``q``: weights ``values * scale``."""
+    O = q.weight.shape[0]
+    weight = q.weight.astype(np.float32) * q.weight_scale.reshape((O,) + (1,) * (q.weight.ndim - 1))
+    with init.uninitialized():
+        if isinstance(q, QuantizedConv2d):
+            m = Conv2d(q.in_channels, q.out_channels, q.kernel_size, q.stride, q.padding,
+                       q.dilation, q.groups, q.bias is not None, q.padding_mode)
+        else:
+            m = Linear(q.in_features, q.out_features, q.bias is not None)
+    m.weight = weight
+    if q.bias is not None:
+        m.bias = q.bias
+    return m
+
+
+def dequantize(model):
+    """A float copy of a quantized model: each QuantizedConv2d/QuantizedLinear becomes the
+    Conv2d/Linear with the dequantized weights ``values * weight_scale`` (the float model the
+    int8 one approximates with quantized activations; ``fscnn bench`` compares with it).
+
+    Parameters
+    ----------
+    model : fscnn.nn.Module
+
+    Returns
+    -------
+    fscnn.nn.Module
+        A new model (a Graph for a Graph); the other layers are copies.
+    """
+    named = dict(model.named_modules())
+    layers = OrderedDict((name, _float_layer(m)) for name, m in named.items()
+                         if isinstance(m, (QuantizedConv2d, QuantizedLinear)))
+    if isinstance(model, Graph):
+        tensors = OrderedDict(model.tensors())
+        nodes = []
+        for node in model.nodes:
+            m = layers.get(node.name)
+            if m is None:
+                nodes.append(node)
+                continue
+            tensors[node.params["weight"]] = m.weight
+            params = {k: v for k, v in node.params.items()
+                      if k not in ("weight_scale", "input_scale")}
+            args = {k: v for k, v in node.args.items() if k != "input_unsigned"}
+            nodes.append(Node(node.name, node.op[len("Quantized"):], args, node.inputs,
+                              node.outputs, params))
+        return Graph(model.inputs, model.output_names, nodes, tensors)
+    copy = deepcopy(model)
+    _replace(copy, layers)
+    return copy
 
 
 def quantized_weight_names(model):

@@ -23,7 +23,7 @@ from fscnn.io import ArchiveError
 from fscnn.kernels.base import OpError
 from fscnn.kernels.int8 import Int8SparseConv, Int8SparseLinear
 from fscnn.ops import QuantizedConv2dOp, QuantizedLinearOp, QuantizedWeight
-from fscnn.quantization import quantize_input, quantize_weight
+from fscnn.quantization import dequantize, is_quantized, quantize_input, quantize_weight
 from reference import conv2d as ref_conv2d
 from reference import max_pool2d as ref_max_pool2d
 
@@ -229,6 +229,22 @@ def test_batch_norm_folds_exactly(rng):
     assert_close(folded(x), expected, rtol=1e-5)
 
 
+def test_dequantize_gives_the_float_model_of_the_int8_weights(rng):
+    model = _small_model(rng)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    q = fscnn.quantize(model, [x])
+    f = dequantize(q)
+    assert is_quantized(q) and not is_quantized(f) and not is_quantized(model)
+    assert type(f[0]) is nn.Conv2d and type(f[7]) is nn.Linear
+    np.testing.assert_array_equal(f[0].weight, q[0].weight * q[0].weight_scale[:, None, None, None])
+    assert_close(f(x), model(x), **MODEL_TOL)
+    graph = _graph(rng)
+    xg = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    fg = dequantize(fscnn.quantize(graph, [xg]))
+    assert [n.op for n in fg.nodes] == [n.op for n in graph.nodes]
+    assert_close(fg(xg), graph(xg), **MODEL_TOL)
+
+
 def test_keep_and_calibration_errors(rng):
     model = _small_model(rng)
     x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
@@ -377,7 +393,8 @@ def test_cli_info_and_bench_take_a_quantized_archive(quantized_archive, capsys):
     assert "c.w" in out and "fc.w" in out and "8x3x3x3" in out
     assert main(["bench", path, "--iterations", "1", "--warmup", "0", "--input-size", "8",
                  "--compare", "dense"]) == 0
-    assert "int8" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 layers int8" in out and "against the dequantized float32 model" in out
 
 
 # --------------------------------------------------------------------------- bad input
