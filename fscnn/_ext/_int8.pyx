@@ -68,7 +68,8 @@ cdef class _Int8Kernel:
         self.k.scale = &scale[0]
         self.k.bias = &bias[0] if bias is not None else NULL
         self.k.oblk = &oblk[0]
-        self.k.ostride, self.k.n_oblk, self.k.Wq, self.k.W_out = ostride, oblk.shape[0] - 1, Wq, W_out
+        self.k.ostride, self.k.n_oblk = ostride, oblk.shape[0] - 1
+        self.k.Wq, self.k.W_out = Wq, W_out
         self.k.act, self.k.level, self.k.narrow = act, level, narrow
         self.q.inv_scale, self.q.lo, self.q.hi = inv_scale, lo, hi
         self.n_threads = n_threads
@@ -114,7 +115,8 @@ cdef class Int8Conv(_Int8Kernel):
                          lo, hi, act, level, narrow, n_threads)
         self.pk.H, self.pk.W = packing.H, packing.W
         self.pk.pad_top, self.pk.pad_left = packing.pad_top, packing.pad_left
-        self.pk.sh, self.pk.sw, self.pk.Hq, self.pk.Wq = packing.sh, packing.sw, packing.Hq, packing.Wq
+        self.pk.sh, self.pk.sw = packing.sh, packing.sw
+        self.pk.Hq, self.pk.Wq = packing.Hq, packing.Wq
         self.pk.plane, self.pk.one_phase = packing.plane, packing.one_phase
         self.Cg, self.Pg = Cg, Pg
 
@@ -138,7 +140,7 @@ cdef class Int8Conv(_Int8Kernel):
                     spq_items(&k, buf, out + n * O * H_out * W_out, NULL, H_out, i, i + 1)
 
     def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
-                 int32_t[::1] buf,                        # SCRATCH packed pairs + tail, tail zeroed
+                 int32_t[::1] buf,                    # SCRATCH packed pairs + tail, tail zeroed
                  float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out)
         """Convolve ``x`` into ``out`` (float32)."""
         if x.shape[0] == 0 or out.shape[1] == 0 or out.shape[2] == 0 or out.shape[3] == 0:
@@ -148,8 +150,8 @@ cdef class Int8Conv(_Int8Kernel):
                       out.shape[3], &buf[0], &out[0, 0, 0, 0], NULL)
 
     def accumulate(self, const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
-                   int32_t[::1] buf,                       # SCRATCH as for __call__
-                   int32_t[:, :, :, ::1] raw):             # OUT (N, O, H_out, W_out) int32
+                   int32_t[::1] buf,                   # SCRATCH as for __call__
+                   int32_t[:, :, :, ::1] raw):         # OUT (N, O, H_out, W_out) int32
         """The int32 accumulators of ``x`` into ``raw``, before the epilogue (for tests)."""
         if x.shape[0] == 0 or raw.shape[1] == 0 or raw.shape[2] == 0 or raw.shape[3] == 0:
             return
@@ -197,7 +199,7 @@ cdef class Int8Linear(_Int8Kernel):
             spq_items(&k, buf, wide, raw, 1, i, i + 1)
 
     def __call__(self, const float[:, ::1] x,      # IN  (N, I)
-                 int32_t[::1] buf,                     # SCRATCH (ceil(I/2) * plane,) packed pairs
+                 int32_t[::1] buf,                 # SCRATCH (ceil(I/2) * plane,) packed pairs
                  float[:, ::1] wide,               # SCRATCH (O, N): the transposed output
                  float[:, ::1] out):               # OUT (N, O)
         """``out = act(dequantize(quantize(x) @ Wq.T) + bias)``; ``plane`` (the packed
@@ -213,8 +215,8 @@ cdef class Int8Linear(_Int8Kernel):
                     out[n, o] = wide[o, n]
 
     def accumulate(self, const float[:, ::1] x,   # IN  (N, I)
-                   int32_t[::1] buf,                  # SCRATCH as for __call__
-                   int32_t[:, ::1] raw):              # OUT (O, N) int32 accumulators
+                   int32_t[::1] buf,              # SCRATCH as for __call__
+                   int32_t[:, ::1] raw):          # OUT (O, N) int32 accumulators
         """The int32 accumulators, transposed, before the epilogue (for tests)."""
         cdef int64_t N = x.shape[0]
         if N == 0 or raw.shape[0] == 0:
