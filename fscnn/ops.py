@@ -501,10 +501,18 @@ class QuantizedWeight(NamedTuple):
 
 
 def _positive_finite(value, what):
-    value = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(value) & (value > 0)):
-        raise OpError(f"{what} must be positive and finite, got {value}")
-    return value
+    """``value`` as float32, refused unless it and its reciprocal are positive and finite
+    in float32 (a float64 scale may underflow to 0, or its inverse overflow)."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "fiu":
+        raise TypeError(f"{what} must be a real number, got dtype {value.dtype}")
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        v32 = value.astype(np.float32)
+        ok = np.isfinite(v32) & (v32 > 0) & np.isfinite(np.float32(1) / v32)
+    if not np.all(ok):
+        raise OpError(f"{what} must be positive and finite in float32 (with a finite "
+                      f"reciprocal), got {value}")
+    return v32
 
 
 class _QuantizedOp:
@@ -547,7 +555,7 @@ class _QuantizedOp:
         scale = np.asarray(weight.scale)
         if scale.shape != (O,):
             raise OpError(f"{name}: weight scale must have shape ({O},), got {scale.shape}")
-        self.weight_scale = _positive_finite(scale, f"{name}: weight scale").astype(np.float32)
+        self.weight_scale = _positive_finite(scale, f"{name}: weight scale")
         self.input_scale = float(_positive_finite(weight.input_scale, f"{name}: input scale"))
         if not isinstance(weight.input_unsigned, (bool, np.bool_)):
             raise TypeError(f"{name}: input_unsigned must be a bool, got "

@@ -357,11 +357,12 @@ def _drop(key):
     (_set("c.w", np.full((8, 3, 3, 3), -128, np.int8)), "[-127, 127]"),
     (_set("c.w", np.ones((8, 3, 3, 3), np.float32)), "int8"),
     (_set("c.w", np.ones((8, 3, 3), np.int8)), "shape"),
-    (_set("conv.weight_scale", np.zeros(8, np.float32)), "positive finite"),
-    (_set("conv.weight_scale", np.full(8, np.nan, np.float32)), "positive finite"),
+    (_set("conv.weight_scale", np.zeros(8, np.float32)), "positive and finite"),
+    (_set("conv.weight_scale", np.full(8, np.nan, np.float32)), "positive and finite"),
+    (_set("conv.weight_scale", np.full(8, 1e-50, np.float64)), "positive and finite"),
     (_set("conv.weight_scale", np.ones(7, np.float32)), "shape"),
-    (_set("fc.input_scale", np.array(-1.0, np.float32)), "positive finite"),
-    (_set("fc.input_scale", np.array(np.inf, np.float32)), "positive finite"),
+    (_set("fc.input_scale", np.array(-1.0, np.float32)), "positive and finite"),
+    (_set("fc.input_scale", np.array(np.inf, np.float32)), "positive and finite"),
     (_drop("fc.input_scale"), "fc.input_scale"),
     (_node_arg("conv", "input_unsigned", "yes"), "input_unsigned"),
     (_node_arg("fc", "input_unsigned", 1), "input_unsigned"),
@@ -410,8 +411,11 @@ def test_bad_quantized_weights_are_refused():
         QuantizedLinearOp(ok._replace(values=np.full((2, 3), -128, np.int8)))
     with pytest.raises(OpError, match="shape"):
         QuantizedLinearOp(ok._replace(scale=np.ones(3, np.float32)))
+    for bad in (0.0, -1.0, np.nan, np.inf, 1e-50, 1e-39):  # 1e-39: no finite reciprocal
+        with pytest.raises(OpError, match="positive"):
+            QuantizedLinearOp(ok._replace(input_scale=bad))
     with pytest.raises(OpError, match="positive"):
-        QuantizedLinearOp(ok._replace(input_scale=0.0))
+        QuantizedLinearOp(ok._replace(scale=np.array([1.0, 1e-60])))
     with pytest.raises(TypeError, match="bool"):
         QuantizedLinearOp(ok._replace(input_unsigned=1))
     with pytest.raises(OpError, match="kernel"):
@@ -441,7 +445,7 @@ def test_bad_inputs_raise_before_the_kernel(rng):
     layer = nn.QuantizedConv2d(2, 4, 3)
     with pytest.raises(TypeError, match="int8"):
         layer.weight = np.ones((4, 2, 3, 3), np.float32)
-    with pytest.raises(ValueError, match="positive finite"):
+    with pytest.raises(ValueError, match="positive and finite"):
         layer.input_scale = np.float32(0)
     with pytest.raises(TypeError, match="bool"):
         nn.QuantizedLinear(3, 2, input_unsigned="no")

@@ -13,7 +13,7 @@ for the float layers.
 import numpy as np
 
 from .. import ops
-from ..ops import QuantizedWeight
+from ..ops import QuantizedWeight, _positive_finite
 from ..functional import fold_batch_norm
 from . import layers
 
@@ -32,11 +32,7 @@ def _check_quantized(layer, name, value):
             raise ValueError(f"{label}: expected int8 values in [-127, 127], got "
                              f"[{arr.min()}, {arr.max()}]")
     elif name in ("weight_scale", "input_scale"):
-        with np.errstate(invalid="ignore"):
-            bad = ~(np.isfinite(arr) & (arr > 0))
-        if np.any(bad):
-            raise ValueError(f"{label}: expected positive finite scales, got "
-                             f"{arr.ravel()[bad.ravel()][:4]}")
+        _positive_finite(arr, label)  # as the float32 the layer holds
     return value
 
 
