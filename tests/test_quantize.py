@@ -150,6 +150,24 @@ def test_nan_and_saturating_inputs():
     assert uop(x)[0, 0] == 0 + 255 + 0 + 2
 
 
+@pytest.mark.parametrize("unsigned", [False, True], ids=["int8", "uint8"])
+def test_conv_packing_quantizes_specials_like_numpy(rng, unsigned, simd_level):
+    """The packer's vector path (rows of 8+ contiguous inputs) and its scalar tail: NaN to 0,
+    infinities and large values saturate, halves round to even."""
+    s = 0.5
+    x = rng.integers(-300, 300, (1, 3, 5, 21)).astype(np.float32) * np.float32(s / 2)
+    flat = x.reshape(-1)
+    flat[rng.permutation(flat.size)[:30]] = [np.nan, np.inf, -np.inf, 1e30, -1e30, -0.0] * 5
+    values = np.ones((2, 3, 1, 3), np.int8)
+    values[1] = -1
+    op = QuantizedConv2dOp(QuantizedWeight(values, np.ones(2, np.float32), s, unsigned),
+                           padding=(0, 1))
+    plan = op._plan(x.shape)
+    raw = np.zeros(op.output_shape(x.shape), np.int32)
+    Int8SparseConv.accumulate(x, plan.plan, raw)
+    np.testing.assert_array_equal(raw, _reference_acc(op, values, x))
+
+
 # --------------------------------------------------------------------------- quantize/dequantize
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 1.0])

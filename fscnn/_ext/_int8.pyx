@@ -29,8 +29,8 @@ cdef extern from "spconv_int8.h" nogil:
         float inv_scale
         int32_t lo, hi
     int64_t spq_tile_size(int narrow)
-    void spq_pack(const conv_packing *pk, const spq_quant *q, const float *x, int64_t Cg,
-                  int64_t Pg, int64_t p0, int64_t p1, int32_t *buf)
+    void spq_pack(const conv_packing *pk, const spq_quant *q, int level, const float *x,
+                  int64_t Cg, int64_t Pg, int64_t p0, int64_t p1, int32_t *buf)
     void spq_pack_rows(const spq_quant *q, const float *x, int64_t N, int64_t I, int64_t plane,
                        int64_t j0, int64_t j1, int32_t *buf)
     void spq_items(const spq_layer *k, const int32_t *inp, float *out, int32_t *raw,
@@ -131,8 +131,8 @@ cdef class Int8Conv(_Int8Kernel):
         k.W_out = W_out
         for n in range(N):
             for p in prange(n_pairs, num_threads=nt, schedule="dynamic"):
-                spq_pack(&self.pk, &self.q, x + n * C * self.pk.H * self.pk.W, self.Cg,
-                         self.Pg, p, p + 1, buf)
+                spq_pack(&self.pk, &self.q, k.level, x + n * C * self.pk.H * self.pk.W,
+                         self.Cg, self.Pg, p, p + 1, buf)
             for i in prange(n_items, num_threads=nt, schedule="dynamic"):
                 if raw != NULL:
                     spq_items(&k, buf, NULL, raw + n * O * H_out * W_out, H_out, i, i + 1)

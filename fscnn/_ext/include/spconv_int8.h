@@ -79,13 +79,72 @@ static inline int32_t spq_pair(int32_t lo, int32_t hi)
     return (int32_t)(((uint32_t)(uint16_t)lo) | ((uint32_t)(uint16_t)hi << 16));
 }
 
+/* dst[j] = pair(q(x0[j*sx]), q(x1[j*sx])) for j < n, the high half zero when x1 is NULL: the
+ * scalar definition (every level's tail, and the whole run at the baseline level). */
+static inline void spq_pack_run_baseline(const float *x0, const float *x1, int64_t n, int64_t sx,
+                                         const spq_quant *q, int32_t *dst)
+{
+    for (int64_t j = 0; j < n; j++)
+        dst[j] = spq_pair(spq_quantize(x0[j * sx], q), x1 ? spq_quantize(x1[j * sx], q) : 0);
+}
+
+#if FSCNN_X86
+/* 8 quantized lanes, as spq_quantize: NaN -> 0 (masked before the clamp, since maxps returns
+ * its second operand for a NaN), clamp, then vcvtps2dq, which rounds with the default mode
+ * (to nearest, ties to even) as cvtss2si does. */
+FSCNN_ATTR_avx2 static inline __m256i spq_quantize8(__m256 x, __m256 inv, __m256 lo, __m256 hi)
+{
+    __m256 v = _mm256_mul_ps(x, inv);
+    v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+    v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+    return _mm256_cvtps_epi32(v);
+}
+
+/* spq_pack_run_baseline with 8 positions per step where the run is contiguous (sx == 1):
+ * packing quantizes every input element, and one at a time it cost as much as a pruned
+ * layer's multiply-adds. Bit-identical to the scalar form. */
+FSCNN_ATTR_avx2 static void spq_pack_run_avx2(const float *x0, const float *x1, int64_t n,
+                                              int64_t sx, const spq_quant *q, int32_t *dst)
+{
+    int64_t j = 0;
+    if (sx == 1) {
+        const __m256 inv = _mm256_set1_ps(q->inv_scale);
+        const __m256 lo = _mm256_set1_ps((float)q->lo), hi = _mm256_set1_ps((float)q->hi);
+        const __m256i low16 = _mm256_set1_epi32(0xFFFF);
+        for (; j + 8 <= n; j += 8) {
+            const __m256i a = spq_quantize8(_mm256_loadu_ps(x0 + j), inv, lo, hi);
+            const __m256i b = x1 ? spq_quantize8(_mm256_loadu_ps(x1 + j), inv, lo, hi)
+                                 : _mm256_setzero_si256();
+            _mm256_storeu_si256((__m256i *)(dst + j),
+                                _mm256_or_si256(_mm256_and_si256(a, low16),
+                                                _mm256_slli_epi32(b, 16)));
+        }
+    }
+    spq_pack_run_baseline(x0 + j * sx, x1 ? x1 + j * sx : NULL, n - j, sx, q, dst + j);
+}
+#endif
+
+static inline void spq_pack_run(int level, const float *x0, const float *x1, int64_t n,
+                                int64_t sx, const spq_quant *q, int32_t *dst)
+{
+#if FSCNN_X86
+    if (level >= FSCNN_SIMD_AVX2) {
+        spq_pack_run_avx2(x0, x1, n, sx, q, dst);
+        return;
+    }
+#endif
+    (void)level;
+    spq_pack_run_baseline(x0, x1, n, sx, q, dst);
+}
+
 /* Quantize and pack the channel pairs [p0, p1) of one image x (C, H, W) into phase planes
- * (conv_pack.h's layout, one int32 pair per position). Pair gp is channels (g*Cg + 2p,
- * g*Cg + 2p + 1) with g = gp / Pg, p = gp % Pg, Pg = ceil(Cg / 2); the second is zero when
- * 2p + 1 == Cg. buf: (G*Pg*phases*plane + tail) int32, the caller zeroes the tail. Every
- * plane element is written. O(pairs * phases * plane). */
-static inline void spq_pack(const conv_packing *pk, const spq_quant *q, const float *x,
-                            int64_t Cg, int64_t Pg, int64_t p0, int64_t p1, int32_t *buf)
+ * (conv_pack.h's layout, one int32 pair per position) with SIMD level `level`. Pair gp is
+ * channels (g*Cg + 2p, g*Cg + 2p + 1) with g = gp / Pg, p = gp % Pg, Pg = ceil(Cg / 2); the
+ * second is zero when 2p + 1 == Cg. buf: (G*Pg*phases*plane + tail) int32, the caller zeroes
+ * the tail. Every plane element is written. O(pairs * phases * plane). */
+static inline void spq_pack(const conv_packing *pk, const spq_quant *q, int level,
+                            const float *x, int64_t Cg, int64_t Pg, int64_t p0, int64_t p1,
+                            int32_t *buf)
 {
     const int64_t H = pk->H, W = pk->W, pad_top = pk->pad_top, pad_left = pk->pad_left,
                   sh = pk->sh, sw = pk->sw, Hq = pk->Hq, Wq = pk->Wq, plane = pk->plane;
@@ -98,6 +157,13 @@ static inline void spq_pack(const conv_packing *pk, const spq_quant *q, const fl
             for (int64_t px = 0; px < phx; px++) {
                 int32_t *dst = buf + ((gp * phy + py) * phx + px) * plane;
                 memset(dst + Hq * Wq, 0, (size_t)(plane - Hq * Wq) * sizeof(int32_t));
+                /* plane columns j in [j0, j1) read input column j*sw + off in [0, W) */
+                const int64_t off = px - pad_left;
+                int64_t j0 = off >= 0 ? 0 : (-off + sw - 1) / sw;
+                int64_t j1 = off >= W ? 0 : (W - 1 - off) / sw + 1;
+                if (j0 > Wq) j0 = Wq;
+                if (j1 > Wq) j1 = Wq;
+                if (j1 < j0) j1 = j0;
                 for (int64_t i = 0; i < Hq; i++) {
                     int32_t *drow = dst + i * Wq;
                     const int64_t yin = i * sh + py - pad_top;
@@ -105,16 +171,10 @@ static inline void spq_pack(const conv_packing *pk, const spq_quant *q, const fl
                         memset(drow, 0, (size_t)Wq * sizeof(int32_t));
                         continue;
                     }
-                    for (int64_t j = 0; j < Wq; j++) {
-                        const int64_t xin = j * sw + px - pad_left;
-                        if (xin < 0 || xin >= W) {
-                            drow[j] = 0;
-                            continue;
-                        }
-                        const int64_t e = yin * W + xin;
-                        drow[j] = spq_pair(spq_quantize(x0[e], q),
-                                           x1 ? spq_quantize(x1[e], q) : 0);
-                    }
+                    const int64_t e = yin * W + j0 * sw + off;
+                    memset(drow, 0, (size_t)j0 * sizeof(int32_t));
+                    spq_pack_run(level, x0 + e, x1 ? x1 + e : NULL, j1 - j0, sw, q, drow + j0);
+                    memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(int32_t));
                 }
             }
         }
@@ -128,11 +188,7 @@ static inline void spq_pack_rows(const spq_quant *q, const float *x, int64_t N, 
 {
     for (int64_t j = j0; j < j1; j++) {
         int32_t *dst = buf + j * plane;
-        const int has1 = 2 * j + 1 < I;
-        for (int64_t n = 0; n < N; n++) {
-            const float *row = x + n * I + 2 * j;
-            dst[n] = spq_pair(spq_quantize(row[0], q), has1 ? spq_quantize(row[1], q) : 0);
-        }
+        spq_pack_run_baseline(x + 2 * j, 2 * j + 1 < I ? x + 2 * j + 1 : NULL, N, I, q, dst);
         memset(dst + N, 0, (size_t)(plane - N) * sizeof(int32_t));
     }
 }
