@@ -6,6 +6,9 @@ inputs, and for each input shape picks a kernel among those registered in
 timed on that shape, so a prepared layer is never slower than its dense path) and keeps that
 kernel's plan (converted weights, offsets, work split). Calls never re-convert weights; plans
 are cached per (shape, threads, SIMD level).
+
+:class:`QuantizedConv2dOp` and :class:`QuantizedLinearOp` are the same operators over int8
+weights (:class:`QuantizedWeight`), run by the INT8 kernels of :mod:`fscnn.kernels.int8`.
 """
 import threading
 from collections import OrderedDict

@@ -168,6 +168,21 @@ def test_conv_packing_quantizes_specials_like_numpy(rng, unsigned, simd_level):
     np.testing.assert_array_equal(raw, _reference_acc(op, values, x))
 
 
+def test_edge_cases(rng):
+    """An empty batch, a 1x1 image, a stride larger than the input, bias-free layers."""
+    values = quantize_weight(sparse_weight((4, 3, 3, 3), 0.5, rng))[0]
+    w = QuantizedWeight(values, np.ones(4, np.float32), 0.1, False)
+    op = QuantizedConv2dOp(w, padding=1)
+    assert op(np.zeros((0, 3, 5, 5), np.float32)).shape == (0, 4, 5, 5)
+    for shape, conv in (((1, 3, 1, 1), op), ((2, 3, 3, 3), QuantizedConv2dOp(w, stride=5))):
+        x = rng.standard_normal(shape).astype(np.float32)
+        acc = _reference_acc(conv, values, x)
+        assert_close(conv(x), _epilogue(acc, conv), **EPILOGUE_TOL)
+    lin = QuantizedLinearOp(QuantizedWeight(values.reshape(4, -1), np.ones(4, np.float32), 0.1,
+                                            False))
+    assert lin(np.zeros((0, 27), np.float32)).shape == (0, 4)
+
+
 # --------------------------------------------------------------------------- quantize/dequantize
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 1.0])
