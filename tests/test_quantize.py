@@ -244,6 +244,20 @@ def test_quantize_sequential(rng, scheme):
     assert set(report[0].kernels.values()) == {"int8"}
 
 
+def test_calibration_scales(rng):
+    """'minmax' maps the largest magnitude to the top of the range, 'percentile' clips an
+    outlier; the first layer's input is signed, the input after a ReLU unsigned."""
+    model = _small_model(rng)
+    x = rng.uniform(-1, 1, (4, 3, 16, 16)).astype(np.float32)
+    x[0, 0, 0, 0] = 50.0
+    q = fscnn.quantize(model, [x])
+    assert q[0].input_scale == np.float32(50.0 / 127) and not q[0].input_unsigned
+    p = fscnn.quantize(model, [x], scheme="percentile", percentile=99.0)
+    assert float(p[0].input_scale) == pytest.approx(
+        np.percentile(np.abs(x), 99.0) / 127, rel=1e-6)
+    assert q[4].input_unsigned and float(q[4].input_scale) > 0
+
+
 def test_batch_norm_folds_exactly(rng):
     """The fold puts the batch norm into the weight scales: the same as running it after the
     quantized convolution, to float32 rounding."""
