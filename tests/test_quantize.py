@@ -433,6 +433,17 @@ def test_truncated_quantized_archive(quantized_archive, tmp_path):
             fscnn.load_model(cut)
 
 
+def test_pruning_a_quantized_model_is_refused(quantized_archive, tmp_path, capsys):
+    from fscnn.cli import main
+    path, q, _ = quantized_archive
+    with pytest.raises(ValueError, match="prune the float model"):
+        fscnn.prune.prune(q, 0.5)
+    assert main(["prune", str(path), str(tmp_path / "p.npz"), "--sparsity", "0.5"]) == 2
+    assert "prune the float model" in capsys.readouterr().err
+    assert main(["bench", str(path), "--sparsity", "0.5", "--iterations", "1"]) == 2
+    assert "prune the float model" in capsys.readouterr().err
+
+
 def test_cli_info_and_bench_take_a_quantized_archive(quantized_archive, capsys):
     from fscnn.cli import main
     path = str(quantized_archive[0])
