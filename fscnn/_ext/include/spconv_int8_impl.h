@@ -20,26 +20,8 @@ FSCNN_TARGET static void FSCNN_FN(spq_tile)(
     const int64_t Wq = k->Wq, W_out = k->W_out, ostride = k->ostride;
     const int64_t plane = H_out * W_out, L = H_out * Wq;
     const int32_t *restrict base = in + p0;
-    /* the tile's valid outputs: runs of columns x < W_out within each output row it touches */
     int64_t run_dst[SPQ_T], run_src[SPQ_T], run_len[SPQ_T];
-    int n_runs = 0;
-    {
-        const int64_t pend = (p0 + SPQ_T < L) ? p0 + SPQ_T : L;
-        int64_t p = p0, y = p / Wq, x = p - y * Wq;
-        while (p < pend) {
-            int64_t run = Wq - x;
-            if (p + run > pend) run = pend - p;
-            if (x < W_out) {
-                run_dst[n_runs] = y * W_out + x;
-                run_src[n_runs] = p - p0;
-                run_len[n_runs] = (x + run <= W_out) ? run : W_out - x;
-                n_runs++;
-            }
-            p += run;
-            y++;
-            x = 0;
-        }
-    }
+    const int n_runs = conv_tile_runs(p0, SPQ_T, L, Wq, W_out, run_dst, run_src, run_len);
     for (int64_t o = o0; o < o1; o++) {
         const int64_t kend = k->ptr[o + 1];
 #if FSCNN_PASTE(SPQ_SIMD, FSCNN_LEVEL)
