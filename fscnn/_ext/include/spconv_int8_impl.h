@@ -63,10 +63,12 @@ FSCNN_TARGET static void FSCNN_FN(spq_tile)(
         for (int q = 0; q < n_runs; q++) {
             float *restrict dst = orow + run_dst[q];
             const int32_t *restrict src = acc + run_src[q];
-            for (int64_t j = 0; j < run_len[q]; j++) {
-                const float v = fmaf((float)src[j], s, b);
-                dst[j] = act == FSCNN_ACT_NONE ? v : fscnn_act(v, act);
-            }
+            const int64_t n = run_len[q];
+            /* two passes, so that the first vectorises (vfmadd on AVX2); the scalar
+             * activation keeps every level's results identical (sigmoid too) */
+            for (int64_t j = 0; j < n; j++) dst[j] = fmaf((float)src[j], s, b);
+            if (act != FSCNN_ACT_NONE)
+                for (int64_t j = 0; j < n; j++) dst[j] = fscnn_act(dst[j], act);
         }
     }
 }
