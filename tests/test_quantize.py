@@ -15,6 +15,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 import fscnn
 from conftest import SUPPORTED_SIMD_LEVELS, assert_close, package_dir_or_skip, sparse_weight
@@ -138,6 +140,28 @@ def test_outputs_are_bit_identical_across_simd_levels_and_threads(rng, act):
     acc = _reference_acc(conv, values, x)
     expected = ref_max_pool2d(_epilogue(acc, conv, act), 2)
     assert_close(conv(x), expected, **EPILOGUE_TOL)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(cg=st.integers(1, 5), og=st.integers(1, 3), groups=st.integers(1, 3),
+       kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       pads=st.tuples(*[st.integers(0, 2)] * 4), dh=st.integers(1, 2), dw=st.integers(1, 2),
+       h=st.integers(1, 12), w=st.integers(1, 12), sparsity=st.sampled_from([0.0, 0.5, 0.9]),
+       unsigned=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_conv_accumulators_on_random_geometries(cg, og, groups, kh, kw, sh, sw, pads, dh, dw,
+                                                 h, w, sparsity, unsigned, seed):
+    pt, pb, pl, pr = pads
+    assume(h + pt + pb >= dh * (kh - 1) + 1 and w + pl + pr >= dw * (kw - 1) + 1)
+    rng = np.random.default_rng(seed)
+    values = quantize_weight(sparse_weight((og * groups, cg, kh, kw), sparsity, rng))[0]
+    x = rng.standard_normal((1, cg * groups, h, w)).astype(np.float32)
+    op = QuantizedConv2dOp(QuantizedWeight(values, np.ones(og * groups, np.float32), 0.03,
+                                           unsigned), stride=(sh, sw), padding=pads,
+                           dilation=(dh, dw), groups=groups)
+    raw = np.zeros(op.output_shape(x.shape), np.int32)
+    Int8SparseConv.accumulate(x, op._plan(x.shape).plan, raw)
+    np.testing.assert_array_equal(raw, _reference_acc(op, values, x))
 
 
 def test_nan_and_saturating_inputs():
