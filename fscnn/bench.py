@@ -249,7 +249,7 @@ def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, in
         sparsity = None if is_file else ZOO_SPARSITY
     from .nn import Graph, LayerInputError
     from .prune import prunable_names, prune, sparsity_report
-    from .quantization import dequantize, is_quantized
+    from .quantization import dequantize, is_quantized, quantized_weight_names
     threads = threads or _config.get_num_threads()
     model, name = build_model(target, arch, seed)
     kind = os.path.splitext(target)[1].lower() if isinstance(model, Graph) else "zoo"
@@ -265,7 +265,12 @@ def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, in
         with as_command_error(ValueError, TypeError):  # --keep names no layer, NaN weights
             prune(model, sparsity, keep=list(keep), inplace=True)
     state = model.state_dict()  # dense arrays: the torch model and fscnn's dense path use them
-    achieved = sparsity_report(model).total.sparsity
+    if is_quantized(model):  # its int8 weights are not prunable ones: count them directly
+        weights = [np.asarray(state[k]) for k in prunable_names(model)
+                   + quantized_weight_names(model)]
+        achieved = 1.0 - sum(np.count_nonzero(w) for w in weights) / sum(w.size for w in weights)
+    else:
+        achieved = sparsity_report(model).total.sparsity
     # the measured fscnn model holds its pruned weights sparse, as a deployment would: its
     # operators then keep dense copies only where a plan picks the dense kernel
     model.to_sparse()

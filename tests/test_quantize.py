@@ -478,6 +478,8 @@ def test_cli_info_and_bench_take_a_quantized_archive(quantized_archive, capsys):
                  "--compare", "dense"]) == 0
     out = capsys.readouterr().out
     assert "2 layers int8" in out and "against the dequantized float32 model" in out
+    zeros = [np.mean(quantized_archive[1].state_dict()[k] == 0) for k in ("c.w", "fc.w")]
+    assert "0.0% of conv/linear weights zero" not in out and min(zeros) > 0.3
 
 
 # --------------------------------------------------------------------------- bad input
