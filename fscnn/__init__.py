@@ -12,7 +12,9 @@ from . import functional, models, nn, ops, prune, sparse  # noqa: E402  (after t
 from .convert import from_torch
 from .importers import ModelImportError, from_onnx, from_tflite
 from .io import load, load_model, save
+from .quantization import quantize
 
 __all__ = ["__version__", "get_num_threads", "set_num_threads", "get_simd_level",
            "set_simd_level", "show_config", "functional", "models", "nn", "ops", "prune",
-           "sparse", "from_torch", "from_onnx", "from_tflite", "ModelImportError", "load", "load_model", "save"]
+           "sparse", "from_torch", "from_onnx", "from_tflite", "ModelImportError", "load", "load_model", "save",
+           "quantize"]

@@ -199,6 +199,10 @@ def _run_info(args):
         return row
 
     names = prunable_names(model if model is not None else state_dict)
+    if model is not None:  # a quantized model's int8 weights (no pruning applies to them)
+        from .quantization import quantized_weight_names
+        listed = set(names) | set(quantized_weight_names(model))
+        names = [name for name in state_dict if name in listed]
     rows, total_flops = [], [0, 0]
     for name in names:
         weight = np.asarray(state_dict[name])

@@ -6,6 +6,9 @@ inputs, and for each input shape picks a kernel among those registered in
 timed on that shape, so a prepared layer is never slower than its dense path) and keeps that
 kernel's plan (converted weights, offsets, work split). Calls never re-convert weights; plans
 are cached per (shape, threads, SIMD level).
+
+:class:`QuantizedConv2dOp` and :class:`QuantizedLinearOp` are the same operators over int8
+weights (:class:`QuantizedWeight`), run by the INT8 kernels of :mod:`fscnn.kernels.int8`.
 """
 import threading
 from collections import OrderedDict
@@ -17,8 +20,9 @@ from . import _config
 from ._ext import _pool
 from ._memory import aligned_empty
 from ._validate import activation_code, as_float_array, as_vector, is_int, pair
-from .kernels import CONV, CONV_KERNELS, LINEAR, LINEAR_KERNELS, runner
-from .kernels.base import ConvGeometry, OpError
+from .kernels import (CONV, CONV_KERNELS, INT8_CONV, INT8_KERNELS, INT8_LINEAR, LINEAR,
+                      LINEAR_KERNELS, runner)
+from .kernels.base import INT32_MAX, ConvGeometry, OpError
 from .kernels.base import time_call as _time_call
 from .sparse import CSRMatrix, SparseConvWeight
 
@@ -31,8 +35,8 @@ AUTO_MIN_SPARSITY_LINEAR = 0.3
 ONE_SHOT_SPARSITY = 0.7  # a one-shot call (nothing to amortise timing over) goes sparse above this
 _MAX_PLANS = 16  # input shapes whose plans an operator keeps (least recently used dropped)
 
-__all__ = ["Conv2dOp", "LinearOp", "OpError", "KERNELS", "LINEAR_KERNELS", "conv_padding",
-           "one_shot_kernel"]
+__all__ = ["Conv2dOp", "LinearOp", "QuantizedConv2dOp", "QuantizedLinearOp", "QuantizedWeight",
+           "OpError", "KERNELS", "LINEAR_KERNELS", "conv_padding", "one_shot_kernel"]
 
 
 def _check_kernel(kernel, owner, kernels=KERNELS):
@@ -138,6 +142,12 @@ class _WeightedOp:
             self.weight_shape = dense.shape
             self._dense = dense.reshape(dense.shape[0], -1)
             self.nnz = int(np.count_nonzero(self._dense))
+        self._init_common(bias, activation, kernel)
+
+    def _init_common(self, bias, activation, kernel):
+        """What every operator sets once ``name``, ``weight_shape`` and ``nnz`` are known: the
+        bias, activation, kernel setting and the empty caches."""
+        name = self.name
         self.size = int(np.prod(self.weight_shape))
         self.sparsity = 1.0 - self.nnz / self.size
         n_out = self.weight_shape[0]
@@ -475,3 +485,136 @@ class LinearOp(_WeightedOp):
         self.check_input_shape(x.shape)
         plan = self._plan(x.shape)
         return self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan)
+
+
+class QuantizedWeight(NamedTuple):
+    """A quantized layer's weights and the quantization of its input.
+
+    ``values``: int8 array of shape (O, ...) in [-127, 127] (symmetric, zero stays zero);
+    ``scale``: float32 (O,), the weight of channel o is ``values[o] * scale[o]``;
+    ``input_scale``: the input x is quantized to ``round(x / input_scale)`` (ties to even),
+    clamped to [0, 255] when ``input_unsigned`` (a non-negative input, e.g. after a ReLU) and
+    to [-127, 127] otherwise.
+    """
+
+    values: np.ndarray
+    scale: np.ndarray
+    input_scale: float
+    input_unsigned: bool
+
+
+def _positive_finite(value, what):
+    """``value`` as float32, refused unless it and its reciprocal are positive and finite
+    in float32 (a float64 scale may underflow to 0, or its inverse overflow)."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "fiu":
+        raise TypeError(f"{what} must be a real number, got dtype {value.dtype}")
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        v32 = value.astype(np.float32)
+        ok = np.isfinite(v32) & (v32 > 0) & np.isfinite(np.float32(1) / v32)
+    if not np.all(ok):
+        raise OpError(f"{what} must be positive and finite in float32 (with a finite "
+                      f"reciprocal), got {value}")
+    return v32
+
+
+class _QuantizedOp:
+    """What QuantizedConv2dOp and QuantizedLinearOp share: int8 weights checked once, the
+    per-channel output scale of the epilogue, and the INT8 kernel (the only setting; 'auto'
+    runs it without timing).
+
+    Attributes
+    ----------
+    qweight : int8 array of the weight's shape
+    weight_scale : float32 (O,)
+    input_scale : float
+    input_unsigned : bool
+    input_range : (lo, hi) of the quantized input
+    scale : float32 (O,), ``float32(input_scale) * weight_scale``: acc * scale[o] + bias[o]
+        is the float output of an int32 accumulator.
+    """
+
+    kernels = INT8_KERNELS
+
+    def _init_weights(self, weight, bias, activation, kernel, name, ndim, layout):
+        self.name = name
+        self._dense_lock = threading.Lock()
+        if not isinstance(weight, QuantizedWeight):
+            raise TypeError(f"{name}: weight must be a QuantizedWeight, got "
+                            f"{type(weight).__name__}")
+        values = np.asarray(weight.values)
+        if values.dtype.kind not in "iu":
+            raise TypeError(f"{name}: quantized weight values must be integers, got dtype "
+                            f"{values.dtype}")
+        if values.ndim != ndim or min(values.shape, default=0) < 1:
+            raise OpError(f"{name}: quantized weight must be {ndim}-D {layout} with no empty "
+                          f"dimension, got shape {values.shape}")
+        if values.size and (values.min() < -127 or values.max() > 127):
+            raise OpError(f"{name}: quantized weight values must be in [-127, 127], got "
+                          f"[{values.min()}, {values.max()}]")
+        self.qweight = np.ascontiguousarray(values, dtype=np.int8)
+        self.weight_shape = self.qweight.shape
+        O = self.weight_shape[0]
+        scale = np.asarray(weight.scale)
+        if scale.shape != (O,):
+            raise OpError(f"{name}: weight scale must have shape ({O},), got {scale.shape}")
+        self.weight_scale = _positive_finite(scale, f"{name}: weight scale")
+        self.input_scale = float(_positive_finite(weight.input_scale, f"{name}: input scale"))
+        if not isinstance(weight.input_unsigned, (bool, np.bool_)):
+            raise TypeError(f"{name}: input_unsigned must be a bool, got "
+                            f"{weight.input_unsigned!r}")
+        self.input_unsigned = bool(weight.input_unsigned)
+        self.input_range = (0, 255) if self.input_unsigned else (-127, 127)
+        rows = np.abs(self.qweight.reshape(O, -1).astype(np.int64)).sum(axis=1)
+        if int(rows.max()) * self.input_range[1] > INT32_MAX:
+            raise OpError(f"{name}: an output channel's sum of |int8 weights| "
+                          f"({int(rows.max())}) times {self.input_range[1]} overflows the "
+                          f"int32 accumulator")
+        self.scale = np.float32(self.input_scale) * self.weight_scale
+        self._sparse = self._dense = None
+        self.nnz = int(np.count_nonzero(self.qweight))
+        self._init_common(bias, activation, "int8" if kernel == "auto" else kernel)
+
+    @property
+    def dense(self):
+        """The dequantized weights as a fresh float32 (O, K) array."""
+        O = self.weight_shape[0]
+        return self.qweight.reshape(O, -1).astype(np.float32) * self.weight_scale[:, None]
+
+    @property
+    def sparse(self):
+        raise OpError(f"{self.name}: a quantized operator holds int8 weights, no float sparse "
+                      f"form")
+
+
+class QuantizedConv2dOp(_QuantizedOp, Conv2dOp):
+    """A 2-D convolution over int8 weights (the INT8 kernel, :mod:`fscnn.kernels.int8`):
+    float32 in, float32 out, the input quantized as the kernel packs it and the int32 sums
+    dequantized, biased and activated in its epilogue.
+
+    Parameters
+    ----------
+    weight : QuantizedWeight
+        Values of shape (O, C/groups, KH, KW).
+    bias, stride, padding, dilation, groups, activation, name, pool
+        As for :class:`Conv2dOp` (the 2x2 max pool runs after the kernel).
+    kernel : {'auto', 'int8'}
+        Both run the INT8 kernel.
+    """
+
+    registry = INT8_CONV
+
+
+class QuantizedLinearOp(_QuantizedOp, LinearOp):
+    """A linear layer over int8 weights (see :class:`QuantizedConv2dOp`).
+
+    Parameters
+    ----------
+    weight : QuantizedWeight
+        Values of shape (out_features, in_features).
+    bias, activation, name
+        As for :class:`LinearOp`.
+    kernel : {'auto', 'int8'}
+    """
+
+    registry = INT8_LINEAR

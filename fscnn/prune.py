@@ -512,6 +512,13 @@ def prune(model_or_state_dict, sparsity=None, *, scope="layer", keep=(),
     if scope == "global" and pattern.kind == "nm":
         raise ValueError("scope='global' does not apply to N:M patterns, which prune every "
                          "group alike")
+    if _module_slots(model_or_state_dict) is not None:
+        from .quantization import quantized_weight_names
+        quantized = quantized_weight_names(model_or_state_dict)
+        if quantized:  # pruning would skip them silently: their int8 weights are not prunable
+            raise ValueError(f"the model holds INT8 layers ({', '.join(quantized[:3])}"
+                             f"{', ...' if len(quantized) > 3 else ''}): prune the float "
+                             f"model, then fscnn.quantize it")
     slots = _module_slots(model_or_state_dict) if inplace else None
     if slots is not None:
         state_dict = OrderedDict((key, slot[2]) for key, slot in slots.items())

@@ -7,12 +7,14 @@ among the registered kernels and cache plans; every list of kernel names (the ``
 settings of the operators, layers, ``Module.prepare`` and the CLI) comes from here.
 
 Adding a kernel: write its module (a :class:`~fscnn.kernels.base.Kernel` subclass and its
-plan), then add the class to ``CONV`` or ``LINEAR`` below.
+plan), then add the class to ``CONV`` or ``LINEAR`` below (``INT8_CONV`` or ``INT8_LINEAR``
+for a kernel of the quantized operators).
 """
 from .base import ConvLayer, Kernel, LinearLayer, OpError
 from .dense_conv import DenseConv
 from .dense_linear import DenseLinear
 from .depthwise_conv import DepthwiseConv
+from .int8 import Int8SparseConv, Int8SparseLinear
 from .pointwise_conv import PointwiseConv
 from .sparse_conv import BlockSparseConv, SparseConv
 from .sparse_linear import SparseLinear
@@ -24,6 +26,9 @@ from .winograd_conv import WinogradConv
 # first that can run a layer runs it.
 CONV = (DepthwiseConv, SparseConv, BlockSparseConv, WinogradConv, PointwiseConv, DenseConv)
 LINEAR = (SparseLinear, DenseLinear)
+# The kernels of the quantized operators (fscnn.ops.QuantizedConv2dOp, QuantizedLinearOp).
+INT8_CONV = (Int8SparseConv,)
+INT8_LINEAR = (Int8SparseLinear,)
 
 
 def kernel_names(registry):
@@ -33,6 +38,7 @@ def kernel_names(registry):
 
 CONV_KERNELS = kernel_names(CONV)
 LINEAR_KERNELS = kernel_names(LINEAR)
+INT8_KERNELS = kernel_names(INT8_CONV)
 
 
 def runner(registry, name, layer):
@@ -52,7 +58,8 @@ def ineligibility(registry, name, layer):
     return runner(registry, name, layer)[1]
 
 
-__all__ = ["CONV", "LINEAR", "CONV_KERNELS", "LINEAR_KERNELS", "ConvLayer", "LinearLayer",
+__all__ = ["CONV", "LINEAR", "INT8_CONV", "INT8_LINEAR", "CONV_KERNELS", "LINEAR_KERNELS",
+           "INT8_KERNELS", "ConvLayer", "LinearLayer",
            "Kernel", "OpError", "kernel_names", "runner", "ineligibility", "DepthwiseConv", "SparseConv",
-           "BlockSparseConv",
-           "WinogradConv", "PointwiseConv", "DenseConv", "SparseLinear", "DenseLinear"]
+           "BlockSparseConv", "WinogradConv", "PointwiseConv", "DenseConv", "SparseLinear",
+           "DenseLinear", "Int8SparseConv", "Int8SparseLinear"]

@@ -18,6 +18,7 @@ from .layers import BatchNorm2d, Conv2d, ConvTranspose2d, Dropout, Flatten, Gemm
 from .module import IncompatibleKeys, Layer, Module, StateDict
 from . import tensor
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
+from .quantized import QuantizedConv2d, QuantizedLinear
 
 __all__ = ["Module", "Layer", "Sequential", "ModuleList", "Conv2d", "Linear", "BatchNorm2d",
            "ReLU", "ReLU6", "LeakyReLU", "PReLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid",
@@ -25,4 +26,5 @@ __all__ = ["Module", "Layer", "Sequential", "ModuleList", "Conv2d", "Linear", "B
            "Flatten", "Dropout", "Identity", "StateDictError", "LayerInputError", "ModelPickleError",
            "IncompatibleKeys", "StateDict", "LayerPlan", "PlanReport", "LayerTime", "profile",
            "manual_seed", "ConvTranspose2d", "Gemm", "ELU", "GELU", "LogSoftmax",
-           "LocalResponseNorm", "Graph", "GraphError", "GraphInput", "Node", "tensor"]
+           "LocalResponseNorm", "Graph", "GraphError", "GraphInput", "Node", "tensor",
+           "QuantizedConv2d", "QuantizedLinear"]

@@ -29,7 +29,7 @@ from .._table import format_table
 from .._validate import as_float_array
 from ..kernels import (CONV, CONV_KERNELS, LINEAR, LINEAR_KERNELS, ConvLayer, LinearLayer,
                        ineligibility)
-from ..ops import Conv2dOp
+from ..ops import Conv2dOp, QuantizedWeight
 from .errors import LayerInputError
 
 KERNELS = tuple(dict.fromkeys(CONV_KERNELS + LINEAR_KERNELS))  # the settings of prepare
@@ -109,6 +109,20 @@ def profile():
         stack.pop()
 
 
+@contextlib.contextmanager
+def observing(callback):
+    """Call ``callback(name, layer, x)`` with the input ``x`` (float32, as the layer's
+    operator receives it) of every prepared convolution and linear layer run on this thread
+    inside the block, before it runs; ``name`` is the layer's qualified name. What
+    :func:`fscnn.quantize` calibrates with."""
+    stack = _local.__dict__.setdefault("observers", [])
+    stack.append(callback)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
 def _record(records, name, layer, step, x, out, seconds):
     if step is None:
         records.append(LayerTime(name, type(layer).__name__, x.shape, None, None, seconds, None,
@@ -125,7 +139,10 @@ def _record(records, name, layer, step, x, out, seconds):
 
 
 def _density(weight):
-    """Fraction of non-zero entries of a dense or sparse (CSRMatrix, SparseConvWeight) weight."""
+    """Fraction of non-zero entries of a dense or sparse (CSRMatrix, SparseConvWeight) or
+    quantized (QuantizedWeight) weight."""
+    if isinstance(weight, QuantizedWeight):
+        weight = weight.values
     size = int(np.prod(weight.shape))
     if isinstance(weight, np.ndarray):
         return float(np.count_nonzero(weight)) / max(size, 1)
@@ -402,6 +419,9 @@ class _Run:
             x = raw
         else:
             x = self._checked_input(layer, raw, name, step)
+        if step is not None:
+            for observe in getattr(_local, "observers", ()):
+                observe(self.plan.names[id(layer)], layer, x)
         profiles = getattr(_local, "profiles", None)
         t0 = time.perf_counter() if profiles else 0.0
         out = layer.forward(x) if step is None else step(x)

@@ -21,7 +21,7 @@ from collections import Counter, OrderedDict, namedtuple
 import numpy as np
 
 from .._validate import as_float_array
-from . import activation, init, layers, pooling, tensor
+from . import activation, init, layers, pooling, quantized, tensor
 from .errors import LayerInputError
 from .module import Module
 
@@ -43,7 +43,7 @@ per call) and ``dtype`` ('float32', or an integer type name for index inputs).""
 
 def _layer_classes():
     found = {}
-    for module in (layers, activation, pooling, tensor):
+    for module in (layers, activation, pooling, tensor, quantized):
         for name, obj in vars(module).items():
             if isinstance(obj, type) and issubclass(obj, Module) and not name.startswith("_") \
                     and obj.__module__ == module.__name__:

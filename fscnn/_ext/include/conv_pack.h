@@ -99,6 +99,34 @@ static inline void conv_pack(const conv_packing *pk, const float *x, int64_t c0,
     }
 }
 
+/* The valid outputs of a tile of T consecutive flat positions [p0, p0+T) of an output of
+ * H_out rows of Wq positions, W_out of them valid per row: runs of positions that are
+ * columns x < W_out of one row, run q being output element dst[q] (y*W_out + x) .. + len[q]-1
+ * from tile position src[q]; positions at or past L = H_out*Wq are none. Returns the number
+ * of runs (at most T); dst, src, len hold T entries. Kernels compute it once per tile and
+ * store every output channel's accumulators through it. */
+static inline int conv_tile_runs(int64_t p0, int64_t T, int64_t L, int64_t Wq, int64_t W_out,
+                                 int64_t *dst, int64_t *src, int64_t *len)
+{
+    const int64_t pend = (p0 + T < L) ? p0 + T : L;
+    int64_t p = p0, y = p / Wq, x = p - y * Wq;
+    int n = 0;
+    while (p < pend) {
+        int64_t run = Wq - x;
+        if (p + run > pend) run = pend - p;
+        if (x < W_out) {
+            dst[n] = y * W_out + x;
+            src[n] = p - p0;
+            len[n] = (x + run <= W_out) ? run : W_out - x;
+            n++;
+        }
+        p += run;
+        y++;
+        x = 0;
+    }
+    return n;
+}
+
 /* Epilogue of the dense path (activation at SIMD level `level`): wide (n_out, ld) holds positions [q0, q0+n) of the flat output
  * of n_out channels starting at channel o0; add bias, apply the activation and store columns
  * x < W_out into out (O, H_out, W_out); wide may be the output itself (when Wq == W_out, so the

@@ -80,31 +80,16 @@
     } while (0)
 #endif
 
-/* The valid outputs of the tile of T positions at p0 (the first `skip` not stored): runs of
- * columns x < W_out within each output row it touches, as (destination in the output plane,
- * source in the tile, length); returns their number (at most T). Computed once per tile and
- * reused by every output channel. */
+/* The valid outputs of the tile of T positions at p0 whose first `skip` are not stored: its
+ * runs (conv_tile_runs) with their sources counted from p0. */
 static inline int FSCNN_FN(spconv_runs)(int64_t p0, int64_t skip, int64_t T, int64_t Wq,
                                         int64_t H_out, int64_t W_out, int64_t *run_dst,
                                         int64_t *run_src, int64_t *run_len)
 {
-    const int64_t L = H_out * Wq, pend = (p0 + T < L) ? p0 + T : L;
-    int64_t p = p0 + skip, y = p / Wq, x = p - y * Wq;
-    int n_runs = 0;
-    while (p < pend) {
-        int64_t run = Wq - x;
-        if (p + run > pend) run = pend - p;
-        if (x < W_out) {
-            run_dst[n_runs] = y * W_out + x;
-            run_src[n_runs] = p - p0;
-            run_len[n_runs] = (x + run <= W_out) ? run : W_out - x;
-            n_runs++;
-        }
-        p += run;
-        y++;
-        x = 0;
-    }
-    return n_runs;
+    const int n = conv_tile_runs(p0 + skip, T - skip, H_out * Wq, Wq, W_out, run_dst, run_src,
+                                 run_len);
+    for (int q = 0; q < n; q++) run_src[q] += skip;
+    return n;
 }
 
 /* The tile at index t of a flat output of L positions: its start p0 and the positions it

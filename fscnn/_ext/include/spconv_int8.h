@@ -1,0 +1,243 @@
+/* Sparse INT8 convolution and linear layers: quantizing packers and the SIMD-dispatched tile
+ * kernel.
+ *
+ * Design: weights are int8 (symmetric, one scale per output channel), activations are
+ * quantized to int8 ([-127, 127]) or uint8 ([0, 255]) with one scale per layer, and the
+ * products are summed in int32, exactly. Every non-zero of a layer is a *pair*: the weights of
+ * two consecutive input channels (2p, 2p+1) of one group at one tap, the missing one zero, as
+ * two int16 halves of an int32 (channel 2p in the low half). The input is packed as int16
+ * pairs of the same channels, one int32 per position, in conv_pack.h's phase-plane layout
+ * (stride and dilation become stride-1 work, every tap of a tile of consecutive flat output
+ * positions is one contiguous run): an odd channel count per group gets a zero channel. So one
+ * AVX2 `vpmaddwd` (_mm256_madd_epi16) of the broadcast weight pair with 8 positions' input
+ * pairs adds x_2p*w_2p + x_2p+1*w_2p+1 to 8 int32 accumulators: no saturation (|products| <=
+ * 127*255, unlike vpmaddubsw's int16 sums). The baseline copy does the same arithmetic in
+ * plain C int32. Integer sums do not depend on their order, so every level and thread count
+ * gives the same accumulators, and the float epilogue out = act(fmaf((float)acc, scale[o],
+ * bias[o])) (one rounding, fmaf at every level, the scalar activation) gives bit-identical
+ * outputs. The caller checks that no accumulator can leave int32 (sum of |w| * 255 per output
+ * channel).
+ * Tiles: T = 8*SPQ_NV consecutive flat positions (6 vectors of 8 int32 accumulators, 48
+ * positions; a one-vector "narrow" tile of 8 for short outputs such as a linear layer's small
+ * batch), kept in registers across the output channel's whole non-zero list (one broadcast,
+ * one unaligned load and one madd + add per vector and non-zero). Work items are (tile, block
+ * of output channels), handed to threads dynamically, as for the float kernel (spconv_impl.h).
+ * A linear layer is the same kernel over a single "row" of N positions: its input is packed
+ * transposed (pair j of every batch row contiguous), so the batch plays the part of the
+ * output positions.
+ * This stage has one 256-bit path: the AVX-512 level runs it too (a 512-bit and a VNNI
+ * `vpdpwssd` path are later work).
+ */
+#ifndef FSCNN_SPCONV_INT8_H
+#define FSCNN_SPCONV_INT8_H
+#include "fscnn_common.h"
+#include "conv_pack.h"
+
+/* A layer as the int8 kernel reads it, filled once per plan (fscnn.kernels.int8).
+ * ptr:     (O+1,) the non-zero pairs of output channel o are ptr[o] .. ptr[o+1]-1.
+ * offsets: (npairs,) position of each pair's input run in the packed input, in units of
+ *          `ostride` positions (a convolution: positions, ostride 1; a linear layer: the
+ *          pair's index, ostride the packed batch length).
+ * wpairs:  (npairs,) the two int16 weights of each pair (channel 2p low, 2p+1 high).
+ * scale:   (O,) input scale * weight scale of the channel. bias: (O,) or NULL.
+ * oblk:    (n_oblk+1,) boundaries of the output-channel blocks of the work items.
+ * Wq, W_out: flat positions per output row, and how many of them are outputs.
+ * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; narrow: the one-vector tile. */
+typedef struct {
+    const int64_t *ptr;
+    const int32_t *offsets;
+    const int32_t *wpairs;
+    const float *scale;
+    const float *bias;
+    const int64_t *oblk;
+    int64_t ostride, n_oblk, Wq, W_out;
+    int act, level, narrow;
+} spq_layer;
+
+/* Input quantization: q = clamp(round_half_even(x * inv_scale), lo, hi), NaN -> 0; the
+ * float32 product is rounded once, as numpy's float32 `x * inv_scale`. */
+typedef struct {
+    float inv_scale;
+    int32_t lo, hi;
+} spq_quant;
+
+static inline int32_t spq_quantize(float x, const spq_quant *q)
+{
+    float v = x * q->inv_scale;
+    if (v != v) return 0;
+    if (v < (float)q->lo) v = (float)q->lo;
+    if (v > (float)q->hi) v = (float)q->hi;
+#if FSCNN_X86
+    return _mm_cvtss_si32(_mm_set_ss(v));  /* the default rounding: to nearest, ties to even */
+#else
+    return (int32_t)lrintf(v);
+#endif
+}
+
+static inline int32_t spq_pair(int32_t lo, int32_t hi)
+{
+    return (int32_t)(((uint32_t)(uint16_t)lo) | ((uint32_t)(uint16_t)hi << 16));
+}
+
+/* dst[j] = pair(q(x0[j*sx]), q(x1[j*sx])) for j < n, the high half zero when x1 is NULL: the
+ * scalar definition (every level's tail, and the whole run at the baseline level). */
+static inline void spq_pack_run_baseline(const float *x0, const float *x1, int64_t n, int64_t sx,
+                                         const spq_quant *q, int32_t *dst)
+{
+    for (int64_t j = 0; j < n; j++)
+        dst[j] = spq_pair(spq_quantize(x0[j * sx], q), x1 ? spq_quantize(x1[j * sx], q) : 0);
+}
+
+#if FSCNN_X86
+/* 8 quantized lanes, as spq_quantize: NaN -> 0 (masked before the clamp, since maxps returns
+ * its second operand for a NaN), clamp, then vcvtps2dq, which rounds with the default mode
+ * (to nearest, ties to even) as cvtss2si does. */
+FSCNN_ATTR_avx2 static inline __m256i spq_quantize8(__m256 x, __m256 inv, __m256 lo, __m256 hi)
+{
+    __m256 v = _mm256_mul_ps(x, inv);
+    v = _mm256_and_ps(v, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+    v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+    return _mm256_cvtps_epi32(v);
+}
+
+/* spq_pack_run_baseline with 8 positions per step where the run is contiguous (sx == 1):
+ * packing quantizes every input element, and one at a time it cost as much as a pruned
+ * layer's multiply-adds. Bit-identical to the scalar form. */
+FSCNN_ATTR_avx2 static void spq_pack_run_avx2(const float *x0, const float *x1, int64_t n,
+                                              int64_t sx, const spq_quant *q, int32_t *dst)
+{
+    int64_t j = 0;
+    if (sx == 1) {
+        const __m256 inv = _mm256_set1_ps(q->inv_scale);
+        const __m256 lo = _mm256_set1_ps((float)q->lo), hi = _mm256_set1_ps((float)q->hi);
+        const __m256i low16 = _mm256_set1_epi32(0xFFFF);
+        for (; j + 8 <= n; j += 8) {
+            const __m256i a = spq_quantize8(_mm256_loadu_ps(x0 + j), inv, lo, hi);
+            const __m256i b = x1 ? spq_quantize8(_mm256_loadu_ps(x1 + j), inv, lo, hi)
+                                 : _mm256_setzero_si256();
+            _mm256_storeu_si256((__m256i *)(dst + j),
+                                _mm256_or_si256(_mm256_and_si256(a, low16),
+                                                _mm256_slli_epi32(b, 16)));
+        }
+    }
+    spq_pack_run_baseline(x0 + j * sx, x1 ? x1 + j * sx : NULL, n - j, sx, q, dst + j);
+}
+#endif
+
+static inline void spq_pack_run(int level, const float *x0, const float *x1, int64_t n,
+                                int64_t sx, const spq_quant *q, int32_t *dst)
+{
+#if FSCNN_X86
+    if (level >= FSCNN_SIMD_AVX2) {
+        spq_pack_run_avx2(x0, x1, n, sx, q, dst);
+        return;
+    }
+#endif
+    (void)level;
+    spq_pack_run_baseline(x0, x1, n, sx, q, dst);
+}
+
+/* Quantize and pack the channel pairs [p0, p1) of one image x (C, H, W) into phase planes
+ * (conv_pack.h's layout, one int32 pair per position) with SIMD level `level`. Pair gp is
+ * channels (g*Cg + 2p, g*Cg + 2p + 1) with g = gp / Pg, p = gp % Pg, Pg = ceil(Cg / 2); the
+ * second is zero when 2p + 1 == Cg. buf: (G*Pg*phases*plane + tail) int32, the caller zeroes
+ * the tail. Every plane element is written. O(pairs * phases * plane). */
+static inline void spq_pack(const conv_packing *pk, const spq_quant *q, int level,
+                            const float *x, int64_t Cg, int64_t Pg, int64_t p0, int64_t p1,
+                            int32_t *buf)
+{
+    const int64_t H = pk->H, W = pk->W, pad_top = pk->pad_top, pad_left = pk->pad_left,
+                  sh = pk->sh, sw = pk->sw, Hq = pk->Hq, Wq = pk->Wq, plane = pk->plane;
+    const int64_t phy = pk->one_phase ? 1 : sh, phx = pk->one_phase ? 1 : sw;
+    for (int64_t gp = p0; gp < p1; gp++) {
+        const int64_t g = gp / Pg, p = gp - g * Pg;
+        const float *x0 = x + (g * Cg + 2 * p) * H * W;
+        const float *x1 = (2 * p + 1 < Cg) ? x0 + H * W : NULL;
+        for (int64_t py = 0; py < phy; py++) {
+            for (int64_t px = 0; px < phx; px++) {
+                int32_t *dst = buf + ((gp * phy + py) * phx + px) * plane;
+                memset(dst + Hq * Wq, 0, (size_t)(plane - Hq * Wq) * sizeof(int32_t));
+                /* plane columns j in [j0, j1) read input column j*sw + off in [0, W) */
+                const int64_t off = px - pad_left;
+                int64_t j0 = off >= 0 ? 0 : (-off + sw - 1) / sw;
+                int64_t j1 = off >= W ? 0 : (W - 1 - off) / sw + 1;
+                if (j0 > Wq) j0 = Wq;
+                if (j1 > Wq) j1 = Wq;
+                if (j1 < j0) j1 = j0;
+                for (int64_t i = 0; i < Hq; i++) {
+                    int32_t *drow = dst + i * Wq;
+                    const int64_t yin = i * sh + py - pad_top;
+                    if (yin < 0 || yin >= H) {
+                        memset(drow, 0, (size_t)Wq * sizeof(int32_t));
+                        continue;
+                    }
+                    const int64_t e = yin * W + j0 * sw + off;
+                    memset(drow, 0, (size_t)j0 * sizeof(int32_t));
+                    spq_pack_run(level, x0 + e, x1 ? x1 + e : NULL, j1 - j0, sw, q, drow + j0);
+                    memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(int32_t));
+                }
+            }
+        }
+    }
+}
+
+/* Quantize and pack pairs [j0, j1) of the rows of x (N, I) transposed: buf[j*plane + n] holds
+ * (x[n, 2j], x[n, 2j+1]) (the second zero when 2j+1 == I), zeros for n in [N, plane). */
+static inline void spq_pack_rows(const spq_quant *q, const float *x, int64_t N, int64_t I,
+                                 int64_t plane, int64_t j0, int64_t j1, int32_t *buf)
+{
+    for (int64_t j = j0; j < j1; j++) {
+        int32_t *dst = buf + j * plane;
+        spq_pack_run_baseline(x + 2 * j, 2 * j + 1 < I ? x + 2 * j + 1 : NULL, N, I, q, dst);
+        memset(dst + N, 0, (size_t)(plane - N) * sizeof(int32_t));
+    }
+}
+
+/* Whether a level's copy accumulates with 256-bit vpmaddwd (else plain C). */
+#define SPQ_SIMD_baseline 0
+#define SPQ_SIMD_avx2 1
+#define SPQ_SIMD_avx512 1
+
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX baseline
+#define SPQ_NV 6
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX narrow_baseline
+#define SPQ_NV 1
+#include "spconv_int8_impl.h"
+#if FSCNN_X86
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX avx2
+#define SPQ_NV 6
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX narrow_avx2
+#define SPQ_NV 1
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX avx512
+#define SPQ_NV 6
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX narrow_avx512
+#define SPQ_NV 1
+#include "spconv_int8_impl.h"
+#endif
+
+/* Output positions per tile (the same at every level), full or narrow. */
+static inline int64_t spq_tile_size(int narrow) { return narrow ? 8 : 48; }
+
+/* Work items [i0, i1) of one image, item i = (tile i / n_oblk, output block i % n_oblk).
+ * in:  the packed input, readable to max(offsets)*ostride + (tiles * T) positions;
+ * out: (O, H_out, W_out) float outputs, or raw (same shape, int32) the accumulators when
+ *      raw is not NULL (out is then unused). */
+static inline void spq_items(const spq_layer *k, const int32_t *in, float *out, int32_t *raw,
+                             int64_t H_out, int64_t i0, int64_t i1)
+{
+    if (k->narrow)
+        FSCNN_SIMD_CALL(k->level, spq_items_narrow, k, in, out, raw, H_out, i0, i1);
+    else
+        FSCNN_SIMD_CALL(k->level, spq_items, k, in, out, raw, H_out, i0, i1);
+}
+#endif

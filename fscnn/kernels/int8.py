@@ -1,0 +1,160 @@
+"""Sparse INT8 convolution and linear layer (include/spconv_int8.h): the kernels of the
+quantized operators (:class:`fscnn.ops.QuantizedConv2dOp`, :class:`fscnn.ops.QuantizedLinearOp`).
+
+The int8 weights are stored as pairs of two consecutive input channels at one tap (a pair is
+kept when either weight is non-zero), the input is quantized to int8/uint8 while it is packed
+as int16 pairs of the same channels, and the sums are exact int32 (vpmaddwd on AVX2). The
+epilogue dequantizes (one fused multiply-add with the channel's scale and bias) and applies
+the activation, so a quantized layer takes and returns float32 and its integer results are
+the same at every SIMD level and thread count.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from .._ext import _int8
+from .base import Kernel, check_offsets_fit, scratch, tap_positions
+from .sparse_conv import balanced_blocks
+
+NARROW_WASTE = 1.25  # the narrow tile when full tiles compute this many times more positions
+
+
+def _narrow(L):
+    """Whether an output of L flat positions runs the narrow (8-position) tile."""
+    full, narrow = _int8.tile_size(False), _int8.tile_size(True)
+    return -(-L // full) * full > NARROW_WASTE * (-(-L // narrow) * narrow)
+
+
+def _blocks(ptr, n_tiles, threads, O):
+    """Output-channel blocks: one when tiles alone give every thread enough work items."""
+    n_blocks = 1 if n_tiles >= 8 * threads else min(O, -(-8 * threads // max(n_tiles, 1)))
+    return balanced_blocks(ptr, n_blocks)
+
+
+def weight_pairs(qweight):
+    """The non-zero pairs of int8 weights ``qweight`` (O, C, ...) (C input channels, taps
+    after them), in (output channel, pair, tap) order: (output channel of each pair, index of
+    its (pair, tap) in group 0's (ceil(C/2), taps) grid, the int32 of its two int16 weights
+    (channel 2p low), row pointers (O+1,))."""
+    O, C = qweight.shape[:2]
+    P = (C + 1) // 2
+    w = np.zeros((O, 2 * P) + qweight.shape[2:], np.int32)
+    w[:, :C] = qweight
+    w = w.reshape((O, P, 2, -1))
+    lo, hi = w[:, :, 0], w[:, :, 1]
+    nz = (lo != 0) | (hi != 0)
+    o, p, t = np.nonzero(nz)
+    pairs = ((lo[nz] & 0xFFFF) | (hi[nz] << 16)).astype(np.uint32).view(np.int32)
+    ptr = np.zeros(O + 1, np.int64)
+    np.cumsum(np.bincount(o, minlength=O), out=ptr[1:])
+    return o.astype(np.int64), p * w.shape[-1] + t, np.ascontiguousarray(pairs), ptr
+
+
+def _quant_args(op):
+    """(1 / input scale as float32, lo, hi) of the operator's input quantization."""
+    lo, hi = op.input_range
+    return np.float32(1.0 / np.float64(op.input_scale)), lo, hi
+
+
+class Int8ConvPlan(NamedTuple):
+    """The INT8 convolution's plan for one input shape: ``packed`` int32 pairs per image,
+    readable to ``readable`` (the zeroed tail), and the compiled kernel (``call``)."""
+
+    packed: int
+    readable: int
+    call: _int8.Int8Conv
+
+
+class Int8SparseConv(Kernel):
+    """Sparse INT8 convolution: any geometry (stride, padding, dilation, groups)."""
+
+    name = "int8"
+
+    @staticmethod
+    def plan(op, geo, threads, level):
+        O, Cg, KH, KW = op.weight_shape
+        Pg = (Cg + 1) // 2
+        rows, taps, pairs, ptr = op.derived(Int8SparseConv.name, None,
+                                            lambda: weight_pairs(op.qweight))
+        pk = geo.packing()
+        phases = 1 if geo.one_phase else geo.stride[0] * geo.stride[1]
+        tap_pos = tap_positions(Pg, KH, KW, op.dilation, geo.stride, geo.one_phase, pk.plane,
+                                geo.Wq)
+        group_stride = Pg * phases * pk.plane
+        pos = tap_pos[taps] + (rows // (O // op.groups)) * group_stride
+        packed = op.groups * group_stride
+        narrow = _narrow(geo.L)
+        T = _int8.tile_size(narrow)
+        n_tiles = -(-geo.L // T)
+        check_offsets_fit(op.name, geo.input_shape, packed, n_tiles * T)
+        # within a channel, pairs in input order: its tile's reads walk the input forward
+        order = np.lexsort((pos, rows))
+        readable = (int(pos.max()) if pos.size else 0) + n_tiles * T
+        call = _int8.Int8Conv(ptr, pos[order].astype(np.int32), pairs[order], op.scale,
+                              op.bias, _blocks(ptr, n_tiles, threads, O), pk, Cg, Pg,
+                              *_quant_args(op), op.act_code, level, narrow, threads)
+        return Int8ConvPlan(packed, readable, call)
+
+    @staticmethod
+    def run(x, plan, out):
+        plan.call(x, _packed_buffer(plan.packed, plan.readable), out)
+
+    @staticmethod
+    def accumulate(x, plan, raw):
+        """The int32 accumulators of ``x`` into ``raw`` (N, O, H_out, W_out), before the
+        epilogue: what the tests compare bit for bit."""
+        plan.call.accumulate(x, _packed_buffer(plan.packed, plan.readable), raw)
+
+
+def _packed_buffer(packed, readable):
+    """Per-thread int32 scratch for one packed image: ``packed`` pairs, then zeros up to
+    ``readable`` and 16 more."""
+    n = max(packed, readable) + 16
+    buf = scratch("int8_packed", (n,)).view(np.int32)
+    buf[packed:] = 0
+    return buf
+
+
+class Int8LinearPlan(NamedTuple):
+    """The INT8 linear kernel's plan for one batch size: the packed batch length ``plane``
+    (N rounded up to a whole tile), the packed input's int32 count and the compiled kernel."""
+
+    plane: int
+    packed: int
+    call: _int8.Int8Linear
+
+
+class Int8SparseLinear(Kernel):
+    """Sparse INT8 linear layer: the batch plays the part of the output positions."""
+
+    name = "int8"
+
+    @staticmethod
+    def plan(op, shape, threads, level):
+        O, n_in = op.weight_shape
+        rows, pairs_j, pairs, ptr = op.derived(Int8SparseLinear.name, None,
+                                               lambda: weight_pairs(op.qweight))
+        N = shape[0]
+        narrow = _narrow(N)
+        T = _int8.tile_size(narrow)
+        plane = max(1, -(-N // T)) * T
+        packed = (n_in + 1) // 2 * plane
+        check_offsets_fit(op.name, tuple(shape), packed, plane)
+        call = _int8.Int8Linear(ptr, pairs_j.astype(np.int32), pairs, op.scale, op.bias,
+                                _blocks(ptr, plane // T, threads, O), n_in, *_quant_args(op),
+                                op.act_code, level, narrow, threads)
+        return Int8LinearPlan(plane, packed, call)
+
+    @staticmethod
+    def run(x, plan, out):
+        buf = scratch("int8_packed", (plan.packed,)).view(np.int32)
+        wide = scratch("int8_wide", (out.shape[1], x.shape[0]))
+        plan.call(x, buf, wide, out)
+
+    @staticmethod
+    def accumulate(x, plan, raw):
+        """The int32 accumulators into ``raw`` (N, O), before the epilogue."""
+        buf = scratch("int8_packed", (plan.packed,)).view(np.int32)
+        transposed = np.empty((raw.shape[1], raw.shape[0]), np.int32)
+        plan.call.accumulate(x, buf, transposed)
+        raw[...] = transposed.T
