@@ -45,6 +45,20 @@ def test_bench_models_writes_the_table(tmp_path):
         assert (tmp_path / ("m" + ext)).stat().st_size > 0
 
 
+def test_bench_block_sparse_compares_patterns(tmp_path):
+    out = _run("bench_block_sparse.py", "--models", "resnet18", "--size", "32", "--iterations",
+               "1", cwd=tmp_path)
+    for pattern in ("unstructured", "4x1", "1x4"):
+        assert f"resnet18   {pattern}" in out
+    assert out.count("kernels {") == 3  # which ones 'auto' picks depends on timings
+
+
+def test_bench_int8_times_both_forms(tmp_path):
+    out = _run("bench_int8.py", "--models", "resnet18", "--size", "32", "--iterations", "1",
+               cwd=tmp_path)
+    assert "float32" in out and "int8" in out and "images/s" in out
+
+
 def test_bench_tflite_times_fscnn_and_litert(tmp_path):
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("tflite")
