@@ -143,6 +143,12 @@ def test_auto_times_the_block_kernel_only_on_block_weights(rng):
     assert "block_sparse" not in op.plan_info(x.shape)["timings"]
     why = BlockSparseConv.cannot_win(op, op._geometry(x.shape))
     assert f"below {MIN_BLOCK_FILL:.0%}" in why
+    # dense weights (whole blocks) are left to the dense kernels
+    dense = sparse_weight((32, 32, 3, 3), 0.0, rng)
+    op = Conv2dOp(dense, padding=1, kernel="auto")
+    op(x)
+    assert "block_sparse" not in op.plan_info(x.shape)["timings"]
+    assert "dense kernels" in BlockSparseConv.cannot_win(op, op._geometry(x.shape))
 
 
 def test_block_kernel_refuses_blocks_across_groups(rng):

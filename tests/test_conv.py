@@ -8,7 +8,7 @@ from conftest import assert_close, sparse_weight, to_torch, torch_or_skip
 from fscnn import _config
 from fscnn._ext import _conv
 from fscnn._memory import aligned_empty
-from fscnn.kernels import BlockSparseConv, DenseConv, DepthwiseConv, PointwiseConv
+from fscnn.kernels import DenseConv, DepthwiseConv, PointwiseConv
 from fscnn.kernels.pointwise_conv import variant_plan
 from fscnn.ops import Conv2dOp, OpError, conv_padding
 from reference import conv2d as ref_conv2d
@@ -38,12 +38,6 @@ CASES = [
     (2, 5, 6, 4, 41, (1, 9), (1, 2), (0, 4), (1, 3), 1),  # ... and with stride 2 phases
 ]
 SPARSITIES = (0.0, 0.5, 0.9, 0.99, 1.0)
-
-
-def _block(op):
-    """{'block_sparse'} where 'auto' times the block kernel on ``op`` (dense weights: every
-    block whole), else the empty set."""
-    return set() if BlockSparseConv.ineligibility(op) else {"block_sparse"}
 
 
 def _act_ref(ref, activation):
@@ -413,7 +407,7 @@ def test_winograd_refused_on_ineligible_layers(shape, kwargs, message, rng):
     op = Conv2dOp(w, kernel="auto", **kwargs)
     op(np.zeros((1, shape[1] * kwargs.get("groups", 1), 8, 8), np.float32))
     assert set(op.plan_info((1, shape[1] * kwargs.get("groups", 1), 8, 8))["timings"]) == \
-        {"sparse", "dense"} | ({"depthwise"} if shape[1] == 1 else set()) | _block(op)
+        {"sparse", "dense"} | ({"depthwise"} if shape[1] == 1 else set())
 
 
 def test_linear_refuses_winograd(rng):
@@ -437,7 +431,7 @@ def test_auto_times_winograd_and_drops_its_weights_when_unused(rng):
     op = Conv2dOp(w, padding=1, kernel="auto")
     y = op(x)
     info = op.plan_info(x.shape)
-    assert set(info["timings"]) == {"sparse", "block_sparse", "dense", "winograd"}
+    assert set(info["timings"]) == {"sparse", "dense", "winograd"}
     assert info["kernel"] == min(info["timings"], key=info["timings"].get)
     assert ("winograd" in op._derived) == (info["kernel"] == "winograd")
     assert_close(y, ref_conv2d(x, w, padding=1), rtol=WINO_RTOL)
@@ -454,7 +448,7 @@ def test_auto_does_not_time_winograd_where_it_cannot_win(shape, why, rng):
     w = sparse_weight((8, 16, 3, 3), 0.0, rng)
     op = Conv2dOp(w, padding=1, kernel="auto")
     assert_close(op(x), ref_conv2d(x, w, padding=1))
-    assert set(op.plan_info(x.shape)["timings"]) == {"sparse", "block_sparse", "dense"}
+    assert set(op.plan_info(x.shape)["timings"]) == {"sparse", "dense"}
     assert why in WinogradConv.cannot_win(op, op._geometry(x.shape))
     assert_close(Conv2dOp(w, padding=1, kernel="winograd")(x), ref_conv2d(x, w, padding=1),
                  rtol=WINO_RTOL)
@@ -674,7 +668,7 @@ def test_auto_times_pointwise_variants(rng, monkeypatch):
     assert sorted(set(ran)) == list(range(n_variants))  # every variant was timed
     assert plan.kernel == "dense" and plan.runner is PointwiseConv
     assert plan.plan.variant == n_variants - 1
-    assert set(plan.timings) == {"sparse", "block_sparse", "dense"}
+    assert set(plan.timings) == {"sparse", "dense"}
     assert_close(y, ref_conv2d(x, w, b, **hp))
 
 

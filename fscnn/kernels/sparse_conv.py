@@ -31,6 +31,9 @@ MAX_ORDERS = 4
 # of its stored weights that must be non-zero for 'auto' to time it.
 BLOCK = 4
 MIN_BLOCK_FILL = 0.6
+# ... and the least sparsity: on dense weights the block kernel ran ResNet-shaped layers at
+# x0.73-1.0 the dense kernels (1 thread, AVX2), at 50% in 4x1 blocks x1.5-2.6 (3x3 layers).
+MIN_BLOCK_SPARSITY = 0.25
 # A work item is a group of consecutive tiles (tiles innermost, see spconv_impl.h) whose input
 # window (all channels of a channel block) fits in this many bytes (L2), up to GROUP_MAX tiles
 # (SPCONV_GROUP_MAX in spconv.h). Against one tile per item, groups ran the block kernel on
@@ -319,6 +322,9 @@ class BlockSparseConv(SparseConv):
 
     @staticmethod
     def cannot_win(op, geo):
+        if op.sparsity < MIN_BLOCK_SPARSITY:
+            return (f"at {op.sparsity:.0%} sparsity the dense kernels do the same "
+                    f"multiply-adds from packed weights")
         fill = block_fill(op, BLOCK)
         if fill < MIN_BLOCK_FILL:
             return (f"its blocks of {BLOCK} output channels would be {fill:.0%} non-zero "
