@@ -23,6 +23,20 @@ typedef struct {
     int one_phase;
 } conv_packing;
 
+/* The columns [j0, j1) of a packed row of Wq that read an input column j*sw + off inside
+ * [0, W) (the others are padding zeros); j0 <= j1 <= Wq. */
+static inline void conv_pack_columns(int64_t off, int64_t sw, int64_t W, int64_t Wq,
+                                     int64_t *j0, int64_t *j1)
+{
+    int64_t a = off >= 0 ? 0 : (-off + sw - 1) / sw;
+    int64_t b = off >= W ? 0 : (W - 1 - off) / sw + 1;
+    if (a > Wq) a = Wq;
+    if (b > Wq) b = Wq;
+    if (b < a) b = a;
+    *j0 = a;
+    *j1 = b;
+}
+
 /* Pack channels [c0, c1) of one image x (C, H, W) into phase planes (see above).
  * buf: (C*phases*plane + tail) floats, phases = 1 if one_phase else sh*sw; the caller zeroes
  * the tail once. Every plane element is written, the plane's last plane - Hq*Wq floats too
@@ -75,11 +89,8 @@ static inline void conv_pack(const conv_packing *pk, const float *x, int64_t c0,
                         /* plane cols j in [j0, j1) read input column j*sw + px - pad_left in
                          * [0, W): zeros around a strided copy without bounds tests */
                         const int64_t off = px - pad_left;
-                        int64_t j0 = off >= 0 ? 0 : (-off + sw - 1) / sw;
-                        int64_t j1 = off >= W ? 0 : (W - 1 - off) / sw + 1;
-                        if (j0 > Wq) j0 = Wq;
-                        if (j1 > Wq) j1 = Wq;
-                        if (j1 < j0) j1 = j0;
+                        int64_t j0, j1;
+                        conv_pack_columns(off, sw, W, Wq, &j0, &j1);
                         memset(drow, 0, (size_t)j0 * sizeof(float));
                         if (sw == 2) {
                             /* a constant stride lets the compiler vectorise the copy

@@ -159,11 +159,8 @@ static inline void spq_pack(const conv_packing *pk, const spq_quant *q, int leve
                 memset(dst + Hq * Wq, 0, (size_t)(plane - Hq * Wq) * sizeof(int32_t));
                 /* plane columns j in [j0, j1) read input column j*sw + off in [0, W) */
                 const int64_t off = px - pad_left;
-                int64_t j0 = off >= 0 ? 0 : (-off + sw - 1) / sw;
-                int64_t j1 = off >= W ? 0 : (W - 1 - off) / sw + 1;
-                if (j0 > Wq) j0 = Wq;
-                if (j1 > Wq) j1 = Wq;
-                if (j1 < j0) j1 = j0;
+                int64_t j0, j1;
+                conv_pack_columns(off, sw, W, Wq, &j0, &j1);
                 for (int64_t i = 0; i < Hq; i++) {
                     int32_t *drow = dst + i * Wq;
                     const int64_t yin = i * sh + py - pad_top;
