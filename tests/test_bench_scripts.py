@@ -53,6 +53,12 @@ def test_bench_block_sparse_compares_patterns(tmp_path):
     assert out.count("kernels {") == 3  # which ones 'auto' picks depends on timings
 
 
+def test_bench_threads_times_each_count(tmp_path):
+    out = _run("bench_threads.py", "--models", "resnet18", "--size", "32", "--iterations", "1",
+               cwd=tmp_path)
+    assert "1 threads" in out and "2 threads" in out
+
+
 def test_bench_int8_times_both_forms(tmp_path):
     out = _run("bench_int8.py", "--models", "resnet18", "--size", "32", "--iterations", "1",
                cwd=tmp_path)
