@@ -73,8 +73,8 @@ class SparsePlan(NamedTuple):
     (``half_tile``), whether the input is packed (``pack``; else read in place when aligned),
     the floats a packed image must be readable to (``readable``), scratch shapes (``partial``
     and, with the fused pool, ``band``), the rows per band of the fused pool (0: none), the
-    tiles per work item of the block kernel (``group``; 1 for the plain one) and the compiled
-    kernel bound to the reordered weights (``call``)."""
+    tiles per work item (``group``) and the compiled kernel bound to the reordered weights
+    (``call``)."""
 
     layout: SparseLayout
     R: int
