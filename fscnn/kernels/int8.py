@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .._ext import _int8
-from .base import Kernel, check_offsets_fit, scratch, tap_positions
+from .base import Kernel, check_offsets_fit, packed_scratch, scratch, tap_positions
 from .sparse_conv import balanced_blocks
 
 NARROW_WASTE = 1.25  # the narrow tile when full tiles compute this many times more positions
@@ -108,11 +108,9 @@ class Int8SparseConv(Kernel):
 
 def _packed_buffer(packed, readable):
     """Per-thread int32 scratch for one packed image: ``packed`` pairs, then zeros up to
-    ``readable`` and 16 more."""
-    n = max(packed, readable) + 16
-    buf = scratch("int8_packed", (n,)).view(np.int32)
-    buf[packed:] = 0
-    return buf
+    ``readable`` and more (the float kernels' packed scratch, viewed as int32: a zero float is
+    a zero int32)."""
+    return packed_scratch(packed, readable).view(np.int32)
 
 
 class Int8LinearPlan(NamedTuple):

@@ -108,6 +108,32 @@ static inline void FSCNN_FN(spconv_tile_start)(int64_t t, int64_t T, int64_t L, 
     }
 }
 
+/* A group of G <= SPCONV_GROUP_MAX tiles of T <= SPCONV_T positions from tile t0 on: each
+ * tile's start, and its valid-output runs (spconv_runs) at [g*SPCONV_T, g*SPCONV_T + n_runs[g])
+ * of dst, src and len; whole[g]: the tile is one run of T outputs. Computed once per work
+ * item and reused by every output channel. */
+typedef struct {
+    int64_t p0[SPCONV_GROUP_MAX];
+    int64_t dst[SPCONV_GROUP_MAX * SPCONV_T], src[SPCONV_GROUP_MAX * SPCONV_T];
+    int64_t len[SPCONV_GROUP_MAX * SPCONV_T];
+    int n_runs[SPCONV_GROUP_MAX], whole[SPCONV_GROUP_MAX];
+} FSCNN_FN(spconv_group);
+
+static inline void FSCNN_FN(spconv_group_init)(FSCNN_FN(spconv_group) *grp, int64_t t0,
+                                               int64_t G, int64_t T, int64_t Wq,
+                                               int64_t H_out, int64_t W_out)
+{
+    for (int64_t g = 0; g < G; g++) {
+        int64_t skip;
+        int64_t *dst = grp->dst + g * SPCONV_T, *src = grp->src + g * SPCONV_T;
+        int64_t *len = grp->len + g * SPCONV_T;
+        FSCNN_FN(spconv_tile_start)(t0 + g, T, H_out * Wq, &grp->p0[g], &skip);
+        grp->n_runs[g] = FSCNN_FN(spconv_runs)(grp->p0[g], skip, T, Wq, H_out, W_out, dst,
+                                               src, len);
+        grp->whole[g] = grp->n_runs[g] == 1 && len[0] == T;
+    }
+}
+
 /* A group of tiles [t0, t0+G) (G <= SPCONV_GROUP_MAX) of T output positions each, for output
  * channels [o0, o1) of one image. Tile t covers positions [p0, p0+T) of which [p0 + skip,
  * p0+T) are stored (spconv_tile_start). Channels outermost, tiles innermost: an output
@@ -130,19 +156,10 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
         int64_t W_out, int act)
 {
     float tmp[SPCONV_T] __attribute__((aligned(64)));
-    const int64_t plane = H_out * W_out, L = H_out * Wq;
+    const int64_t plane = H_out * W_out;
     const int64_t stride = ncb * R + 1;
-    int64_t p0[SPCONV_GROUP_MAX];
-    int64_t run_dst[SPCONV_GROUP_MAX][SPCONV_T], run_src[SPCONV_GROUP_MAX][SPCONV_T];
-    int64_t run_len[SPCONV_GROUP_MAX][SPCONV_T];
-    int n_runs[SPCONV_GROUP_MAX], whole[SPCONV_GROUP_MAX];
-    for (int64_t g = 0; g < G; g++) {
-        int64_t skip;
-        FSCNN_FN(spconv_tile_start)(t0 + g, SPCONV_T, L, &p0[g], &skip);
-        n_runs[g] = FSCNN_FN(spconv_runs)(p0[g], skip, SPCONV_T, Wq, H_out, W_out,
-                                          run_dst[g], run_src[g], run_len[g]);
-        whole[g] = n_runs[g] == 1 && run_len[g][0] == SPCONV_T;
-    }
+    FSCNN_FN(spconv_group) grp;
+    FSCNN_FN(spconv_group_init)(&grp, t0, G, SPCONV_T, Wq, H_out, W_out);
     for (int64_t b = 0; b < ncb; b++) {
         const int first = b == 0, last = b == ncb - 1;
         for (int64_t o = o0; o < o1; o++) {
@@ -150,7 +167,7 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
             for (int64_t g = 0; g < G; g++) {
                 SPVEC acc[SPCONV_NV];
                 float *restrict part = partial + ((o - o0) * G + g) * SPCONV_T;
-                const float *restrict base = in + p0[g];
+                const float *restrict base = in + grp.p0[g];
                 if (first) {
                     const float bo = bias ? bias[o] : 0.0f;
 #pragma GCC unroll 16
@@ -201,18 +218,19 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
                     for (int v = 0; v < SPCONV_NV; v++) acc[v] = FSCNN_VACT(acc[v], act);
                 }
                 float *restrict orow = out + o * plane;
-                if (whole[g]) {
+                const int64_t r0 = g * SPCONV_T;
+                if (grp.whole[g]) {
                     /* the tile is one run of valid outputs (always when Wq == W_out, e.g. 1x1
                      * layers): store the accumulators straight to the output */
 #pragma GCC unroll 16
                     for (int v = 0; v < SPCONV_NV; v++)
-                        memcpy(orow + run_dst[g][0] + v * SPCONV_VL, &acc[v], sizeof(SPVEC));
+                        memcpy(orow + grp.dst[r0] + v * SPCONV_VL, &acc[v], sizeof(SPVEC));
                     continue;
                 }
                 memcpy(tmp, acc, sizeof tmp);
-                for (int q = 0; q < n_runs[g]; q++)
-                    memcpy(orow + run_dst[g][q], tmp + run_src[g][q],
-                           (size_t)run_len[g][q] * sizeof(float));
+                for (int q = 0; q < grp.n_runs[g]; q++)
+                    memcpy(orow + grp.dst[r0 + q], tmp + grp.src[r0 + q],
+                           (size_t)grp.len[r0 + q] * sizeof(float));
             }
         }
     }
@@ -243,19 +261,10 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile_block)(
         int64_t W_out, int act)
 {
     float tmp[SPCONV_TB] __attribute__((aligned(64)));
-    const int64_t plane = H_out * W_out, L = H_out * Wq;
+    const int64_t plane = H_out * W_out;
     const int64_t stride = ncb + 1;
-    int64_t p0[SPCONV_GROUP_MAX];
-    int64_t run_dst[SPCONV_GROUP_MAX][SPCONV_TB], run_src[SPCONV_GROUP_MAX][SPCONV_TB];
-    int64_t run_len[SPCONV_GROUP_MAX][SPCONV_TB];
-    int n_runs[SPCONV_GROUP_MAX], whole[SPCONV_GROUP_MAX];
-    for (int64_t g = 0; g < G; g++) {
-        int64_t skip;
-        FSCNN_FN(spconv_tile_start)(t0 + g, SPCONV_TB, L, &p0[g], &skip);
-        n_runs[g] = FSCNN_FN(spconv_runs)(p0[g], skip, SPCONV_TB, Wq, H_out, W_out,
-                                          run_dst[g], run_src[g], run_len[g]);
-        whole[g] = n_runs[g] == 1 && run_len[g][0] == SPCONV_TB;
-    }
+    FSCNN_FN(spconv_group) grp;
+    FSCNN_FN(spconv_group_init)(&grp, t0, G, SPCONV_TB, Wq, H_out, W_out);
     for (int64_t b = 0; b < ncb; b++) {
         const int first = b == 0, last = b == ncb - 1;
         for (int64_t ob = ob0; ob < ob1; ob++) {
@@ -264,7 +273,7 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile_block)(
             for (int64_t g = 0; g < G; g++) {
                 SPVEC acc[SPCONV_B][SPCONV_NVB];
                 float *restrict part = partial + ((ob - ob0) * G + g) * SPCONV_B * SPCONV_TB;
-                const float *restrict base = in + p0[g];
+                const float *restrict base = in + grp.p0[g];
                 if (first) {
 #pragma GCC unroll 4
                     for (int j = 0; j < SPCONV_B; j++) {
@@ -304,17 +313,18 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile_block)(
                             acc[j][v] = FSCNN_VACT(acc[j][v], act);
                     }
                     float *restrict orow = out + o * plane;
-                    if (whole[g]) {
+                    const int64_t r0 = g * SPCONV_T;
+                    if (grp.whole[g]) {
 #pragma GCC unroll 16
                         for (int v = 0; v < SPCONV_NVB; v++)
-                            memcpy(orow + run_dst[g][0] + v * SPCONV_VL, &acc[j][v],
+                            memcpy(orow + grp.dst[r0] + v * SPCONV_VL, &acc[j][v],
                                    sizeof(SPVEC));
                         continue;
                     }
                     memcpy(tmp, acc[j], sizeof tmp);
-                    for (int q = 0; q < n_runs[g]; q++)
-                        memcpy(orow + run_dst[g][q], tmp + run_src[g][q],
-                               (size_t)run_len[g][q] * sizeof(float));
+                    for (int q = 0; q < grp.n_runs[g]; q++)
+                        memcpy(orow + grp.dst[r0 + q], tmp + grp.src[r0 + q],
+                               (size_t)grp.len[r0 + q] * sizeof(float));
                 }
             }
         }
