@@ -157,6 +157,7 @@ class _WeightedOp:
         self.kernel = _check_kernel(kernel, name, self.kernels)
         self._plans = OrderedDict()
         self._plans_lock = threading.Lock()
+        self._last_plan = ((None, None, None), None)  # (key, plan) of the latest call: _plan
         self._derived = {}  # kernel name -> key -> weights derived for it (see derived)
         self._presets = {}  # (shape, threads, level) -> kernel 'auto' takes without timing
 
@@ -242,16 +243,23 @@ class _WeightedOp:
     def _plan(self, shape):
         threads, level = _config.get_num_threads(), _config.simd_level_index()
         key = (tuple(shape), threads, level)
+        last_key, last = self._last_plan  # one read: atomic against another thread's store
+        if key == last_key:
+            # the common case, a model called on the same shape again: no lock, no LRU
+            # update (a plan is never invalidated, only evicted, and eviction leaves it usable)
+            return last
         with self._plans_lock:
             plan = self._plans.get(key)
             if plan is not None:
                 self._plans.move_to_end(key)
+                self._last_plan = (key, plan)
                 return plan
         plan = self._make_plan(shape, threads, level)
         with self._plans_lock:
             self._plans[key] = plan
             while len(self._plans) > _MAX_PLANS:
                 self._plans.popitem(last=False)
+            self._last_plan = (key, plan)
         return plan
 
     def _make_plan(self, shape, threads, level):
@@ -428,7 +436,8 @@ class Conv2dOp(_WeightedOp):
                 self.check_input_shape(x.shape)  # before converting: refuse huge bad views
                 self._plan(x.shape)  # cheaply
             x = as_float_array(x, f"{self.name}: input")
-        self.check_input_shape(x.shape)
+        elif x.shape != self._last_plan[0][0]:  # else checked when that plan was made
+            self.check_input_shape(x.shape)
         plan = self._plan(x.shape)
         return self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan)
 

@@ -71,6 +71,26 @@ def test_conv_matches_reference(case, sparsity, kernel, threads, rng):
     assert_close(y, ref_conv2d(x, w, b, **hp))
 
 
+@pytest.mark.parametrize("kernel", ["sparse", "depthwise"])
+def test_stride2_packing_at_every_row_edge(kernel, rng):
+    """Stride-2 packing splits each input row into its even and odd columns in one pass
+    (conv_pack_pair_s2), zeroing the padding columns at both ends itself: every width, left
+    and right padding and kernel width, so that those ranges are empty, meet or overlap."""
+    for W in range(1, 12):
+        for left in range(4):
+            for right in range(3):
+                for kw in (1, 2, 3, 4):
+                    if W + left + right < kw:
+                        continue
+                    x = rng.standard_normal((1, 2, 3, W)).astype(np.float32)
+                    w = rng.standard_normal((2, 1 if kernel == "depthwise" else 2, 1, kw))
+                    w = w.astype(np.float32)
+                    hp = dict(stride=(1, 2), padding=(1, 0, left, right),
+                              groups=2 if kernel == "depthwise" else 1)
+                    y = Conv2dOp(w, None, kernel=kernel, **hp)(x)
+                    assert_close(y, ref_conv2d(x, w, None, **hp))
+
+
 @pytest.mark.parametrize("case", CASES[:8], ids=_case_id)
 @pytest.mark.parametrize("kernel", ["sparse", "dense"])
 @pytest.mark.parametrize("activation", ["relu", "relu6"])
