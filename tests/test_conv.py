@@ -75,8 +75,9 @@ def test_conv_matches_reference(case, sparsity, kernel, threads, rng):
 def test_stride2_packing_at_every_row_edge(kernel, rng):
     """Stride-2 packing splits each input row into its even and odd columns in one pass
     (conv_pack_pair_s2), zeroing the padding columns at both ends itself: every width, left
-    and right padding and kernel width, so that those ranges are empty, meet or overlap."""
-    for W in range(1, 12):
+    and right padding and kernel width, so that those ranges are empty, meet or overlap;
+    planes up to 32x32 are zeroed whole first (CONV_PACK_ZERO_FIRST), wider ones by row."""
+    for W in list(range(1, 12)) + [2101, 2102]:
         for left in range(4):
             for right in range(3):
                 for kw in (1, 2, 3, 4):

@@ -23,6 +23,10 @@ typedef struct {
     int one_phase;
 } conv_packing;
 
+/* Planes of at most this many floats (32x32) are zeroed whole before the input is copied in
+ * (see conv_pack). */
+#define CONV_PACK_ZERO_FIRST 1024
+
 /* The columns [j0, j1) of a packed row of Wq that read an input column j*sw + off inside
  * [0, W) (the others are padding zeros); j0 <= j1 <= Wq. */
 static inline void conv_pack_columns(int64_t off, int64_t sw, int64_t W, int64_t Wq,
@@ -61,7 +65,7 @@ static inline void conv_deinterleave2(const float *restrict s, int64_t n, float 
  * columns. Packing each phase by itself read every row twice with stride-2 loads, and was
  * most of a 90%-sparse stride-2 depthwise layer's time (MobileNetV2's 96x112x112: 0.63 ms). */
 static inline void conv_pack_pair_s2(const conv_packing *pk, const float *xc, int64_t py,
-                                     float *dst0, float *dst1)
+                                     int zeroed, float *dst0, float *dst1)
 {
     const int64_t H = pk->H, W = pk->W, pad_top = pk->pad_top, pad_left = pk->pad_left,
                   sh = pk->sh, Hq = pk->Hq, Wq = pk->Wq;
@@ -72,30 +76,34 @@ static inline void conv_pack_pair_s2(const conv_packing *pk, const float *xc, in
     const int64_t m0 = a0 > a1 ? a0 : a1;  /* [m0, m1): both phases read the input */
     int64_t m1 = b0 < b1 ? b0 : b1;
     if (m1 < m0) m1 = m0;
-    memset(dst0 + Hq * Wq, 0, (size_t)gap * sizeof(float));
-    memset(dst1 + Hq * Wq, 0, (size_t)gap * sizeof(float));
+    if (!zeroed) {
+        memset(dst0 + Hq * Wq, 0, (size_t)gap * sizeof(float));
+        memset(dst1 + Hq * Wq, 0, (size_t)gap * sizeof(float));
+    }
     for (int64_t i = 0; i < Hq; i++) {
         float *r0 = dst0 + i * Wq, *r1 = dst1 + i * Wq;
         const int64_t yin = i * sh + py - pad_top;
         if (yin < 0 || yin >= H) {
-            memset(r0, 0, (size_t)Wq * sizeof(float));
-            memset(r1, 0, (size_t)Wq * sizeof(float));
+            if (!zeroed) {
+                memset(r0, 0, (size_t)Wq * sizeof(float));
+                memset(r1, 0, (size_t)Wq * sizeof(float));
+            }
             continue;
         }
-        /* phase px's column j reads input column 2j + px - pad_left; the padding columns
-         * are a few at each end, zeroed in loops: a memset call each cost more than the
-         * row's copy on the small planes of late layers */
+        /* phase px's column j reads input column 2j + px - pad_left */
         const float *srow = xc + yin * W;
-        for (int64_t j = 0; j < a0; j++) r0[j] = 0.0f;
-        for (int64_t j = 0; j < a1; j++) r1[j] = 0.0f;
+        if (!zeroed) {
+            memset(r0, 0, (size_t)a0 * sizeof(float));
+            memset(r1, 0, (size_t)a1 * sizeof(float));
+            memset(r0 + b0, 0, (size_t)(Wq - b0) * sizeof(float));
+            memset(r1 + b1, 0, (size_t)(Wq - b1) * sizeof(float));
+        }
         for (int64_t j = a0; j < m0; j++) r0[j] = srow[2 * j - pad_left];
         for (int64_t j = a1; j < m0; j++) r1[j] = srow[2 * j + 1 - pad_left];
         if (m1 > m0)
             conv_deinterleave2(srow + 2 * m0 - pad_left, m1 - m0, r0 + m0, r1 + m0);
         for (int64_t j = m1; j < b0; j++) r0[j] = srow[2 * j - pad_left];
         for (int64_t j = m1; j < b1; j++) r1[j] = srow[2 * j + 1 - pad_left];
-        for (int64_t j = b0; j < Wq; j++) r0[j] = 0.0f;
-        for (int64_t j = b1; j < Wq; j++) r1[j] = 0.0f;
     }
 }
 
@@ -124,22 +132,29 @@ static inline void conv_pack(const conv_packing *pk, const float *x, int64_t c0,
         }
         return;
     }
+    /* Small planes are zeroed whole, once per channel, and then only the input is copied in:
+     * the memset calls for each row's few padding columns cost more than the copy there
+     * (MobileNetV2's 960 channels of 7x7: 23 libc calls per channel). Large planes are not,
+     * to write them once. */
+    const int zeroed = Hq * Wq <= CONV_PACK_ZERO_FIRST;
     for (int64_t c = c0; c < c1; c++) {
         const float *xc = x + c * H * W;
+        if (zeroed)
+            memset(buf + c * phy * phx * plane, 0, (size_t)(phy * phx * plane) * sizeof(float));
         for (int64_t py = 0; py < phy; py++) {
             if (phx == 2 && sw == 2) {
                 float *dst = buf + (c * phy + py) * 2 * plane;
-                conv_pack_pair_s2(pk, xc, py, dst, dst + plane);
+                conv_pack_pair_s2(pk, xc, py, zeroed, dst, dst + plane);
                 continue;
             }
             for (int64_t px = 0; px < phx; px++) {
                 float *dst = buf + ((c * phy + py) * phx + px) * plane;
-                memset(dst + Hq * Wq, 0, (size_t)gap * sizeof(float));
+                if (!zeroed) memset(dst + Hq * Wq, 0, (size_t)gap * sizeof(float));
                 for (int64_t i = 0; i < Hq; i++) {
                     float *drow = dst + i * Wq;
                     const int64_t yin = i * sh + py - pad_top;
                     if (yin < 0 || yin >= H) {
-                        memset(drow, 0, (size_t)Wq * sizeof(float));
+                        if (!zeroed) memset(drow, 0, (size_t)Wq * sizeof(float));
                         continue;
                     }
                     const float *srow = xc + yin * W;
@@ -149,16 +164,16 @@ static inline void conv_pack(const conv_packing *pk, const float *x, int64_t c0,
                         if (j0 < 0) j0 = 0;
                         if (j1 > Wq) j1 = Wq;
                         if (j1 < j0) j1 = j0;
-                        memset(drow, 0, (size_t)j0 * sizeof(float));
+                        if (!zeroed) memset(drow, 0, (size_t)j0 * sizeof(float));
                         if (j1 > j0) memcpy(drow + j0, srow + (j0 + px - pad_left), (size_t)(j1 - j0) * sizeof(float));
-                        memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(float));
+                        if (!zeroed) memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(float));
                     } else {
                         /* plane cols j in [j0, j1) read input column j*sw + px - pad_left in
                          * [0, W): zeros around a strided copy without bounds tests */
                         const int64_t off = px - pad_left;
                         int64_t j0, j1;
                         conv_pack_columns(off, sw, W, Wq, &j0, &j1);
-                        memset(drow, 0, (size_t)j0 * sizeof(float));
+                        if (!zeroed) memset(drow, 0, (size_t)j0 * sizeof(float));
                         if (sw == 2) {
                             /* a constant stride lets the compiler vectorise the copy
                              * (shuffles); with a variable one it copies a float at a time,
@@ -169,7 +184,7 @@ static inline void conv_pack(const conv_packing *pk, const float *x, int64_t c0,
                         } else {
                             for (int64_t j = j0; j < j1; j++) drow[j] = srow[j * sw + off];
                         }
-                        memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(float));
+                        if (!zeroed) memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(float));
                     }
                 }
             }
