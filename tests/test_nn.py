@@ -557,6 +557,28 @@ def test_prepare_folds_and_fuses_without_touching_the_module(rng):
     assert repr(net).count("BatchNorm2d(6") == 1
 
 
+def test_sequential_runs_fused_chains_without_calling_their_followers(rng, monkeypatch):
+    """Inside a prepared call a Sequential runs each fused chain's head and skips the
+    absorbed batch norm and activation (their forward is never called), on batched and
+    unbatched inputs."""
+    calls = []
+    for cls in (nn.BatchNorm2d, nn.ReLU, nn.ReLU6):
+        monkeypatch.setattr(cls, "forward", lambda self, x, _f=cls.forward: (
+            calls.append(type(self).__name__), _f(self, x))[1])
+    net = conv_bn_relu(rng)
+    x = rng.standard_normal((2, 3, 5, 5))
+    expected = conv_bn_relu_reference(net, x)
+    net.prepare(input_shape=(2, 3, 5, 5))
+    assert [(type(m).__name__, fused) for m, fused in net._prepared.sequence(net)] == [
+        ("Conv2d", True), ("Conv2d", True), ("Flatten", False), ("Linear", True)]
+    head = net[:3]  # Conv2d, BatchNorm2d, ReLU
+    batched = head(x)
+    del calls[:]
+    assert_close(net(x), expected)
+    assert_close(head(x[1]), batched[1])
+    assert calls == []
+
+
 @pytest.fixture
 def count_ops(monkeypatch):
     """Counts the operators built (each one converts its weights)."""
