@@ -71,6 +71,29 @@ def test_conv_matches_reference(case, sparsity, kernel, threads, rng):
     assert_close(y, ref_conv2d(x, w, b, **hp))
 
 
+@pytest.mark.parametrize("shape, hp", [
+    ((1, 32, 8, 3, 3), dict(padding=1)),                     # fewer positions than a tile
+    ((2, 40, 13, 9, 7), dict(padding=(1, 0, 2, 1))),         # O not a multiple of MR
+    ((1, 30, 70, 31, 33), dict(stride=2, padding=1)),       # phases, a partial last tile
+    ((1, 33, 9, 40, 45), dict(dilation=2, padding=2)),      # several chunks at 2 threads
+])
+def test_dense_packed_gemm_matches_reference(shape, hp, simd_level, threads, rng):
+    """The dense kernel's panels multiplied by the pointwise kernel on weights packed at plan
+    time (dense_conv.PACKED_GEMM_STRIP_BYTES), with bias and activation."""
+    from fscnn.kernels import dense_conv
+    N, C, O, H, W = shape
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((O, C, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    op = Conv2dOp(w, b, kernel="dense", activation="relu6", **hp)
+    assert dense_conv.packed_gemm_variant(op, _config.simd_level_index()) is not None
+    assert op._plan(x.shape).plan.wpack is not None
+    assert_close(op(x), _act_ref(ref_conv2d(x, w, b, **hp), "relu6"))
+    small = Conv2dOp(w[:, :2], b, kernel="dense", **hp)  # K = 18: SGEMM
+    assert small._plan((N, 2, H, W)).plan.wpack is None
+    assert_close(small(x[:, :2]), ref_conv2d(x[:, :2], w[:, :2], b, **hp))
+
+
 @pytest.mark.parametrize("kernel", ["sparse", "depthwise"])
 def test_stride2_packing_at_every_row_edge(kernel, rng):
     """Stride-2 packing splits each input row into its even and odd columns in one pass

@@ -16,6 +16,10 @@ from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
 from scipy.linalg.cython_blas cimport sgemm
 
+cdef extern from "fscnn_common.h" nogil:
+    enum:
+        FSCNN_ACT_NONE
+
 cdef extern from "conv_pack.h" nogil:
     ctypedef struct conv_packing:
         int64_t H, W, pad_top, pad_left, sh, sw, Hq, Wq, plane
@@ -295,10 +299,21 @@ cdef class DenseConv:
     chunk, act, level, n_threads : int
         Positions per work item, activation code, SIMD level of the activation, threads (each
         calls single-threaded BLAS).
+    wpack : float32 array of shape (ceil(O/MR), K, MR), or None
+        With groups 1: ``weight`` packed for the pointwise kernel's variant ``variant`` (see
+        pointwise.h), which then multiplies each panel instead of SGEMM (the panel is
+        (K, max(cnt, T)), zero-padded to a whole tile). SGEMM packs the whole weight matrix
+        on every call, which dominated when a chunk has few positions.
+    variant : int
+        Index into pointwise_variants(level); ignored without ``wpack``.
     """
     cdef const float[:, ::1] weight
     cdef const int32_t[::1] tap_offsets
     cdef const float[::1] bias
+    cdef const float[:, :, ::1] wpack
+    cdef pw_layer pw
+    cdef pw_items_fn items
+    cdef int64_t T
     cdef conv_packing pk
     cdef int64_t group_stride
     cdef int groups, chunk, act, level, n_threads
@@ -306,11 +321,27 @@ cdef class DenseConv:
 
     def __init__(self, const float[:, ::1] weight, const int32_t[::1] tap_offsets,
                  int64_t group_stride, const float[::1] bias, int groups, packing, bint pack,
-                 int chunk, int act, int level, int n_threads):
+                 int chunk, int act, int level, int n_threads,
+                 const float[:, :, ::1] wpack=None, int variant=0):
+        cdef int n_var
+        cdef const pw_variant *var
         self.weight, self.tap_offsets, self.bias = weight, tap_offsets, bias
         self.pk = _packing(packing)
         self.group_stride, self.groups, self.pack = group_stride, groups, pack
         self.chunk, self.act, self.level, self.n_threads = chunk, act, level, n_threads
+        self.wpack, self.items, self.T = wpack, NULL, 0
+        if wpack is not None:
+            var = pw_variants(level, &n_var)
+            if groups != 1 or not 0 <= variant < n_var or var[variant].t > chunk \
+                    or wpack.shape[1] != weight.shape[1] \
+                    or wpack.shape[0] * var[variant].mr < weight.shape[0] \
+                    or wpack.shape[2] != var[variant].mr:
+                raise ValueError("DenseConv: wpack does not fit the weights, groups, variant "
+                                 "and chunk")
+            self.items, self.T = var[variant].fn, var[variant].t
+            self.pw.wpack = &wpack[0, 0, 0]
+            self.pw.bias = NULL  # conv_scatter adds bias and activation
+            self.pw.K, self.pw.O, self.pw.act = weight.shape[1], weight.shape[0], FSCNN_ACT_NONE
 
     def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                  float[::1] buf,                      # SCRATCH packed image + tail, tail
@@ -327,7 +358,7 @@ cdef class DenseConv:
         cdef int64_t n_items = n_chunks * self.groups
         cdef const float *bptr = &self.bias[0] if self.bias is not None else NULL
         cdef bint direct = K == C // self.groups and self.tap_offsets[0] == 0 and K > 0
-        cdef int64_t n, i, g, q0, r, cnt
+        cdef int64_t n, i, g, q0, r, cnt, ld, t
         cdef float *panel
         cdef float *wide
         cdef const float *bmat
@@ -348,6 +379,21 @@ cdef class DenseConv:
                     g = i % self.groups
                     q0 = (i // self.groups) * chunk
                     cnt = chunk if q0 + chunk <= L else L - q0
+                    if self.items != NULL and not direct:
+                        # the panel holds at least a tile: pw_items moves a last partial tile
+                        # back inside it
+                        ld = cnt if cnt >= self.T else self.T
+                        for r in range(K):
+                            memcpy(panel + r * ld, src + self.tap_offsets[r] + q0,
+                                   sizeof(float) * cnt)
+                            if ld > cnt:
+                                memset(panel + r * ld + cnt, 0, sizeof(float) * (ld - cnt))
+                        for t in range((ld + self.T - 1) // self.T):
+                            self.items(&self.pw, panel, ld, wide, ld, ld, t, 0,
+                                       self.wpack.shape[0])
+                        conv_scatter(wide, ld, Og, 0, q0, cnt, bptr, self.act, self.level,
+                                     Wq, H_out, W_out, &out[n, 0, 0, 0])
+                        continue
                     if direct:
                         # 1x1 taps: the (K, cnt) panel is the packed planes themselves
                         bmat = src + g * self.group_stride + q0

@@ -2,7 +2,9 @@
 kernel of ``kernel='dense'`` for every layer that the pointwise kernel does not run.
 
 Each chunk's panel is a memcpy per tap from the packed image (conv_pack.h), multiplied by the
-group's weights with scipy's single-threaded SGEMM, one GEMM per fscnn thread (fscnn._blas).
+group's weights with scipy's single-threaded SGEMM, one GEMM per fscnn thread (fscnn._blas),
+or, where its tiles' strips of the panel stay in L2, with the pointwise kernel's register-blocked
+GEMM on weights packed once at plan time (PACKED_GEMM_STRIP_BYTES).
 """
 from typing import NamedTuple
 
@@ -16,7 +18,8 @@ from .base import NO_BUFFER, Kernel, packed_scratch, scratch
 class DensePlan(NamedTuple):
     """The dense kernel's plan: positions per chunk, the (O, K) weights it reads, the packed
     image's size and reach (``packed`` floats, readable to ``readable``; ``pack`` false: the
-    input is read in place), the panel scratch shape and the compiled kernel (``call``)."""
+    input is read in place), the panel scratch shape, the compiled kernel (``call``) and the
+    weights packed for the pointwise kernel's GEMM (``wpack``, None: SGEMM)."""
 
     chunk: int
     weights: np.ndarray
@@ -25,6 +28,41 @@ class DensePlan(NamedTuple):
     readable: int
     panels: tuple
     call: _conv.DenseConv
+    wpack: np.ndarray = None
+
+
+# Panels of K rows, K at least PACKED_GEMM_MIN_K, whose tile strip (K rows of one tile's
+# positions) is at most PACKED_GEMM_STRIP_BYTES are multiplied with the pointwise kernel's
+# packed weights (pointwise.h) rather than SGEMM, which packs both operands on every call.
+# Against SGEMM, ungrouped 3x3 layers, one thread, relu, AVX2 (T = 16), two runs: 32->32 at
+# 56x56 x1.39, 64->64 at 224x224 x1.25-1.27, at 56x56 x1.27-1.29, 128->128 at 28x28
+# x1.08-1.11 (K 288-1152: strips of 18-72 KiB); 256 at 14x14 x0.91 and 512 at 7x7 x0.80
+# (strips of 144-288 KiB leave L2 while each tile streams all the weights); the 3-channel stem,
+# K = 27, x0.48-0.72 (a tile's fixed costs over 27 multiply-adds per output).
+PACKED_GEMM_STRIP_BYTES = 96 * 1024
+PACKED_GEMM_MIN_K = 256
+
+
+def packed_gemm_variant(op, level):
+    """The pointwise variant (index, (MR, T)) that the dense kernel multiplies its panels
+    with, or None for SGEMM: ungrouped layers with more than one tap, K from
+    PACKED_GEMM_MIN_K, whose tile strip fits PACKED_GEMM_STRIP_BYTES (the variant of the
+    narrowest tile)."""
+    K = op.size // op.weight_shape[0]
+    if op.groups != 1 or K == op.weight_shape[1] or K < PACKED_GEMM_MIN_K:
+        return None
+    variant = min(enumerate(_conv.pointwise_variants(level)), key=lambda v: v[1][1])
+    return variant if K * variant[1][1] * 4 <= PACKED_GEMM_STRIP_BYTES else None
+
+
+def pack_weights(dense, mr):
+    """(O, K) weights packed (ceil(O/mr), K, mr), the last block padded with zero rows: the
+    layout of the pointwise kernel's variants of ``mr`` output channels."""
+    O, K = dense.shape
+    n_blk = -(-O // mr)
+    wpack = np.zeros((n_blk * mr, K), np.float32)
+    wpack[:O] = dense
+    return np.ascontiguousarray(wpack.reshape(n_blk, mr, K).transpose(0, 2, 1))
 
 
 class DenseConv(Kernel):
@@ -45,11 +83,18 @@ class DenseConv(Kernel):
         threads = _blas.gemm_threads(threads)
         weights = op.dense
         pack = not geo.in_place
+        wpack, variant = None, 0
+        packed = packed_gemm_variant(op, level)
+        if packed is not None:
+            variant, (mr, T) = packed
+            chunk = max(chunk, T)
+            wpack = pack_weights(weights, mr)
         call = _conv.DenseConv(weights, geo.tap_offsets.astype(np.int32), geo.group_stride,
                                op.bias, op.groups, geo.packing(), pack, chunk, op.act_code,
-                               level, threads)
+                               level, threads, wpack, variant)
         panels = (threads, (weights.shape[1] + op.weight_shape[0] // op.groups) * chunk)
-        return DensePlan(chunk, weights, pack, geo.packed, geo.max_tap + geo.L, panels, call)
+        return DensePlan(chunk, weights, pack, geo.packed, geo.max_tap + geo.L, panels, call,
+                         wpack)
 
     @staticmethod
     def run(x, plan, out):
