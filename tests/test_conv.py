@@ -94,6 +94,29 @@ def test_dense_packed_gemm_matches_reference(shape, hp, simd_level, threads, rng
     assert_close(small(x[:, :2]), ref_conv2d(x[:, :2], w[:, :2], b, **hp))
 
 
+@pytest.mark.parametrize("shape, hp", [
+    ((3, 32, 24, 5, 5), dict(padding=1)),                     # K 288: the pointwise GEMM
+    ((5, 8, 10, 6, 7), dict(stride=2, padding=1)),            # SGEMM, two-phase packing
+    ((4, 12, 12, 6, 6), dict(groups=3, dilation=2, padding=2)),
+    ((2, 64, 16, 2, 2), dict(padding=1)),                     # 2x2 planes (ResNet at 64x64)
+    ((7, 16, 8, 3, 4), dict(padding=(0, 1, 2, 0))),           # a partial last work item
+])
+def test_dense_batches_several_images_per_panel(shape, hp, simd_level, threads, rng):
+    """Small planes put several images' positions in one panel so that the weights stream
+    once for all of them (DensePlan.images): each image lands in its own output, whatever
+    the batch, the thread count and the GEMM."""
+    N, C, O, H, W = shape
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((O, C // hp.get("groups", 1), 3, 3)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    op = Conv2dOp(w, b, kernel="dense", activation="relu", **hp)
+    plan = op._plan(x.shape).plan
+    assert plan.images == min(N, -(-N // _config.get_num_threads()))
+    assert_close(op(x), _act_ref(ref_conv2d(x, w, b, **hp), "relu"))
+    assert op._plan(x[:1].shape).plan.images == 1
+    assert_close(op(x[1:2]), _act_ref(ref_conv2d(x[1:2], w, b, **hp), "relu"))
+
+
 @pytest.mark.parametrize("kernel", ["sparse", "depthwise"])
 def test_stride2_packing_at_every_row_edge(kernel, rng):
     """Stride-2 packing splits each input row into its even and odd columns in one pass

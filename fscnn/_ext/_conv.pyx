@@ -343,12 +343,52 @@ cdef class DenseConv:
             self.pw.bias = NULL  # conv_scatter adds bias and activation
             self.pw.K, self.pw.O, self.pw.act = weight.shape[1], weight.shape[0], FSCNN_ACT_NONE
 
+    cdef void _multiply(self, const float *panel, int64_t ld, int64_t cnt, int64_t g,
+                        float *wide, int64_t ldc) noexcept nogil:
+        """wide (Og, ldc) = W_g (Og, K) . panel (K, cnt columns, rows ld floats apart): the
+        pointwise kernel on the packed weights (groups 1, ld >= T, columns [cnt, ld) zero), or
+        SGEMM."""
+        cdef int64_t K = self.weight.shape[1], Og = self.weight.shape[0] // self.groups, t
+        cdef int m = <int> cnt, nn = <int> Og, kk = <int> K, lda = <int> K
+        cdef int ldb = <int> ld, ldc_ = <int> ldc
+        cdef float one = 1.0, zero = 0.0
+        cdef char *no = b"N"
+        if self.items != NULL:
+            for t in range((ld + self.T - 1) // self.T):
+                self.items(&self.pw, panel, ld, wide, ldc, ld, t, 0, self.wpack.shape[0])
+            return
+        # column-major view: wide^T (cnt x Og) = B^T (cnt x K) . W_g^T (K x Og)
+        sgemm(no, no, &m, &nn, &kk, &one, <float *> panel, &ldb,
+              <float *> &self.weight[g * Og, 0], &lda, &zero, wide, &ldc_)
+
+    cdef int64_t _panel(self, const float *src, int64_t g, int64_t q0, int64_t cnt,
+                        int64_t col, int64_t ld, float *panel) noexcept nogil:
+        """Copy the K shifted runs [q0, q0+cnt) of group g of the packed image src into
+        columns [col, col+cnt) of the panel (rows ld floats apart)."""
+        cdef int64_t r
+        for r in range(self.weight.shape[1]):
+            memcpy(panel + r * ld + col, src + self.tap_offsets[r] + g * self.group_stride + q0,
+                   sizeof(float) * cnt)
+        return 0
+
+    cdef int64_t _width(self, int64_t cnt) noexcept nogil:
+        """Floats per panel row for cnt columns: a whole tile at least for the pointwise
+        kernel (pw_items moves a last partial tile back inside the panel)."""
+        return cnt if self.items == NULL or cnt >= self.T else self.T
+
     def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
-                 float[::1] buf,                      # SCRATCH packed image + tail, tail
-                                                      #   zeroed (pack true)
+                 float[::1] buf,                      # SCRATCH packed images (``images`` > 1:
+                                                      #   images * n_threads slots of ``slot``
+                                                      #   floats), tails zeroed here; else one
+                                                      #   packed image + tail, tail zeroed
+                                                      #   (pack true)
                  float[:, ::1] panels,                # SCRATCH (n_threads, (K + O/groups) * chunk)
-                 float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out)
-        """Convolve ``x`` into ``out``."""
+                 float[:, :, :, ::1] out,             # OUT (N, O, H_out, W_out)
+                 int64_t images=1, int64_t slot=0):
+        """Convolve ``x`` into ``out``. ``images`` > 1 (a flat output of L <= chunk /
+        images positions, packed input, taps): a work item's panel holds the positions of up
+        to ``images`` images side by side, so each GEMM streams the weights once for all of
+        them (on small planes the weights are what the time goes to)."""
         cdef int64_t N = x.shape[0], C = x.shape[1]
         cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
         cdef int64_t K = self.weight.shape[1], Og = O // self.groups
@@ -358,69 +398,81 @@ cdef class DenseConv:
         cdef int64_t n_items = n_chunks * self.groups
         cdef const float *bptr = &self.bias[0] if self.bias is not None else NULL
         cdef bint direct = K == C // self.groups and self.tap_offsets[0] == 0 and K > 0
-        cdef int64_t n, i, g, q0, r, cnt, ld, t
+        cdef int64_t packed = C * (1 if self.pk.one_phase else self.pk.sh * self.pk.sw) \
+            * self.pk.plane
+        cdef int64_t n, i, g, q0, cnt, ld, ldc, j, j0, j1, n0, nb, P
         cdef float *panel
         cdef float *wide
-        cdef const float *bmat
         cdef const float *src
-        cdef int m, nn, kk, lda, ldb, ldc
-        cdef float one = 1.0, zero = 0.0
-        cdef char *no = b"N"
         if N == 0 or O == 0 or H_out == 0 or W_out == 0:
             return
         cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
+        if images > 1 and (direct or not self.pack or images * L > chunk or slot < packed):
+            raise ValueError("DenseConv: images > 1 needs packed taps, images * L <= chunk "
+                             "and slots of the packed image")
+        if images > 1 and buf.shape[0] < min(N, images * nt) * slot:
+            raise ValueError("DenseConv: buf is smaller than its image slots")
         with nogil:
-            for n in range(N):
-                src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, self.pack, &buf[0],
-                                    self.n_threads)
-                for i in prange(n_items, num_threads=nt, schedule="dynamic"):
-                    panel = &panels[threadid(), 0]
-                    wide = panel + K * chunk
-                    g = i % self.groups
-                    q0 = (i // self.groups) * chunk
-                    cnt = chunk if q0 + chunk <= L else L - q0
-                    if self.items != NULL and not direct:
-                        # the panel holds at least a tile: pw_items moves a last partial tile
-                        # back inside it
-                        ld = cnt if cnt >= self.T else self.T
-                        for r in range(K):
-                            memcpy(panel + r * ld, src + self.tap_offsets[r] + q0,
-                                   sizeof(float) * cnt)
+            if images > 1:
+                P = min(N, images * nt)  # images packed per pass
+                n0 = 0
+                while n0 < N:  # (range() with a variable step needs the GIL)
+                    nb = min(P, N - n0)
+                    for j in prange(nb, num_threads=nt, schedule="dynamic"):
+                        conv_pack(&self.pk, &x[n0 + j, 0, 0, 0], 0, C, &buf[j * slot])
+                        memset(&buf[j * slot + packed], 0, sizeof(float) * (slot - packed))
+                    for i in prange(((nb + images - 1) // images) * self.groups,
+                                    num_threads=nt, schedule="dynamic"):
+                        panel = &panels[threadid(), 0]
+                        wide = panel + K * chunk
+                        g = i % self.groups
+                        j0 = (i // self.groups) * images
+                        j1 = min(nb, j0 + images)
+                        cnt = (j1 - j0) * L
+                        ld = self._width(cnt)
+                        for j in range(j0, j1):
+                            self._panel(&buf[j * slot], g, 0, L, (j - j0) * L, ld, panel)
+                        if ld > cnt:
+                            for j in range(K):
+                                memset(panel + j * ld + cnt, 0, sizeof(float) * (ld - cnt))
+                        self._multiply(panel, ld, cnt, g, wide, ld)
+                        for j in range(j0, j1):
+                            conv_scatter(wide + (j - j0) * L, ld, Og, g * Og, 0, L, bptr,
+                                         self.act, self.level, Wq, H_out, W_out,
+                                         &out[n0 + j, 0, 0, 0])
+                    n0 += P
+            else:
+                for n in range(N):
+                    src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, self.pack, &buf[0],
+                                        self.n_threads)
+                    for i in prange(n_items, num_threads=nt, schedule="dynamic"):
+                        panel = &panels[threadid(), 0]
+                        wide = panel + K * chunk
+                        g = i % self.groups
+                        q0 = (i // self.groups) * chunk
+                        cnt = chunk if q0 + chunk <= L else L - q0
+                        if direct:
+                            # 1x1 taps: the (K, cnt) panel is the packed planes themselves (the
+                            # pointwise kernel takes ungrouped 1x1 layers: SGEMM here)
+                            ld = Hq * Wq if self.pk.one_phase else self.pk.sh * self.pk.sw * Hq * Wq
+                            panel = <float *> (src + g * self.group_stride + q0)
+                        else:
+                            ld = self._width(cnt)
+                            self._panel(src, g, q0, cnt, 0, ld, panel)
                             if ld > cnt:
-                                memset(panel + r * ld + cnt, 0, sizeof(float) * (ld - cnt))
-                        for t in range((ld + self.T - 1) // self.T):
-                            self.items(&self.pw, panel, ld, wide, ld, ld, t, 0,
-                                       self.wpack.shape[0])
-                        conv_scatter(wide, ld, Og, 0, q0, cnt, bptr, self.act, self.level,
+                                for j in range(K):
+                                    memset(panel + j * ld + cnt, 0, sizeof(float) * (ld - cnt))
+                        ldc = ld
+                        if Wq == W_out and self.items == NULL:
+                            # flat positions are output positions (1x1 layers): the GEMM writes
+                            # into the output, and the epilogue adds bias and activation in place
+                            wide = &out[n, g * Og, 0, 0] + q0
+                            ldc = H_out * W_out
+                        elif self.items == NULL:
+                            ldc = cnt
+                        self._multiply(panel, ld, cnt, g, wide, ldc)
+                        conv_scatter(wide, ldc, Og, g * Og, q0, cnt, bptr, self.act, self.level,
                                      Wq, H_out, W_out, &out[n, 0, 0, 0])
-                        continue
-                    if direct:
-                        # 1x1 taps: the (K, cnt) panel is the packed planes themselves
-                        bmat = src + g * self.group_stride + q0
-                        ldb = <int> (Hq * Wq if self.pk.one_phase
-                                     else self.pk.sh * self.pk.sw * Hq * Wq)
-                    else:
-                        for r in range(K):
-                            memcpy(panel + r * cnt,
-                                   src + self.tap_offsets[r] + g * self.group_stride + q0,
-                                   sizeof(float) * cnt)
-                        bmat = panel
-                        ldb = <int> cnt
-                    m = <int> cnt
-                    nn = <int> Og
-                    kk = <int> K
-                    lda = <int> K
-                    ldc = <int> cnt
-                    if Wq == W_out:
-                        # flat positions are output positions (1x1 layers): the GEMM writes
-                        # into the output, and the epilogue adds bias and activation in place
-                        wide = &out[n, g * Og, 0, 0] + q0
-                        ldc = <int> (H_out * W_out)
-                    # column-major view: wide^T (cnt x Og) = B^T (cnt x K) . W_g^T (K x Og)
-                    sgemm(no, no, &m, &nn, &kk, &one, <float *> bmat, &ldb,
-                          <float *> &self.weight[g * Og, 0], &lda, &zero, wide, &ldc)
-                    conv_scatter(wide, ldc, Og, g * Og, q0, cnt, bptr, self.act, self.level,
-                                 Wq, H_out, W_out, &out[n, 0, 0, 0])
 
 
 cdef class WinogradConv:

@@ -19,7 +19,9 @@ class DensePlan(NamedTuple):
     """The dense kernel's plan: positions per chunk, the (O, K) weights it reads, the packed
     image's size and reach (``packed`` floats, readable to ``readable``; ``pack`` false: the
     input is read in place), the panel scratch shape, the compiled kernel (``call``) and the
-    weights packed for the pointwise kernel's GEMM (``wpack``, None: SGEMM)."""
+    weights packed for the pointwise kernel's GEMM (``wpack``, None: SGEMM). ``images`` > 1:
+    a work item's panel holds that many images' positions, each image packed into a ``slot``
+    of floats."""
 
     chunk: int
     weights: np.ndarray
@@ -29,6 +31,8 @@ class DensePlan(NamedTuple):
     panels: tuple
     call: _conv.DenseConv
     wpack: np.ndarray = None
+    images: int = 1
+    slot: int = 0
 
 
 # Panels of K rows, K at least PACKED_GEMM_MIN_K, whose tile strip (K rows of one tile's
@@ -47,7 +51,9 @@ def packed_gemm_variant(op, level):
     """The pointwise variant (index, (MR, T)) that the dense kernel multiplies its panels
     with, or None for SGEMM: ungrouped layers with more than one tap, K from
     PACKED_GEMM_MIN_K, whose tile strip fits PACKED_GEMM_STRIP_BYTES (the variant of the
-    narrowest tile)."""
+    narrowest tile). (Panels of one or two tiles, whose weights stream once or twice, gained
+    nothing from the packed weights at larger K: ResNet-18's 512-channel layers at 2x2, two
+    images per panel, ran x0.94-0.96 the SGEMM model, Zen 4.)"""
     K = op.size // op.weight_shape[0]
     if op.groups != 1 or K == op.weight_shape[1] or K < PACKED_GEMM_MIN_K:
         return None
@@ -76,11 +82,19 @@ class DenseConv(Kernel):
         """Chunks of the flat output with a (K, chunk) panel of ~1 MiB, at least 128 positions
         (every chunk streams all the weights: 4.4 ms with 32 positions, 3.9 with 64 or more on
         a 512x512 3x3 layer at 7x7, 10.8 ms with 64 and 9.4 with 224 at 14x14), and no more
-        chunks than threads need."""
+        chunks than threads need. Batches of planes smaller than half a chunk put several
+        images in a panel (up to the batch's share of a thread), so that the weights, which
+        are what such layers spend their time reading, stream once for all of them."""
         K = op.size // op.weight_shape[0]
-        chunk = int(np.clip((1 << 18) // K, 128, 4096)) // 16 * 16
-        chunk = max(16, min(chunk, -(-geo.L // max(1, threads)) + 15 & ~15))
+        full = int(np.clip((1 << 18) // K, 128, 4096)) // 16 * 16
+        chunk = max(16, min(full, -(-geo.L // max(1, threads)) + 15 & ~15))
         threads = _blas.gemm_threads(threads)
+        images = 1
+        if geo.batch > 1 and not geo.in_place and K != op.weight_shape[1] \
+                and 2 * geo.L <= full:
+            images = min(full // geo.L, -(-geo.batch // threads))
+            if images > 1:
+                chunk = max(chunk, images * geo.L + 15 & ~15)
         weights = op.dense
         pack = not geo.in_place
         wpack, variant = None, 0
@@ -93,11 +107,18 @@ class DenseConv(Kernel):
                                op.bias, op.groups, geo.packing(), pack, chunk, op.act_code,
                                level, threads, wpack, variant)
         panels = (threads, (weights.shape[1] + op.weight_shape[0] // op.groups) * chunk)
-        return DensePlan(chunk, weights, pack, geo.packed, geo.max_tap + geo.L, panels, call,
-                         wpack)
+        readable = geo.max_tap + geo.L
+        slot = (max(geo.packed, readable) + 64 + 15) // 16 * 16 if images > 1 else 0
+        return DensePlan(chunk, weights, pack, geo.packed, readable, panels, call, wpack,
+                         images, slot)
 
     @staticmethod
     def run(x, plan, out):
         with _blas.single_threaded_blas():
+            if plan.images > 1:
+                slots = min(x.shape[0], plan.images * plan.panels[0])
+                plan.call(x, scratch("packed", (slots * plan.slot,)),
+                          scratch("panels", plan.panels), out, plan.images, plan.slot)
+                return
             plan.call(x, packed_scratch(plan.packed, plan.readable) if plan.pack else NO_BUFFER,
                       scratch("panels", plan.panels), out)
