@@ -1,6 +1,6 @@
 """Scale-out benchmark of ``fscnn.dask.predict``: images/s on 1 and 2 single-threaded
-``LocalCluster`` workers, and its overhead against a plain loop in one process at equal
-total kernel threads.
+``LocalCluster`` workers and on one 2-thread worker, and its overhead against a plain loop in
+one process at equal total kernel threads.
 
 The model (a zoo model with random weights, magnitude-pruned, held sparse) is prepared once
 in this process at one thread for the chunk shape, so the pickle each worker receives carries
@@ -89,21 +89,29 @@ def main(argv=None):
             rows.append(_row(f"fscnn.dask.predict, threaded scheduler, {t} worker thread(s)", n,
                              _timed(y.compute, args.repeats), t))
 
-    for workers in (1, 2):
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+    # one process per core, and one process holding every core (its tasks share one copy of
+    # the model in the caches)
+    for workers, per_worker in ((1, 1), (2, 1), (1, 2)):
+        with LocalCluster(n_workers=workers, threads_per_worker=per_worker, processes=True,
                           dashboard_address=None) as cluster, Client(cluster):
             x = da.random.default_rng(0).random((n, 3, size, size), chunks=(b, -1, -1, -1),
                                                 dtype=np.float32).persist()
             wait(x)  # generated and held on the workers: the timings are inference only
             y = fscnn.dask.predict(model, x)
-            rows.append(_row(f"LocalCluster, {workers} worker(s) x 1 thread", n,
-                             _timed(y.compute, args.repeats), workers))
+            rows.append(_row(f"LocalCluster, {workers} worker(s) x {per_worker} thread(s)", n,
+                             _timed(y.compute, args.repeats), workers * per_worker))
 
     by = {r["config"]: r for r in rows}
     ratios = {
         "2 workers / 1 worker (target >= 1.7)":
-            by["LocalCluster, 2 worker(s) x 1 thread"]["images_per_s"]
-            / by["LocalCluster, 1 worker(s) x 1 thread"]["images_per_s"],
+            by["LocalCluster, 2 worker(s) x 1 thread(s)"]["images_per_s"]
+            / by["LocalCluster, 1 worker(s) x 1 thread(s)"]["images_per_s"],
+        "1 worker x 2 threads / 1 worker x 1 thread":
+            by["LocalCluster, 1 worker(s) x 2 thread(s)"]["images_per_s"]
+            / by["LocalCluster, 1 worker(s) x 1 thread(s)"]["images_per_s"],
+        "LocalCluster 1 worker x 1 thread / plain loop at 1 thread":
+            by["LocalCluster, 1 worker(s) x 1 thread(s)"]["images_per_s"]
+            / by["plain loop, 1 thread(s)"]["images_per_s"],
     }
     for t in (1, 2):
         ratios[f"dask threaded / plain loop at {t} thread(s) (target >= 0.9)"] = (
