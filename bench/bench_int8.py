@@ -2,7 +2,8 @@
 --sparsity (in --pattern), its float32 form held sparse and its INT8 form from
 ``fscnn.quantize`` (calibrated on random inputs), both prepared with kernel='auto' and timed
 round-robin in one process: median ms per call, images/s and the largest difference of the
-outputs relative to the float32 ones.
+outputs relative to the float32 ones. On a CPU with AVX512-VNNI, the INT8 model also runs at
+the AVX2 level (vpmaddwd + add, what the AVX-512 level runs without VNNI), in the same round.
 
     python bench/bench_int8.py
     python bench/bench_int8.py --models resnet50 vgg16 --batch 16 --pattern 1x2
@@ -15,6 +16,7 @@ import numpy as np
 import fscnn
 import fscnn.models
 import fscnn.nn
+from fscnn._ext import _int8
 
 
 def main(argv=None):
@@ -46,16 +48,28 @@ def main(argv=None):
         qmodel.prepare(shape)
         ref, y = model(x), qmodel(x)
         diff = float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
-        times = {"float32": [], "int8": []}
+        runs = [("float32", model, None), ("int8", qmodel, None)]
+        level = fscnn.get_simd_level()
+        if level == "avx512" and _int8.vnni():
+            runs.append(("int8 without VNNI", qmodel, "avx2"))
+            fscnn.set_simd_level("avx2")
+            qmodel.prepare(shape)
+            fscnn.set_simd_level(level)
+        times = {key: [] for key, _, _ in runs}
         for _ in range(args.iterations):
-            for key, m in (("float32", model), ("int8", qmodel)):
+            for key, m, at in runs:
+                fscnn.set_simd_level(at or level)
                 t0 = time.perf_counter()
                 m(x)
                 times[key].append(time.perf_counter() - t0)
+        fscnn.set_simd_level(level)
         f32, i8 = (1e3 * np.median(times[k]) for k in ("float32", "int8"))
         print(f"{name:12s} float32 {f32:8.1f} ms  int8 {i8:8.1f} ms  x{f32 / i8:4.2f}  "
               f"int8 {args.batch * 1e3 / i8:6.1f} images/s  max|int8 - float32| / "
               f"max|float32| {diff:.1e}")
+        if "int8 without VNNI" in times:
+            plain = 1e3 * np.median(times["int8 without VNNI"])
+            print(f"{'':12s} int8 without VNNI {plain:8.1f} ms: VNNI x{plain / i8:4.2f}")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,25 @@ def test_outputs_are_bit_identical_across_simd_levels_and_threads(rng, act):
     assert_close(conv(x), expected, **EPILOGUE_TOL)
 
 
+@pytest.mark.parametrize("act", ["relu", "relu6"])
+def test_fused_relus_pass_nan_and_clip_infinities(rng, act, simd_level):
+    """The epilogue's branch-free ReLU and ReLU6 (one pass with the fmaf) give fscnn_act's
+    results: NaN stays NaN, +inf is kept (ReLU) or clipped to 6, -inf becomes 0."""
+    w = sparse_weight((4, 6, 3, 3), 0.5, rng)
+    values, w_scale = quantize_weight(w)
+    x = rng.standard_normal((1, 6, 9, 8)).astype(np.float32)
+    bias = np.array([np.nan, np.inf, -np.inf, 0.5], np.float32)
+    op = QuantizedConv2dOp(QuantizedWeight(values, w_scale, 0.02, False), bias, padding=1,
+                           activation=act)
+    y = op(x)
+    assert np.isnan(y[:, 0]).all()
+    assert (y[:, 1] == (np.inf if act == "relu" else 6.0)).all()
+    assert (y[:, 2] == 0).all() and not np.signbit(y[:, 2]).any()
+    expected = _epilogue(_reference_acc(op, values, x), op, act)[:, 3]
+    assert_close(y[:, 3], expected, **EPILOGUE_TOL)
+    assert (y[:, 3] >= 0).all() and (y[:, 3] <= (np.inf if act == "relu" else 6.0)).all()
+
+
 @settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(cg=st.integers(1, 5), og=st.integers(1, 3), groups=st.integers(1, 3),

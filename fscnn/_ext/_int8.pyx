@@ -24,17 +24,29 @@ cdef extern from "spconv_int8.h" nogil:
         const float *bias
         const int64_t *oblk
         int64_t ostride, n_oblk, Wq, W_out
+        int64_t group
         int act, level, narrow
     ctypedef struct spq_quant:
         float inv_scale
         int32_t lo, hi
     int64_t spq_tile_size(int narrow)
+    int spq_cpu_vnni()
+    int64_t spq_n_items(const spq_layer *k, int64_t L)
+    int64_t SPQ_GROUP_MAX
     void spq_pack(const conv_packing *pk, const spq_quant *q, int level, const float *x,
                   int64_t Cg, int64_t Pg, int64_t p0, int64_t p1, int32_t *buf)
     void spq_pack_rows(const spq_quant *q, const float *x, int64_t N, int64_t I, int64_t plane,
                        int64_t j0, int64_t j1, int32_t *buf)
     void spq_items(const spq_layer *k, const int32_t *inp, float *out, int32_t *raw,
                    int64_t H_out, int64_t i0, int64_t i1)
+
+
+GROUP_MAX = SPQ_GROUP_MAX  # tiles per work item, at most
+
+
+def vnni():
+    """Whether the AVX-512 level accumulates with AVX512-VNNI's vpdpwssd (the CPU has it)."""
+    return bool(spq_cpu_vnni())
 
 
 def tile_size(bint narrow):
@@ -59,7 +71,9 @@ cdef class _Int8Kernel:
                  const int32_t[::1] wpairs, const float[::1] scale, const float[::1] bias,
                  const int64_t[::1] oblk, int64_t ostride, int64_t Wq, int64_t W_out,
                  float inv_scale, int32_t lo, int32_t hi, int act, int level, bint narrow,
-                 int n_threads):
+                 int n_threads, int64_t group=1):
+        if not 1 <= group <= SPQ_GROUP_MAX:
+            raise ValueError(f"INT8 kernel: {group} tiles per work item (1 to {SPQ_GROUP_MAX})")
         self.ptr, self.offsets, self.wpairs = ptr, offsets, wpairs
         self.scale, self.bias, self.oblk = scale, bias, oblk
         self.k.ptr = &ptr[0]
@@ -69,7 +83,7 @@ cdef class _Int8Kernel:
         self.k.bias = &bias[0] if bias is not None else NULL
         self.k.oblk = &oblk[0]
         self.k.ostride, self.k.n_oblk = ostride, oblk.shape[0] - 1
-        self.k.Wq, self.k.W_out = Wq, W_out
+        self.k.Wq, self.k.W_out, self.k.group = Wq, W_out, group
         self.k.act, self.k.level, self.k.narrow = act, level, narrow
         self.q.inv_scale, self.q.lo, self.q.hi = inv_scale, lo, hi
         self.n_threads = n_threads
@@ -103,6 +117,8 @@ cdef class Int8Conv(_Int8Kernel):
     act, level, n_threads : int
     narrow : bool
         The one-vector tile.
+    group : int
+        Tiles per work item (1 to SPQ_GROUP_MAX).
     """
     cdef conv_packing pk
     cdef int64_t Cg, Pg
@@ -110,9 +126,10 @@ cdef class Int8Conv(_Int8Kernel):
     def __init__(self, const int64_t[::1] ptr, const int32_t[::1] offsets,
                  const int32_t[::1] wpairs, const float[::1] scale, const float[::1] bias,
                  const int64_t[::1] oblk, packing, int64_t Cg, int64_t Pg, float inv_scale,
-                 int32_t lo, int32_t hi, int act, int level, bint narrow, int n_threads):
+                 int32_t lo, int32_t hi, int act, int level, bint narrow, int n_threads,
+                 int64_t group=1):
         super().__init__(ptr, offsets, wpairs, scale, bias, oblk, 1, packing.Wq, 0, inv_scale,
-                         lo, hi, act, level, narrow, n_threads)
+                         lo, hi, act, level, narrow, n_threads, group)
         self.pk.H, self.pk.W = packing.H, packing.W
         self.pk.pad_top, self.pk.pad_left = packing.pad_top, packing.pad_left
         self.pk.sh, self.pk.sw = packing.sh, packing.sw
@@ -123,8 +140,7 @@ cdef class Int8Conv(_Int8Kernel):
     cdef void _run(self, const float *x, int64_t N, int64_t C, int64_t O, int64_t H_out,
                    int64_t W_out, int32_t *buf, float *out, int32_t *raw) noexcept nogil:
         cdef spq_layer k = self.k
-        cdef int64_t T = spq_tile_size(k.narrow)
-        cdef int64_t n_items = (H_out * k.Wq + T - 1) // T * k.n_oblk
+        cdef int64_t n_items = spq_n_items(&k, H_out * k.Wq)
         cdef int64_t n_pairs = C // self.Cg * self.Pg
         cdef int64_t n, i, p
         cdef int nt = self.n_threads
@@ -187,12 +203,12 @@ cdef class Int8Linear(_Int8Kernel):
     cdef void _run(self, const float *x, int64_t N, int64_t O, int64_t plane, int32_t *buf,
                    float *wide, int32_t *raw) noexcept nogil:
         cdef spq_layer k = self.k
-        cdef int64_t T = spq_tile_size(k.narrow)
-        cdef int64_t n_items = (N + T - 1) // T * k.n_oblk
+        cdef int64_t n_items
         cdef int64_t n_pairs = (self.n_in + 1) // 2
         cdef int64_t i, j
         cdef int nt = self.n_threads
         k.ostride, k.Wq, k.W_out = plane, N, N
+        n_items = spq_n_items(&k, N)
         for j in prange(n_pairs, num_threads=nt, schedule="dynamic"):
             spq_pack_rows(&self.q, x, N, self.n_in, plane, j, j + 1, buf)
         for i in prange(n_items, num_threads=nt, schedule="dynamic"):

@@ -17,6 +17,9 @@ from .base import Kernel, check_offsets_fit, packed_scratch, scratch, tap_positi
 from .sparse_conv import balanced_blocks
 
 NARROW_WASTE = 1.25  # the narrow tile when full tiles compute this many times more positions
+# A work item is a group of consecutive tiles (channel by channel, spconv_int8_impl.h) whose
+# input window (every pair plane) fits in this many bytes (L2), up to _int8.GROUP_MAX tiles.
+GROUP_WINDOW_BYTES = 512 * 1024
 
 
 def _narrow(L):
@@ -25,9 +28,10 @@ def _narrow(L):
     return -(-L // full) * full > NARROW_WASTE * (-(-L // narrow) * narrow)
 
 
-def _blocks(ptr, n_tiles, threads, O):
-    """Output-channel blocks: one when tiles alone give every thread enough work items."""
-    n_blocks = 1 if n_tiles >= 8 * threads else min(O, -(-8 * threads // max(n_tiles, 1)))
+def _blocks(ptr, n_groups, threads, O):
+    """Output-channel blocks: one when groups of tiles alone give every thread enough work
+    items."""
+    n_blocks = 1 if n_groups >= 8 * threads else min(O, -(-8 * threads // max(n_groups, 1)))
     return balanced_blocks(ptr, n_blocks)
 
 
@@ -87,12 +91,17 @@ class Int8SparseConv(Kernel):
         T = _int8.tile_size(narrow)
         n_tiles = -(-geo.L // T)
         check_offsets_fit(op.name, geo.input_shape, packed, n_tiles * T)
+        planes = packed // pk.plane
+        reach = int((tap_pos % pk.plane).max()) if tap_pos.size else 0
+        group = int(np.clip((GROUP_WINDOW_BYTES // (4 * planes) - reach) // T, 1,
+                            min(_int8.GROUP_MAX, n_tiles)))
         # within a channel, pairs in input order: its tile's reads walk the input forward
         order = np.lexsort((pos, rows))
         readable = (int(pos.max()) if pos.size else 0) + n_tiles * T
         call = _int8.Int8Conv(ptr, pos[order].astype(np.int32), pairs[order], op.scale,
-                              op.bias, _blocks(ptr, n_tiles, threads, O), pk, Cg, Pg,
-                              *_quant_args(op), op.act_code, level, narrow, threads)
+                              op.bias, _blocks(ptr, -(-n_tiles // group), threads, O), pk,
+                              Cg, Pg, *_quant_args(op), op.act_code, level, narrow, threads,
+                              group)
         return Int8ConvPlan(packed, readable, call)
 
     @staticmethod

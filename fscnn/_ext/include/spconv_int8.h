@@ -25,8 +25,10 @@
  * A linear layer is the same kernel over a single "row" of N positions: its input is packed
  * transposed (pair j of every batch row contiguous), so the batch plays the part of the
  * output positions.
- * This stage has one 256-bit path: the AVX-512 level runs it too (a 512-bit and a VNNI
- * `vpdpwssd` path are later work).
+ * The AVX-512 level runs the 256-bit path too, unless the CPU has AVX512-VNNI: then
+ * `vpdpwssd` (multiply-add of the int16 pairs and the accumulation in one instruction, the
+ * same wrapping int32 sum) on 512-bit vectors, 3 per tile (the same 48 positions, so the
+ * plan does not depend on it).
  */
 #ifndef FSCNN_SPCONV_INT8_H
 #define FSCNN_SPCONV_INT8_H
@@ -42,6 +44,9 @@
  * scale:   (O,) input scale * weight scale of the channel. bias: (O,) or NULL.
  * oblk:    (n_oblk+1,) boundaries of the output-channel blocks of the work items.
  * Wq, W_out: flat positions per output row, and how many of them are outputs.
+ * group:   tiles per work item (1 .. SPQ_GROUP_MAX): an item computes a group of consecutive
+ *          tiles channel by channel, so each channel's pairs are read once per group (from L1
+ *          for the group's later tiles) rather than once per tile.
  * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; narrow: the one-vector tile. */
 typedef struct {
     const int64_t *ptr;
@@ -50,9 +55,11 @@ typedef struct {
     const float *scale;
     const float *bias;
     const int64_t *oblk;
-    int64_t ostride, n_oblk, Wq, W_out;
+    int64_t ostride, n_oblk, Wq, W_out, group;
     int act, level, narrow;
 } spq_layer;
+
+#define SPQ_GROUP_MAX 16
 
 /* Input quantization: q = clamp(round_half_even(x * inv_scale), lo, hi), NaN -> 0; the
  * float32 product is rounded once, as numpy's float32 `x * inv_scale`. */
@@ -190,10 +197,25 @@ static inline void spq_pack_rows(const spq_quant *q, const float *x, int64_t N, 
     }
 }
 
-/* Whether a level's copy accumulates with 256-bit vpmaddwd (else plain C). */
+/* How a level's copy accumulates: 0 plain C, 1 256-bit vpmaddwd, 2 VNNI vpdpwssd. */
 #define SPQ_SIMD_baseline 0
 #define SPQ_SIMD_avx2 1
 #define SPQ_SIMD_avx512 1
+#define SPQ_SIMD_avx512vnni 2
+#if FSCNN_X86
+#define FSCNN_ATTR_avx512vnni __attribute__((target("avx512f,avx512vl,avx512vnni,avx2,fma")))
+#endif
+
+/* Whether the AVX-512 level runs the VNNI copy: the CPU has AVX512-VNNI (and AVX-512). */
+static inline int spq_cpu_vnni(void)
+{
+#if FSCNN_X86
+    __builtin_cpu_init();
+    return fscnn_cpu_simd_level() >= FSCNN_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
 
 #define FSCNN_LEVEL baseline
 #define FSCNN_SUFFIX baseline
@@ -220,18 +242,43 @@ static inline void spq_pack_rows(const spq_quant *q, const float *x, int64_t N, 
 #define FSCNN_SUFFIX narrow_avx512
 #define SPQ_NV 1
 #include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx512vnni
+#define FSCNN_SUFFIX avx512vnni
+#define SPQ_NV 6
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx512vnni
+#define FSCNN_SUFFIX narrow_avx512vnni
+#define SPQ_NV 1
+#include "spconv_int8_impl.h"
 #endif
 
 /* Output positions per tile (the same at every level), full or narrow. */
 static inline int64_t spq_tile_size(int narrow) { return narrow ? 8 : 48; }
 
-/* Work items [i0, i1) of one image, item i = (tile i / n_oblk, output block i % n_oblk).
+/* Work items of an output of L flat positions: (groups of tiles) x (output blocks). */
+static inline int64_t spq_n_items(const spq_layer *k, int64_t L)
+{
+    const int64_t T = spq_tile_size(k->narrow), n_tiles = (L + T - 1) / T;
+    return (n_tiles + k->group - 1) / k->group * k->n_oblk;
+}
+
+/* Work items [i0, i1) of one image, item i = (group of tiles i / n_oblk, output block
+ * i % n_oblk).
  * in:  the packed input, readable to max(offsets)*ostride + (tiles * T) positions;
  * out: (O, H_out, W_out) float outputs, or raw (same shape, int32) the accumulators when
  *      raw is not NULL (out is then unused). */
 static inline void spq_items(const spq_layer *k, const int32_t *in, float *out, int32_t *raw,
                              int64_t H_out, int64_t i0, int64_t i1)
 {
+#if FSCNN_X86
+    if (k->level >= FSCNN_SIMD_AVX512 && spq_cpu_vnni()) {
+        if (k->narrow)
+            spq_items_narrow_avx512vnni(k, in, out, raw, H_out, i0, i1);
+        else
+            spq_items_avx512vnni(k, in, out, raw, H_out, i0, i1);
+        return;
+    }
+#endif
     if (k->narrow)
         FSCNN_SIMD_CALL(k->level, spq_items_narrow, k, in, out, raw, H_out, i0, i1);
     else
