@@ -142,6 +142,20 @@ def test_outputs_are_bit_identical_across_simd_levels_and_threads(rng, act):
     assert_close(conv(x), expected, **EPILOGUE_TOL)
 
 
+@pytest.mark.parametrize("k, padding", [(1, 0), (3, 1), (7, 3)])
+def test_stride2_packing_at_every_run_length(rng, k, padding, simd_level):
+    """The packer quantizes every other element of a stride-2 row 8 lanes at a time (16
+    floats loaded, kept inside the row's last element) and the rest one by one: every width
+    around those steps, the last image of the batch ending where the input array ends (so a
+    read past it shows under AddressSanitizer), exact accumulators."""
+    for W in range(15, 38):
+        case = (3, 4, k, 2, padding, 1, 1, 3, W, 0.3)
+        op, values, x = _conv_case(rng, case, unsigned=False)
+        raw = np.zeros(op.output_shape(x.shape), np.int32)
+        Int8SparseConv.accumulate(x, op._plan(x.shape).plan, raw)
+        np.testing.assert_array_equal(raw, _reference_acc(op, values, x))
+
+
 @pytest.mark.parametrize("act", ["relu", "relu6"])
 def test_fused_relus_pass_nan_and_clip_infinities(rng, act, simd_level):
     """The epilogue's branch-free ReLU and ReLU6 (one pass with the fmaf) give fscnn_act's
