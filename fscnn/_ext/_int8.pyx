@@ -25,11 +25,12 @@ cdef extern from "spconv_int8.h" nogil:
         const int64_t *oblk
         int64_t ostride, n_oblk, Wq, W_out
         int64_t group
-        int act, level, narrow
+        int act, level, nv
     ctypedef struct spq_quant:
         float inv_scale
         int32_t lo, hi
-    int64_t spq_tile_size(int narrow)
+    int64_t spq_tile_size(int nv)
+    int SPQ_NV_FULL, SPQ_NV_NARROW, SPQ_NV_WIDE
     int spq_cpu_vnni()
     int64_t spq_n_items(const spq_layer *k, int64_t L)
     int64_t SPQ_GROUP_MAX
@@ -49,9 +50,13 @@ def vnni():
     return bool(spq_cpu_vnni())
 
 
-def tile_size(bint narrow):
-    """Output positions per tile of the INT8 kernel (full or narrow), at every SIMD level."""
-    return spq_tile_size(narrow)
+TILE_VECTORS = {"full": SPQ_NV_FULL, "narrow": SPQ_NV_NARROW, "wide": SPQ_NV_WIDE}
+
+
+def tile_size(int nv):
+    """Output positions per tile of ``nv`` vectors (a value of TILE_VECTORS), at every SIMD
+    level."""
+    return spq_tile_size(nv)
 
 
 cdef class _Int8Kernel:
@@ -70,8 +75,10 @@ cdef class _Int8Kernel:
     def __init__(self, const int64_t[::1] ptr, const int32_t[::1] offsets,
                  const int32_t[::1] wpairs, const float[::1] scale, const float[::1] bias,
                  const int64_t[::1] oblk, int64_t ostride, int64_t Wq, int64_t W_out,
-                 float inv_scale, int32_t lo, int32_t hi, int act, int level, bint narrow,
+                 float inv_scale, int32_t lo, int32_t hi, int act, int level, int nv,
                  int n_threads, int64_t group=1):
+        if nv not in (SPQ_NV_FULL, SPQ_NV_NARROW, SPQ_NV_WIDE):
+            raise ValueError(f"INT8 kernel: no tile of {nv} vectors")
         if not 1 <= group <= SPQ_GROUP_MAX:
             raise ValueError(f"INT8 kernel: {group} tiles per work item (1 to {SPQ_GROUP_MAX})")
         self.ptr, self.offsets, self.wpairs = ptr, offsets, wpairs
@@ -84,7 +91,7 @@ cdef class _Int8Kernel:
         self.k.oblk = &oblk[0]
         self.k.ostride, self.k.n_oblk = ostride, oblk.shape[0] - 1
         self.k.Wq, self.k.W_out, self.k.group = Wq, W_out, group
-        self.k.act, self.k.level, self.k.narrow = act, level, narrow
+        self.k.act, self.k.level, self.k.nv = act, level, nv
         self.q.inv_scale, self.q.lo, self.q.hi = inv_scale, lo, hi
         self.n_threads = n_threads
 
@@ -115,8 +122,8 @@ cdef class Int8Conv(_Int8Kernel):
     lo, hi : int
         Range of the quantized input: (-127, 127) or (0, 255).
     act, level, n_threads : int
-    narrow : bool
-        The one-vector tile.
+    nv : int
+        Vectors per tile (a value of TILE_VECTORS).
     group : int
         Tiles per work item (1 to SPQ_GROUP_MAX).
     """
@@ -126,10 +133,10 @@ cdef class Int8Conv(_Int8Kernel):
     def __init__(self, const int64_t[::1] ptr, const int32_t[::1] offsets,
                  const int32_t[::1] wpairs, const float[::1] scale, const float[::1] bias,
                  const int64_t[::1] oblk, packing, int64_t Cg, int64_t Pg, float inv_scale,
-                 int32_t lo, int32_t hi, int act, int level, bint narrow, int n_threads,
+                 int32_t lo, int32_t hi, int act, int level, int nv, int n_threads,
                  int64_t group=1):
         super().__init__(ptr, offsets, wpairs, scale, bias, oblk, 1, packing.Wq, 0, inv_scale,
-                         lo, hi, act, level, narrow, n_threads, group)
+                         lo, hi, act, level, nv, n_threads, group)
         self.pk.H, self.pk.W = packing.H, packing.W
         self.pk.pad_top, self.pk.pad_left = packing.pad_top, packing.pad_left
         self.pk.sh, self.pk.sw = packing.sh, packing.sw
@@ -183,7 +190,7 @@ cdef class Int8Linear(_Int8Kernel):
 
     Parameters
     ----------
-    ptr, wpairs, scale, bias, oblk, inv_scale, lo, hi, act, level, narrow, n_threads
+    ptr, wpairs, scale, bias, oblk, inv_scale, lo, hi, act, level, nv, n_threads
         As for :class:`Int8Conv`.
     pairs : int32 array of shape (npairs,)
         The input pair (features 2j, 2j+1) of each non-zero pair.
@@ -195,9 +202,9 @@ cdef class Int8Linear(_Int8Kernel):
     def __init__(self, const int64_t[::1] ptr, const int32_t[::1] pairs,
                  const int32_t[::1] wpairs, const float[::1] scale, const float[::1] bias,
                  const int64_t[::1] oblk, int64_t n_in, float inv_scale, int32_t lo,
-                 int32_t hi, int act, int level, bint narrow, int n_threads):
+                 int32_t hi, int act, int level, int nv, int n_threads):
         super().__init__(ptr, pairs, wpairs, scale, bias, oblk, 0, 0, 0, inv_scale, lo, hi,
-                         act, level, narrow, n_threads)
+                         act, level, nv, n_threads)
         self.n_in = n_in
 
     cdef void _run(self, const float *x, int64_t N, int64_t O, int64_t plane, int32_t *buf,

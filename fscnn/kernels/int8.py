@@ -17,15 +17,28 @@ from .base import Kernel, check_offsets_fit, packed_scratch, scratch, tap_positi
 from .sparse_conv import balanced_blocks
 
 NARROW_WASTE = 1.25  # the narrow tile when full tiles compute this many times more positions
+WIDE_MAX = 4  # the wide tile when it needs fewer tiles than the full one, up to this many
 # A work item is a group of consecutive tiles (channel by channel, spconv_int8_impl.h) whose
 # input window (every pair plane) fits in this many bytes (L2), up to _int8.GROUP_MAX tiles.
 GROUP_WINDOW_BYTES = 512 * 1024
 
 
-def _narrow(L):
-    """Whether an output of L flat positions runs the narrow (8-position) tile."""
-    full, narrow = _int8.tile_size(False), _int8.tile_size(True)
-    return -(-L // full) * full > NARROW_WASTE * (-(-L // narrow) * narrow)
+def _tile_vectors(L):
+    """The tile (its vectors, a value of _int8.TILE_VECTORS) for an output of L flat
+    positions: the wide one where it takes fewer tiles than the full one, up to WIDE_MAX of
+    them (the 7x7 planes of a last stage: 1 tile of 64 against 2 of 48), the narrow one where
+    full tiles would compute NARROW_WASTE times more positions (a linear layer's small batch),
+    else the full one. The wide tile against the full one on ResNet-50's layers at 90%, one
+    thread, Zen 4: 512ch 3x3 at 7x7 x2.08 (it ran narrow tiles), 1x1 at 7x7 x1.35-1.37, 3x3
+    at 14x14 x1.09, 1x1 at 14x14 x0.97."""
+    nv = _int8.TILE_VECTORS
+    full, narrow, wide = (_int8.tile_size(nv[k]) for k in ("full", "narrow", "wide"))
+    n_wide = -(-L // wide)
+    if n_wide < -(-L // full) and n_wide <= WIDE_MAX:
+        return nv["wide"]
+    if -(-L // full) * full > NARROW_WASTE * (-(-L // narrow) * narrow):
+        return nv["narrow"]
+    return nv["full"]
 
 
 def _blocks(ptr, n_groups, threads, O):
@@ -87,8 +100,8 @@ class Int8SparseConv(Kernel):
         group_stride = Pg * phases * pk.plane
         pos = tap_pos[taps] + (rows // (O // op.groups)) * group_stride
         packed = op.groups * group_stride
-        narrow = _narrow(geo.L)
-        T = _int8.tile_size(narrow)
+        nv = _tile_vectors(geo.L)
+        T = _int8.tile_size(nv)
         n_tiles = -(-geo.L // T)
         check_offsets_fit(op.name, geo.input_shape, packed, n_tiles * T)
         planes = packed // pk.plane
@@ -100,7 +113,7 @@ class Int8SparseConv(Kernel):
         readable = (int(pos.max()) if pos.size else 0) + n_tiles * T
         call = _int8.Int8Conv(ptr, pos[order].astype(np.int32), pairs[order], op.scale,
                               op.bias, _blocks(ptr, -(-n_tiles // group), threads, O), pk,
-                              Cg, Pg, *_quant_args(op), op.act_code, level, narrow, threads,
+                              Cg, Pg, *_quant_args(op), op.act_code, level, nv, threads,
                               group)
         return Int8ConvPlan(packed, readable, call)
 
@@ -142,14 +155,14 @@ class Int8SparseLinear(Kernel):
         rows, pairs_j, pairs, ptr = op.derived(Int8SparseLinear.name, None,
                                                lambda: weight_pairs(op.qweight))
         N = shape[0]
-        narrow = _narrow(N)
-        T = _int8.tile_size(narrow)
+        nv = _tile_vectors(N)
+        T = _int8.tile_size(nv)
         plane = max(1, -(-N // T)) * T
         packed = (n_in + 1) // 2 * plane
         check_offsets_fit(op.name, tuple(shape), packed, plane)
         call = _int8.Int8Linear(ptr, pairs_j.astype(np.int32), pairs, op.scale, op.bias,
                                 _blocks(ptr, plane // T, threads, O), n_in, *_quant_args(op),
-                                op.act_code, level, narrow, threads)
+                                op.act_code, level, nv, threads)
         return Int8LinearPlan(plane, packed, call)
 
     @staticmethod

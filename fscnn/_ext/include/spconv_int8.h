@@ -19,7 +19,7 @@
  * channel).
  * Tiles: T = 8*SPQ_NV consecutive flat positions (6 vectors of 8 int32 accumulators, 48
  * positions; a one-vector "narrow" tile of 8 for short outputs such as a linear layer's small
- * batch), kept in registers across the output channel's whole non-zero list (one broadcast,
+ * batch, and a "wide" one of 64 for 7x7 and 8x8 planes), kept in registers across the output channel's whole non-zero list (one broadcast,
  * one unaligned load and one madd + add per vector and non-zero). Work items are (tile, block
  * of output channels), handed to threads dynamically, as for the float kernel (spconv_impl.h).
  * A linear layer is the same kernel over a single "row" of N positions: its input is packed
@@ -47,7 +47,8 @@
  * group:   tiles per work item (1 .. SPQ_GROUP_MAX): an item computes a group of consecutive
  *          tiles channel by channel, so each channel's pairs are read once per group (from L1
  *          for the group's later tiles) rather than once per tile.
- * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; narrow: the one-vector tile. */
+ * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; nv: vectors of 8 int32 per tile, SPQ_NV_FULL,
+ *          SPQ_NV_NARROW or SPQ_NV_WIDE (spq_tile_size). */
 typedef struct {
     const int64_t *ptr;
     const int32_t *offsets;
@@ -56,8 +57,16 @@ typedef struct {
     const float *bias;
     const int64_t *oblk;
     int64_t ostride, n_oblk, Wq, W_out, group;
-    int act, level, narrow;
+    int act, level, nv;
 } spq_layer;
+
+/* Tile widths, in vectors of 8 positions: the full tile (48 positions), the narrow one for
+ * short outputs (a linear layer's small batch) and the wide one that covers the 7x7 and 8x8
+ * planes of a network's last stage in one tile (two full tiles computed 96 positions for 49
+ * or 63, and 7-8 narrow tiles walked the weights 7-8 times). */
+#define SPQ_NV_FULL 6
+#define SPQ_NV_NARROW 1
+#define SPQ_NV_WIDE 8
 
 #define SPQ_GROUP_MAX 16
 
@@ -243,46 +252,62 @@ static inline int spq_cpu_vnni(void)
 
 #define FSCNN_LEVEL baseline
 #define FSCNN_SUFFIX baseline
-#define SPQ_NV 6
+#define SPQ_NV SPQ_NV_FULL
 #include "spconv_int8_impl.h"
 #define FSCNN_LEVEL baseline
 #define FSCNN_SUFFIX narrow_baseline
-#define SPQ_NV 1
+#define SPQ_NV SPQ_NV_NARROW
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX wide_baseline
+#define SPQ_NV SPQ_NV_WIDE
 #include "spconv_int8_impl.h"
 #if FSCNN_X86
 #define FSCNN_LEVEL avx2
 #define FSCNN_SUFFIX avx2
-#define SPQ_NV 6
+#define SPQ_NV SPQ_NV_FULL
 #include "spconv_int8_impl.h"
 #define FSCNN_LEVEL avx2
 #define FSCNN_SUFFIX narrow_avx2
-#define SPQ_NV 1
+#define SPQ_NV SPQ_NV_NARROW
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX wide_avx2
+#define SPQ_NV SPQ_NV_WIDE
 #include "spconv_int8_impl.h"
 #define FSCNN_LEVEL avx512
 #define FSCNN_SUFFIX avx512
-#define SPQ_NV 6
+#define SPQ_NV SPQ_NV_FULL
 #include "spconv_int8_impl.h"
 #define FSCNN_LEVEL avx512
 #define FSCNN_SUFFIX narrow_avx512
-#define SPQ_NV 1
+#define SPQ_NV SPQ_NV_NARROW
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx512
+#define FSCNN_SUFFIX wide_avx512
+#define SPQ_NV SPQ_NV_WIDE
 #include "spconv_int8_impl.h"
 #define FSCNN_LEVEL avx512vnni
 #define FSCNN_SUFFIX avx512vnni
-#define SPQ_NV 6
+#define SPQ_NV SPQ_NV_FULL
 #include "spconv_int8_impl.h"
 #define FSCNN_LEVEL avx512vnni
 #define FSCNN_SUFFIX narrow_avx512vnni
-#define SPQ_NV 1
+#define SPQ_NV SPQ_NV_NARROW
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx512vnni
+#define FSCNN_SUFFIX wide_avx512vnni
+#define SPQ_NV SPQ_NV_WIDE
 #include "spconv_int8_impl.h"
 #endif
 
-/* Output positions per tile (the same at every level), full or narrow. */
-static inline int64_t spq_tile_size(int narrow) { return narrow ? 8 : 48; }
+/* Output positions per tile of nv vectors (the same at every level). */
+static inline int64_t spq_tile_size(int nv) { return 8 * (int64_t)nv; }
 
 /* Work items of an output of L flat positions: (groups of tiles) x (output blocks). */
 static inline int64_t spq_n_items(const spq_layer *k, int64_t L)
 {
-    const int64_t T = spq_tile_size(k->narrow), n_tiles = (L + T - 1) / T;
+    const int64_t T = spq_tile_size(k->nv), n_tiles = (L + T - 1) / T;
     return (n_tiles + k->group - 1) / k->group * k->n_oblk;
 }
 
@@ -296,15 +321,19 @@ static inline void spq_items(const spq_layer *k, const int32_t *in, float *out, 
 {
 #if FSCNN_X86
     if (k->level >= FSCNN_SIMD_AVX512 && spq_cpu_vnni()) {
-        if (k->narrow)
+        if (k->nv == SPQ_NV_NARROW)
             spq_items_narrow_avx512vnni(k, in, out, raw, H_out, i0, i1);
+        else if (k->nv == SPQ_NV_WIDE)
+            spq_items_wide_avx512vnni(k, in, out, raw, H_out, i0, i1);
         else
             spq_items_avx512vnni(k, in, out, raw, H_out, i0, i1);
         return;
     }
 #endif
-    if (k->narrow)
+    if (k->nv == SPQ_NV_NARROW)
         FSCNN_SIMD_CALL(k->level, spq_items_narrow, k, in, out, raw, H_out, i0, i1);
+    else if (k->nv == SPQ_NV_WIDE)
+        FSCNN_SIMD_CALL(k->level, spq_items_wide, k, in, out, raw, H_out, i0, i1);
     else
         FSCNN_SIMD_CALL(k->level, spq_items, k, in, out, raw, H_out, i0, i1);
 }
