@@ -18,6 +18,7 @@ from .sparse_conv import balanced_blocks
 
 NARROW_WASTE = 1.25  # the narrow tile when full tiles compute this many times more positions
 WIDE_MAX = 4  # the wide tile when it needs fewer tiles than the full one, up to this many
+PLANE_ALIGN = 16  # int32 pairs per packed plane, a multiple of
 # A work item is a group of consecutive tiles (channel by channel, spconv_int8_impl.h) whose
 # input window (every pair plane) fits in this many bytes (L2), up to _int8.GROUP_MAX tiles.
 GROUP_WINDOW_BYTES = 512 * 1024
@@ -93,7 +94,9 @@ class Int8SparseConv(Kernel):
         Pg = (Cg + 1) // 2
         rows, taps, pairs, ptr = op.derived(Int8SparseConv.name, None,
                                             lambda: weight_pairs(op.qweight))
-        pk = geo.packing()
+        # planes padded to whole 64-byte lines: with the 64-byte aligned buffer, every load of
+        # a tap at offset 0 (all of a 1x1 layer's) is aligned (tiles start at multiples of 16)
+        pk = geo.packing(plane=-(-geo.Hq * geo.Wq // PLANE_ALIGN) * PLANE_ALIGN)
         phases = 1 if geo.one_phase else geo.stride[0] * geo.stride[1]
         tap_pos = tap_positions(Pg, KH, KW, op.dilation, geo.stride, geo.one_phase, pk.plane,
                                 geo.Wq)
