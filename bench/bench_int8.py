@@ -5,8 +5,14 @@ round-robin in one process: median ms per call, images/s and the largest differe
 outputs relative to the float32 ones. On a CPU with AVX512-VNNI, the INT8 model also runs at
 the AVX2 level (vpmaddwd + add, what the AVX-512 level runs without VNNI), in the same round.
 
+With ``--ort``, ONNX Runtime runs the same pruned float32 weights (exported through the torch
+reference model) and its own static INT8 quantization of them (``quant_pre_process``, then
+``quantize_static``: QDQ, per-channel int8 weights, uint8 activations, calibrated on the same
+batches) in the same round.
+
     python bench/bench_int8.py
     python bench/bench_int8.py --models resnet50 vgg16 --batch 16 --pattern 1x2
+    python bench/bench_int8.py --ort           # needs torch, onnx, onnxruntime
 """
 import argparse
 import time
@@ -28,6 +34,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--iterations", type=int, default=7)
+    ap.add_argument("--ort", action="store_true",
+                    help="also time ONNX Runtime float32 and its static INT8 quantization")
     args = ap.parse_args(argv)
     fscnn.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -55,6 +63,8 @@ def main(argv=None):
             fscnn.set_simd_level("avx2")
             qmodel.prepare(shape)
             fscnn.set_simd_level(level)
+        if args.ort:
+            runs += _ort_runs(name, model, calibration, x, args.threads)
         times = {key: [] for key, _, _ in runs}
         for _ in range(args.iterations):
             for key, m, at in runs:
@@ -70,6 +80,52 @@ def main(argv=None):
         if "int8 without VNNI" in times:
             plain = 1e3 * np.median(times["int8 without VNNI"])
             print(f"{'':12s} int8 without VNNI {plain:8.1f} ms: VNNI x{plain / i8:4.2f}")
+        for key in ("ONNX Runtime float32", "ONNX Runtime int8"):
+            if key in times:
+                t = 1e3 * np.median(times[key])
+                print(f"{'':12s} {key} {t:8.1f} ms: fscnn int8 x{t / i8:4.2f} its speed")
+
+
+def _ort_runs(name, model, calibration, x, threads):
+    """[(label, callable, None)] for ONNX Runtime float32 and static INT8 on ``model``'s
+    weights."""
+    import io
+    import tempfile
+
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from fscnn.bench import torch_model
+    tmodel = torch_model(name, model.state_dict())
+    buf = io.BytesIO()
+    torch.onnx.export(tmodel, (torch.from_numpy(x),), buf, dynamo=False, input_names=["x"],
+                      output_names=["y"])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": b[i:i + len(x)]} for b in calibration
+                                 for i in range(0, len(b), len(x))])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pre, dst = f"{tmp}/f32.onnx", f"{tmp}/pre.onnx", f"{tmp}/int8.onnx"
+        with open(src, "wb") as f:
+            f.write(buf.getvalue())
+        quant_pre_process(src, pre)  # ONNX Runtime's recommended step: shapes, fusions
+        quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        f32 = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        i8 = ort.InferenceSession(dst, opts, providers=["CPUExecutionProvider"])
+    return [("ONNX Runtime float32", lambda _x: f32.run(None, {"x": _x}), None),
+            ("ONNX Runtime int8", lambda _x: i8.run(None, {"x": _x}), None)]
 
 
 if __name__ == "__main__":

@@ -65,6 +65,16 @@ def test_bench_int8_times_both_forms(tmp_path):
     assert "float32" in out and "int8" in out and "images/s" in out
 
 
+def test_bench_int8_times_onnx_runtimes_static_int8(tmp_path):
+    from conftest import import_or_skip
+    import_or_skip("torch", "pip install torch==2.13.0")
+    import_or_skip("onnxruntime", "pip install onnxruntime")
+    import_or_skip("onnx", "pip install onnx")
+    out = _run("bench_int8.py", "--models", "resnet18", "--size", "32", "--iterations", "1",
+               "--ort", cwd=tmp_path)
+    assert "ONNX Runtime float32" in out and "ONNX Runtime int8" in out
+
+
 def test_bench_tflite_times_fscnn_and_litert(tmp_path):
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("tflite")
