@@ -371,6 +371,14 @@ cdef class DenseConv:
                    sizeof(float) * cnt)
         return 0
 
+    cdef int64_t _zero_tail(self, float *panel, int64_t cnt, int64_t ld) noexcept nogil:
+        """Zero columns [cnt, ld) of the panel's K rows (the padding up to a whole tile)."""
+        cdef int64_t r
+        if ld > cnt:
+            for r in range(self.weight.shape[1]):
+                memset(panel + r * ld + cnt, 0, sizeof(float) * (ld - cnt))
+        return 0
+
     cdef int64_t _width(self, int64_t cnt) noexcept nogil:
         """Floats per panel row for cnt columns: a whole tile at least for the pointwise
         kernel (pw_items moves a last partial tile back inside the panel)."""
@@ -432,9 +440,7 @@ cdef class DenseConv:
                         ld = self._width(cnt)
                         for j in range(j0, j1):
                             self._panel(&buf[j * slot], g, 0, L, (j - j0) * L, ld, panel)
-                        if ld > cnt:
-                            for j in range(K):
-                                memset(panel + j * ld + cnt, 0, sizeof(float) * (ld - cnt))
+                        self._zero_tail(panel, cnt, ld)
                         self._multiply(panel, ld, cnt, g, wide, ld)
                         for j in range(j0, j1):
                             conv_scatter(wide + (j - j0) * L, ld, Og, g * Og, 0, L, bptr,
@@ -459,9 +465,7 @@ cdef class DenseConv:
                         else:
                             ld = self._width(cnt)
                             self._panel(src, g, q0, cnt, 0, ld, panel)
-                            if ld > cnt:
-                                for j in range(K):
-                                    memset(panel + j * ld + cnt, 0, sizeof(float) * (ld - cnt))
+                            self._zero_tail(panel, cnt, ld)
                         ldc = ld
                         if Wq == W_out and self.items == NULL:
                             # flat positions are output positions (1x1 layers): the GEMM writes

@@ -25,12 +25,12 @@ cdef extern from "spconv_int8.h" nogil:
         const int64_t *oblk
         int64_t ostride, n_oblk, Wq, W_out
         int64_t group
-        int act, level, nv
+        int act, level, nv, vnni
     ctypedef struct spq_quant:
         float inv_scale
         int32_t lo, hi
     int64_t spq_tile_size(int nv)
-    int SPQ_NV_FULL, SPQ_NV_NARROW, SPQ_NV_WIDE
+    int SPQ_NV_FULL, SPQ_NV_NARROW, SPQ_NV_WIDE, FSCNN_SIMD_AVX512
     int spq_cpu_vnni()
     int64_t spq_n_items(const spq_layer *k, int64_t L)
     int64_t SPQ_GROUP_MAX
@@ -92,6 +92,8 @@ cdef class _Int8Kernel:
         self.k.ostride, self.k.n_oblk = ostride, oblk.shape[0] - 1
         self.k.Wq, self.k.W_out, self.k.group = Wq, W_out, group
         self.k.act, self.k.level, self.k.nv = act, level, nv
+        # decided here, once, rather than per work item
+        self.k.vnni = level >= FSCNN_SIMD_AVX512 and spq_cpu_vnni()
         self.q.inv_scale, self.q.lo, self.q.hi = inv_scale, lo, hi
         self.n_threads = n_threads
 

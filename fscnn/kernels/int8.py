@@ -107,8 +107,8 @@ class Int8SparseConv(Kernel):
         T = _int8.tile_size(nv)
         n_tiles = -(-geo.L // T)
         check_offsets_fit(op.name, geo.input_shape, packed, n_tiles * T)
-        planes = packed // pk.plane
         reach = int((tap_pos % pk.plane).max()) if tap_pos.size else 0
+        planes = op.groups * Pg * phases
         group = int(np.clip((GROUP_WINDOW_BYTES // (4 * planes) - reach) // T, 1,
                             min(_int8.GROUP_MAX, n_tiles)))
         # within a channel, pairs in input order: its tile's reads walk the input forward

@@ -19,16 +19,17 @@
  * channel).
  * Tiles: T = 8*SPQ_NV consecutive flat positions (6 vectors of 8 int32 accumulators, 48
  * positions; a one-vector "narrow" tile of 8 for short outputs such as a linear layer's small
- * batch, and a "wide" one of 64 for 7x7 and 8x8 planes), kept in registers across the output channel's whole non-zero list (one broadcast,
- * one unaligned load and one madd + add per vector and non-zero). Work items are (tile, block
- * of output channels), handed to threads dynamically, as for the float kernel (spconv_impl.h).
+ * batch, and a "wide" one of 64 for 7x7 and 8x8 planes), kept in registers across the output
+ * channel's whole non-zero list (one broadcast, one unaligned load and one madd + add per
+ * vector and non-zero). Work items are (group of consecutive tiles, block of output
+ * channels), handed to threads dynamically, as for the float kernel (spconv_impl.h).
  * A linear layer is the same kernel over a single "row" of N positions: its input is packed
  * transposed (pair j of every batch row contiguous), so the batch plays the part of the
  * output positions.
  * The AVX-512 level runs the 256-bit path too, unless the CPU has AVX512-VNNI: then
  * `vpdpwssd` (multiply-add of the int16 pairs and the accumulation in one instruction, the
- * same wrapping int32 sum) on 512-bit vectors, 3 per tile (the same 48 positions, so the
- * plan does not depend on it).
+ * same wrapping int32 sum) on 512-bit vectors (the same tiles, so the plan does not depend on
+ * it; the layer's `vnni` flag, set once when the kernel is built, picks that copy).
  */
 #ifndef FSCNN_SPCONV_INT8_H
 #define FSCNN_SPCONV_INT8_H
@@ -48,7 +49,8 @@
  *          tiles channel by channel, so each channel's pairs are read once per group (from L1
  *          for the group's later tiles) rather than once per tile.
  * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; nv: vectors of 8 int32 per tile, SPQ_NV_FULL,
- *          SPQ_NV_NARROW or SPQ_NV_WIDE (spq_tile_size). */
+ *          SPQ_NV_NARROW or SPQ_NV_WIDE (spq_tile_size); vnni: run the AVX512-VNNI copy
+ *          (level AVX-512 on a CPU with it, spq_cpu_vnni). */
 typedef struct {
     const int64_t *ptr;
     const int32_t *offsets;
@@ -57,7 +59,7 @@ typedef struct {
     const float *bias;
     const int64_t *oblk;
     int64_t ostride, n_oblk, Wq, W_out, group;
-    int act, level, nv;
+    int act, level, nv, vnni;
 } spq_layer;
 
 /* Tile widths, in vectors of 8 positions: the full tile (48 positions), the narrow one for
@@ -320,7 +322,7 @@ static inline void spq_items(const spq_layer *k, const int32_t *in, float *out, 
                              int64_t H_out, int64_t i0, int64_t i1)
 {
 #if FSCNN_X86
-    if (k->level >= FSCNN_SIMD_AVX512 && spq_cpu_vnni()) {
+    if (k->vnni) {
         if (k->nv == SPQ_NV_NARROW)
             spq_items_narrow_avx512vnni(k, in, out, raw, H_out, i0, i1);
         else if (k->nv == SPQ_NV_WIDE)
