@@ -64,8 +64,6 @@ def export(name, size):
 
 
 def bench_one(name, sparsity, threads, size, iterations, warmup):
-    import onnxruntime as ort
-
     import fscnn
     import fscnn.bench
     from fscnn.importers.onnx import replace_weights
@@ -83,10 +81,7 @@ def bench_one(name, sparsity, threads, size, iterations, warmup):
     t0 = time.perf_counter()
     graph.to_sparse().prepare(x.shape)
     prepare_s = time.perf_counter() - t0
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    fscnn.bench._no_spinning(options)  # its spinning threads slowed the other runtimes
-    session = ort.InferenceSession(pruned, options, providers=["CPUExecutionProvider"])
+    session = fscnn.bench.ort_session(pruned, threads)  # without spinning, as fscnn bench
     expected = session.run(None, {"input": x})[0]
     error = float(np.abs(graph(x) - expected).max() / np.abs(expected).max())
     fns = {"fscnn (imported)": lambda: graph(x),

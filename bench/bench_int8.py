@@ -89,20 +89,14 @@ def main(argv=None):
 def _ort_runs(name, model, calibration, x, threads):
     """[(label, callable, None)] for ONNX Runtime float32 and static INT8 on ``model``'s
     weights."""
-    import io
     import tempfile
 
-    import onnxruntime as ort
-    import torch
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from fscnn.bench import torch_model
-    tmodel = torch_model(name, model.state_dict())
-    buf = io.BytesIO()
-    torch.onnx.export(tmodel, (torch.from_numpy(x),), buf, dynamo=False, input_names=["x"],
-                      output_names=["y"])
+    from fscnn.bench import onnx_of_torch, ort_session, torch_model
+    onnx = onnx_of_torch(torch_model(name, model.state_dict()), x)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -112,18 +106,14 @@ def _ort_runs(name, model, calibration, x, threads):
         def get_next(self):
             return next(self.batches, None)
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with tempfile.TemporaryDirectory() as tmp:
         src, pre, dst = f"{tmp}/f32.onnx", f"{tmp}/pre.onnx", f"{tmp}/int8.onnx"
         with open(src, "wb") as f:
-            f.write(buf.getvalue())
+            f.write(onnx)
         quant_pre_process(src, pre)  # ONNX Runtime's recommended step: shapes, fusions
         quantize_static(pre, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        f32 = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-        i8 = ort.InferenceSession(dst, opts, providers=["CPUExecutionProvider"])
+        f32, i8 = ort_session(onnx, threads), ort_session(dst, threads)
     return [("ONNX Runtime float32", lambda _x: f32.run(None, {"x": _x}), None),
             ("ONNX Runtime int8", lambda _x: i8.run(None, {"x": _x}), None)]
 

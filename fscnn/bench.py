@@ -137,22 +137,37 @@ def _last_weight(state_dict):
 def _onnx_session(tmodel, x, threads):
     """An ONNX Runtime session of the torch model, or None when onnxruntime/onnx are missing."""
     try:
-        import io as _io
-
-        import onnxruntime as ort
-        import torch
+        import onnxruntime  # noqa: F401
+        import torch  # noqa: F401
     except ImportError:
         return None
+    return ort_session(onnx_of_torch(tmodel, x), threads)
+
+
+def onnx_of_torch(tmodel, x):
+    """The ONNX bytes of the torch model ``tmodel`` exported on input ``x`` (input "x", output
+    "y"; torch's TorchScript exporter)."""
+    import io as _io
+
+    import torch
     buf = _io.BytesIO()
     with warnings_silenced():
         torch.onnx.export(tmodel, (torch.from_numpy(x),), buf, dynamo=False,
                           input_names=["x"], output_names=["y"])
+    return buf.getvalue()
+
+
+def ort_session(model, threads):
+    """An ONNX Runtime CPU session of ``model`` (ONNX bytes or a path) on ``threads`` intra-op
+    threads, run sequentially, its idle threads sleeping (_no_spinning): how every comparison
+    with ONNX Runtime is set up."""
+    import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     _no_spinning(opts)
-    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
 def _no_spinning(opts):
@@ -402,18 +417,13 @@ def _file_references(target, kind, pruned, x, compare, threads, out):
     runtimes = {}
     if kind == ".onnx" and "onnxruntime" in compare:
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (ort_session imports it)
         except ImportError:
             print("onnxruntime: not installed (pip install onnxruntime); skipped", file=out)
             return runtimes
         from .importers.onnx import load_model, replace_weights
         model = replace_weights(target, pruned) if pruned else load_model(target)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        _no_spinning(opts)
-        session = ort.InferenceSession(model.SerializeToString(), opts,
-                                       providers=["CPUExecutionProvider"])
+        session = ort_session(model.SerializeToString(), threads)
         feed = {session.get_inputs()[0].name: x}
         runtimes["onnxruntime"] = lambda: session.run(None, feed)
     elif kind == ".tflite" and "litert" in compare:
