@@ -227,9 +227,9 @@ def latency_stats(t, batch):
 
 def per_layer_table(model, x, repeats=5):
     """Rows per layer: name, type, input shape, sparsity, kernel, median ms, effective GFLOP/s
-    (2 * non-zeros * output positions / time for the sparse and INT8 kernels, all weights for
-    dense and winograd: an effective rate that Winograd can push past the machine's FMA peak),
-    share of the total."""
+    (2 * non-zeros * output positions / time for the sparse, INT8 and fused expand+depthwise
+    kernels, all weights for dense and winograd: an effective rate that Winograd can push past
+    the machine's FMA peak), share of the total."""
     from .nn import profile
     runs = []
     for _ in range(repeats):
@@ -239,7 +239,8 @@ def per_layer_table(model, x, repeats=5):
     rows = []
     for i, rec in enumerate(runs[0]):
         t = float(np.median([r[i].seconds for r in runs]))
-        flops = rec.flops_sparse if rec.kernel in ("sparse", "int8") else rec.flops_dense
+        flops = rec.flops_sparse if rec.kernel in ("sparse", "int8", "expand+depthwise") \
+            else rec.flops_dense
         rows.append({"layer": rec.name, "type": rec.type, "input_shape": list(rec.input_shape),
                      "sparsity": rec.sparsity, "kernel": rec.kernel, "ms": t * 1e3,
                      "gflops": (flops / t / 1e9) if flops and t > 0 else None})

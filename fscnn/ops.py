@@ -11,6 +11,7 @@ are cached per (shape, threads, SIMD level).
 weights (:class:`QuantizedWeight`), run by the INT8 kernels of :mod:`fscnn.kernels.int8`.
 """
 import threading
+import time
 from collections import OrderedDict
 from typing import NamedTuple, Optional
 
@@ -22,6 +23,7 @@ from ._memory import aligned_empty
 from ._validate import activation_code, as_float_array, as_vector, is_int, pair
 from .kernels import (CONV, CONV_KERNELS, INT8_CONV, INT8_KERNELS, INT8_LINEAR, LINEAR,
                       LINEAR_KERNELS, runner)
+from .kernels import depthwise_conv as _kernels_depthwise
 from .kernels.base import INT32_MAX, ConvGeometry, OpError
 from .kernels.base import time_call as _time_call
 from .sparse import CSRMatrix, SparseConvWeight
@@ -35,7 +37,7 @@ AUTO_MIN_SPARSITY_LINEAR = 0.3
 ONE_SHOT_SPARSITY = 0.7  # a one-shot call (nothing to amortise timing over) goes sparse above this
 _MAX_PLANS = 16  # input shapes whose plans an operator keeps (least recently used dropped)
 
-__all__ = ["Conv2dOp", "LinearOp", "QuantizedConv2dOp", "QuantizedLinearOp", "QuantizedWeight",
+__all__ = ["Conv2dOp", "ExpandDepthwiseOp", "LinearOp", "QuantizedConv2dOp", "QuantizedLinearOp", "QuantizedWeight",
            "OpError", "KERNELS", "LINEAR_KERNELS", "conv_padding", "one_shot_kernel"]
 
 
@@ -440,6 +442,111 @@ class Conv2dOp(_WeightedOp):
             self.check_input_shape(x.shape)
         plan = self._plan(x.shape)
         return self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan)
+
+
+class ExpandDepthwiseOp:
+    """A 1x1 convolution and the depthwise convolution it feeds (MobileNet's expansion and
+    depthwise layers), run as one kernel when that is faster: each work item computes one
+    expanded channel in cache and convolves it there, so the expanded tensor (MobileNetV2's
+    96x112x112: 4.8 MB) is never written out and read back.
+
+    Whether it is faster depends on the layers' density and the plane sizes: the fused kernel
+    computes the 1x1 layer a channel at a time (no register blocking over output channels, as
+    the pointwise kernel has), so on dense layers the two separate kernels can win. Each new
+    (input shape, threads, SIMD level) times both ways and keeps the faster, as
+    ``kernel='auto'`` does for one layer.
+
+    Parameters
+    ----------
+    expand, depthwise : Conv2dOp
+        The two layers, each with its fused activation; see :meth:`ineligibility`.
+    """
+
+    def __init__(self, expand, depthwise):
+        reason = self.ineligibility(expand, depthwise)
+        if reason:
+            raise OpError(f"{expand.name} and {depthwise.name}: {reason}")
+        self.expand, self.depthwise = expand, depthwise
+        self.name = f"{expand.name}+{depthwise.name}"
+        self._plans = OrderedDict()  # (shape, threads, level) -> plan, or None: run unfused
+        self._last_plan = (None, False)  # (key, plan) of the latest call, as Conv2dOp's
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def ineligibility(expand, depthwise):
+        """Why the two operators cannot run as one kernel, or None."""
+        if type(expand) is not Conv2dOp or type(depthwise) is not Conv2dOp:
+            return "both must be float convolutions"
+        if expand.kernel != "auto" or depthwise.kernel != "auto":
+            return "both kernel settings must be 'auto' (a fixed setting runs as set)"
+        O, C, KH, KW = expand.weight_shape
+        if ((KH, KW) != (1, 1) or expand.stride != (1, 1) or any(expand.padding)
+                or expand.groups != 1 or expand.pool):
+            return ("the first must be a 1x1 convolution with stride 1, no padding, groups 1 "
+                    "and no pool")
+        if depthwise.in_channels != O or depthwise.pool:
+            return f"the second must take the first's {O} channels and have no pool"
+        return depthwise.ineligible.get("depthwise")
+
+    def fused_for(self, input_shape):
+        """Whether inputs of ``input_shape`` run fused at the current threads and SIMD level
+        (None: not timed yet)."""
+        key = (tuple(input_shape), _config.get_num_threads(), _config.simd_level_index())
+        with self._lock:
+            plan = self._plans.get(key, False)
+        return None if plan is False else plan is not None
+
+    def _plan(self, shape):
+        key = (shape, _config.get_num_threads(), _config.simd_level_index())
+        last_key, last = self._last_plan  # one read: atomic against another thread's store
+        if key == last_key:
+            return last
+        with self._lock:
+            plan = self._plans.get(key, False)
+        if plan is not False:
+            self._last_plan = (key, plan)
+            return plan
+        threads, level = key[1:]
+        inner = self.expand.output_shape(shape)
+        geo = self.depthwise._geometry(inner)
+        fused = _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise, geo,
+                                                         threads, level)
+        x = np.zeros(shape, np.float32)
+        plan = (geo, fused) if self._fused_is_faster(
+            lambda: self.depthwise(self.expand(x)), lambda: self._run(x, geo, fused)) else None
+        with self._lock:
+            self._plans[key] = plan
+            while len(self._plans) > _MAX_PLANS:
+                self._plans.popitem(last=False)
+            self._last_plan = (key, plan)
+        return plan
+
+    @staticmethod
+    def _fused_is_faster(apart, together):
+        """Whether ``together()`` (the fused kernel) beats ``apart()`` (the two layers' own
+        kernels, chosen by their own 'auto' on the first call): the fastest of three calls
+        each, interleaved so that a burst of load on a noisy machine hits both."""
+        apart(), together()  # warm-up: the layers' own kernel choice, page faults
+        best = [np.inf, np.inf]
+        for _ in range(3):
+            for i, fn in enumerate((apart, together)):
+                t0 = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - t0)
+        return best[1] < best[0]
+
+    def _run(self, x, geo, plan):
+        out = aligned_empty((x.shape[0], self.depthwise.weight_shape[0], geo.H_out, geo.W_out))
+        _kernels_depthwise.DepthwiseConv.run(x, plan, out)
+        return out
+
+    def __call__(self, x):
+        """Both layers on ``x`` (float32, C-contiguous, shape (N, C, H, W) with the 1x1
+        layer's C: validated by the caller, as the layers' first call does)."""
+        plan = self._plan(x.shape)
+        if plan is None:
+            return self.depthwise(self.expand(x))
+        return self._run(x, *plan)
 
 
 class LinearOp(_WeightedOp):

@@ -23,7 +23,7 @@ cdef extern from "fscnn_common.h" nogil:
 cdef extern from "conv_pack.h" nogil:
     ctypedef struct conv_packing:
         int64_t H, W, pad_top, pad_left, sh, sw, Hq, Wq, plane
-        int one_phase
+        int one_phase, level
     void conv_pack(const conv_packing *pk, const float *x, int64_t c0, int64_t c1, float *buf)
     void conv_scatter(const float *wide, int64_t ld, int64_t n_out, int64_t o0, int64_t q0,
                       int64_t n, const float *bias, int act, int level, int64_t Wq,
@@ -58,6 +58,8 @@ cdef extern from "dwconv.h" nogil:
     int64_t dwconv_tile_size(int level)
     void dwconv_channels(const dwconv_layer *lay, const float *inp, int64_t o0, int64_t o1,
                          float *wide, float *out)
+    void dwconv_expand(int level, const int32_t *chan, const float *values, int64_t k0,
+                       int64_t k1, float bias, int act, const float *x, int64_t HW, float *dst)
 
 cdef extern from "pointwise.h" nogil:
     ctypedef struct pw_layer:
@@ -114,12 +116,13 @@ def vector_len(int level):
     return spconv_vector_len(level)
 
 
-cdef conv_packing _packing(packing) except *:
-    """The C form of a :class:`fscnn.kernels.base.Packing`."""
+cdef conv_packing _packing(packing, int level) except *:
+    """The C form of a :class:`fscnn.kernels.base.Packing`, packed with the code of SIMD level
+    ``level``."""
     cdef conv_packing pk
     pk.H, pk.W, pk.pad_top, pk.pad_left = packing.H, packing.W, packing.pad_top, packing.pad_left
     pk.sh, pk.sw, pk.Hq, pk.Wq = packing.sh, packing.sw, packing.Hq, packing.Wq
-    pk.plane, pk.one_phase = packing.plane, packing.one_phase
+    pk.plane, pk.one_phase, pk.level = packing.plane, packing.one_phase, level
     return pk
 
 
@@ -202,7 +205,7 @@ cdef class SparseConv:
         self.k.R, self.k.n_oblk, self.k.Wq, self.k.W_out = R, oblk.shape[0] - 1, Wc, W_valid
         self.k.act, self.k.level, self.k.half = act, level, half
         self.k.O, self.k.block, self.k.group = O, block, group
-        self.pk = _packing(packing)
+        self.pk = _packing(packing, level)
         self.band_rows, self.n_threads = band_rows, n_threads
 
     @property
@@ -326,7 +329,7 @@ cdef class DenseConv:
         cdef int n_var
         cdef const pw_variant *var
         self.weight, self.tap_offsets, self.bias = weight, tap_offsets, bias
-        self.pk = _packing(packing)
+        self.pk = _packing(packing, level)
         self.group_stride, self.groups, self.pack = group_stride, groups, pack
         self.chunk, self.act, self.level, self.n_threads = chunk, act, level, n_threads
         self.wpack, self.items, self.T = wpack, NULL, 0
@@ -583,7 +586,7 @@ cdef class DepthwiseConv:
         self.k.offsets = &offsets[0] if offsets.shape[0] else NULL
         self.k.values = &values[0] if values.shape[0] else NULL
         self.k.bias = &bias[0] if bias is not None else NULL
-        self.pk = _packing(packing)
+        self.pk = _packing(packing, level)
         self.k.Wq, self.k.act, self.k.level = self.pk.Wq, act, level
         self.n_threads = n_threads
 
@@ -610,6 +613,94 @@ cdef class DepthwiseConv:
                 c = i % C
                 buf = &work[threadid(), 0]
                 conv_pack(&self.pk, &x[n, c, 0, 0], 0, 1, buf)
+                dwconv_channels(&k, buf, c * mult, (c + 1) * mult, buf + wide_at,
+                                &out[n, 0, 0, 0])
+
+
+cdef class ExpandDepthwiseConv:
+    """A 1x1 convolution (stride 1, no padding, groups 1) and the depthwise convolution it
+    feeds, as one kernel (see dwconv.h): a work item (image, expanded channel) computes that
+    channel's plane from the input in the thread's scratch (``dwconv_expand``), packs it into
+    the depthwise layer's phase planes there and computes its output channels, so the
+    expanded tensor never goes to memory. Items are computed the same way whatever thread runs
+    them.
+
+    Parameters
+    ----------
+    eptr : int64 array of shape (M+1,)
+        Taps of each expanded channel (M channels).
+    echan : int32 array
+        Input channel of each tap of the 1x1 layer.
+    evalues : float32 array
+    ebias : float32 array of shape (M,) or None
+    eact : int
+        The 1x1 layer's activation.
+    ptr, offsets, values, bias, packing, act, level, n_threads
+        The depthwise layer's, as :class:`DepthwiseConv` takes them (``packing`` of one
+        expanded channel).
+    """
+    cdef dwconv_layer k
+    cdef conv_packing pk
+    cdef int n_threads, eact
+    cdef const int64_t[::1] eptr
+    cdef const int32_t[::1] echan
+    cdef const float[::1] evalues
+    cdef const float[::1] ebias
+    cdef const int64_t[::1] ptr
+    cdef const int32_t[::1] offsets
+    cdef const float[::1] values
+    cdef const float[::1] bias
+
+    def __init__(self, const int64_t[::1] eptr, const int32_t[::1] echan,
+                 const float[::1] evalues, const float[::1] ebias, int eact,
+                 const int64_t[::1] ptr, const int32_t[::1] offsets, const float[::1] values,
+                 const float[::1] bias, packing, int act, int level, int n_threads):
+        self.eptr, self.echan, self.evalues, self.ebias, self.eact = eptr, echan, evalues, ebias, eact
+        self.ptr, self.offsets, self.values, self.bias = ptr, offsets, values, bias
+        self.k.ptr = &ptr[0]
+        self.k.offsets = &offsets[0] if offsets.shape[0] else NULL
+        self.k.values = &values[0] if values.shape[0] else NULL
+        self.k.bias = &bias[0] if bias is not None else NULL
+        self.pk = _packing(packing, level)
+        self.k.Wq, self.k.act, self.k.level = self.pk.Wq, act, level
+        self.n_threads = n_threads
+
+    def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                 float[:, ::1] work,                  # SCRATCH (n_threads, planes + T + 16 + L + T + H*W)
+                 float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out), O = mult * M
+        """Convolve ``x`` into ``out``."""
+        cdef dwconv_layer k = self.k
+        cdef int64_t N = x.shape[0], M = self.eptr.shape[0] - 1, O = out.shape[1]
+        cdef int64_t HW = x.shape[2] * x.shape[3]
+        cdef int64_t mult = O // M if M else 0
+        cdef int64_t planes = (1 if self.pk.one_phase else self.pk.sh * self.pk.sw) * \
+            self.pk.Hq * self.pk.Wq
+        cdef int64_t T = dwconv_tile_size(k.level)
+        cdef int64_t wide_at = planes + T + 16
+        k.H_out, k.W_out = out.shape[2], out.shape[3]
+        cdef int64_t plane_at = wide_at + k.H_out * k.Wq + T
+        cdef int64_t i, n, c
+        cdef float *buf
+        cdef float *plane
+        cdef const int32_t *echan = &self.echan[0] if self.echan.shape[0] else NULL
+        cdef const float *evalues = &self.evalues[0] if self.evalues.shape[0] else NULL
+        cdef const float *ebias = &self.ebias[0] if self.ebias is not None else NULL
+        cdef const int64_t *eptr = &self.eptr[0]
+        cdef int eact = self.eact
+        if N == 0 or O == 0 or k.H_out == 0 or k.W_out == 0:
+            return
+        cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
+        cdef int64_t chunk = max(1, N * M // (8 * nt))  # as in DepthwiseConv
+        with nogil:
+            for i in prange(N * M, num_threads=nt, schedule="dynamic", chunksize=chunk):
+                n = i // M
+                c = i % M
+                buf = &work[threadid(), 0]
+                plane = buf + plane_at
+                dwconv_expand(k.level, echan, evalues, eptr[c], eptr[c + 1],
+                              ebias[c] if ebias != NULL else 0.0, eact, &x[n, 0, 0, 0], HW,
+                              plane)
+                conv_pack(&self.pk, plane, 0, 1, buf)
                 dwconv_channels(&k, buf, c * mult, (c + 1) * mult, buf + wide_at,
                                 &out[n, 0, 0, 0])
 
@@ -653,7 +744,7 @@ cdef class PointwiseConv:
         self.k.bias = &bias[0] if bias is not None else NULL
         self.k.K, self.k.act = wpack.shape[1], act
         self.items, self.T = var.fn, var.t
-        self.pk = _packing(packing)
+        self.pk = _packing(packing, level)
         self.pack, self.n_bchunks, self.n_threads = pack, n_bchunks, n_threads
 
     def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)

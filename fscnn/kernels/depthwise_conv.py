@@ -4,6 +4,10 @@ multiplier).
 
 A work item is one input channel of one image, packed into a per-thread buffer that stays in
 cache; its taps (zeros dropped) are accumulated in registers over flat tiles.
+
+:func:`expand_depthwise_plan` is the same kernel fed by the 1x1 convolution before it (the
+expansion of MobileNet-style blocks): a work item computes its input channel from the 1x1
+layer's input instead of packing it from memory (:class:`fscnn.ops.ExpandDepthwiseOp` runs it).
 """
 from typing import NamedTuple
 
@@ -38,17 +42,39 @@ class DepthwiseConv(Kernel):
 
     @staticmethod
     def plan(op, geo, threads, level):
-        csr = op.sparse.csr
-        T = _conv.depthwise_tile_size(level)
-        planes = (1 if geo.one_phase else geo.stride[0] * geo.stride[1]) * geo.Hq * geo.Wq
-        offsets = geo.tap_offsets[csr.indices.astype(np.int64)].astype(np.int32)
+        csr, offsets, work, tail = _layout(op, geo, level)
         call = _conv.DepthwiseConv(csr.indptr.astype(np.int64), offsets, csr.data, op.bias,
                                    geo.packing(), op.act_code, level, threads)
-        return DepthwisePlan(offsets, (threads, planes + T + 16 + geo.L + T),
-                             (planes, planes + T + 16), call)
+        return DepthwisePlan(offsets, (threads, work), tail, call)
 
     @staticmethod
     def run(x, plan, out):
         work = scratch("depthwise", plan.work)
         work[:, plan.tail[0]:plan.tail[1]] = 0.0
         plan.call(x, work, out)
+
+
+def _layout(op, geo, level):
+    """The depthwise layer ``op``'s CSR weights, its taps' offsets in a channel's packed planes,
+    the scratch floats per thread and the columns of it to zero (see DepthwisePlan)."""
+    csr = op.sparse.csr
+    T = _conv.depthwise_tile_size(level)
+    planes = (1 if geo.one_phase else geo.stride[0] * geo.stride[1]) * geo.Hq * geo.Wq
+    offsets = geo.tap_offsets[csr.indices.astype(np.int64)].astype(np.int32)
+    return csr, offsets, planes + T + 16 + geo.L + T, (planes, planes + T + 16)
+
+
+def expand_depthwise_plan(expand, op, geo, threads, level):
+    """The plan of the 1x1 convolution ``expand`` (stride 1, no padding, groups 1; a
+    :class:`fscnn.ops.Conv2dOp`) and the depthwise convolution ``op`` it feeds, run as one
+    kernel on inputs whose *expanded* tensor has geometry ``geo`` (``op``'s): a
+    :class:`DepthwisePlan` whose scratch also holds one expanded plane per thread, run by
+    :meth:`DepthwiseConv.run`."""
+    e = expand.sparse.csr
+    csr, offsets, work, tail = _layout(op, geo, level)
+    H, W = geo.input_shape[1:]
+    call = _conv.ExpandDepthwiseConv(
+        e.indptr.astype(np.int64), e.indices.astype(np.int32), e.data, expand.bias,
+        expand.act_code, csr.indptr.astype(np.int64), offsets, csr.data, op.bias,
+        geo.packing(), op.act_code, level, threads)
+    return DepthwisePlan(offsets, (threads, work + H * W), tail, call)

@@ -8,7 +8,10 @@ computed by the convolution's kernel.
 
 Fusion chains come from the containers: :class:`~fscnn.nn.Sequential` finds adjacent
 Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d runs itself, other modules declare theirs in
-``_fusions``. The module's ordinary ``forward`` still runs: the step of the head layer returns
+``_fusions``. Within a Sequential, a 1x1 convolution's step followed by a depthwise
+convolution's step (each alone or in a nested plain Sequential, as in MobileNet's blocks) runs
+as one :class:`~fscnn.ops.ExpandDepthwiseOp` where that is faster (:class:`_PairStep`).
+The module's ordinary ``forward`` still runs: the step of the head layer returns
 the fused output, and the absorbed batch norm, activation and pool, when then called on exactly
 that array, return it unchanged. A folded batch norm called on anything else raises, and so does a forward that
 returns with a chain left half-run, so a wrong declaration cannot give silently wrong results.
@@ -29,10 +32,11 @@ from .._table import format_table
 from .._validate import as_float_array
 from ..kernels import (CONV, CONV_KERNELS, LINEAR, LINEAR_KERNELS, ConvLayer, LinearLayer,
                        ineligibility)
-from ..ops import Conv2dOp, QuantizedWeight
+from ..ops import Conv2dOp, ExpandDepthwiseOp, QuantizedWeight
 from .errors import LayerInputError
 
 KERNELS = tuple(dict.fromkeys(CONV_KERNELS + LINEAR_KERNELS))  # the settings of prepare
+FUSED_KERNEL = "expand+depthwise"  # what reports name a fused 1x1 + depthwise pair's kernel
 
 _epoch = [0]
 _local = threading.local()
@@ -250,6 +254,58 @@ class _Step:
         return self.head._apply_op(self.op, x)
 
 
+class _PairStep:
+    """Two adjacent entries of a Sequential's run, each one step (see ``Plan._entry_step``): a
+    1x1 convolution and the depthwise convolution it feeds, run as one
+    :class:`~fscnn.ops.ExpandDepthwiseOp` when that is faster.
+
+    A shape's first call runs the two entries as usual (their checks, their own kernel
+    choices, errors naming the layer), then times the pair on that shape; later calls on it go
+    straight to the operator. Calibration (``observing``) and ``prepare``'s progress see the
+    entries run separately."""
+
+    def __init__(self, first, second):
+        self.entries = first, second  # (module, fused) of the Sequential's run
+        self.steps = first[2], second[2]
+        self.op = ExpandDepthwiseOp(self.steps[0].op, self.steps[1].op)
+        self.layers = f"{self.steps[0].layers}+{self.steps[1].layers}"
+        self.shapes = {}  # input shapes run so far, timed both ways
+        self.inner = {}  # the depthwise layer's input shape -> the pair's
+
+    def run(self, run, x):
+        known = x.__class__ is np.ndarray and x.shape in self.shapes
+        if (known and x.dtype == np.float32 and x.flags.c_contiguous
+                and not getattr(_local, "observers", None)
+                and getattr(_local, "progress", None) is None):
+            profiles = getattr(_local, "profiles", None)
+            if not profiles:
+                return self.op(x)
+            if self.op.fused_for(x.shape):
+                t0 = time.perf_counter()
+                out = self.op(x)
+                self._record(profiles[-1], x, out, time.perf_counter() - t0)
+                return out
+        out = x
+        for module, fused, _ in self.entries:  # each records itself when profiled
+            out = run.call(module, (out,), {}, fused)
+        if (not known and x.__class__ is np.ndarray and x.ndim == 4
+                and x.dtype == np.float32 and x.flags.c_contiguous):
+            self.op(x)  # time both ways now (within prepare, when it made this call)
+            self.inner[self.steps[0].op.output_shape(x.shape)] = x.shape
+            self.shapes[x.shape] = None
+        return out
+
+    def _record(self, records, x, out, seconds):
+        a, b = (step.op for step in self.steps)
+        positions = x.shape[0] * x.shape[2] * x.shape[3]
+        outputs = out.shape[0] * out.shape[2] * out.shape[3]
+        records.append(LayerTime(
+            self.steps[0].name, self.layers, x.shape, FUSED_KERNEL,
+            1.0 - (a.nnz + b.nnz) / (a.size + b.size), seconds,
+            2.0 * (a.size * positions + b.size * outputs),
+            2.0 * (a.nnz * positions + b.nnz * outputs)))
+
+
 LayerPlan = namedtuple("LayerPlan", ["name", "layers", "density", "kernel_setting", "kernels"])
 LayerPlan.__doc__ = """One prepared operator of a plan.
 
@@ -319,6 +375,7 @@ class Plan:
                 self.steps[id(m)] = _Step(name, self.labels[id(m)], m, None, None, None,
                                           kernels[name])
         self._sequences = {}  # id(Sequential) -> its children as _Run.sequence runs them
+        self._pair_of = {}  # id(step) -> (its _PairStep, 0 or 1: which layer of the pair)
         order = {id(m): i for i, (_, m) in enumerate(named)}
         self._ordered_steps = sorted(self.steps.values(), key=lambda s: order[id(s.head)])
         for step in self._ordered_steps:
@@ -352,8 +409,41 @@ class Plan:
                     a is b for a, b in zip(children[i + 1:i + 1 + n], step.followers))
                 entries.append((children[i], fused))
                 i += 1 + (n if fused else 0)
+            entries = self._pairs(entries)
             self._sequences[id(seq)] = entries
         return entries
+
+    def _entry_step(self, module, fused):
+        """The step that an entry of a Sequential's run amounts to: a head whose followers it
+        absorbs (or that has none), or a plain Sequential whose run is one such entry; None
+        for anything else."""
+        step = self.steps.get(id(module))
+        if step is not None:
+            return step if (fused or not step.followers) else None
+        if getattr(module, "_plain_sequence", False) and self.contains(module):
+            inner = self.sequence(module)
+            if len(inner) == 1 and not isinstance(inner[0][0], _PairStep):
+                return self._entry_step(*inner[0])
+        return None
+
+    def _pairs(self, entries):
+        """``entries`` with each 1x1 convolution step and the depthwise step after it that
+        ExpandDepthwiseOp can run together replaced by one :class:`_PairStep` entry."""
+        out, i = [], 0
+        while i < len(entries):
+            if i + 1 < len(entries):
+                a, b = (self._entry_step(*e) for e in entries[i:i + 2])
+                if (a is not None and b is not None and isinstance(a.op, Conv2dOp)
+                        and isinstance(b.op, Conv2dOp)
+                        and ExpandDepthwiseOp.ineligibility(a.op, b.op) is None):
+                    pair = _PairStep(entries[i] + (a,), entries[i + 1] + (b,))
+                    self._pair_of[id(a)], self._pair_of[id(b)] = (pair, 0), (pair, 1)
+                    out.append((pair, True))
+                    i += 2
+                    continue
+            out.append(entries[i])
+            i += 1
+        return out
 
     def contains(self, module):
         """Whether ``module`` is part of the tree this plan was built from."""
@@ -372,8 +462,18 @@ class Plan:
         """The :class:`PlanReport` of this plan's steps, in module order."""
         return PlanReport(
             LayerPlan(s.name, s.layers, s.density, s.kernel,
-                      {shape: s.op.kernel_for(shape) for shape in s.shapes})
+                      {shape: self._kernel_of(s, shape) for shape in s.shapes})
             for s in self._ordered_steps)
+
+    def _kernel_of(self, step, shape):
+        """The kernel that runs ``step`` on inputs of ``shape``: 'expand+depthwise' where
+        it runs fused with the other layer of its pair."""
+        pair, which = self._pair_of.get(id(step), (None, 0))
+        if pair is not None:
+            outer = shape if which == 0 else pair.inner.get(shape)
+            if outer is not None and pair.op.fused_for(outer):
+                return FUSED_KERNEL
+        return step.op.kernel_for(shape)
 
 
 class _Run:
@@ -389,7 +489,10 @@ class _Run:
         the head's output back, as for other modules' chains): ~10 us less per fused layer,
         which a network of 50 small layers (MobileNetV2) notices."""
         for module, fused in self.plan.sequence(seq):
-            x = self.call(module, (x,), {}, fused)
+            if module.__class__ is _PairStep:
+                x = module.run(self, x)
+            else:
+                x = self.call(module, (x,), {}, fused)
         return x
 
     def call(self, module, args, kwargs, fused=False):

@@ -98,6 +98,11 @@ class Sequential(_IndexedModules):
             return Sequential(OrderedDict(list(self._modules.items())[idx]))
         return self._modules[self._key(idx)]
 
+    @property
+    def _plain_sequence(self):
+        """Whether ``forward`` is Sequential's own (a plan may then run the children itself)."""
+        return type(self).forward is Sequential.forward
+
     def forward(self, x):
         """Apply every child to ``x`` in order."""
         run = _plan.current_run()

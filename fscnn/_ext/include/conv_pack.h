@@ -21,6 +21,7 @@
 typedef struct {
     int64_t H, W, pad_top, pad_left, sh, sw, Hq, Wq, plane;
     int one_phase;
+    int level;  /* FSCNN_SIMD_*: the copy of conv_deinterleave2 that splits stride-2 rows */
 } conv_packing;
 
 /* Planes of at most this many floats (32x32) are zeroed whole before the input is copied in
@@ -41,13 +42,27 @@ static inline void conv_pack_columns(int64_t off, int64_t sw, int64_t W, int64_t
     *j1 = b;
 }
 
+/* Zero p[0 .. n): stores for the one or two padding columns of a packed row, whose memset
+ * calls (four per row of a stride-2 layer) cost more than splitting the row itself. */
+static inline void conv_zero(float *p, int64_t n)
+{
+    if (n > 4) {
+        memset(p, 0, (size_t)n * sizeof(float));
+        return;
+    }
+    if (n > 0) p[0] = 0.0f;
+    if (n > 1) p[1] = 0.0f;
+    if (n > 2) p[2] = 0.0f;
+    if (n > 3) p[3] = 0.0f;
+}
+
 /* e[j] = s[2j], o[j] = s[2j+1] for j < n: a row split into its even and odd columns. */
-static inline void conv_deinterleave2(const float *restrict s, int64_t n, float *restrict e,
-                                      float *restrict o)
+static inline void conv_deinterleave2_baseline(const float *restrict s, int64_t n,
+                                               float *restrict e, float *restrict o)
 {
     int64_t j = 0;
 #if FSCNN_X86
-    /* SSE2, which every x86-64 has: this header is compiled once, for the baseline */
+    /* SSE2, which every x86-64 has */
     for (; j + 4 <= n; j += 4) {
         const __m128 a = _mm_loadu_ps(s + 2 * j), b = _mm_loadu_ps(s + 2 * j + 4);
         _mm_storeu_ps(e + j, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
@@ -58,6 +73,48 @@ static inline void conv_deinterleave2(const float *restrict s, int64_t n, float 
         e[j] = s[2 * j];
         o[j] = s[2 * j + 1];
     }
+}
+
+#if FSCNN_X86
+/* The same, 8 and 16 columns at a time: the SSE copy's 4 made the split most of a stride-2
+ * depthwise layer's packing. */
+FSCNN_ATTR_avx2 static void conv_deinterleave2_avx2(const float *restrict s, int64_t n,
+                                                    float *restrict e, float *restrict o)
+{
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 a = _mm256_loadu_ps(s + 2 * j), b = _mm256_loadu_ps(s + 2 * j + 8);
+        /* per 128-bit lane: (a0 a2 b0 b2 | a4 a6 b4 b6); then its 64-bit pairs in order */
+        const __m256 ev = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+        const __m256 od = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+        _mm256_storeu_ps(e + j, _mm256_castpd_ps(_mm256_permute4x64_pd(
+            _mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0))));
+        _mm256_storeu_ps(o + j, _mm256_castpd_ps(_mm256_permute4x64_pd(
+            _mm256_castps_pd(od), _MM_SHUFFLE(3, 1, 2, 0))));
+    }
+    conv_deinterleave2_baseline(s + 2 * j, n - j, e + j, o + j);
+}
+
+FSCNN_ATTR_avx512 static void conv_deinterleave2_avx512(const float *restrict s, int64_t n,
+                                                        float *restrict e, float *restrict o)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                           28, 30);
+    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const __m512 a = _mm512_loadu_ps(s + 2 * j), b = _mm512_loadu_ps(s + 2 * j + 16);
+        _mm512_storeu_ps(e + j, _mm512_permutex2var_ps(a, even, b));
+        _mm512_storeu_ps(o + j, _mm512_permutex2var_ps(a, odd, b));
+    }
+    conv_deinterleave2_avx2(s + 2 * j, n - j, e + j, o + j);
+}
+#endif
+
+static inline void conv_deinterleave2(int level, const float *restrict s, int64_t n,
+                                      float *restrict e, float *restrict o)
+{
+    FSCNN_SIMD_CALL(level, conv_deinterleave2, s, n, e, o);
 }
 
 /* Rows of the two column phases (py, 0) and (py, 1) of channel xc with sw == 2, into planes
@@ -93,15 +150,16 @@ static inline void conv_pack_pair_s2(const conv_packing *pk, const float *xc, in
         /* phase px's column j reads input column 2j + px - pad_left */
         const float *srow = xc + yin * W;
         if (!zeroed) {
-            memset(r0, 0, (size_t)a0 * sizeof(float));
-            memset(r1, 0, (size_t)a1 * sizeof(float));
-            memset(r0 + b0, 0, (size_t)(Wq - b0) * sizeof(float));
-            memset(r1 + b1, 0, (size_t)(Wq - b1) * sizeof(float));
+            conv_zero(r0, a0);
+            conv_zero(r1, a1);
+            conv_zero(r0 + b0, Wq - b0);
+            conv_zero(r1 + b1, Wq - b1);
         }
         for (int64_t j = a0; j < m0; j++) r0[j] = srow[2 * j - pad_left];
         for (int64_t j = a1; j < m0; j++) r1[j] = srow[2 * j + 1 - pad_left];
         if (m1 > m0)
-            conv_deinterleave2(srow + 2 * m0 - pad_left, m1 - m0, r0 + m0, r1 + m0);
+            conv_deinterleave2(pk->level, srow + 2 * m0 - pad_left, m1 - m0, r0 + m0,
+                               r1 + m0);
         for (int64_t j = m1; j < b0; j++) r0[j] = srow[2 * j - pad_left];
         for (int64_t j = m1; j < b1; j++) r1[j] = srow[2 * j + 1 - pad_left];
     }
@@ -164,16 +222,16 @@ static inline void conv_pack(const conv_packing *pk, const float *x, int64_t c0,
                         if (j0 < 0) j0 = 0;
                         if (j1 > Wq) j1 = Wq;
                         if (j1 < j0) j1 = j0;
-                        if (!zeroed) memset(drow, 0, (size_t)j0 * sizeof(float));
+                        if (!zeroed) conv_zero(drow, j0);
                         if (j1 > j0) memcpy(drow + j0, srow + (j0 + px - pad_left), (size_t)(j1 - j0) * sizeof(float));
-                        if (!zeroed) memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(float));
+                        if (!zeroed) conv_zero(drow + j1, Wq - j1);
                     } else {
                         /* plane cols j in [j0, j1) read input column j*sw + px - pad_left in
                          * [0, W): zeros around a strided copy without bounds tests */
                         const int64_t off = px - pad_left;
                         int64_t j0, j1;
                         conv_pack_columns(off, sw, W, Wq, &j0, &j1);
-                        if (!zeroed) memset(drow, 0, (size_t)j0 * sizeof(float));
+                        if (!zeroed) conv_zero(drow, j0);
                         if (sw == 2) {
                             /* a constant stride lets the compiler vectorise the copy
                              * (shuffles); with a variable one it copies a float at a time,
@@ -184,7 +242,7 @@ static inline void conv_pack(const conv_packing *pk, const float *x, int64_t c0,
                         } else {
                             for (int64_t j = j0; j < j1; j++) drow[j] = srow[j * sw + off];
                         }
-                        if (!zeroed) memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(float));
+                        if (!zeroed) conv_zero(drow + j1, Wq - j1);
                     }
                 }
             }
