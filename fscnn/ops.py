@@ -11,7 +11,6 @@ are cached per (shape, threads, SIMD level).
 weights (:class:`QuantizedWeight`), run by the INT8 kernels of :mod:`fscnn.kernels.int8`.
 """
 import threading
-import time
 from collections import OrderedDict
 from typing import NamedTuple, Optional
 
@@ -25,7 +24,7 @@ from .kernels import (CONV, CONV_KERNELS, INT8_CONV, INT8_KERNELS, INT8_LINEAR, 
                       LINEAR_KERNELS, runner)
 from .kernels import depthwise_conv as _kernels_depthwise
 from .kernels.base import INT32_MAX, ConvGeometry, OpError
-from .kernels.base import time_call as _time_call
+from .kernels.base import fastest_calls as _fastest_calls
 from .sparse import CSRMatrix, SparseConvWeight
 
 KERNELS = CONV_KERNELS  # the kernel settings of convolutions (fscnn.kernels lists them)
@@ -279,10 +278,11 @@ class _WeightedOp:
         with 'auto' the fastest of the candidates timed on a zero input (the sparse kernel
         only from ``min_auto_sparsity`` up).
 
-        Candidates are planned and timed one after another in registry order, dense last: a
-        transient dense form built for it (sparse-held weights) is never alive together with
-        another kernel's set-up. A kernel that reads the dense weights keeps them resident
-        once picked; otherwise the transient is dropped with the losing plans."""
+        Candidates are planned in registry order, dense last, then timed round-robin
+        (:func:`~fscnn.kernels.base.fastest_calls`: a burst of load hits them all alike). A
+        kernel that reads the dense weights keeps them resident once picked; otherwise the
+        transient dense form built to time it (sparse-held weights) is dropped with the losing
+        plans."""
         name = self.kernel
         if name == "auto":  # chosen before, by a process with the same threads and SIMD level
             name = self._presets.get((tuple(shape), threads, level), "auto")
@@ -294,13 +294,13 @@ class _WeightedOp:
             timings = None
         else:
             x = np.zeros(shape, np.float32)
-            timings, plans = {}, {}
+            plans = {}
             candidates = [k for k in self._candidates() if k.cannot_win(self, geo) is None]
             for kernel in candidates or self._candidates():
-                plan = kernel.plan(self, geo, threads, level)
-                plans[kernel.name] = kernel, plan
-                timings[kernel.name] = _time_call(
-                    lambda k=kernel, p=plan: self._execute(x, geo, threads, k, p))
+                plans[kernel.name] = kernel, kernel.plan(self, geo, threads, level)
+            timings = dict(zip(plans, _fastest_calls(
+                [lambda k=k, p=p: self._execute(x, geo, threads, k, p)
+                 for k, p in plans.values()])))
             name = min(timings, key=timings.get)
             kernel, plan = plans[name]
         if kernel.reads_dense:
@@ -524,16 +524,9 @@ class ExpandDepthwiseOp:
     @staticmethod
     def _fused_is_faster(apart, together):
         """Whether ``together()`` (the fused kernel) beats ``apart()`` (the two layers' own
-        kernels, chosen by their own 'auto' on the first call): the fastest of three calls
-        each, interleaved so that a burst of load on a noisy machine hits both."""
-        apart(), together()  # warm-up: the layers' own kernel choice, page faults
-        best = [np.inf, np.inf]
-        for _ in range(3):
-            for i, fn in enumerate((apart, together)):
-                t0 = time.perf_counter()
-                fn()
-                best[i] = min(best[i], time.perf_counter() - t0)
-        return best[1] < best[0]
+        kernels, chosen by their own 'auto' in the untimed first call), timed round-robin."""
+        t_apart, t_together = _fastest_calls((apart, together))
+        return t_together < t_apart
 
     def _run(self, x, geo, plan):
         out = aligned_empty((x.shape[0], self.depthwise.weight_shape[0], geo.H_out, geo.W_out))
