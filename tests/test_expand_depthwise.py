@@ -272,3 +272,75 @@ def test_mobilenet_v2_fuses_its_blocks(rng, monkeypatch):
     kernels = [k for row in model.plan() for k in row.kernels.values()]
     assert kernels.count("expand+depthwise") == 2 * 16  # every block with an expansion
     assert_close(model(x), expected, rtol=1e-4, atol=0)
+
+
+# -- in imported graphs ----------------------------------------------------------------------
+def _onnx_block(rng, C=6, M=12, stride=2, tap_expansion=False):
+    """An ONNX graph x -> Conv 1x1 -> Clip(0, 6) -> Conv depthwise 3x3 -> Clip(0, 6) ->
+    Conv 1x1 -> y (as torch exports MobileNetV2's blocks); with ``tap_expansion`` the
+    expansion's output is also a graph output (so it cannot be fused away)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    w1 = _weight(rng, (M, C, 1, 1), 0.4)
+    w2 = _weight(rng, (M, 1, 3, 3), 0.4)
+    w3 = _weight(rng, (C, M, 1, 1), 0.4)
+    b1, b2 = (rng.standard_normal(M).astype(np.float32) for _ in range(2))
+    six = np.float32(6)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["e"], name="expand"),
+        helper.make_node("Clip", ["e", "lo", "hi"], ["er"], name="expand_act"),
+        helper.make_node("Conv", ["er", "w2", "b2"], ["d"], name="dw", group=M,
+                         pads=[1, 1, 1, 1], strides=[stride, stride]),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["dr"], name="dw_act"),
+        helper.make_node("Conv", ["dr", "w3"], ["y"], name="project"),
+    ]
+    inits = [numpy_helper.from_array(a, n) for n, a in
+             [("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2), ("w3", w3),
+              ("lo", np.float32(0)), ("hi", six)]]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if tap_expansion:
+        outputs.append(helper.make_tensor_value_info("er", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", C, "H", "W"])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _ort(model, x):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+@pytest.mark.parametrize("faster", [True, False])
+def test_imported_graph_fuses_the_pair_and_matches_onnxruntime(rng, monkeypatch, faster):
+    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
+                        staticmethod(lambda apart, together: faster))
+    model = _onnx_block(rng)
+    g = fscnn.from_onnx(model)
+    x = rng.standard_normal((2, 6, 11, 12)).astype(np.float32)
+    expected = _ort(model, x)[0]
+    assert_close(g(x), expected)
+    pairs = g._prepared.graph_pairs(g)
+    assert list(pairs) == [0] and pairs[0][1] == (1, 2)  # the Clip and the depthwise node
+    for _ in range(2):  # the pair's own path, once the shape is known
+        assert_close(g(x), expected)
+    kernels = {r.name: k for r in g.plan() for k in r.kernels.values()}
+    assert (kernels["expand"] == kernels["dw"] == "expand+depthwise") is faster
+    with nn.profile() as records:
+        g(x)
+    names = [r.name for r in records]
+    assert names == (["expand", "project"] if faster else ["expand", "dw", "project"])
+
+
+def test_graph_output_read_elsewhere_is_not_fused(rng):
+    model = _onnx_block(rng, tap_expansion=True)
+    g = fscnn.from_onnx(model)
+    x = rng.standard_normal((1, 6, 9, 9)).astype(np.float32)
+    y, er = g(x)
+    assert g._prepared.graph_pairs(g) == {}
+    expected = _ort(model, x)
+    assert_close(y, expected[0])
+    assert_close(er, expected[1])

@@ -8,9 +8,10 @@ computed by the convolution's kernel.
 
 Fusion chains come from the containers: :class:`~fscnn.nn.Sequential` finds adjacent
 Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d runs itself, other modules declare theirs in
-``_fusions``. Within a Sequential, a 1x1 convolution's step followed by a depthwise
-convolution's step (each alone or in a nested plain Sequential, as in MobileNet's blocks) runs
-as one :class:`~fscnn.ops.ExpandDepthwiseOp` where that is faster (:class:`_PairStep`).
+``_fusions``. A 1x1 convolution's step followed by a depthwise convolution's step that alone
+reads its output (in a Sequential, each alone or in a nested plain Sequential, as in
+MobileNet's blocks; in a Graph, along an edge nothing else reads) runs as one
+:class:`~fscnn.ops.ExpandDepthwiseOp` where that is faster (:class:`_PairStep`).
 The module's ordinary ``forward`` still runs: the step of the head layer returns
 the fused output, and the absorbed batch norm, activation and pool, when then called on exactly
 that array, return it unchanged. A folded batch norm called on anything else raises, and so does a forward that
@@ -255,20 +256,34 @@ class _Step:
 
 
 class _PairStep:
-    """Two adjacent entries of a Sequential's run, each one step (see ``Plan._entry_step``): a
-    1x1 convolution and the depthwise convolution it feeds, run as one
-    :class:`~fscnn.ops.ExpandDepthwiseOp` when that is faster.
+    """A 1x1 convolution's step and the depthwise convolution's step it feeds, run as one
+    :class:`~fscnn.ops.ExpandDepthwiseOp` when that is faster: two adjacent entries of a
+    Sequential's run (see ``Plan._entry_step``), or a graph's nodes from the 1x1 layer to the
+    depthwise one (see ``Plan.graph_pairs``).
 
-    A shape's first call runs the two entries as usual (their checks, their own kernel
-    choices, errors naming the layer), then times the pair on that shape; later calls on it go
-    straight to the operator. Calibration (``observing``) and ``prepare``'s progress see the
-    entries run separately."""
+    A shape's first call runs the entries as usual (their checks, their own kernel choices,
+    errors naming the layer), then times the pair on that shape; later calls on it go straight
+    to the operator. Calibration (``observing``) and ``prepare``'s progress see the entries
+    run separately.
 
-    def __init__(self, first, second):
-        self.entries = first, second  # (module, fused) of the Sequential's run
-        self.steps = first[2], second[2]
-        self.op = ExpandDepthwiseOp(self.steps[0].op, self.steps[1].op)
-        self.layers = f"{self.steps[0].layers}+{self.steps[1].layers}"
+    Parameters
+    ----------
+    entries : list of (module, fused)
+        What runs when the pair does not: each is called as ``_Run.call(module, (x,), {},
+        fused)`` on the previous one's output.
+    first, second : _Step
+        The two layers' steps.
+    hand_on : bool
+        Whether the layers that ``second`` absorbed are still called on its output (a graph's
+        nodes; a Sequential's run skips them): they are then told to hand it back.
+    """
+
+    def __init__(self, entries, first, second, hand_on=False):
+        self.entries = entries
+        self.steps = first, second
+        self.hand_on = hand_on
+        self.op = ExpandDepthwiseOp(first.op, second.op)
+        self.layers = f"{first.layers}+{second.layers}"
         self.shapes = {}  # input shapes run so far, timed both ways
         self.inner = {}  # the depthwise layer's input shape -> the pair's
 
@@ -278,15 +293,21 @@ class _PairStep:
                 and not getattr(_local, "observers", None)
                 and getattr(_local, "progress", None) is None):
             profiles = getattr(_local, "profiles", None)
+            out = None
             if not profiles:
-                return self.op(x)
-            if self.op.fused_for(x.shape):
+                out = self.op(x)
+            elif self.op.fused_for(x.shape):
                 t0 = time.perf_counter()
                 out = self.op(x)
                 self._record(profiles[-1], x, out, time.perf_counter() - t0)
+            if out is not None:
+                if self.hand_on:
+                    second = self.steps[1]
+                    for follower in second.followers:
+                        run.pending.setdefault(id(follower), []).append((out, second))
                 return out
         out = x
-        for module, fused, _ in self.entries:  # each records itself when profiled
+        for module, fused in self.entries:  # each records itself when profiled
             out = run.call(module, (out,), {}, fused)
         if (not known and x.__class__ is np.ndarray and x.ndim == 4
                 and x.dtype == np.float32 and x.flags.c_contiguous):
@@ -376,6 +397,7 @@ class Plan:
                                           kernels[name])
         self._sequences = {}  # id(Sequential) -> its children as _Run.sequence runs them
         self._pair_of = {}  # id(step) -> (its _PairStep, 0 or 1: which layer of the pair)
+        self._graph_pairs = {}  # id(Graph) -> Plan.graph_pairs(graph)
         order = {id(m): i for i, (_, m) in enumerate(named)}
         self._ordered_steps = sorted(self.steps.values(), key=lambda s: order[id(s.head)])
         for step in self._ordered_steps:
@@ -413,6 +435,50 @@ class Plan:
             self._sequences[id(seq)] = entries
         return entries
 
+    def graph_pairs(self, graph):
+        """The fused pairs of ``graph`` (a Graph of this tree), as ``{index of the 1x1
+        layer's node: (its _PairStep, indices of the other nodes it runs)}``: a 1x1
+        convolution's node, the nodes it absorbed, and the depthwise convolution's node that
+        alone reads their output."""
+        pairs = self._graph_pairs.get(id(graph))
+        if pairs is not None:
+            return pairs
+        pairs = {}
+        nodes = graph.nodes
+        modules = [graph._modules[n.name] for n in nodes]
+        at = {id(m): i for i, m in enumerate(modules)}
+        readers = {}
+        for i, node in enumerate(nodes):
+            for v in node.inputs:
+                if v is not None:
+                    readers.setdefault(v, []).append(i)
+        outputs = set(graph.output_names)
+        taken = set()
+        for i, module in enumerate(modules):
+            a = self.steps.get(id(module))
+            if a is None or i in taken or (a.followers and a.owner is not graph):
+                continue
+            group = [i] + sorted(at[id(f)] for f in a.followers)
+            last = nodes[group[-1]]
+            if len(last.outputs) != 1 or last.outputs[0] in outputs:
+                continue
+            found = readers.get(last.outputs[0], [])
+            if len(found) != 1 or tuple(nodes[found[0]].inputs) != (last.outputs[0],):
+                continue
+            j = found[0]
+            b = self.steps.get(id(modules[j]))
+            if (b is None or j in taken or (b.followers and b.owner is not graph)
+                    or not isinstance(a.op, Conv2dOp) or not isinstance(b.op, Conv2dOp)
+                    or ExpandDepthwiseOp.ineligibility(a.op, b.op) is not None):
+                continue
+            group.append(j)
+            pair = _PairStep([(modules[k], False) for k in group], a, b, hand_on=True)
+            self._pair_of[id(a)], self._pair_of[id(b)] = (pair, 0), (pair, 1)
+            pairs[i] = pair, tuple(group[1:])
+            taken.update(group)
+        self._graph_pairs[id(graph)] = pairs
+        return pairs
+
     def _entry_step(self, module, fused):
         """The step that an entry of a Sequential's run amounts to: a head whose followers it
         absorbs (or that has none), or a plain Sequential whose run is one such entry; None
@@ -436,7 +502,7 @@ class Plan:
                 if (a is not None and b is not None and isinstance(a.op, Conv2dOp)
                         and isinstance(b.op, Conv2dOp)
                         and ExpandDepthwiseOp.ineligibility(a.op, b.op) is None):
-                    pair = _PairStep(entries[i] + (a,), entries[i + 1] + (b,))
+                    pair = _PairStep(entries[i:i + 2], a, b)
                     self._pair_of[id(a)], self._pair_of[id(b)] = (pair, 0), (pair, 1)
                     out.append((pair, True))
                     i += 2

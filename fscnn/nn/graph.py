@@ -21,7 +21,7 @@ from collections import Counter, OrderedDict, namedtuple
 import numpy as np
 
 from .._validate import as_float_array
-from . import activation, init, layers, pooling, quantized, tensor
+from . import _plan, activation, init, layers, pooling, quantized, tensor
 from .errors import LayerInputError
 from .module import Module
 
@@ -347,8 +347,22 @@ class Graph(Module):
         n_values, steps, outputs = self._compiled()
         values = [None] * n_values
         values[:len(self.inputs)] = self._bind(args, kwargs)
-        for module, name, ins, outs, frees, constant in steps:
-            if constant:
+        run = _plan.current_run()
+        pairs = run.plan.graph_pairs(self) if run is not None and run.plan.contains(self) \
+            else {}
+        skip = set()
+        for index, (module, name, ins, outs, frees, constant) in enumerate(steps):
+            if index in skip:  # run by a fused pair already
+                for k in frees:
+                    values[k] = None
+                continue
+            pair = pairs.get(index)
+            if pair is not None:  # a 1x1 convolution and the depthwise one it feeds
+                pair, rest = pair
+                skip.update(rest)
+                module, outs = pair, steps[rest[-1]][3]
+                result = pair.run(run, values[ins[0]])
+            elif constant:
                 result = module.forward()
             else:
                 result = module(*[None if i is None else values[i] for i in ins])
