@@ -223,7 +223,7 @@ static inline void conv_pack(const conv_packing *pk, const float *x, int64_t c0,
                         if (j1 > Wq) j1 = Wq;
                         if (j1 < j0) j1 = j0;
                         if (!zeroed) conv_zero(drow, j0);
-                        if (j1 > j0) memcpy(drow + j0, srow + (j0 + px - pad_left), (size_t)(j1 - j0) * sizeof(float));
+                        fscnn_copy_small(drow + j0, srow + (j0 + px - pad_left), j1 - j0);
                         if (!zeroed) conv_zero(drow + j1, Wq - j1);
                     } else {
                         /* plane cols j in [j0, j1) read input column j*sw + px - pad_left in

@@ -76,7 +76,7 @@ FSCNN_TARGET static void FSCNN_FN(dwconv_channels)(
             }
         } else {
             for (int64_t y = 0; y < H_out; y++)
-                for (int64_t x = 0; x < W_out; x++) orow[y * W_out + x] = wide[y * Wq + x];
+                fscnn_copy_small(orow + y * W_out, wide + y * Wq, W_out);
         }
     }
 }
@@ -114,16 +114,33 @@ FSCNN_TARGET static void FSCNN_FN(dwconv_expand)(
         }
         memcpy(dst + p0, acc, sizeof acc);
     }
-    for (; p0 + DW_VL <= HW; p0 += DW_VL) {  /* whole vectors of the last partial tile */
-        DWVEC acc = zero + bias;
+    const int64_t nvec = (HW - p0) / DW_VL;  /* whole vectors of the last partial tile */
+    if (nvec > 0) {
+        /* all of them at once: one vector at a time chained every tap's FMA latency, and was
+         * most of a 7x7 plane's expansion */
+        DWVEC acc[DW_NV];
+#pragma GCC unroll 16
+        for (int v = 0; v < DW_NV; v++) acc[v] = zero + bias;
         for (int64_t k = k0; k < k1; k++) {
             const DWVEC w = {FSCNN_BCAST(values[k])};
-            DWVEC xv;
-            memcpy(&xv, x + (int64_t)chan[k] * HW + p0, sizeof xv);
-            acc += w * xv;
+            const float *restrict p = x + (int64_t)chan[k] * HW + p0;
+#pragma GCC unroll 16
+            for (int v = 0; v < DW_NV; v++) {
+                if (v < nvec) {
+                    DWVEC xv;
+                    memcpy(&xv, p + v * DW_VL, sizeof xv);
+                    acc[v] += w * xv;
+                }
+            }
         }
-        if (act != FSCNN_ACT_NONE) acc = FSCNN_VACT(acc, act);
-        memcpy(dst + p0, &acc, sizeof acc);
+#pragma GCC unroll 16
+        for (int v = 0; v < DW_NV; v++) {
+            if (v < nvec) {
+                if (act != FSCNN_ACT_NONE) acc[v] = FSCNN_VACT(acc[v], act);
+                memcpy(dst + p0 + v * DW_VL, &acc[v], sizeof acc[v]);
+            }
+        }
+        p0 += nvec * DW_VL;
     }
     for (; p0 < HW; p0++) {  /* fewer than a vector: no load may pass the plane's end */
         float s = bias;

@@ -105,6 +105,24 @@ static inline float fscnn_act(float v, int act) {
     }
 }
 
+/* Copy n floats of a short row (a packed row or an output row of a small plane) with
+ * 16-byte moves, the last one overlapping, and memcpy beyond 64: a memcpy call per 7-float row
+ * cost more than the rest of packing MobileNetV2's 7x7 planes. */
+static inline void fscnn_copy_small(float *restrict dst, const float *restrict src, int64_t n)
+{
+    if (n > 64) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+    } else if (n >= 4) {
+        int64_t i = 0;
+        for (; i + 4 <= n; i += 4) memcpy(dst + i, src + i, 4 * sizeof(float));
+        if (i < n) memcpy(dst + n - 4, src + n - 4, 4 * sizeof(float));
+    } else {
+        if (n > 0) dst[0] = src[0];
+        if (n > 1) dst[1] = src[1];
+        if (n > 2) dst[2] = src[2];
+    }
+}
+
 /* Kernel templates. A family's *_impl.h is included once per copy with FSCNN_LEVEL (baseline,
  * avx2 or avx512) and FSCNN_SUFFIX (the copy's name suffix, e.g. half_avx2) defined, and
  * undefines both at its end. Within it: */
