@@ -21,7 +21,7 @@ from ._progress import Progress
 from ._table import format_table
 from .errors import CommandError, as_command_error
 
-COMPARISONS = ("torch", "onnxruntime", "litert", "dense")
+COMPARISONS = ("torch", "onnxruntime", "litert", "deepsparse", "dense")
 DEFAULT_COMPARISONS = {"zoo": ("torch", "dense"), ".onnx": ("onnxruntime", "dense"),
                        ".tflite": ("litert", "dense"), ".npz": ("dense",)}
 """What ``fscnn bench`` compares with when --compare is not given, by kind of target: the
@@ -144,16 +144,18 @@ def _onnx_session(tmodel, x, threads):
     return ort_session(onnx_of_torch(tmodel, x), threads)
 
 
-def onnx_of_torch(tmodel, x):
+def onnx_of_torch(tmodel, x, opset=None):
     """The ONNX bytes of the torch model ``tmodel`` exported on input ``x`` (input "x", output
-    "y"; torch's TorchScript exporter)."""
+    "y"; torch's TorchScript exporter), at ONNX opset ``opset`` (None: the exporter's
+    default; DeepSparse 1.8 reads up to 19)."""
     import io as _io
 
     import torch
     buf = _io.BytesIO()
+    extra = {} if opset is None else {"opset_version": opset}
     with warnings_silenced():
         torch.onnx.export(tmodel, (torch.from_numpy(x),), buf, dynamo=False,
-                          input_names=["x"], output_names=["y"])
+                          input_names=["x"], output_names=["y"], **extra)
     return buf.getvalue()
 
 
@@ -188,7 +190,8 @@ def warnings_silenced():
 
 
 def time_interleaved(fns, warmup, iterations=None, seconds=None, progress=True):
-    """Time each callable of ``fns`` round-robin; returns name -> array of seconds per call.
+    """Time each callable of ``fns`` round-robin; returns name -> array of seconds per call
+    (a callable with a true ``self_timed`` attribute returns the seconds it took).
 
     Runs ``warmup`` untimed rounds, then rounds until ``iterations`` rounds or ``seconds`` of
     wall time have passed (at least 3 rounds).
@@ -204,8 +207,10 @@ def time_interleaved(fns, warmup, iterations=None, seconds=None, progress=True):
     while True:
         for name, fn in fns.items():
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+            reported = fn()
+            elapsed = time.perf_counter() - t0
+            # a runtime in another process reports its own time (the pipe not counted)
+            times[name].append(reported if getattr(fn, "self_timed", False) else elapsed)
         rounds += 1
         bar.update(1)
         if iterations is not None and rounds >= iterations:
@@ -316,7 +321,8 @@ def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, in
     print(f"fscnn bench: {name}, {achieved:.1%} of conv/linear weights zero ({how}), input "
           f"{'x'.join(map(str, x.shape))}, {threads} thread(s), SIMD {report['simd']}",
           file=out)
-    with _config.threads(threads), _torch_threads(threads):
+    with _config.threads(threads), _torch_threads(threads), \
+            contextlib.ExitStack() as cleanup:
         t0 = time.perf_counter()
         with as_command_error(LayerInputError, context=f"--input-size {input_size}"):
             model.prepare(x.shape, kernel=kernel)
@@ -327,13 +333,19 @@ def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, in
         print(f"prepared in {report['prepare_s']:.1f} s: "
               + ", ".join(f"{n} layers {k}" for k, n in report["kernels"].items()), file=out)
         fns = {"fscnn": lambda: model(x)}
+        # a file's pruned weights, which its own runtimes are given too
+        pruned = {k: state[k] for k in prunable_names(model)} \
+            if sparsity is not None and kind != "zoo" else None
         if kind == "zoo":
             runtimes = _torch_references(name, state, x, compare, threads, out)
         else:
-            pruned = {k: state[k] for k in prunable_names(model)} if sparsity is not None \
-                else None
             runtimes = _file_references(target, kind, pruned, x, compare, threads, out)
         fns.update({k: fn for k, fn in runtimes.items() if k in compare})
+        if "deepsparse" in compare:
+            worker = _deepsparse_worker(kind, name, state, target, pruned, x, threads, out)
+            if worker is not None:
+                cleanup.callback(worker.close)
+                fns["deepsparse"] = worker
         # a quantized model's dense path is the float32 model of its dequantized weights: the
         # check then measures the quantization error of its activations, not a kernel's
         quantized = is_quantized(model)
@@ -355,6 +367,12 @@ def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, in
               f"({'ok' if err <= bound else 'MISMATCH'}"
               f"{', int8 against the dequantized float32 model' if quantized else ''})",
               file=out)
+        if "deepsparse" in fns:  # the same weights? (its own kernels' rounding aside)
+            theirs = fns["deepsparse"].output()
+            err = float(np.abs(y - theirs).max() / max(np.abs(theirs).max(), 1e-30))
+            report["check_deepsparse"] = {"max_rel_error": err, "ok": err <= bound}
+            print(f"check: max|fscnn - deepsparse| / max|deepsparse| = {err:.2e} "
+                  f"({'ok' if err <= bound else 'MISMATCH'})", file=out)
         times = time_interleaved(fns, warmup, iterations, seconds, progress)
     report["latency"] = {k: latency_stats(t, batch) for k, t in times.items()}
     base = report["latency"]["fscnn"]["median_ms"]
@@ -410,6 +428,39 @@ def _torch_references(name, state, x, compare, threads, out):
         else:
             runtimes["onnxruntime"] = lambda: session.run(None, {"x": x})
     return runtimes
+
+
+def _deepsparse_worker(kind, name, state, target, pruned, x, threads, out):
+    """A :class:`fscnn._deepsparse.DeepSparseWorker` on the same weights as fscnn's model (a
+    zoo model's torch export at opset 13, which DeepSparse 1.8 reads; an ONNX file as given or
+    with the pruned weights written in), or None after saying why not."""
+    from ._deepsparse import ENV, DeepSparseError, DeepSparseWorker, missing_interpreter
+    if not os.environ.get(ENV):
+        print(f"deepsparse: {missing_interpreter()}; skipped", file=out)
+        return None
+    if kind == "zoo":
+        from .torch_reference import torch_models
+        try:
+            tmodel = torch_model(name, state) if name in torch_models()[0] else None
+        except ImportError:
+            tmodel = None
+        if tmodel is None:
+            print(f"deepsparse: needs torch and a torch reference of {name} to export it to "
+                  f"ONNX; skipped", file=out)
+            return None
+        model = onnx_of_torch(tmodel, x, opset=13)
+    elif kind == ".onnx":
+        from .importers.onnx import load_model, replace_weights
+        model = (replace_weights(target, pruned) if pruned else load_model(target))
+        model = model.SerializeToString()
+    else:
+        print(f"deepsparse: runs ONNX models, not a {kind} model; skipped", file=out)
+        return None
+    try:
+        return DeepSparseWorker(model, x, threads)
+    except DeepSparseError as exc:
+        print(f"deepsparse: {exc}; skipped", file=out)
+        return None
 
 
 def _file_references(target, kind, pruned, x, compare, threads, out):

@@ -394,10 +394,13 @@ def add_bench_parser(subparsers):
                        help="time budget of the timed rounds when --iterations is not given "
                             "(default 10)")
     parser.add_argument("--compare", metavar="LIST",
-                        help="comparisons among torch, onnxruntime, litert, dense (default: "
-                             "torch,dense for a zoo model; onnxruntime,dense for an .onnx "
-                             "file, run by ONNX Runtime with the same pruned weights; "
-                             "litert,dense for a .tflite file; dense for an .npz model)")
+                        help="comparisons among torch, onnxruntime, litert, deepsparse, "
+                             "dense (default: torch,dense for a zoo model; onnxruntime,dense "
+                             "for an .onnx file, run by ONNX Runtime with the same pruned "
+                             "weights; litert,dense for a .tflite file; dense for an .npz "
+                             "model). deepsparse runs DeepSparse 1.8 on the same weights in "
+                             "the interpreter that FSCNN_DEEPSPARSE_PYTHON names (a venv of "
+                             "its own)")
     parser.add_argument("--kernel", choices=CONV_KERNELS,
                         default="auto",
                         help="fscnn's kernel choice per layer (default auto: timed; winograd: "

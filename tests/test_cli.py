@@ -300,6 +300,70 @@ def test_bench_compares_with_torch_and_onnxruntime(capsys):
         assert _cells(out, reference)[-1].startswith("x")  # fscnn's speed-up over it
 
 
+FAKE_DEEPSPARSE = """
+import numpy as np
+import fscnn
+
+class _Engine:
+    def __init__(self, path, batch_size, num_cores):
+        if {fail!r}:
+            raise RuntimeError("NM: error: no engine today")
+        self.graph = fscnn.from_onnx(path)
+        self.batch_size, self.num_cores = batch_size, num_cores
+
+    def __call__(self, inputs):
+        assert inputs[0].shape[0] == self.batch_size and self.num_cores == 1
+        return [self.graph(inputs[0])]
+
+def compile_model(path, batch_size=1, num_cores=None):
+    return _Engine(path, batch_size, num_cores)
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_bench_compares_with_deepsparse_in_its_own_interpreter(capsys, tmp_path, monkeypatch,
+                                                               fail):
+    """The DeepSparse worker's plumbing, with a stand-in ``deepsparse`` package whose engine
+    runs fscnn on the exported ONNX file: the weights it gets are fscnn's, its timings are
+    its own, and a worker that fails to start is skipped with its error."""
+    torch_or_skip()
+    import_or_skip("onnx", "pip install onnx")
+    (tmp_path / "deepsparse").mkdir()
+    (tmp_path / "deepsparse" / "__init__.py").write_text(FAKE_DEEPSPARSE.format(fail=fail))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(tmp_path), os.path.dirname(os.path.dirname(fscnn.__file__))]))
+    monkeypatch.setenv("FSCNN_DEEPSPARSE_PYTHON", sys.executable)
+    out_json = tmp_path / "r.json"
+    status, out, err = _run(capsys, "bench", "resnet18", "--input-size", "32", "--threads",
+                            "1", "--iterations", "2", "--warmup", "0", "--compare",
+                            "deepsparse", "--json", out_json)
+    assert status == 0, err
+    import json
+    report = json.loads(out_json.read_text())
+    if fail:
+        assert "deepsparse: DeepSparse worker failed: RuntimeError: NM: error: no engine " \
+            "today; skipped" in out
+        assert "deepsparse" not in report["latency"]
+    else:
+        assert "check: max|fscnn - deepsparse|" in out and report["check_deepsparse"]["ok"]
+        assert report["latency"]["deepsparse"]["runs"] == 2
+        assert _cells(out, "deepsparse")[-1].startswith("x")
+
+
+def test_bench_without_a_deepsparse_interpreter_says_how_to_get_one(capsys, monkeypatch):
+    monkeypatch.delenv("FSCNN_DEEPSPARSE_PYTHON", raising=False)
+    status, out, err = _run(capsys, "bench", "toy", "--threads", "1", "--iterations", "1",
+                            "--warmup", "0", "--compare", "deepsparse")
+    assert status == 0, err
+    assert "deepsparse: DeepSparse runs in a virtual environment of its own: set " \
+        "FSCNN_DEEPSPARSE_PYTHON to its python" in out
+    monkeypatch.setenv("FSCNN_DEEPSPARSE_PYTHON", sys.executable)
+    status, out, err = _run(capsys, "bench", "toy", "--threads", "1", "--iterations", "1",
+                            "--warmup", "0", "--compare", "deepsparse")
+    assert status == 0, err
+    assert "deepsparse: needs torch and a torch reference of toy" in out
+
+
 def test_prune_global_warns_about_emptied_layers(capsys, tmp_path):
     nn.manual_seed(0)
     state = {k: np.array(v) for k, v in _toy().state_dict().items()}
