@@ -3,7 +3,8 @@ extended to ResNet-18, ResNet-50 and MobileNetV2, ONNX Runtime, several thread c
 batch sizes. Writes JSON, CSV, a Markdown table and a PNG plot of speed-up vs sparsity.
 
 Each configuration runs ``fscnn bench`` in a fresh process (fscnn, PyTorch dense, ONNX Runtime
-dense and fscnn's dense path timed round-robin on the same weights). Peak memory (``--memory``,
+dense and fscnn's dense path timed round-robin on the same weights; DeepSparse 1.8 too where
+``FSCNN_DEEPSPARSE_PYTHON`` names the python of a venv that has it, see BENCHMARKING.md). Peak memory (``--memory``,
 ``--memory-only``) is measured in separate processes that each hold only one runtime: fscnn
 building, pruning in place and holding the pruned model sparse (``to_sparse``); fscnn loading the
 pruned model saved with ``fscnn.save`` into a fresh model with ``fscnn.load(sparse=True)``
@@ -108,7 +109,8 @@ def memory_row(model, sparsity, batch, size):
 def markdown_table(rows):
     """The grid as Markdown: latency rows (median ms and fscnn's speed-up over each runtime)
     and peak-memory rows, each in a table of its own."""
-    names = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "dense": "fscnn dense"}
+    names = {"torch": "PyTorch", "onnxruntime": "ONNX Runtime", "deepsparse": "DeepSparse",
+             "dense": "fscnn dense"}
     out = []
     timed = [r for r in rows if "fscnn_ms" in r]
     if timed:
@@ -196,7 +198,10 @@ def main(argv=None):
     ap.add_argument("--threads", nargs="+", type=int, default=[1, os.cpu_count() or 1])
     ap.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--input-size", type=int, default=224)
-    ap.add_argument("--compare", default="torch,onnxruntime,dense")
+    ap.add_argument("--compare", default="torch,onnxruntime,dense" + (
+        ",deepsparse" if os.environ.get("FSCNN_DEEPSPARSE_PYTHON") else ""),
+                    help="runtimes to compare with (fscnn bench --compare); deepsparse by "
+                         "default where FSCNN_DEEPSPARSE_PYTHON names its interpreter")
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--time", type=float, default=10.0)
     ap.add_argument("--warmup", type=int, default=2, help="untimed rounds per configuration")
@@ -232,7 +237,7 @@ def main(argv=None):
                            "date": rep["date"], "cpu": rep["cpu"],
                            "fscnn_ms": lat["fscnn"]["median_ms"],
                            "kernels": rep["kernels"], "check": rep["check"]["max_rel_error"]}
-                    for other in ("torch", "onnxruntime", "dense"):
+                    for other in ("torch", "onnxruntime", "deepsparse", "dense"):
                         if other in lat:
                             row[f"{other}_ms"] = lat[other]["median_ms"]
                             row[f"speedup_vs_{other}"] = lat[other]["fscnn_speedup"]
