@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 
+import fscnn
 from fscnn import bench
 
 
@@ -25,3 +26,20 @@ def test_write_json_is_strict_json(tmp_path):
         "latency": {"fscnn": {"median_ms": 1.5, "runs": 3, "p99_ms": None}},
         "check": {"ok": True, "max_rel_error": None}, "kernels": {"sparse": 2},
         "shape": [1, 3, 8], "times": [0.5, None], "name": "vgg16", "gflops": None}
+
+
+def test_pruned_random_zoo_models_keep_their_activations():
+    """Without rescale_pruned, MobileNetV2's features at 90% fell to ~1e-14: the output was
+    the classifier's bias whatever the kernels computed, and the bench's check could not fail."""
+    from fscnn.prune import prune
+    model, _ = bench.build_model("mobilenet_v2")
+    prune(model, 0.9, inplace=True)
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    before = model.features(x)
+    bench.rescale_pruned(model)
+    after = model.features(x)
+    assert np.abs(before[0] - before[1]).max() < 1e-6  # the problem
+    assert np.abs(after[0] - after[1]).max() > 1e-3
+    densities = [np.count_nonzero(m.weight) / m.weight.size for m in model.modules()
+                 if isinstance(m, fscnn.nn.Conv2d)]
+    assert max(densities) <= 0.11  # still pruned: only the scale changed
