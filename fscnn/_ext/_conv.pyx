@@ -617,7 +617,7 @@ cdef class DepthwiseConv:
                                 &out[n, 0, 0, 0])
 
 
-cdef class ExpandDepthwiseConv:
+cdef class ExpandDepthwiseConv(DepthwiseConv):
     """A 1x1 convolution (stride 1, no padding, groups 1) and the depthwise convolution it
     feeds, as one kernel (see dwconv.h): a work item (image, expanded channel) computes that
     channel's plane from the input in the thread's scratch (``dwconv_expand``), packs it into
@@ -639,31 +639,18 @@ cdef class ExpandDepthwiseConv:
         The depthwise layer's, as :class:`DepthwiseConv` takes them (``packing`` of one
         expanded channel).
     """
-    cdef dwconv_layer k
-    cdef conv_packing pk
-    cdef int n_threads, eact
+    cdef int eact
     cdef const int64_t[::1] eptr
     cdef const int32_t[::1] echan
     cdef const float[::1] evalues
     cdef const float[::1] ebias
-    cdef const int64_t[::1] ptr
-    cdef const int32_t[::1] offsets
-    cdef const float[::1] values
-    cdef const float[::1] bias
 
     def __init__(self, const int64_t[::1] eptr, const int32_t[::1] echan,
                  const float[::1] evalues, const float[::1] ebias, int eact,
                  const int64_t[::1] ptr, const int32_t[::1] offsets, const float[::1] values,
                  const float[::1] bias, packing, int act, int level, int n_threads):
+        DepthwiseConv.__init__(self, ptr, offsets, values, bias, packing, act, level, n_threads)
         self.eptr, self.echan, self.evalues, self.ebias, self.eact = eptr, echan, evalues, ebias, eact
-        self.ptr, self.offsets, self.values, self.bias = ptr, offsets, values, bias
-        self.k.ptr = &ptr[0]
-        self.k.offsets = &offsets[0] if offsets.shape[0] else NULL
-        self.k.values = &values[0] if values.shape[0] else NULL
-        self.k.bias = &bias[0] if bias is not None else NULL
-        self.pk = _packing(packing, level)
-        self.k.Wq, self.k.act, self.k.level = self.pk.Wq, act, level
-        self.n_threads = n_threads
 
     def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                  float[:, ::1] work,                  # SCRATCH (n_threads, planes + T + 16 + L + T + H*W)
