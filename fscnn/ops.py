@@ -509,11 +509,14 @@ class ExpandDepthwiseOp:
         threads, level = key[1:]
         inner = self.expand.output_shape(shape)
         geo = self.depthwise._geometry(inner)
-        fused = _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise, geo,
-                                                         threads, level)
-        x = np.zeros(shape, np.float32)
-        plan = (geo, fused) if self._fused_is_faster(
-            lambda: self.depthwise(self.expand(x)), lambda: self._run(x, geo, fused)) else None
+        plan = None  # an empty input or output has nothing to fuse
+        if min(shape) > 0 and geo.H_out > 0 and geo.W_out > 0:
+            fused = _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise, geo,
+                                                             threads, level)
+            x = np.zeros(shape, np.float32)
+            if self._fused_is_faster(lambda: self.depthwise(self.expand(x)),
+                                     lambda: self._run(x, geo, fused)):
+                plan = (geo, fused)
         with self._lock:
             self._plans[key] = plan
             while len(self._plans) > _MAX_PLANS:

@@ -344,3 +344,14 @@ def test_graph_output_read_elsewhere_is_not_fused(rng):
     expected = _ort(model, x)
     assert_close(y, expected[0])
     assert_close(er, expected[1])
+
+
+def test_empty_inputs_run_apart(rng, monkeypatch):
+    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
+                        staticmethod(lambda apart, together: True))
+    a, b, spec = _pair(rng, 4, 6, padding=2)
+    op = ExpandDepthwiseOp(a, b)
+    out = op(np.zeros((0, 4, 5, 5), np.float32))
+    assert out.shape == (0, 6, 7, 7) and op.fused_for((0, 4, 5, 5)) is False
+    with pytest.raises(OpError, match="expand: padded input 0x3 is smaller"):
+        op(np.zeros((1, 4, 0, 3), np.float32))
