@@ -7,7 +7,7 @@ against torch.
 """
 import numpy as np
 import pytest
-from conftest import assert_close, sparse_weight, torch_or_skip
+from conftest import assert_close, import_or_skip, sparse_weight, torch_or_skip
 from reference import conv2d, hardswish, relu, relu6
 
 import fscnn
@@ -279,7 +279,7 @@ def _onnx_block(rng, C=6, M=12, stride=2, tap_expansion=False):
     """An ONNX graph x -> Conv 1x1 -> Clip(0, 6) -> Conv depthwise 3x3 -> Clip(0, 6) ->
     Conv 1x1 -> y (as torch exports MobileNetV2's blocks); with ``tap_expansion`` the
     expansion's output is also a graph output (so it cannot be fused away)."""
-    onnx = pytest.importorskip("onnx")
+    import_or_skip("onnx", 'pip install "fscnn[onnx]"')
     from onnx import TensorProto, helper, numpy_helper
     w1 = _weight(rng, (M, C, 1, 1), 0.4)
     w2 = _weight(rng, (M, 1, 3, 3), 0.4)
@@ -308,10 +308,11 @@ def _onnx_block(rng, C=6, M=12, stride=2, tap_expansion=False):
 
 
 def _ort(model, x):
-    ort = pytest.importorskip("onnxruntime")
-    session = ort.InferenceSession(model.SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    return session.run(None, {"x": x})
+    """ONNX Runtime's outputs for ``x``, on one thread (no thread pool of its own, which
+    ThreadSanitizer builds would report)."""
+    import_or_skip("onnxruntime", "pip install onnxruntime")
+    from fscnn.bench import ort_session
+    return ort_session(model.SerializeToString(), 1).run(None, {"x": x})
 
 
 @pytest.mark.parametrize("faster", [True, False])
