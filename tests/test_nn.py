@@ -579,6 +579,27 @@ def test_sequential_runs_fused_chains_without_calling_their_followers(rng, monke
     assert calls == []
 
 
+def test_sequential_calls_known_layers_directly_unless_watched(rng, monkeypatch):
+    """A prepared layer on an input shape it ran before skips _Run.call (its lookups and checks
+    passed for that shape); profiling and calibration still see every layer."""
+    from fscnn.nn import _plan
+    net = conv_bn_relu(rng)
+    x = rng.standard_normal((2, 3, 5, 5)).astype(np.float32)
+    expected = conv_bn_relu_reference(net, x)
+    net(x)
+    called = []
+    original = _plan._Run.call
+    monkeypatch.setattr(_plan._Run, "call", lambda self, module, *a, **k: (
+        called.append(type(module).__name__), original(self, module, *a, **k))[1])
+    assert_close(net(x), expected)
+    assert called == ["Sequential", "Flatten"]  # the root and the one layer without a step
+    with nn.profile() as records:
+        assert_close(net(x), expected)
+    assert [r.name for r in records] == ["0", "3", "5", "6"]
+    assert_close(net(x[:1].copy()), expected[:1])  # a new shape: checked through call
+    assert called.count("Conv2d") == 4  # twice while profiled, twice for the new shape
+
+
 @pytest.fixture
 def count_ops(monkeypatch):
     """Counts the operators built (each one converts its weights)."""
