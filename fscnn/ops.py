@@ -36,8 +36,9 @@ AUTO_MIN_SPARSITY_LINEAR = 0.3
 ONE_SHOT_SPARSITY = 0.7  # a one-shot call (nothing to amortise timing over) goes sparse above this
 _MAX_PLANS = 16  # input shapes whose plans an operator keeps (least recently used dropped)
 
-__all__ = ["Conv2dOp", "ExpandDepthwiseOp", "LinearOp", "QuantizedConv2dOp", "QuantizedLinearOp", "QuantizedWeight",
-           "OpError", "KERNELS", "LINEAR_KERNELS", "conv_padding", "one_shot_kernel"]
+__all__ = ["Conv2dOp", "ExpandDepthwiseOp", "LinearOp", "QuantizedConv2dOp", "QuantizedLinearOp",
+           "QuantizedWeight", "OpError", "KERNELS", "LINEAR_KERNELS", "conv_padding",
+           "one_shot_kernel"]
 
 
 def _check_kernel(kernel, owner, kernels=KERNELS):

@@ -58,7 +58,7 @@ cdef extern from "dwconv.h" nogil:
     int64_t dwconv_tile_size(int level)
     void dwconv_channels(const dwconv_layer *lay, const float *inp, int64_t o0, int64_t o1,
                          float *wide, float *out)
-    void dwconv_expand(int level, const int32_t *chan, const float *values, int64_t k0,
+    void dwconv_expand(int level, const int32_t *offsets, const float *values, int64_t k0,
                        int64_t k1, float bias, int act, const float *x, int64_t HW, float *dst)
 
 cdef extern from "pointwise.h" nogil:
@@ -590,6 +590,13 @@ cdef class DepthwiseConv:
         self.k.Wq, self.k.act, self.k.level = self.pk.Wq, act, level
         self.n_threads = n_threads
 
+    cdef int64_t _wide_at(self):
+        """Where a thread's scratch row holds the output tiles (``wide``): after a channel's
+        phase planes and the zeroed tail of T + 16 floats that keeps their reads in bounds."""
+        cdef int64_t planes = (1 if self.pk.one_phase else self.pk.sh * self.pk.sw) * \
+            self.pk.Hq * self.pk.Wq
+        return planes + dwconv_tile_size(self.k.level) + 16
+
     def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                  float[:, ::1] work,                  # SCRATCH (n_threads, planes + T + 16 + L + T)
                  float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out), O = mult * C
@@ -597,9 +604,7 @@ cdef class DepthwiseConv:
         cdef dwconv_layer k = self.k
         cdef int64_t N = x.shape[0], C = x.shape[1], O = out.shape[1]
         cdef int64_t mult = O // C if C else 0
-        cdef int64_t planes = (1 if self.pk.one_phase else self.pk.sh * self.pk.sw) * \
-            self.pk.Hq * self.pk.Wq
-        cdef int64_t wide_at = planes + dwconv_tile_size(k.level) + 16
+        cdef int64_t wide_at = self._wide_at()
         cdef int64_t i, n, c
         cdef float *buf
         k.H_out, k.W_out = out.shape[2], out.shape[3]
@@ -629,8 +634,8 @@ cdef class ExpandDepthwiseConv(DepthwiseConv):
     ----------
     eptr : int64 array of shape (M+1,)
         Taps of each expanded channel (M channels).
-    echan : int32 array
-        Input channel of each tap of the 1x1 layer.
+    eoffsets : int32 array
+        Where each tap of the 1x1 layer reads an image: its input channel * H*W.
     evalues : float32 array
     ebias : float32 array of shape (M,) or None
     eact : int
@@ -641,16 +646,17 @@ cdef class ExpandDepthwiseConv(DepthwiseConv):
     """
     cdef int eact
     cdef const int64_t[::1] eptr
-    cdef const int32_t[::1] echan
+    cdef const int32_t[::1] eoffsets
     cdef const float[::1] evalues
     cdef const float[::1] ebias
 
-    def __init__(self, const int64_t[::1] eptr, const int32_t[::1] echan,
+    def __init__(self, const int64_t[::1] eptr, const int32_t[::1] eoffsets,
                  const float[::1] evalues, const float[::1] ebias, int eact,
                  const int64_t[::1] ptr, const int32_t[::1] offsets, const float[::1] values,
                  const float[::1] bias, packing, int act, int level, int n_threads):
         DepthwiseConv.__init__(self, ptr, offsets, values, bias, packing, act, level, n_threads)
-        self.eptr, self.echan, self.evalues, self.ebias, self.eact = eptr, echan, evalues, ebias, eact
+        self.eptr, self.eoffsets, self.evalues = eptr, eoffsets, evalues
+        self.ebias, self.eact = ebias, eact
 
     def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                  float[:, ::1] work,                  # SCRATCH (n_threads, planes + T + 16 + L + T + H*W)
@@ -660,16 +666,14 @@ cdef class ExpandDepthwiseConv(DepthwiseConv):
         cdef int64_t N = x.shape[0], M = self.eptr.shape[0] - 1, O = out.shape[1]
         cdef int64_t HW = x.shape[2] * x.shape[3]
         cdef int64_t mult = O // M if M else 0
-        cdef int64_t planes = (1 if self.pk.one_phase else self.pk.sh * self.pk.sw) * \
-            self.pk.Hq * self.pk.Wq
-        cdef int64_t T = dwconv_tile_size(k.level)
-        cdef int64_t wide_at = planes + T + 16
+        cdef int64_t wide_at = self._wide_at()
         k.H_out, k.W_out = out.shape[2], out.shape[3]
-        cdef int64_t plane_at = wide_at + k.H_out * k.Wq + T
+        # the expanded plane after the output tiles (H_out*Wq positions and a tile more)
+        cdef int64_t plane_at = wide_at + k.H_out * k.Wq + dwconv_tile_size(k.level)
         cdef int64_t i, n, c
         cdef float *buf
         cdef float *plane
-        cdef const int32_t *echan = &self.echan[0] if self.echan.shape[0] else NULL
+        cdef const int32_t *eoffsets = &self.eoffsets[0] if self.eoffsets.shape[0] else NULL
         cdef const float *evalues = &self.evalues[0] if self.evalues.shape[0] else NULL
         cdef const float *ebias = &self.ebias[0] if self.ebias is not None else NULL
         cdef const int64_t *eptr = &self.eptr[0]
@@ -684,7 +688,7 @@ cdef class ExpandDepthwiseConv(DepthwiseConv):
                 c = i % M
                 buf = &work[threadid(), 0]
                 plane = buf + plane_at
-                dwconv_expand(k.level, echan, evalues, eptr[c], eptr[c + 1],
+                dwconv_expand(k.level, eoffsets, evalues, eptr[c], eptr[c + 1],
                               ebias[c] if ebias != NULL else 0.0, eact, &x[n, 0, 0, 0], HW,
                               plane)
                 conv_pack(&self.pk, plane, 0, 1, buf)

@@ -73,8 +73,11 @@ def expand_depthwise_plan(expand, op, geo, threads, level):
     e = expand.sparse.csr
     csr, offsets, work, tail = _layout(op, geo, level)
     H, W = geo.input_shape[1:]
+    # a tap reads its input channel's plane; the 1x1 layer's own geometry (built for this
+    # input before a plan) checked that an image fits 32-bit offsets
+    reads = (e.indices.astype(np.int64) * (H * W)).astype(np.int32)
     call = _conv.ExpandDepthwiseConv(
-        e.indptr.astype(np.int64), e.indices.astype(np.int32), e.data, expand.bias,
+        e.indptr.astype(np.int64), reads, e.data, expand.bias,
         expand.act_code, csr.indptr.astype(np.int64), offsets, csr.data, op.bias,
         geo.packing(), op.act_code, level, threads)
     return DepthwisePlan(offsets, (threads, work + H * W), tail, call)

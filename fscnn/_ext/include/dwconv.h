@@ -60,10 +60,10 @@ static inline void dwconv_channels(const dwconv_layer *lay, const float *in, int
 
 /* The expanded plane of one channel of a 1x1 layer that feeds a depthwise layer (see
  * dwconv_impl.h). */
-static inline void dwconv_expand(int level, const int32_t *chan, const float *values,
+static inline void dwconv_expand(int level, const int32_t *offsets, const float *values,
                                  int64_t k0, int64_t k1, float bias, int act, const float *x,
                                  int64_t HW, float *dst)
 {
-    FSCNN_SIMD_CALL(level, dwconv_expand, chan, values, k0, k1, bias, act, x, HW, dst);
+    FSCNN_SIMD_CALL(level, dwconv_expand, offsets, values, k0, k1, bias, act, x, HW, dst);
 }
 #endif
