@@ -356,13 +356,15 @@ def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, in
         # a file's pruned weights, which its own runtimes are given too
         pruned = {k: state[k] for k in prunable_names(model)} \
             if sparsity is not None and kind != "zoo" else None
+        tmodel = None  # a zoo model's torch twin, built once for every comparison
         if kind == "zoo":
-            runtimes = _torch_references(name, state, x, compare, threads, out)
+            runtimes, tmodel = _torch_references(name, state, x, compare, threads, out)
         else:
             runtimes = _file_references(target, kind, pruned, x, compare, threads, out)
         fns.update({k: fn for k, fn in runtimes.items() if k in compare})
         if "deepsparse" in compare:
-            worker = _deepsparse_worker(kind, name, state, target, pruned, x, threads, out)
+            worker = _deepsparse_worker(kind, name, state, target, pruned, x, threads, out,
+                                        tmodel)
             if worker is not None:
                 cleanup.callback(worker.close)
                 fns["deepsparse"] = worker
@@ -424,16 +426,16 @@ def _copy(model):
 
 
 def _torch_references(name, state, x, compare, threads, out):
-    """name -> callable of the reference runtimes of a zoo model: PyTorch (and ONNX Runtime
-    on its export) on the same weights, when installed. The first is what fscnn's output is
-    checked against."""
+    """(name -> callable of the reference runtimes of a zoo model: PyTorch, and ONNX Runtime
+    on its export, on the same weights, when installed; the torch model or None). The first
+    runtime is what fscnn's output is checked against."""
     runtimes = {}
     tmodel = torch_model(name, state) if ("torch" in compare or "onnxruntime" in compare) \
         else None
     if tmodel is None:
         if "torch" in compare or "onnxruntime" in compare:
             print("torch: not installed; comparing with fscnn's dense path only", file=out)
-        return runtimes
+        return runtimes, None
     import torch
     xt = torch.from_numpy(x)
 
@@ -447,23 +449,25 @@ def _torch_references(name, state, x, compare, threads, out):
             print("onnxruntime: not installed (pip install onnx onnxruntime); skipped", file=out)
         else:
             runtimes["onnxruntime"] = lambda: session.run(None, {"x": x})
-    return runtimes
+    return runtimes, tmodel
 
 
-def _deepsparse_worker(kind, name, state, target, pruned, x, threads, out):
+def _deepsparse_worker(kind, name, state, target, pruned, x, threads, out, tmodel=None):
     """A :class:`fscnn._deepsparse.DeepSparseWorker` on the same weights as fscnn's model (a
-    zoo model's torch export at opset 13, which DeepSparse 1.8 reads; an ONNX file as given or
-    with the pruned weights written in), or None after saying why not."""
+    zoo model's torch export at opset 13, which DeepSparse 1.8 reads, of ``tmodel`` when the
+    other comparisons built it; an ONNX file as given or with the pruned weights written in),
+    or None after saying why not."""
     from ._deepsparse import ENV, DeepSparseError, DeepSparseWorker, missing_interpreter
     if not os.environ.get(ENV):
         print(f"deepsparse: {missing_interpreter()}; skipped", file=out)
         return None
     if kind == "zoo":
         from .torch_reference import torch_models
-        try:
-            tmodel = torch_model(name, state) if name in torch_models()[0] else None
-        except ImportError:
-            tmodel = None
+        if tmodel is None:
+            try:
+                tmodel = torch_model(name, state) if name in torch_models()[0] else None
+            except ImportError:
+                pass
         if tmodel is None:
             print(f"deepsparse: needs torch and a torch reference of {name} to export it to "
                   f"ONNX; skipped", file=out)
