@@ -43,6 +43,12 @@ def _reference(x, s):
                                      s["dilation"], s["groups"]))
 
 
+def _force(monkeypatch, fused):
+    """Make every pair's timing come out ``fused`` (True: the fused kernel is faster)."""
+    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
+                        staticmethod(lambda apart, together: fused))
+
+
 def _fused(a, b, x, threads):
     """The fused kernel's output for ``x`` (whatever 'auto' would pick)."""
     op = ExpandDepthwiseOp(a, b)
@@ -93,8 +99,7 @@ def test_fused_kernel_carries_nan_as_the_layers_do(rng):
 
 @pytest.mark.parametrize("faster", [True, False])
 def test_op_runs_the_way_it_timed_faster(rng, monkeypatch, faster):
-    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
-                        staticmethod(lambda apart, together: faster))
+    _force(monkeypatch, fused=faster)
     a, b, spec = _pair(rng, 5, 8, stride=2)
     op = ExpandDepthwiseOp(a, b)
     x = rng.standard_normal((2, 5, 12, 10)).astype(np.float32)
@@ -183,8 +188,7 @@ def _torch_twin(block, nested):
 @pytest.mark.parametrize("faster", [True, False])
 def test_prepared_block_matches_torch(rng, monkeypatch, nested, faster):
     torch = torch_or_skip()
-    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
-                        staticmethod(lambda apart, together: faster))
+    _force(monkeypatch, fused=faster)
     block = _block(rng, stride=2, nested=nested)
     x = rng.standard_normal((2, 8, 14, 13)).astype(np.float32)
     with torch.no_grad():
@@ -200,8 +204,7 @@ def test_prepared_block_matches_torch(rng, monkeypatch, nested, faster):
 
 
 def test_fused_pair_never_calls_the_absorbed_layers(rng, monkeypatch):
-    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
-                        staticmethod(lambda apart, together: True))
+    _force(monkeypatch, fused=True)
     block = _block(rng)
     x = rng.standard_normal((1, 8, 9, 9)).astype(np.float32)
     block(x)
@@ -212,8 +215,7 @@ def test_fused_pair_never_calls_the_absorbed_layers(rng, monkeypatch):
 
 
 def test_profile_names_the_fused_pair(rng, monkeypatch):
-    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
-                        staticmethod(lambda apart, together: True))
+    _force(monkeypatch, fused=True)
     block = _block(rng)
     x = rng.standard_normal((1, 8, 9, 9)).astype(np.float32)
     block(x)
@@ -227,8 +229,7 @@ def test_profile_names_the_fused_pair(rng, monkeypatch):
 
 def test_calibration_sees_both_layers_of_a_fused_pair(rng, monkeypatch):
     """fscnn.quantize observes every convolution's input: a fused pair runs apart for it."""
-    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
-                        staticmethod(lambda apart, together: True))
+    _force(monkeypatch, fused=True)
     block = _block(rng)
     x = rng.standard_normal((2, 8, 9, 9)).astype(np.float32)
     block(x)
@@ -258,8 +259,7 @@ def test_pair_refuses_a_wrong_input_naming_the_layer(rng):
 def test_mobilenet_v2_fuses_its_blocks(rng, monkeypatch):
     torch = torch_or_skip()
     from fscnn.torch_reference import torch_models
-    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
-                        staticmethod(lambda apart, together: True))
+    _force(monkeypatch, fused=True)
     model = fscnn.models.mobilenet_v2(num_classes=10)
     fscnn.prune.prune(model, 0.8, inplace=True)
     x = rng.standard_normal((1, 3, 48, 48)).astype(np.float32)
@@ -317,8 +317,7 @@ def _ort(model, x):
 
 @pytest.mark.parametrize("faster", [True, False])
 def test_imported_graph_fuses_the_pair_and_matches_onnxruntime(rng, monkeypatch, faster):
-    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
-                        staticmethod(lambda apart, together: faster))
+    _force(monkeypatch, fused=faster)
     model = _onnx_block(rng)
     g = fscnn.from_onnx(model)
     x = rng.standard_normal((2, 6, 11, 12)).astype(np.float32)
@@ -348,8 +347,7 @@ def test_graph_output_read_elsewhere_is_not_fused(rng):
 
 
 def test_empty_inputs_run_apart(rng, monkeypatch):
-    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
-                        staticmethod(lambda apart, together: True))
+    _force(monkeypatch, fused=True)
     a, b, spec = _pair(rng, 4, 6, padding=2)
     op = ExpandDepthwiseOp(a, b)
     out = op(np.zeros((0, 4, 5, 5), np.float32))
