@@ -7,6 +7,7 @@ runs these checks first. Each check takes ``name``, the label its messages start
 and what it received.
 """
 import numbers
+import time
 
 import numpy as np
 
@@ -210,12 +211,46 @@ def sliding_output_hw(name, input_hw, kernel, stride, padding, dilation=(1, 1),
     return tuple(out)
 
 
-# Elements a thread should have to itself before another one is woken (PyTorch's GRAIN_SIZE):
-# waking an OpenMP thread costs microseconds, more than pooling a small map.
+# Elements a thread should have to itself before another one is woken, at least (PyTorch's
+# GRAIN_SIZE): waking an OpenMP thread costs microseconds on a quiet machine, more than
+# pooling a small map. Where it costs more (a VM whose idle vCPUs take ~0.1-1 ms to wake: a
+# residual add of 256x56x56 took 1 ms on 2 threads, 0.1 ms on 1), the grain grows to match:
+# see elementwise_grain.
 GRAIN = 32768
+MAX_GRAIN = 1 << 24
+_grains = {}  # threads -> elements per thread (elementwise_grain)
+
+
+def elementwise_grain(threads):
+    """Elements per thread from which an elementwise pass on ``threads`` threads beats one
+    thread: GRAIN, or more where waking the threads costs more than GRAIN elements' work.
+
+    Measured once per process and thread count (~25 ms): a ReLU pass over 1M floats in
+    place on 1 thread and on ``threads``, in turns (medians, see fscnn._timing): what the
+    extra threads cost beyond their share of the work, in elements of that work."""
+    grain = _grains.get(threads)
+    if grain is None:
+        from ._config import simd_level_index
+        from ._ext._pool import activation
+        from ._timing import typical_calls
+        n = 1 << 20
+        buf = np.zeros(n, np.float32)
+        relu, level = FUSED_ACTIVATIONS["relu"], simd_level_index()
+        # each round first idles 2 ms, long enough for the other threads to stop spinning
+        # and sleep (as they do while a layer runs on one thread): their wake-up is the cost
+        _, one, many = typical_calls([lambda: time.sleep(0.002),
+                                      lambda: activation(buf, buf, relu, level, 1),
+                                      lambda: activation(buf, buf, relu, level, threads)],
+                                     repeats=9, budget=0)
+        overhead = max(0.0, many - one / threads)
+        grain = _grains[threads] = int(min(MAX_GRAIN, max(GRAIN, overhead * n / one)))
+    return grain
 
 
 def threads_for(work):
     """Threads for a kernel that touches ``work`` elements: ``get_num_threads()``, fewer for
-    small jobs, at least 1."""
-    return max(1, min(get_num_threads(), work // GRAIN))
+    small jobs (see :func:`elementwise_grain`), at least 1."""
+    threads = get_num_threads()
+    if threads == 1 or work < 2 * GRAIN:
+        return 1
+    return max(1, min(threads, work // elementwise_grain(threads)))

@@ -351,8 +351,7 @@ def save(model_or_state_dict, path, *, min_sparsity=0.5, compress=False):
     if spec is not None:  # and its kernel choices, so that load_model does not time them again
         choices = model_or_state_dict._kernel_choices()
         if choices:
-            spec["plan"] = {name: [[list(shape), threads, level, kernel]
-                                   for shape, threads, level, kernel in rows]
+            spec["plan"] = {name: [[list(shape), *rest] for shape, *rest in rows]
                             for name, rows in choices.items()}
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], received {min_sparsity!r}")
@@ -845,7 +844,8 @@ def load_model(path, *, max_bytes=None, sparse=True, input_shapes=None):
 
 def _plan_choices(path, plan):
     """The kernel choices of a model description's ``plan`` entry (written by `save` from a
-    prepared model: layer name -> ``[[input shape], threads, SIMD level, kernel], ...``),
+    prepared model: layer name -> ``[[input shape], threads, SIMD level, kernel], ...``,
+    a row with a fifth item, the threads the kernel runs with, where 'auto' chose fewer),
     checked as plain data; None when absent."""
     if plan is None:
         return None
@@ -854,18 +854,19 @@ def _plan_choices(path, plan):
         return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 31
 
     def row_ok(row):
-        return (isinstance(row, list) and len(row) == 4 and isinstance(row[0], list)
+        return (isinstance(row, list) and len(row) in (4, 5) and isinstance(row[0], list)
                 and len(row[0]) <= _MAX_NDIM and all(is_int(s) for s in row[0])
-                and is_int(row[1]) and is_int(row[2]) and isinstance(row[3], str))
+                and is_int(row[1]) and is_int(row[2]) and isinstance(row[3], str)
+                and (len(row) == 4 or (is_int(row[4]) and row[4] >= 1)))
 
     if not isinstance(plan, dict) or not all(
             isinstance(name, str) and isinstance(rows, list) and all(map(row_ok, rows))
             for name, rows in plan.items()):
         raise ArchiveError(path, GRAPH_KEY, "malformed kernel plan in the model description "
                                             "(expected layer name -> [[input shape], threads, "
-                                            "SIMD level, kernel] rows)")
-    return {name: [(tuple(shape), threads, level, kernel) for shape, threads, level, kernel
-                   in rows] for name, rows in plan.items()}
+                                            "SIMD level, kernel(, run threads)] rows)")
+    return {name: [(tuple(shape), *rest) for shape, *rest in rows]
+            for name, rows in plan.items()}
 
 
 def holds_model(path):

@@ -24,7 +24,8 @@ from .kernels import (CONV, CONV_KERNELS, INT8_CONV, INT8_KERNELS, INT8_LINEAR, 
                       LINEAR_KERNELS, runner)
 from .kernels import depthwise_conv as _kernels_depthwise
 from .kernels.base import INT32_MAX, ConvGeometry, OpError
-from .kernels.base import fastest_calls as _fastest_calls
+from ._timing import fastest_calls as _fastest_calls
+from ._timing import typical_calls as _typical_calls
 from .sparse import CSRMatrix, SparseConvWeight
 
 KERNELS = CONV_KERNELS  # the kernel settings of convolutions (fscnn.kernels lists them)
@@ -161,7 +162,8 @@ class _WeightedOp:
         self._plans_lock = threading.Lock()
         self._last_plan = ((None, None, None), None)  # (key, plan) of the latest call: _plan
         self._derived = {}  # kernel name -> key -> weights derived for it (see derived)
-        self._presets = {}  # (shape, threads, level) -> kernel 'auto' takes without timing
+        # (shape, threads, level) -> (kernel, threads it runs with) 'auto' takes untimed
+        self._presets = {}
 
     @property
     def sparse(self):
@@ -226,21 +228,26 @@ class _WeightedOp:
         return hit
 
     def kernel_choices(self):
-        """The kernels chosen so far, as ``[(input shape, threads, SIMD level, kernel), ...]``:
-        what :meth:`preset_kernels` takes (pickles and archives carry them)."""
+        """The kernels chosen so far, as ``[(input shape, threads, SIMD level, kernel), ...]``
+        with a fifth item, the threads the kernel runs with, where 'auto' chose fewer than
+        the caller's: what :meth:`preset_kernels` takes (pickles and archives carry them)."""
         with self._plans_lock:
-            return [(key[0], key[1], key[2], plan.kernel) for key, plan in self._plans.items()]
+            return [(key[0], key[1], key[2], plan.kernel)
+                    + ((plan.threads,) if plan.threads != key[1] else ())
+                    for key, plan in self._plans.items()]
 
     def preset_kernels(self, choices):
-        """Take ``[(input shape, threads, SIMD level, kernel), ...]`` (:meth:`kernel_choices`
-        of an op with the same weights, e.g. in the process that pickled the model) as the
-        choices of ``kernel='auto'`` for those keys: a plan for one of them is built without
-        timing the candidates. Other keys are timed as usual; kernels this op cannot run are
-        ignored."""
+        """Take ``[(input shape, threads, SIMD level, kernel[, run threads]), ...]``
+        (:meth:`kernel_choices` of an op with the same weights, e.g. in the process that
+        pickled the model) as the choices of ``kernel='auto'`` for those keys: a plan for one
+        of them is built without timing the candidates. Other keys are timed as usual;
+        kernels this op cannot run are ignored."""
         with self._plans_lock:
-            for shape, threads, level, kernel in choices:
+            for shape, threads, level, kernel, *run in choices:
                 if kernel in self._runners:
-                    self._presets[(tuple(shape), int(threads), int(level))] = kernel
+                    run_threads = min(int(run[0]), int(threads)) if run else int(threads)
+                    self._presets[(tuple(shape), int(threads), int(level))] = (
+                        kernel, max(1, run_threads))
 
     def _plan(self, shape):
         threads, level = _config.get_num_threads(), _config.simd_level_index()
@@ -266,7 +273,7 @@ class _WeightedOp:
 
     def _make_plan(self, shape, threads, level):
         geo = self._geometry(shape)
-        name, kernel, plan, timings = self._choose(geo, shape, threads, level)
+        name, kernel, plan, timings, threads = self._choose(geo, shape, threads, level)
         with self._plans_lock:
             # no plan runs the others: do not hold their copies of the weights
             running = {p.kernel for p in self._plans.values()} | {name}
@@ -275,23 +282,25 @@ class _WeightedOp:
         return _Plan(geo, threads, level, name, kernel, plan, timings)
 
     def _choose(self, geo, shape, threads, level):
-        """(setting, kernel class, its plan, timings) for inputs of ``shape``: the setting, or
-        with 'auto' the fastest of the candidates timed on a zero input (the sparse kernel
-        only from ``min_auto_sparsity`` up).
+        """(setting, kernel class, its plan, timings, threads it runs with) for inputs of
+        ``shape``: the setting, or with 'auto' the fastest of the candidates timed on a zero
+        input (the sparse kernel only from ``min_auto_sparsity`` up).
 
         Candidates are planned in registry order, dense last, then timed round-robin
-        (:func:`~fscnn.kernels.base.fastest_calls`: a burst of load hits them all alike). A
+        (:func:`~fscnn._timing.fastest_calls`: a burst of load hits them all alike). A
         kernel that reads the dense weights keeps them resident once picked; otherwise the
         transient dense form built to time it (sparse-held weights) is dropped with the losing
-        plans."""
-        name = self.kernel
+        plans. With more than one thread, 'auto' then runs the winner on one thread where
+        that is faster (see :meth:`_fewer_threads`)."""
+        name, run_threads = self.kernel, threads
         if name == "auto":  # chosen before, by a process with the same threads and SIMD level
-            name = self._presets.get((tuple(shape), threads, level), "auto")
+            name, run_threads = self._presets.get((tuple(shape), threads, level),
+                                                  ("auto", threads))
         if name == "auto" and self.sparsity < self.min_auto_sparsity:
             name = "dense"
         if name != "auto":
             kernel = self._runners[name]
-            plan = kernel.plan(self, geo, threads, level)
+            plan = kernel.plan(self, geo, run_threads, level)
             timings = None
         else:
             x = np.zeros(shape, np.float32)
@@ -304,9 +313,33 @@ class _WeightedOp:
                  for k, p in plans.values()])))
             name = min(timings, key=timings.get)
             kernel, plan = plans[name]
+            if threads > 1:
+                name, run_threads, plan = self._fewer_threads(x, geo, threads, level, name,
+                                                              plans)
+                kernel = self._runners[name]
         if kernel.reads_dense:
             self._keep_dense(plan.weights)
-        return name, kernel, plan, timings
+        return name, kernel, plan, timings, run_threads
+
+    def _fewer_threads(self, x, geo, threads, level, name, plans):
+        """``(kernel name, threads, plan)``: the winner on ``threads`` threads (``name``, its
+        plan in ``plans``), or whichever candidate of ``plans`` runs faster on one thread, by
+        the median of calls timed in turns: each call on several threads pays for waking the
+        threads that slept since the previous one, a random delay that a minimum would leave
+        out. On a shared VM whose idle vCPUs took ~0.1-1 ms to wake (a cross-CPU round trip
+        of 0.26 ms median), 2 threads ran ResNet-50 2-3x slower than 1 where every layer took
+        both (each layer's best calls were faster on 2)."""
+        kernel, plan = plans[name]
+        single = {n: k.plan(self, geo, 1, level) for n, (k, _) in plans.items()}
+        times = _typical_calls(
+            [lambda: self._execute(x, geo, threads, kernel, plan)]
+            + [lambda k=plans[n][0], p=p: self._execute(x, geo, 1, k, p)
+               for n, p in single.items()])
+        best = min(range(len(times)), key=times.__getitem__)
+        if best == 0:
+            return name, threads, plan
+        name = list(single)[best - 1]
+        return name, 1, single[name]
 
 
 class Conv2dOp(_WeightedOp):
@@ -409,9 +442,11 @@ class Conv2dOp(_WeightedOp):
         return self._plan(tuple(input_shape)).kernel
 
     def plan_info(self, input_shape):
-        """Kernel chosen, timings measured (auto only), geometry of ``input_shape``."""
+        """Kernel chosen, the threads it runs with, timings measured (auto only: each
+        candidate's best call on the caller's threads), geometry of ``input_shape``."""
         plan = self._plan(tuple(input_shape))
-        return {"kernel": plan.kernel, "timings": plan.timings, "nnz": self.nnz,
+        return {"kernel": plan.kernel, "threads": plan.threads, "timings": plan.timings,
+                "nnz": self.nnz,
                 "sparsity": self.sparsity, "output_shape": self.output_shape(input_shape)}
 
     def _execute(self, x, geo, threads, kernel, plan):
@@ -515,6 +550,12 @@ class ExpandDepthwiseOp:
             fused = _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise, geo,
                                                              threads, level)
             x = np.zeros(shape, np.float32)
+            if threads > 1:  # or on one thread, as the layers may run (_WeightedOp._fewer_threads)
+                single = _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise,
+                                                                  geo, 1, level)
+                t_all, t_one = _typical_calls([lambda: self._run(x, geo, fused),
+                                               lambda: self._run(x, geo, single)])
+                fused = single if t_one < t_all else fused
             if self._fused_is_faster(lambda: self.depthwise(self.expand(x)),
                                      lambda: self._run(x, geo, fused)):
                 plan = (geo, fused)
@@ -528,8 +569,11 @@ class ExpandDepthwiseOp:
     @staticmethod
     def _fused_is_faster(apart, together):
         """Whether ``together()`` (the fused kernel) beats ``apart()`` (the two layers' own
-        kernels, chosen by their own 'auto' in the untimed first call), timed round-robin."""
-        t_apart, t_together = _fastest_calls((apart, together))
+        kernels, chosen by their own 'auto' in the untimed first call), timed round-robin: by
+        their best calls on one thread, by their median ones on several (see
+        ``_WeightedOp._fewer_threads``)."""
+        timed = _typical_calls if _config.get_num_threads() > 1 else _fastest_calls
+        t_apart, t_together = timed((apart, together))
         return t_together < t_apart
 
     def _run(self, x, geo, plan):

@@ -258,8 +258,9 @@ def test_conv_matches_torch(case, rng):
 def test_auto_picks_a_kernel_and_matches(rng):
     x, w, b, hp = _make(CASES[2], 0.9, rng)
     op = Conv2dOp(w, b, kernel="auto", **hp)
-    y = op(x)
-    info = op.plan_info(x.shape)
+    with _config.threads(1):  # one thread: no second choice (threads), the fastest kernel runs
+        y = op(x)
+        info = op.plan_info(x.shape)
     assert set(info["timings"]) == {"sparse", "dense", "winograd"}  # a 3x3 stride-1 layer
     assert info["kernel"] == min(info["timings"], key=info["timings"].get)  # the fastest
     # the Winograd kernel may win: its float32 error budget (see WINO_RTOL below)
@@ -496,12 +497,55 @@ def test_auto_times_winograd_and_drops_its_weights_when_unused(rng):
     x = rng.standard_normal((1, 16, 12, 12)).astype(np.float32)
     w = sparse_weight((8, 16, 3, 3), 0.0, rng)
     op = Conv2dOp(w, padding=1, kernel="auto")
-    y = op(x)
-    info = op.plan_info(x.shape)
+    with _config.threads(1):  # no second choice of threads: the kernel is the fastest timed
+        y = op(x)
+        info = op.plan_info(x.shape)
     assert set(info["timings"]) == {"sparse", "dense", "winograd"}
     assert info["kernel"] == min(info["timings"], key=info["timings"].get)
     assert ("winograd" in op._derived) == (info["kernel"] == "winograd")
     assert_close(y, ref_conv2d(x, w, padding=1), rtol=WINO_RTOL)
+
+
+@pytest.mark.parametrize("one_thread_faster", [True, False])
+def test_auto_runs_a_layer_on_one_thread_where_that_is_faster(one_thread_faster, rng,
+                                                              monkeypatch):
+    """On several threads, 'auto' also times the candidates on one thread (medians: waking
+    threads costs random delays) and keeps one thread where that wins; the choice travels with
+    kernel_choices / preset_kernels, and results do not depend on it."""
+    from fscnn import ops
+    x = rng.standard_normal((2, 16, 12, 12)).astype(np.float32)
+    w = sparse_weight((8, 16, 3, 3), 0.8, rng)
+    timed = []
+
+    def typical_calls(fns):  # the winner on 2 threads first, then each candidate on one
+        timed.append(len(fns))
+        for fn in fns:
+            fn()
+        return [2.0] + [1.0 if one_thread_faster else 3.0] * (len(fns) - 1)
+
+    monkeypatch.setattr(ops, "_typical_calls", typical_calls)
+    with _config.threads(2):
+        op = Conv2dOp(w, padding=1, kernel="auto")
+        y = op(x)
+        info = op.plan_info(x.shape)
+        choices = op.kernel_choices()
+    assert timed == [1 + len(info["timings"])]
+    assert info["threads"] == (1 if one_thread_faster else 2)
+    assert_close(y, ref_conv2d(x, w, padding=1), rtol=WINO_RTOL)
+    [choice] = choices
+    assert choice[:3] == (x.shape, 2, _config.simd_level_index())
+    assert len(choice) == (5 if one_thread_faster else 4) and choice[-1] in (1, info["kernel"])
+    # another op with the same weights takes the choice untimed, threads included
+    again = Conv2dOp(w, padding=1, kernel="auto")
+    again.preset_kernels(choices)
+    with _config.threads(2):
+        assert_close(again(x), y, rtol=WINO_RTOL)
+        assert again.plan_info(x.shape)["threads"] == info["threads"]
+        assert again.plan_info(x.shape)["timings"] is None
+    assert timed == [1 + len(info["timings"])]
+    with _config.threads(1):  # one thread: nothing to choose
+        assert Conv2dOp(w, padding=1, kernel="auto").plan_info(x.shape)["threads"] == 1
+    assert len(timed) == 1
 
 
 @pytest.mark.parametrize("shape, why", [((2, 16, 2, 2), "25% used on 2x2 output planes"),
@@ -620,8 +664,9 @@ def test_depthwise_refused_on_ineligible_layers(shape, groups, rng):
 def test_auto_times_depthwise_on_depthwise_layers(rng):
     x, w, b, hp = _dw_make(DW_CASES[1], 0.0, rng)
     op = Conv2dOp(w, b, kernel="auto", **hp)
-    y = op(x)
-    info = op.plan_info(x.shape)
+    with _config.threads(1):  # one thread: no second choice (threads), the fastest kernel runs
+        y = op(x)
+        info = op.plan_info(x.shape)
     assert set(info["timings"]) == {"depthwise", "sparse", "dense"}
     assert info["kernel"] == min(info["timings"], key=info["timings"].get)
     assert (op._plan(x.shape).runner is DepthwiseConv) == (info["kernel"] == "depthwise")
@@ -730,8 +775,9 @@ def test_auto_times_pointwise_variants(rng, monkeypatch):
     monkeypatch.setattr(pointwise, "time_call", fake_time)
     monkeypatch.setattr(ops, "_fastest_calls", lambda fns: [fake_time(fn) for fn in fns])
     op = Conv2dOp(w, b, kernel="auto", **hp)
-    y = op(x)
-    plan = op._plan(x.shape)
+    with _config.threads(1):  # one thread: the faked timings alone decide
+        y = op(x)
+        plan = op._plan(x.shape)
     assert sorted(set(ran)) == list(range(n_variants))  # every variant was timed
     assert plan.kernel == "dense" and plan.runner is PointwiseConv
     assert plan.plan.variant == n_variants - 1

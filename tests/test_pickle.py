@@ -179,9 +179,30 @@ def test_whole_model_archive_keeps_the_plan(tmp_path, rng):
     assert _timed(unprepared, 1) == ["conv"]
 
 
+def test_a_layer_put_on_one_thread_stays_there_through_archives_and_pickles(tmp_path, rng,
+                                                                              monkeypatch):
+    from fscnn import ops
+    # 'auto' on 2 threads finds the conv faster on one (see test_conv's test of the choice)
+    monkeypatch.setattr(ops, "_typical_calls", lambda fns: [2.0] + [1.0] * (len(fns) - 1))
+    graph = _graph(rng)
+    x = rng.random((4, 3, 16, 16), dtype=np.float32)
+    with threads(2):
+        graph.prepare(x.shape)
+        expected = graph(x)
+        fscnn.save(graph, tmp_path / "g.npz")
+        for copy in (fscnn.load_model(tmp_path / "g.npz"), pickle.loads(pickle.dumps(graph))):
+            assert_close(copy(x), expected, rtol=1e-5, atol=1e-6)
+            [conv] = [s for s in _steps(copy) if s.name == "conv"]
+            assert conv.op.plan_info(x.shape)["threads"] == 1
+            assert _timed(copy, 2) == []
+
+
 @pytest.mark.parametrize("plan", [["not", "a", "dict"], {"conv": [[[1, 2], 1, 0]]},
                                   {"conv": [[[1, -2], 1, 0, "sparse"]]},
-                                  {"conv": [[[1, 2], True, 0, "sparse"]]}])
+                                  {"conv": [[[1, 2], True, 0, "sparse"]]},
+                                  {"conv": [[[1, 2], 2, 0, "sparse", 0]]},
+                                  {"conv": [[[1, 2], 2, 0, "sparse", "1"]]},
+                                  {"conv": [[[1, 2], 2, 0, "sparse", 1, 1]]}])
 def test_malformed_plan_in_an_archive_is_refused(plan, tmp_path, rng):
     import json
     import zipfile

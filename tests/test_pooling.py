@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 import reference as ref
 from conftest import assert_close, to_torch, torch_or_skip
 from fscnn.functional import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
-from fscnn import _config
-from fscnn._validate import (GRAIN, activation_code, as_float32_nchw, as_float_array,
-                                        pair, sliding_output_hw, threads_for)
+from fscnn import _config, _validate
+from fscnn._validate import (GRAIN, MAX_GRAIN, activation_code, as_float32_nchw, as_float_array,
+                             elementwise_grain, pair, sliding_output_hw, threads_for)
 
 POOL_CASES = [
     # kernel_size, stride, padding, dilation
@@ -297,10 +297,15 @@ def test_pair_and_output_size_helpers():
     assert sliding_output_hw("op", (7, 7), (2, 2), (3, 3), (0, 0), ceil_mode=True) == (3, 3)
 
 
-def test_threads_for_small_and_large_jobs():
+def test_threads_for_small_and_large_jobs(monkeypatch):
     with _config.threads(2):
+        grain = elementwise_grain(2)  # measured once: what waking a thread costs here
+        assert GRAIN <= grain <= MAX_GRAIN and elementwise_grain(2) == grain
         assert threads_for(0) == threads_for(GRAIN - 1) == threads_for(2 * GRAIN - 1) == 1
-        assert threads_for(2 * GRAIN) == threads_for(10**9) == 2
+        assert threads_for(2 * grain - 1) == 1
+        assert threads_for(2 * grain) == threads_for(10**9) == 2
+        monkeypatch.setitem(_validate._grains, 2, 3 * GRAIN)  # a machine slow to wake threads
+        assert threads_for(6 * GRAIN - 1) == 1 and threads_for(6 * GRAIN) == 2
     with _config.threads(1):
         assert threads_for(10**9) == 1
 

@@ -28,7 +28,6 @@ code behind ``call`` checks nothing.
 import functools
 import math
 import threading
-import time
 from collections import namedtuple
 from typing import NamedTuple
 
@@ -219,29 +218,3 @@ def packed_scratch(packed, readable):
     buf = scratch("packed", (max(packed, readable) + 64,))
     buf[packed:] = 0.0
     return buf
-
-
-def fastest_calls(fns, repeats=3, budget=2e-3, limit=25):
-    """The fastest call of each function of ``fns``, in seconds: after one untimed call each,
-    rounds that call each once, at least ``repeats`` rounds and more, up to ``limit``, until
-    the rounds took ``budget`` seconds together.
-
-    Round-robin, so that a burst of load on a busy machine slows every candidate alike, and
-    short calls repeated more often: with a fixed three calls, MobileNetV2's sparse classifier
-    (~0.1 ms) lost to the dense one at 5x its time in some runs."""
-    for fn in fns:
-        fn()  # warm-up (page faults, caches)
-    best = [np.inf] * len(fns)
-    start, rounds = time.perf_counter(), 0
-    while rounds < repeats or (rounds < limit and time.perf_counter() - start < budget):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-        rounds += 1
-    return best
-
-
-def time_call(fn, repeats=3):
-    """The fastest call of ``fn`` in seconds (see :func:`fastest_calls`)."""
-    return fastest_calls((fn,), repeats)[0]

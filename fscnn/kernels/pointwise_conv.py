@@ -10,7 +10,8 @@ import numpy as np
 
 from .._ext import _conv
 from .._memory import aligned_empty
-from .base import NO_BUFFER, Kernel, packed_scratch, scratch, time_call
+from .._timing import time_call
+from .base import NO_BUFFER, Kernel, packed_scratch, scratch
 
 
 class PointwisePlan(NamedTuple):
