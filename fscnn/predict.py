@@ -102,14 +102,19 @@ def _replacing(path, suffix):
 def _client(workers, scheduler, threads, stack):
     """A distributed client on a new LocalCluster (``workers``) or on ``scheduler``."""
     with as_command_error(ImportError):
+        import dask
         import fscnn.dask  # noqa: F401  (checks dask and distributed are there)
         from distributed import Client, LocalCluster
     if scheduler is not None:
         with as_command_error(OSError, TimeoutError,
                               context=f"--scheduler {scheduler}: cannot connect"):
             return stack.enter_context(Client(scheduler, timeout=30))
-    cluster = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=threads or 1,
-                                               processes=True, dashboard_address=None))
+    # without the workers' statistical profiler: it samples the task threads every 10 ms
+    # holding the GIL, which each layer waits for after its kernel (see README, Dask)
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = stack.enter_context(LocalCluster(n_workers=workers,
+                                                   threads_per_worker=threads or 1,
+                                                   processes=True, dashboard_address=None))
     return stack.enter_context(Client(cluster))
 
 

@@ -95,5 +95,5 @@ def test_bench_dask_reports_scaling_and_overhead(tmp_path):
     out = _run("bench_dask.py", "--input-size", "32", "--images", "8", "--batch-size", "4",
                "--repeats", "1", "--json", str(tmp_path / "d.json"), cwd=tmp_path)
     report = json.loads((tmp_path / "d.json").read_text())
-    assert len(report["rows"]) == 7 and all(r["images_per_s"] > 0 for r in report["rows"])
-    assert len(report["ratios"]) == 5 and "2 workers / 1 worker" in out
+    assert len(report["rows"]) == 9 and all(r["images_per_s"] > 0 for r in report["rows"])
+    assert len(report["ratios"]) == 7 and "2 workers / 1 worker" in out

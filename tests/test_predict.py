@@ -63,7 +63,17 @@ def _leftovers(folder):
     return [n for n in os.listdir(folder) if ".tmp" in n]
 
 
-def test_npy_in_process_and_on_two_workers(model_file, tmp_path, rng, capsys):
+def test_npy_in_process_and_on_two_workers(model_file, tmp_path, rng, capsys, monkeypatch):
+    import dask
+    import distributed
+    profiler = []  # the setting each cluster that predict starts gives its workers
+
+    class Cluster(distributed.LocalCluster):
+        def __init__(self, *args, **kwargs):
+            profiler.append(dask.config.get("distributed.worker.profile.enabled"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(distributed, "LocalCluster", Cluster)
     x = rng.random((10, 1, 12, 12), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     expected = fscnn.load_model(model_file)(x)
@@ -77,6 +87,7 @@ def test_npy_in_process_and_on_two_workers(model_file, tmp_path, rng, capsys):
         assert rows[1][0] == "x.npy[0]" and int(rows[1][1]) == int(np.argmax(expected[0]))
         assert "images/s" in capsys.readouterr().out
     assert _leftovers(tmp_path) == []
+    assert profiler == [False]  # off: it would hold the GIL that each layer waits for
 
 
 def test_folder_of_real_images_skips_the_corrupt_one(model_file, digits, tmp_path, capsys):
