@@ -45,6 +45,22 @@ def test_bench_models_writes_the_table(tmp_path):
         assert (tmp_path / ("m" + ext)).stat().st_size > 0
 
 
+def test_bench_batch_reports_images_per_s_and_cliffs(tmp_path, monkeypatch):
+    out = _run("bench_batch.py", "--model", "resnet18", "--batches", "1", "2", "--input-size",
+               "32", "--compare", "dense", "--iterations", "1", "--warmup", "0", "--out",
+               str(tmp_path / "b"), cwd=tmp_path)
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert [r["batch"] for r in report["rows"]] == [1, 2]
+    assert all(r["images_per_s"]["fscnn"] > 0 and r["check"] <= 1e-3 for r in report["rows"])
+    assert "fscnn / batch 1" in (tmp_path / "b.md").read_text() and "cliffs" in out
+    monkeypatch.syspath_prepend(BENCH)
+    from bench_batch import cliffs  # a drop below 0.9x of a smaller batch's best is named
+    rows = [{"batch": b, "images_per_s": {"fscnn": v}} for b, v in ((1, 10), (2, 20), (4, 17))]
+    assert [c["batch"] for c in cliffs(rows)] == [4]
+    rows[2]["images_per_s"]["fscnn"] = 18
+    assert cliffs(rows) == []
+
+
 def test_bench_block_sparse_compares_patterns(tmp_path):
     out = _run("bench_block_sparse.py", "--models", "resnet18", "--size", "32", "--iterations",
                "1", cwd=tmp_path)
