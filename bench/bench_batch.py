@@ -68,8 +68,11 @@ def plot(rows, title, path):
         if sel:
             ax.plot([r["batch"] for r in sel], [r["images_per_s"][k] for r in sel],
                     "o-" if k == "fscnn" else "s--", label=NAMES[k])
+    from matplotlib.ticker import FuncFormatter
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+        axis(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xticks([r["batch"] for r in rows], [str(r["batch"]) for r in rows])
     ax.set_xlabel("batch size")
     ax.set_ylabel("images/s (median call)")
