@@ -350,8 +350,13 @@ def run(target="vgg16", arch=None, sparsity="default", batch=1, threads=None, in
         plan = model.plan()
         chosen = [k for row in plan for k in row.kernels.values()]
         report["kernels"] = {k: chosen.count(k) for k in sorted(set(chosen))}
+        # layers that 'auto' runs on one thread of several (waking threads cost more there)
+        report["one_thread_layers"] = sum(1 for row in plan for t in (row.threads or {}).values()
+                                          if t == 1) if threads > 1 else 0
         print(f"prepared in {report['prepare_s']:.1f} s: "
-              + ", ".join(f"{n} layers {k}" for k, n in report["kernels"].items()), file=out)
+              + ", ".join(f"{n} layers {k}" for k, n in report["kernels"].items())
+              + (f" ({report['one_thread_layers']} of them on one thread)"
+                 if report["one_thread_layers"] else ""), file=out)
         fns = {"fscnn": lambda: model(x)}
         # a file's pruned weights, which its own runtimes are given too
         pruned = {k: state[k] for k in prunable_names(model)} \

@@ -236,6 +236,12 @@ class _WeightedOp:
                     + ((plan.threads,) if plan.threads != key[1] else ())
                     for key, plan in self._plans.items()]
 
+    def threads_for(self, input_shape):
+        """The threads the kernel for inputs of ``input_shape`` runs with at the current
+        thread count: that count, or 1 where 'auto' found one thread faster."""
+        self.check_input_shape(input_shape)
+        return self._plan(tuple(input_shape)).threads
+
     def preset_kernels(self, choices):
         """Take ``[(input shape, threads, SIMD level, kernel[, run threads]), ...]``
         (:meth:`kernel_choices` of an op with the same weights, e.g. in the process that
@@ -550,15 +556,17 @@ class ExpandDepthwiseOp:
             fused = _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise, geo,
                                                              threads, level)
             x = np.zeros(shape, np.float32)
+            run_threads = threads
             if threads > 1:  # or on one thread, as the layers may run (_WeightedOp._fewer_threads)
                 single = _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise,
                                                                   geo, 1, level)
                 t_all, t_one = _typical_calls([lambda: self._run(x, geo, fused),
                                                lambda: self._run(x, geo, single)])
-                fused = single if t_one < t_all else fused
+                if t_one < t_all:
+                    fused, run_threads = single, 1
             if self._fused_is_faster(lambda: self.depthwise(self.expand(x)),
                                      lambda: self._run(x, geo, fused)):
-                plan = (geo, fused)
+                plan = (geo, fused, run_threads)
         with self._lock:
             self._plans[key] = plan
             while len(self._plans) > _MAX_PLANS:
@@ -576,6 +584,15 @@ class ExpandDepthwiseOp:
         t_apart, t_together = timed((apart, together))
         return t_together < t_apart
 
+    def threads_for(self, input_shape):
+        """The threads the fused kernel runs with on inputs of ``input_shape`` at the current
+        threads and SIMD level, or None where the layers run apart or it was not timed yet
+        (see :meth:`fused_for`)."""
+        key = (tuple(input_shape), _config.get_num_threads(), _config.simd_level_index())
+        with self._lock:
+            plan = self._plans.get(key)
+        return None if plan is None else plan[2]
+
     def _run(self, x, geo, plan):
         out = aligned_empty((x.shape[0], self.depthwise.weight_shape[0], geo.H_out, geo.W_out))
         _kernels_depthwise.DepthwiseConv.run(x, plan, out)
@@ -587,7 +604,8 @@ class ExpandDepthwiseOp:
         plan = self._plan(x.shape)
         if plan is None:
             return self.depthwise(self.expand(x))
-        return self._run(x, *plan)
+        geo, fused, _ = plan
+        return self._run(x, geo, fused)
 
 
 class LinearOp(_WeightedOp):

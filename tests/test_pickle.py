@@ -195,6 +195,8 @@ def test_a_layer_put_on_one_thread_stays_there_through_archives_and_pickles(tmp_
             [conv] = [s for s in _steps(copy) if s.name == "conv"]
             assert conv.op.plan_info(x.shape)["threads"] == 1
             assert _timed(copy, 2) == []
+            [row] = [r for r in copy.plan() if r.name == "conv"]
+            assert row.threads == {x.shape: 1} and "sparse (1 thread)" in str(copy.plan())
 
 
 @pytest.mark.parametrize("plan", [["not", "a", "dict"], {"conv": [[[1, 2], 1, 0]]},

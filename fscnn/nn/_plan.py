@@ -29,6 +29,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .._config import get_num_threads
 from .._table import format_table
 from .._validate import as_float_array
 from ..kernels import (CONV, CONV_KERNELS, LINEAR, LINEAR_KERNELS, ConvLayer, LinearLayer,
@@ -327,13 +328,16 @@ class _PairStep:
             2.0 * (a.nnz * positions + b.nnz * outputs)))
 
 
-LayerPlan = namedtuple("LayerPlan", ["name", "layers", "density", "kernel_setting", "kernels"])
+LayerPlan = namedtuple("LayerPlan", ["name", "layers", "density", "kernel_setting", "kernels",
+                                     "threads"], defaults=(None,))
 LayerPlan.__doc__ = """One prepared operator of a plan.
 
 Fields: ``name`` (qualified name of the convolution or linear layer), ``layers`` (what it
 fuses, e.g. ``"Conv2d+BatchNorm2d+ReLU"``), ``density`` (fraction of non-zero weights after
-folding), ``kernel_setting`` ('auto' or a kernel: 'sparse', 'block_sparse', 'dense', ...) and
-``kernels`` (dict: input shape -> kernel chosen, for each shape the layer has run on).
+folding), ``kernel_setting`` ('auto' or a kernel: 'sparse', 'block_sparse', 'dense', ...),
+``kernels`` (dict: input shape -> kernel chosen, for each shape the layer has run on) and
+``threads`` (dict: input shape -> the threads that kernel runs with, at the current thread
+count: fewer where 'auto' found one thread faster).
 """
 
 
@@ -342,8 +346,11 @@ class PlanReport(list):
 
     def __str__(self):
         header = ("layer", "fused", "density", "setting", "input shape -> kernel")
+        several = get_num_threads() > 1  # then say which kernels 'auto' put on one thread
         rows = [(r.name or "(root)", r.layers, f"{r.density:.3f}", r.kernel_setting,
-                 ", ".join(f"{s} -> {k}" for s, k in r.kernels.items()) or "(not run yet)")
+                 ", ".join(f"{s} -> {k}" + (" (1 thread)" if several and (r.threads or {})
+                                           .get(s) == 1 else "")
+                           for s, k in r.kernels.items()) or "(not run yet)")
                 for r in self]
         return format_table(header, rows, align="lllll")
 
@@ -528,8 +535,19 @@ class Plan:
         """The :class:`PlanReport` of this plan's steps, in module order."""
         return PlanReport(
             LayerPlan(s.name, s.layers, s.density, s.kernel,
-                      {shape: self._kernel_of(s, shape) for shape in s.shapes})
+                      {shape: self._kernel_of(s, shape) for shape in s.shapes},
+                      {shape: self._threads_of(s, shape) for shape in s.shapes})
             for s in self._ordered_steps)
+
+    def _threads_of(self, step, shape):
+        """The threads that run ``step`` on inputs of ``shape`` (its pair's fused kernel's
+        where it runs fused)."""
+        pair, which = self._pair_of.get(id(step), (None, 0))
+        if pair is not None:
+            outer = shape if which == 0 else pair.inner.get(shape)
+            if outer is not None and pair.op.fused_for(outer):
+                return pair.op.threads_for(outer)
+        return step.op.threads_for(shape)
 
     def _kernel_of(self, step, shape):
         """The kernel that runs ``step`` on inputs of ``shape``: 'expand+depthwise' where
