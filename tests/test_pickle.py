@@ -160,13 +160,19 @@ def test_changed_weights_are_timed_again(rng):
     assert len(_timed(copy, 1)) == 21
 
 
+def _prepared_and_saved(graph, x, path):
+    """Prepare ``graph`` for ``x``'s shape, save it with its plan to ``path``; its output."""
+    graph.prepare(x.shape)
+    expected = graph(x)
+    fscnn.save(graph, path)
+    return expected
+
+
 def test_whole_model_archive_keeps_the_plan(tmp_path, rng):
     graph = _graph(rng)
     x = rng.random((4, 3, 16, 16), dtype=np.float32)
     with threads(1):
-        graph.prepare(x.shape)
-        expected = graph(x)
-        fscnn.save(graph, tmp_path / "g.npz")
+        expected = _prepared_and_saved(graph, x, tmp_path / "g.npz")
         loaded = fscnn.load_model(tmp_path / "g.npz")
         assert_close(loaded(x), expected, rtol=1e-5, atol=1e-6)
         assert _kernels(loaded) == _kernels(graph)
@@ -187,9 +193,7 @@ def test_a_layer_put_on_one_thread_stays_there_through_archives_and_pickles(tmp_
     graph = _graph(rng)
     x = rng.random((4, 3, 16, 16), dtype=np.float32)
     with threads(2):
-        graph.prepare(x.shape)
-        expected = graph(x)
-        fscnn.save(graph, tmp_path / "g.npz")
+        expected = _prepared_and_saved(graph, x, tmp_path / "g.npz")
         for copy in (fscnn.load_model(tmp_path / "g.npz"), pickle.loads(pickle.dumps(graph))):
             assert_close(copy(x), expected, rtol=1e-5, atol=1e-6)
             [conv] = [s for s in _steps(copy) if s.name == "conv"]
