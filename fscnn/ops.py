@@ -553,20 +553,16 @@ class ExpandDepthwiseOp:
         geo = self.depthwise._geometry(inner)
         plan = None  # an empty input or output has nothing to fuse
         if min(shape) > 0 and geo.H_out > 0 and geo.W_out > 0:
-            fused = _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise, geo,
-                                                             threads, level)
+            # on the caller's threads, and on one as the layers may run (_fewer_threads)
+            fused = {t: _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise,
+                                                                 geo, t, level)
+                     for t in sorted({threads, 1}, reverse=True)}
             x = np.zeros(shape, np.float32)
-            run_threads = threads
-            if threads > 1:  # or on one thread, as the layers may run (_WeightedOp._fewer_threads)
-                single = _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise,
-                                                                  geo, 1, level)
-                t_all, t_one = _typical_calls([lambda: self._run(x, geo, fused),
-                                               lambda: self._run(x, geo, single)])
-                if t_one < t_all:
-                    fused, run_threads = single, 1
-            if self._fused_is_faster(lambda: self.depthwise(self.expand(x)),
-                                     lambda: self._run(x, geo, fused)):
-                plan = (geo, fused, run_threads)
+            run_threads = self._fastest_way(
+                lambda: self.depthwise(self.expand(x)),
+                {t: (lambda p=p: self._run(x, geo, p)) for t, p in fused.items()})
+            if run_threads is not None:
+                plan = (geo, fused[run_threads], run_threads)
         with self._lock:
             self._plans[key] = plan
             while len(self._plans) > _MAX_PLANS:
@@ -575,14 +571,15 @@ class ExpandDepthwiseOp:
         return plan
 
     @staticmethod
-    def _fused_is_faster(apart, together):
-        """Whether ``together()`` (the fused kernel) beats ``apart()`` (the two layers' own
-        kernels, chosen by their own 'auto' in the untimed first call), timed round-robin: by
-        their best calls on one thread, by their median ones on several (see
-        ``_WeightedOp._fewer_threads``)."""
+    def _fastest_way(apart, fused):
+        """The thread count of the fastest fused kernel (``fused``: threads -> call), or None
+        where ``apart()`` (the two layers' own kernels, chosen by their own 'auto' in the
+        untimed first call) beats them all, timed round-robin: by their best calls on one
+        thread, by their median ones on several (see ``_WeightedOp._fewer_threads``)."""
         timed = _typical_calls if _config.get_num_threads() > 1 else _fastest_calls
-        t_apart, t_together = timed((apart, together))
-        return t_together < t_apart
+        t_apart, *t_fused = timed([apart, *fused.values()])
+        best = min(range(len(t_fused)), key=t_fused.__getitem__)
+        return list(fused)[best] if t_fused[best] < t_apart else None
 
     def threads_for(self, input_shape):
         """The threads the fused kernel runs with on inputs of ``input_shape`` at the current

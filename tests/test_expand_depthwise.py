@@ -2,7 +2,7 @@
 
 The fused kernel is checked against float64 NumPy references on a grid of small shapes (every
 SIMD level, 1 and 2 threads), always through the fused plan itself: which way 'auto' picks is
-timing. The plan tests force the choice (``_fused_is_faster``) both ways and check the model
+timing. The plan tests force the choice (``_fastest_way``) both ways and check the model
 against torch.
 """
 import numpy as np
@@ -44,9 +44,10 @@ def _reference(x, s):
 
 
 def _force(monkeypatch, fused):
-    """Make every pair's timing come out ``fused`` (True: the fused kernel is faster)."""
-    monkeypatch.setattr(ExpandDepthwiseOp, "_fused_is_faster",
-                        staticmethod(lambda apart, together: fused))
+    """Make every pair's timing come out ``fused`` (True: the fused kernel on the caller's
+    threads is the fastest way)."""
+    monkeypatch.setattr(ExpandDepthwiseOp, "_fastest_way",
+                        staticmethod(lambda apart, ways: max(ways) if fused else None))
 
 
 def _fused(a, b, x, threads):
