@@ -533,31 +533,23 @@ class Plan:
 
     def report(self):
         """The :class:`PlanReport` of this plan's steps, in module order."""
-        return PlanReport(
-            LayerPlan(s.name, s.layers, s.density, s.kernel,
-                      {shape: self._kernel_of(s, shape) for shape in s.shapes},
-                      {shape: self._threads_of(s, shape) for shape in s.shapes})
-            for s in self._ordered_steps)
+        report = PlanReport()
+        for s in self._ordered_steps:
+            runs = {shape: self._run_by(s, shape) for shape in s.shapes}
+            report.append(LayerPlan(s.name, s.layers, s.density, s.kernel,
+                                    {shape: k for shape, (k, _) in runs.items()},
+                                    {shape: t for shape, (_, t) in runs.items()}))
+        return report
 
-    def _threads_of(self, step, shape):
-        """The threads that run ``step`` on inputs of ``shape`` (its pair's fused kernel's
-        where it runs fused)."""
+    def _run_by(self, step, shape):
+        """``(kernel, threads)`` that run ``step`` on inputs of ``shape``: 'expand+depthwise'
+        and the fused kernel's threads where it runs fused with the other layer of its pair."""
         pair, which = self._pair_of.get(id(step), (None, 0))
         if pair is not None:
             outer = shape if which == 0 else pair.inner.get(shape)
             if outer is not None and pair.op.fused_for(outer):
-                return pair.op.threads_for(outer)
-        return step.op.threads_for(shape)
-
-    def _kernel_of(self, step, shape):
-        """The kernel that runs ``step`` on inputs of ``shape``: 'expand+depthwise' where
-        it runs fused with the other layer of its pair."""
-        pair, which = self._pair_of.get(id(step), (None, 0))
-        if pair is not None:
-            outer = shape if which == 0 else pair.inner.get(shape)
-            if outer is not None and pair.op.fused_for(outer):
-                return FUSED_KERNEL
-        return step.op.kernel_for(shape)
+                return FUSED_KERNEL, pair.op.threads_for(outer)
+        return step.op.kernel_for(shape), step.op.threads_for(shape)
 
 
 class _Run:
