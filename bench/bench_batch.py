@@ -25,7 +25,7 @@ NAMES = {"fscnn": "fscnn", "torch": "PyTorch", "onnxruntime": "ONNX Runtime",
 CLIFF = 0.9  # images/s below this fraction of the best smaller batch's is a cliff
 
 
-def rows_of(report, batch):
+def images_per_s(report, batch):
     """images/s of each runtime of one ``fscnn bench`` report."""
     return {k: batch * 1e3 / v["median_ms"] for k, v in report["latency"].items()}
 
@@ -46,7 +46,7 @@ def markdown(rows, header):
     others = [k for k in runtimes if k != "fscnn"]
     head = (["batch"] + [f"{NAMES[k]} images/s" for k in runtimes] + ["fscnn / batch 1"]
             + [f"fscnn / {NAMES[k]}" for k in others])
-    base = next(r for r in sorted(rows, key=lambda r: r["batch"]))["images_per_s"]["fscnn"]
+    base = min(rows, key=lambda r: r["batch"])["images_per_s"]["fscnn"]
     lines = [header, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: r["batch"]):
         ips = r["images_per_s"]
@@ -101,7 +101,7 @@ def main(argv=None):
     rows = []
     for batch in args.batches:
         report = bench_one(args.model, args.sparsity, args.threads, batch, args)
-        rows.append({"batch": batch, "images_per_s": rows_of(report, batch),
+        rows.append({"batch": batch, "images_per_s": images_per_s(report, batch),
                      "kernels": report["kernels"], "check": report["check"]["max_rel_error"],
                      "date": report["date"], "cpu": report["cpu"]})
         print(json.dumps(rows[-1]), flush=True)

@@ -85,7 +85,7 @@ def main(argv=None):
     with threads(1):  # the kernel choices the single-threaded workers will reuse
         model.prepare(chunk)
     x_np = np.random.default_rng(0).random((n, 3, size, size), dtype=np.float32)
-    configs, total_threads = {}, {}
+    configs = {}  # name -> (setup, kernel threads in all)
 
     def plain(t):
         @contextlib.contextmanager
@@ -108,8 +108,10 @@ def main(argv=None):
     def cluster(workers, per_worker, profiler):
         @contextlib.contextmanager
         def setup():
-            with dask.config.set({"distributed.worker.profile.enabled": profiler}), LocalCluster(n_workers=workers, threads_per_worker=per_worker, processes=True,
-                              dashboard_address=None) as cluster, Client(cluster):
+            with dask.config.set({"distributed.worker.profile.enabled": profiler}), \
+                    LocalCluster(n_workers=workers, threads_per_worker=per_worker,
+                                 processes=True, dashboard_address=None) as cluster, \
+                    Client(cluster):
                 x = da.random.default_rng(0).random((n, 3, size, size), chunks=(b, -1, -1, -1),
                                                     dtype=np.float32).persist()
                 wait(x)  # generated and held on the workers: the timings are inference only
@@ -117,10 +119,8 @@ def main(argv=None):
         return setup
 
     for t in (1, 2):
-        configs[f"plain loop, {t} thread(s)"] = plain(t)
-        configs[f"fscnn.dask.predict, threaded scheduler, {t} worker thread(s)"] = threaded(t)
-        total_threads[f"plain loop, {t} thread(s)"] = t
-        total_threads[f"fscnn.dask.predict, threaded scheduler, {t} worker thread(s)"] = t
+        configs[f"plain loop, {t} thread(s)"] = plain(t), t
+        configs[f"fscnn.dask.predict, threaded scheduler, {t} worker thread(s)"] = threaded(t), t
     # one process per core, and one process holding every core (its tasks share one copy of
     # the model in the caches); with Dask's defaults, and with the workers' statistical
     # profiler off (it samples the task threads' stacks every 10 ms holding the GIL, which
@@ -129,10 +129,10 @@ def main(argv=None):
                                           (1, 1, False), (2, 1, False)):
         name = (f"LocalCluster, {workers} worker(s) x {per_worker} thread(s)"
                 + ("" if profiler else ", profiler off"))
-        configs[name] = cluster(workers, per_worker, profiler)
-        total_threads[name] = workers * per_worker
-    times = _rounds(configs, args.rounds, args.repeats)
-    rows = [_row(name, n, times[name], total_threads[name]) for name in configs]
+        configs[name] = cluster(workers, per_worker, profiler), workers * per_worker
+    times = _rounds({name: setup for name, (setup, _) in configs.items()}, args.rounds,
+                    args.repeats)
+    rows = [_row(name, n, times[name], t) for name, (_, t) in configs.items()]
 
     by = {r["config"]: r for r in rows}
     pairs = {
