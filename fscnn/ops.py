@@ -164,6 +164,10 @@ class _WeightedOp:
         self._derived = {}  # kernel name -> key -> weights derived for it (see derived)
         # (shape, threads, level) -> (kernel, threads it runs with) 'auto' takes untimed
         self._presets = {}
+        # (shape, threads, level) -> (kernel name, plan) on all the caller's threads, for the
+        # plans that 'auto' put on fewer threads until a later call confirms that choice
+        # (see _second_look)
+        self._unconfirmed = {}
 
     @property
     def sparse(self):
@@ -255,7 +259,11 @@ class _WeightedOp:
                     self._presets[(tuple(shape), int(threads), int(level))] = (
                         kernel, max(1, run_threads))
 
-    def _plan(self, shape):
+    def _plan(self, shape, confirm=False):
+        """The plan for inputs of ``shape`` at the current threads and SIMD level, made (and
+        with 'auto' timed) on first use. ``confirm``: a call that will run it; the first
+        such call after the one that made a plan putting the layer on fewer threads times
+        that choice again (:meth:`_second_look`)."""
         threads, level = _config.get_num_threads(), _config.simd_level_index()
         key = (tuple(shape), threads, level)
         last_key, last = self._last_plan  # one read: atomic against another thread's store
@@ -267,13 +275,43 @@ class _WeightedOp:
             plan = self._plans.get(key)
             if plan is not None:
                 self._plans.move_to_end(key)
-                self._last_plan = (key, plan)
-                return plan
+                wide = self._unconfirmed.pop(key, None) if confirm else None
+                if wide is None:
+                    if key not in self._unconfirmed:
+                        self._last_plan = (key, plan)
+                    return plan
+        if plan is not None:
+            return self._second_look(key, plan, *wide)
         plan = self._make_plan(shape, threads, level)
         with self._plans_lock:
             self._plans[key] = plan
             while len(self._plans) > _MAX_PLANS:
-                self._plans.popitem(last=False)
+                self._unconfirmed.pop(self._plans.popitem(last=False)[0], None)
+            if key not in self._unconfirmed:
+                self._last_plan = (key, plan)
+        return plan
+
+    def _second_look(self, key, plan, name, wide):
+        """``plan``, which 'auto' put on fewer threads than the caller's (key[1]), or the
+        plan ``wide`` of kernel ``name`` on all of them where that is now as fast: timed
+        again by medians of calls in turns, a call of the model later. A burst of load on a
+        shared VM (a neighbour taking a vCPU for some milliseconds) slows the calls on
+        several threads and not those on one: timed inside one, a run of consecutive layers
+        of ResNet-50 went to one thread (3, 10 and 14 of its 54 layers in three fresh
+        processes), each 1.4-1.8x slower there than on two. One thread is kept only where
+        both timings found it faster."""
+        x = np.zeros(key[0], np.float32)
+        kernel = self._runners[name]
+        t_wide, t_few = _typical_calls(
+            [lambda: self._execute(x, plan.geo, key[1], kernel, wide),
+             lambda: self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan)])
+        if t_wide <= t_few:
+            if kernel.reads_dense:
+                self._keep_dense(wide.weights)
+            plan = plan._replace(threads=key[1], kernel=name, runner=kernel, plan=wide)
+        with self._plans_lock:
+            if key in self._plans:
+                self._plans[key] = plan
             self._last_plan = (key, plan)
         return plan
 
@@ -320,9 +358,13 @@ class _WeightedOp:
             name = min(timings, key=timings.get)
             kernel, plan = plans[name]
             if threads > 1:
+                wide = name, plan
                 name, run_threads, plan = self._fewer_threads(x, geo, threads, level, name,
                                                               plans)
                 kernel = self._runners[name]
+                if run_threads < threads:
+                    with self._plans_lock:
+                        self._unconfirmed[(tuple(shape), threads, level)] = wide
         if kernel.reads_dense:
             self._keep_dense(plan.weights)
         return name, kernel, plan, timings, run_threads
@@ -334,7 +376,8 @@ class _WeightedOp:
         threads that slept since the previous one, a random delay that a minimum would leave
         out. On a shared VM whose idle vCPUs took ~0.1-1 ms to wake (a cross-CPU round trip
         of 0.26 ms median), 2 threads ran ResNet-50 2-3x slower than 1 where every layer took
-        both (each layer's best calls were faster on 2)."""
+        both (each layer's best calls were faster on 2). The next call that runs the layer
+        times a choice of fewer threads again (:meth:`_second_look`)."""
         kernel, plan = plans[name]
         single = {n: k.plan(self, geo, 1, level) for n, (k, _) in plans.items()}
         times = _typical_calls(
@@ -482,7 +525,7 @@ class Conv2dOp(_WeightedOp):
             x = as_float_array(x, f"{self.name}: input")
         elif x.shape != self._last_plan[0][0]:  # else checked when that plan was made
             self.check_input_shape(x.shape)
-        plan = self._plan(x.shape)
+        plan = self._plan(x.shape, confirm=True)
         return self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan)
 
 
@@ -512,6 +555,9 @@ class ExpandDepthwiseOp:
         self.name = f"{expand.name}+{depthwise.name}"
         self._plans = OrderedDict()  # (shape, threads, level) -> plan, or None: run unfused
         self._last_plan = (None, False)  # (key, plan) of the latest call, as Conv2dOp's
+        # key -> the fused kernel's plan on all the caller's threads, where the plan put it on
+        # fewer, until the next call times that again (as _WeightedOp._unconfirmed)
+        self._unconfirmed = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -545,6 +591,18 @@ class ExpandDepthwiseOp:
             return last
         with self._lock:
             plan = self._plans.get(key, False)
+            wide = self._unconfirmed.pop(key, None)
+        if wide is not None:
+            # the fused kernel was put on fewer threads by the call that made the plan: time
+            # that again now, as _WeightedOp._second_look does
+            x = np.zeros(shape, np.float32)
+            t_wide, t_few = _typical_calls([lambda: self._run(x, plan[0], wide),
+                                            lambda: self._run(x, plan[0], plan[1])])
+            if t_wide <= t_few:
+                plan = (plan[0], wide, key[1])
+            with self._lock:
+                if key in self._plans:
+                    self._plans[key] = plan
         if plan is not False:
             self._last_plan = (key, plan)
             return plan
@@ -566,8 +624,11 @@ class ExpandDepthwiseOp:
         with self._lock:
             self._plans[key] = plan
             while len(self._plans) > _MAX_PLANS:
-                self._plans.popitem(last=False)
-            self._last_plan = (key, plan)
+                self._unconfirmed.pop(self._plans.popitem(last=False)[0], None)
+            if plan is not None and plan[2] < threads:
+                self._unconfirmed[key] = fused[threads]
+            else:
+                self._last_plan = (key, plan)
         return plan
 
     @staticmethod
@@ -655,7 +716,7 @@ class LinearOp(_WeightedOp):
             self.check_input_shape(x.shape)  # before converting: refuse huge bad views cheaply
         x = as_float_array(x, f"{self.name}: input", layout="NF")
         self.check_input_shape(x.shape)
-        plan = self._plan(x.shape)
+        plan = self._plan(x.shape, confirm=True)
         return self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan)
 
 

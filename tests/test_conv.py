@@ -548,6 +548,41 @@ def test_auto_runs_a_layer_on_one_thread_where_that_is_faster(one_thread_faster,
     assert len(timed) == 1
 
 
+@pytest.mark.parametrize("again_faster_on_one", [True, False])
+def test_a_layer_put_on_one_thread_is_timed_again_by_its_next_call(again_faster_on_one, rng,
+                                                                   monkeypatch):
+    """A burst of load slows calls on several threads and not those on one: the call after
+    the one that chose one thread times that choice again, keeps it only if one thread wins
+    again, and later calls time nothing. Asking about the plan (plan_info) is not a call."""
+    from fscnn import ops
+    x = rng.standard_normal((2, 16, 12, 12)).astype(np.float32)
+    w = sparse_weight((8, 16, 3, 3), 0.8, rng)
+    timed = []
+
+    def typical_calls(fns):  # the first timing finds one thread faster, the second look as set
+        timed.append(len(fns))
+        for fn in fns:
+            fn()
+        if len(timed) == 1:
+            return [2.0] + [1.0] * (len(fns) - 1)
+        return [2.0, 1.0] if again_faster_on_one else [1.0, 2.0]
+
+    monkeypatch.setattr(ops, "_typical_calls", typical_calls)
+    with _config.threads(2):
+        op = Conv2dOp(w, padding=1, kernel="auto")
+        expected = ref_conv2d(x, w, padding=1)
+        assert_close(op(x), expected, rtol=WINO_RTOL)
+        assert op.plan_info(x.shape)["threads"] == 1 and len(timed) == 1
+        assert_close(op(x), expected, rtol=WINO_RTOL)  # the second look
+        assert timed[1:] == [2]
+        info = op.plan_info(x.shape)
+        assert info["threads"] == (1 if again_faster_on_one else 2)
+        assert len(op.kernel_choices()[0]) == (5 if again_faster_on_one else 4)
+        for _ in range(2):
+            assert_close(op(x), expected, rtol=WINO_RTOL)
+        assert len(timed) == 2 and op.plan_info(x.shape) == info
+
+
 @pytest.mark.parametrize("shape, why", [((2, 16, 2, 2), "25% used on 2x2 output planes"),
                                         ((1, 16, 5, 5), "39% used on 5x5 output planes"),
                                         ((2, 16, 4, 4), "2 tiles per call")])

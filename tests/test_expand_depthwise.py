@@ -110,6 +110,31 @@ def test_op_runs_the_way_it_timed_faster(rng, monkeypatch, faster):
     assert_close(op(x[:1].copy()), _reference(x[:1], spec))  # another shape, planned anew
 
 
+@pytest.mark.parametrize("again_faster_on_one", [True, False])
+def test_fused_kernel_put_on_one_thread_is_timed_again_by_the_next_call(rng, monkeypatch,
+                                                                         again_faster_on_one):
+    from fscnn import ops
+    monkeypatch.setattr(ExpandDepthwiseOp, "_fastest_way",
+                        staticmethod(lambda apart, ways: min(ways)))  # one thread wins
+    looks = []
+
+    def typical_calls(fns):  # (all threads, fewer)
+        looks.append(len(fns))
+        return [2.0, 1.0] if again_faster_on_one else [1.0, 2.0]
+
+    monkeypatch.setattr(ops, "_typical_calls", typical_calls)
+    a, b, spec = _pair(rng, 5, 8, stride=2)
+    x = rng.standard_normal((2, 5, 12, 10)).astype(np.float32)
+    with _config.threads(2):
+        op = ExpandDepthwiseOp(a, b)
+        assert_close(op(x), _reference(x, spec))
+        assert op.fused_for(x.shape) and op.threads_for(x.shape) == 1 and looks == []
+        assert_close(op(x), _reference(x, spec))
+        assert looks == [2] and op.threads_for(x.shape) == (1 if again_faster_on_one else 2)
+        assert_close(op(x), _reference(x, spec))
+        assert looks == [2]
+
+
 def _ineligible(rng, **changes):
     w1 = _weight(rng, (6, 4, 1, 1), 0.5)
     w2 = _weight(rng, (6, 1, 3, 3), 0.5)

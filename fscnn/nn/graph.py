@@ -20,6 +20,7 @@ from collections import Counter, OrderedDict, namedtuple
 
 import numpy as np
 
+from .. import _config
 from .._validate import as_float_array
 from . import _plan, activation, init, layers, pooling, quantized, tensor
 from .errors import LayerInputError
@@ -390,7 +391,10 @@ class Graph(Module):
             shapes = [input_shape[i.name] for i in self.inputs]
         else:
             shapes = list(input_shape)
-        self(*[np.zeros(tuple(s), np.dtype(i.dtype)) for s, i in zip(shapes, self.inputs)])
+        inputs = [np.zeros(tuple(s), np.dtype(i.dtype)) for s, i in zip(shapes, self.inputs)]
+        self(*inputs)
+        if _config.get_num_threads() > 1:
+            self(*inputs)  # as Module.prepare: the second look at layers put on fewer threads
         return self
 
     def _fusion_chains(self):

@@ -18,7 +18,7 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
-from .. import io
+from .. import _config, io
 from .._progress import Progress
 from ..sparse import CSRMatrix, FormatError, SparseConvWeight
 from . import _plan
@@ -678,6 +678,10 @@ class Module:
         if input_shape is not None:
             with Progress(len(plan.steps), "prepare", "layer", enabled=progress) as bar, \
                     _plan.reporting(bar):
+                self(np.zeros(input_shape, dtype=np.float32))
+            if _config.get_num_threads() > 1:
+                # a second call: layers that the first put on fewer threads than the caller's
+                # time that choice again, seconds later (ops._WeightedOp._second_look)
                 self(np.zeros(input_shape, dtype=np.float32))
         return self
 
