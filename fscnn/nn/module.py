@@ -643,7 +643,9 @@ class Module:
         ----------
         input_shape : tuple of int, optional
             E.g. ``(1, 3, 224, 224)``. When given, the model runs once on zeros of this shape
-            so that each layer chooses its kernel for its actual input (see :meth:`plan`).
+            so that each layer chooses its kernel for its actual input (see :meth:`plan`), and
+            on several threads a second time, so that layers put on fewer threads time that
+            choice again (see ``fscnn.ops._WeightedOp._second_look``).
         kernel : {'auto', 'sparse', 'dense', 'winograd', 'depthwise'} or dict of str -> str
             Kernel for every convolution and linear layer, or a mapping from qualified layer
             names (``"features.0"``) to a kernel, the others using ``'auto'``. Kept for later
