@@ -36,6 +36,9 @@ KERNELS = CONV_KERNELS  # the kernel settings of convolutions (fscnn.kernels lis
 AUTO_MIN_SPARSITY_LINEAR = 0.3
 ONE_SHOT_SPARSITY = 0.7  # a one-shot call (nothing to amortise timing over) goes sparse above this
 _MAX_PLANS = 16  # input shapes whose plans an operator keeps (least recently used dropped)
+# 'auto' on several threads times the other candidates on one thread only where the winner
+# on one thread came within this factor of its time on all (see _fewer_threads)
+ONE_THREAD_PLAUSIBLE = 1.25
 
 __all__ = ["Conv2dOp", "ExpandDepthwiseOp", "LinearOp", "QuantizedConv2dOp", "QuantizedLinearOp",
            "QuantizedWeight", "OpError", "KERNELS", "LINEAR_KERNELS", "conv_padding",
@@ -164,6 +167,10 @@ class _WeightedOp:
         self._derived = {}  # kernel name -> key -> weights derived for it (see derived)
         # (shape, threads, level) -> (kernel, threads it runs with) 'auto' takes untimed
         self._presets = {}
+        # while 'auto' chooses (_choose), the transient dense form of sparse-held weights is
+        # built once for all candidates' plans, on every thread count: VGG16's 25088x4096
+        # classifier at 90% took 0.7 s per copy, six copies when prepared on 2 threads
+        self._choosing, self._choice_dense = 0, None
         # (shape, threads, level) -> (kernel name, plan) on all the caller's threads, for the
         # plans that 'auto' put on fewer threads until a later call confirms that choice
         # (see _second_look)
@@ -182,10 +189,16 @@ class _WeightedOp:
 
         The resident array when the op was given dense weights or a plan runs a kernel that
         reads them; otherwise a fresh copy made from the sparse weights on each access, not
-        kept.
+        kept (but shared by the candidates' plans while 'auto' chooses a kernel).
         """
         dense = self._dense
-        return dense if dense is not None else self._densify()
+        if dense is None:
+            dense = self._choice_dense
+        if dense is None:
+            dense = self._densify()
+            if self._choosing:
+                self._choice_dense = dense
+        return dense
 
     @property
     def holds_dense(self):
@@ -328,45 +341,58 @@ class _WeightedOp:
     def _choose(self, geo, shape, threads, level):
         """(setting, kernel class, its plan, timings, threads it runs with) for inputs of
         ``shape``: the setting, or with 'auto' the fastest of the candidates timed on a zero
-        input (the sparse kernel only from ``min_auto_sparsity`` up).
-
-        Candidates are planned in registry order, dense last, then timed round-robin
-        (:func:`~fscnn._timing.fastest_calls`: a burst of load hits them all alike). A
-        kernel that reads the dense weights keeps them resident once picked; otherwise the
-        transient dense form built to time it (sparse-held weights) is dropped with the losing
-        plans. With more than one thread, 'auto' then runs the winner on one thread where
-        that is faster (see :meth:`_fewer_threads`)."""
+        input (the sparse kernel only from ``min_auto_sparsity`` up; see
+        :meth:`_choose_by_timing`)."""
         name, run_threads = self.kernel, threads
         if name == "auto":  # chosen before, by a process with the same threads and SIMD level
             name, run_threads = self._presets.get((tuple(shape), threads, level),
                                                   ("auto", threads))
         if name == "auto" and self.sparsity < self.min_auto_sparsity:
             name = "dense"
-        if name != "auto":
+        if name == "auto":
+            with self._plans_lock:
+                self._choosing += 1
+            try:
+                name, kernel, plan, timings, run_threads = self._choose_by_timing(
+                    geo, shape, threads, level)
+            finally:
+                with self._plans_lock:
+                    self._choosing -= 1
+                    if not self._choosing:
+                        self._choice_dense = None
+        else:
             kernel = self._runners[name]
             plan = kernel.plan(self, geo, run_threads, level)
             timings = None
-        else:
-            x = np.zeros(shape, np.float32)
-            plans = {}
-            candidates = [k for k in self._candidates() if k.cannot_win(self, geo) is None]
-            for kernel in candidates or self._candidates():
-                plans[kernel.name] = kernel, kernel.plan(self, geo, threads, level)
-            timings = dict(zip(plans, _fastest_calls(
-                [lambda k=k, p=p: self._execute(x, geo, threads, k, p)
-                 for k, p in plans.values()])))
-            name = min(timings, key=timings.get)
-            kernel, plan = plans[name]
-            if threads > 1:
-                wide = name, plan
-                name, run_threads, plan = self._fewer_threads(x, geo, threads, level, name,
-                                                              plans)
-                kernel = self._runners[name]
-                if run_threads < threads:
-                    with self._plans_lock:
-                        self._unconfirmed[(tuple(shape), threads, level)] = wide
         if kernel.reads_dense:
             self._keep_dense(plan.weights)
+        return name, kernel, plan, timings, run_threads
+
+    def _choose_by_timing(self, geo, shape, threads, level):
+        """'auto': candidates planned in registry order, dense last, then timed round-robin
+        (:func:`~fscnn._timing.fastest_calls`: a burst of load hits them all alike); the
+        fastest wins. A kernel that reads the dense weights keeps them resident once picked
+        (:meth:`_choose`); otherwise the transient dense form built to time it (sparse-held
+        weights) is dropped with the losing plans. With more than one thread, the winner then
+        runs on one thread where that is faster (see :meth:`_fewer_threads`)."""
+        x = np.zeros(shape, np.float32)
+        plans = {}
+        candidates = [k for k in self._candidates() if k.cannot_win(self, geo) is None]
+        for kernel in candidates or self._candidates():
+            plans[kernel.name] = kernel, kernel.plan(self, geo, threads, level)
+        timings = dict(zip(plans, _fastest_calls(
+            [lambda k=k, p=p: self._execute(x, geo, threads, k, p)
+             for k, p in plans.values()])))
+        name = min(timings, key=timings.get)
+        kernel, plan = plans[name]
+        run_threads = threads
+        if threads > 1:
+            wide = name, plan
+            name, run_threads, plan = self._fewer_threads(x, geo, threads, level, name, plans)
+            kernel = self._runners[name]
+            if run_threads < threads:
+                with self._plans_lock:
+                    self._unconfirmed[(tuple(shape), threads, level)] = wide
         return name, kernel, plan, timings, run_threads
 
     def _fewer_threads(self, x, geo, threads, level, name, plans):
@@ -377,9 +403,20 @@ class _WeightedOp:
         out. On a shared VM whose idle vCPUs took ~0.1-1 ms to wake (a cross-CPU round trip
         of 0.26 ms median), 2 threads ran ResNet-50 2-3x slower than 1 where every layer took
         both (each layer's best calls were faster on 2). The next call that runs the layer
-        times a choice of fewer threads again (:meth:`_second_look`)."""
+        times a choice of fewer threads again (:meth:`_second_look`).
+
+        The winner is timed on one thread first; the other candidates only where that came
+        within ``ONE_THREAD_PLAUSIBLE`` of its time on all threads: a kernel that lost on all
+        threads would have to scale worse than the winner by more than that to win on one.
+        Timing every candidate on one thread took ~3 of VGG16's 12 s of preparing on 2."""
         kernel, plan = plans[name]
-        single = {n: k.plan(self, geo, 1, level) for n, (k, _) in plans.items()}
+        single = {name: kernel.plan(self, geo, 1, level)}
+        t_all, t_one = _typical_calls([lambda: self._execute(x, geo, threads, kernel, plan),
+                                       lambda: self._execute(x, geo, 1, kernel, single[name])])
+        if t_one >= ONE_THREAD_PLAUSIBLE * t_all:
+            return name, threads, plan
+        single.update((n, k.plan(self, geo, 1, level)) for n, (k, _) in plans.items()
+                      if n != name)
         times = _typical_calls(
             [lambda: self._execute(x, geo, threads, kernel, plan)]
             + [lambda k=plans[n][0], p=p: self._execute(x, geo, 1, k, p)

@@ -118,3 +118,28 @@ def test_panel_major_layout_matches_argsort(monkeypatch, entries, shape, sparsit
     for g, e in zip(got, want):
         assert g.dtype == e.dtype
         np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("one_thread_close", [True, False])
+def test_auto_builds_the_dense_form_of_sparse_weights_once_per_choice(one_thread_close, rng,
+                                                                      monkeypatch):
+    """Sparse-held weights get a transient dense form to time the dense candidate: one copy
+    shared by the plans on every thread count (VGG16's classifier took 0.7 s per copy), not
+    kept once the choice is made unless the dense kernel won."""
+    from fscnn import _config, ops
+    from fscnn.sparse import CSRMatrix
+    w = sparse_weight((64, 96), 0.9, rng)
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    op = LinearOp(CSRMatrix.from_dense(w), kernel="auto")
+    copies = []
+    densify = op._densify
+    monkeypatch.setattr(op, "_densify", lambda: copies.append(1) or densify())
+    # the winner on one thread within ONE_THREAD_PLAUSIBLE of all threads, or not: then the
+    # other candidates (the dense one among them) are planned on one thread too, or not
+    monkeypatch.setattr(ops, "_typical_calls",
+                        lambda fns: [1.0] + [1.1 if one_thread_close else 2.0] * (len(fns) - 1))
+    with _config.threads(2):
+        assert_close(op(x), ref_linear(x, w))
+        winner = op.kernel_for(x.shape)
+    assert len(copies) == 1
+    assert op._choice_dense is None and op.holds_dense == (winner == "dense")
