@@ -39,6 +39,9 @@ _MAX_PLANS = 16  # input shapes whose plans an operator keeps (least recently us
 # 'auto' on several threads times the other candidates on one thread only where the winner
 # on one thread came within this factor of its time on all (see _fewer_threads)
 ONE_THREAD_PLAUSIBLE = 1.25
+# 'auto' times a runner-up whose best call came within this factor of the winner's against
+# it again at the next call (see _WeightedOp._second_look)
+CLOSE_CALL = 1.25
 
 __all__ = ["Conv2dOp", "ExpandDepthwiseOp", "LinearOp", "QuantizedConv2dOp", "QuantizedLinearOp",
            "QuantizedWeight", "OpError", "KERNELS", "LINEAR_KERNELS", "conv_padding",
@@ -115,6 +118,18 @@ class _Plan(NamedTuple):
     timings: Optional[dict]
 
 
+class _SecondLook(NamedTuple):
+    """What the call after the one that made a plan with 'auto' times again (see
+    :meth:`_WeightedOp._second_look`): the winner and its plan on all the caller's threads
+    (``name``, ``plan``), the runner-up and its plan (``runner``) where its best call came
+    within ``CLOSE_CALL`` of the winner's (else None), and the candidates' best calls."""
+
+    name: str
+    plan: object
+    runner: Optional[tuple]
+    timings: dict
+
+
 class _WeightedOp:
     """What Conv2dOp and LinearOp share: weights, bias, fused activation, kernel setting, the
     choice among the registered kernels (timed with 'auto'), the plan cache and the weights
@@ -171,10 +186,10 @@ class _WeightedOp:
         # built once for all candidates' plans, on every thread count: VGG16's 25088x4096
         # classifier at 90% took 0.7 s per copy, six copies when prepared on 2 threads
         self._choosing, self._choice_dense = 0, None
-        # (shape, threads, level) -> (kernel name, plan) on all the caller's threads, for the
-        # plans that 'auto' put on fewer threads until a later call confirms that choice
-        # (see _second_look)
+        # (shape, threads, level) -> _SecondLook: the close calls of 'auto' (a runner-up near
+        # the winner, or fewer threads than the caller's), until the next call times them again
         self._unconfirmed = {}
+        self._dense_given = self._dense is not None  # else the dense form is built on demand
 
     @property
     def sparse(self):
@@ -275,8 +290,8 @@ class _WeightedOp:
     def _plan(self, shape, confirm=False):
         """The plan for inputs of ``shape`` at the current threads and SIMD level, made (and
         with 'auto' timed) on first use. ``confirm``: a call that will run it; the first
-        such call after the one that made a plan putting the layer on fewer threads times
-        that choice again (:meth:`_second_look`)."""
+        such call after the one whose timing was a close call (a runner-up near the winner,
+        or fewer threads) times it again (:meth:`_second_look`)."""
         threads, level = _config.get_num_threads(), _config.simd_level_index()
         key = (tuple(shape), threads, level)
         last_key, last = self._last_plan  # one read: atomic against another thread's store
@@ -288,13 +303,13 @@ class _WeightedOp:
             plan = self._plans.get(key)
             if plan is not None:
                 self._plans.move_to_end(key)
-                wide = self._unconfirmed.pop(key, None) if confirm else None
-                if wide is None:
+                look = self._unconfirmed.pop(key, None) if confirm else None
+                if look is None:
                     if key not in self._unconfirmed:
                         self._last_plan = (key, plan)
                     return plan
         if plan is not None:
-            return self._second_look(key, plan, *wide)
+            return self._second_look(key, plan, look)
         plan = self._make_plan(shape, threads, level)
         with self._plans_lock:
             self._plans[key] = plan
@@ -304,29 +319,53 @@ class _WeightedOp:
                 self._last_plan = (key, plan)
         return plan
 
-    def _second_look(self, key, plan, name, wide):
-        """``plan``, which 'auto' put on fewer threads than the caller's (key[1]), or the
-        plan ``wide`` of kernel ``name`` on all of them where that is now as fast: timed
-        again by medians of calls in turns, a call of the model later. A burst of load on a
-        shared VM (a neighbour taking a vCPU for some milliseconds) slows the calls on
-        several threads and not those on one: timed inside one, a run of consecutive layers
-        of ResNet-50 went to one thread (3, 10 and 14 of its 54 layers in three fresh
-        processes), each 1.4-1.8x slower there than on two. One thread is kept only where
-        both timings found it faster."""
+    def _second_look(self, key, plan, look):
+        """``plan`` (made by 'auto' for ``key``), or what a second timing, a call of the model
+        later, finds faster (``look``: a :class:`_SecondLook`). A burst of load on a shared
+        VM (a neighbour taking a vCPU for some milliseconds) slows whatever runs during it:
+
+        - a runner-up within ``CLOSE_CALL`` of the winner is timed against it again, and the
+          faster by the best call of both timings wins (noise only adds time). One op in 30
+          timed a 90%-sparse 1x1 layer's sparse kernel at 0.73 ms (its calls take ~0.17) and
+          picked the dense one (0.66);
+        - a layer put on fewer threads than the caller's is timed there against the winner
+          on all of them again, by medians, and keeps fewer only where that wins again: the
+          burst slows the calls on several threads and not those on one. Timed once, a run of
+          consecutive ResNet-50 layers went to one thread (3, 10 and 14 of its 54 layers in
+          three fresh processes), each 1.4-1.8x slower there than on two."""
         x = np.zeros(key[0], np.float32)
+        threads, geo = key[1], plan.geo
+        name, wide, timings = look.name, look.plan, look.timings
+        if look.runner is not None:
+            other, other_plan = look.runner
+            again = _fastest_calls(
+                [lambda: self._execute(x, geo, threads, self._runners[name], wide),
+                 lambda: self._execute(x, geo, threads, self._runners[other], other_plan)])
+            timings = dict(timings)
+            for n, t in zip((name, other), again):
+                timings[n] = min(timings[n], t)
+            if timings[other] < timings[name]:
+                name, wide = other, other_plan
         kernel = self._runners[name]
-        t_wide, t_few = _typical_calls(
-            [lambda: self._execute(x, plan.geo, key[1], kernel, wide),
-             lambda: self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan)])
-        if t_wide <= t_few:
-            if kernel.reads_dense:
-                self._keep_dense(wide.weights)
-            plan = plan._replace(threads=key[1], kernel=name, runner=kernel, plan=wide)
+        chosen = plan._replace(threads=threads, kernel=name, runner=kernel, plan=wide,
+                               timings=timings)
+        if plan.threads < threads:
+            t_wide, t_few = _typical_calls(
+                [lambda: self._execute(x, geo, threads, kernel, wide),
+                 lambda: self._execute(x, geo, plan.threads, plan.runner, plan.plan)])
+            if t_few < t_wide:
+                chosen = plan._replace(timings=timings)
         with self._plans_lock:
             if key in self._plans:
-                self._plans[key] = plan
-            self._last_plan = (key, plan)
-        return plan
+                self._plans[key] = chosen
+            self._last_plan = (key, chosen)
+            reads_dense = any(p.runner.reads_dense for p in self._plans.values())
+        if chosen.runner.reads_dense:
+            self._keep_dense(chosen.plan.weights)
+        elif not reads_dense and not self._dense_given:
+            with self._dense_lock:
+                self._dense = None  # built for the loser, which no plan runs now
+        return chosen
 
     def _make_plan(self, shape, threads, level):
         geo = self._geometry(shape)
@@ -385,14 +424,17 @@ class _WeightedOp:
              for k, p in plans.values()])))
         name = min(timings, key=timings.get)
         kernel, plan = plans[name]
+        close = [n for n in sorted(timings, key=timings.get)[1:2]
+                 if timings[n] < CLOSE_CALL * timings[name]]
+        look = _SecondLook(name, plan, (close[0], plans[close[0]][1]) if close else None,
+                           timings)
         run_threads = threads
         if threads > 1:
-            wide = name, plan
             name, run_threads, plan = self._fewer_threads(x, geo, threads, level, name, plans)
             kernel = self._runners[name]
-            if run_threads < threads:
-                with self._plans_lock:
-                    self._unconfirmed[(tuple(shape), threads, level)] = wide
+        if close or run_threads < threads:
+            with self._plans_lock:
+                self._unconfirmed[(tuple(shape), threads, level)] = look
         return name, kernel, plan, timings, run_threads
 
     def _fewer_threads(self, x, geo, threads, level, name, plans):

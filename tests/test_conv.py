@@ -585,6 +585,55 @@ def test_a_layer_put_on_one_thread_is_timed_again_by_its_next_call(again_faster_
         assert len(timed) == 3 and op.plan_info(x.shape) == info
 
 
+@pytest.mark.parametrize("first, second, chosen", [
+    ({"sparse": 1.0, "dense": 1.1}, {"sparse": 2.0, "dense": 0.5}, "dense"),
+    ({"sparse": 1.0, "dense": 1.1}, {"sparse": 2.0, "dense": 1.05}, "sparse"),  # min of both
+    ({"sparse": 1.0, "dense": 1.1}, {"sparse": 0.9, "dense": 0.5}, "dense"),
+    ({"sparse": 1.0, "dense": 1.2}, {"sparse": 3.0, "dense": 1.5}, "sparse"),
+    ({"dense": 1.0, "sparse": 1.1}, {"dense": 2.0, "sparse": 0.4}, "sparse"),
+    ({"sparse": 1.0, "dense": 1.3}, None, "sparse"),  # not a close call: timed once
+])
+def test_a_close_call_of_auto_is_timed_again_by_the_next_call(first, second, chosen, rng,
+                                                              monkeypatch):
+    """Where the runner-up's best call came within CLOSE_CALL of the winner's, the next call
+    times the two again and the best call of both timings decides (noise only adds time);
+    the dense form of sparse-held weights stays resident only if the dense kernel wins."""
+    from fscnn import ops
+    from fscnn.sparse import SparseConvWeight
+    x = rng.standard_normal((1, 8, 10, 10)).astype(np.float32)
+    w = sparse_weight((16, 8, 3, 3), 0.9, rng)
+    op = Conv2dOp(SparseConvWeight.from_dense(w), padding=1, kernel="auto")
+    ran, looks = [], []
+    execute = op._execute
+
+    def recording_execute(x, geo, threads, kernel, plan):
+        ran.append(kernel.name)
+        return execute(x, geo, threads, kernel, plan)
+
+    def fastest_calls(fns):
+        times = first if not looks else second
+        looks.append(len(fns))
+        result = []
+        for fn in fns:
+            fn()
+            result.append(times[ran[-1]])
+        return result
+
+    monkeypatch.setattr(op, "_execute", recording_execute)
+    monkeypatch.setattr(op, "_candidates",
+                        lambda: tuple(op._runners[n] for n in ("sparse", "dense")))
+    monkeypatch.setattr(ops, "_fastest_calls", fastest_calls)
+    expected = ref_conv2d(x, w, padding=1)
+    with _config.threads(1):
+        for _ in range(3):
+            assert_close(op(x), expected)
+        info = op.plan_info(x.shape)
+    assert looks == ([2] if second is None else [2, 2])
+    assert info["kernel"] == chosen and op.holds_dense == (chosen == "dense")
+    both = first if second is None else {k: min(first[k], second[k]) for k in first}
+    assert info["timings"] == both
+
+
 @pytest.mark.parametrize("shape, why", [((2, 16, 2, 2), "25% used on 2x2 output planes"),
                                         ((1, 16, 5, 5), "39% used on 5x5 output planes"),
                                         ((2, 16, 4, 4), "2 tiles per call")])
