@@ -23,7 +23,7 @@ from ._validate import activation_code, as_float_array, as_vector, is_int, pair
 from .kernels import (CONV, CONV_KERNELS, INT8_CONV, INT8_KERNELS, INT8_LINEAR, LINEAR,
                       LINEAR_KERNELS, runner)
 from .kernels import depthwise_conv as _kernels_depthwise
-from .kernels.base import INT32_MAX, ConvGeometry, OpError
+from .kernels.base import INT32_MAX, ConvGeometry, OpError, timing_input
 from ._timing import fastest_calls as _fastest_calls
 from ._timing import typical_calls as _typical_calls
 from .sparse import CSRMatrix, SparseConvWeight
@@ -333,7 +333,7 @@ class _WeightedOp:
           burst slows the calls on several threads and not those on one. Timed once, a run of
           consecutive ResNet-50 layers went to one thread (3, 10 and 14 of its 54 layers in
           three fresh processes), each 1.4-1.8x slower there than on two."""
-        x = np.zeros(key[0], np.float32)
+        x = timing_input(key[0])
         threads, geo = key[1], plan.geo
         name, wide, timings = look.name, look.plan, look.timings
         if look.runner is not None:
@@ -414,7 +414,7 @@ class _WeightedOp:
         (:meth:`_choose`); otherwise the transient dense form built to time it (sparse-held
         weights) is dropped with the losing plans. With more than one thread, the winner then
         runs on one thread where that is faster (see :meth:`_fewer_threads`)."""
-        x = np.zeros(shape, np.float32)
+        x = timing_input(shape)
         plans = {}
         candidates = [k for k in self._candidates() if k.cannot_win(self, geo) is None]
         for kernel in candidates or self._candidates():
@@ -674,7 +674,7 @@ class ExpandDepthwiseOp:
         if wide is not None:
             # the fused kernel was put on fewer threads by the call that made the plan: time
             # that again now, as _WeightedOp._second_look does
-            x = np.zeros(shape, np.float32)
+            x = timing_input(shape)
             t_wide, t_few = _typical_calls([lambda: self._run(x, plan[0], wide),
                                             lambda: self._run(x, plan[0], plan[1])])
             if t_wide <= t_few:
@@ -694,7 +694,7 @@ class ExpandDepthwiseOp:
             fused = {t: _kernels_depthwise.expand_depthwise_plan(self.expand, self.depthwise,
                                                                  geo, t, level)
                      for t in sorted({threads, 1}, reverse=True)}
-            x = np.zeros(shape, np.float32)
+            x = timing_input(shape)
             run_threads = self._fastest_way(
                 lambda: self.depthwise(self.expand(x)),
                 {t: (lambda p=p: self._run(x, geo, p)) for t, p in fused.items()})

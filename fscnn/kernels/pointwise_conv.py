@@ -11,7 +11,7 @@ import numpy as np
 from .._ext import _conv
 from .._memory import aligned_empty
 from .._timing import time_call
-from .base import NO_BUFFER, Kernel, packed_scratch, scratch
+from .base import NO_BUFFER, Kernel, packed_scratch, scratch, timing_input
 
 
 class PointwisePlan(NamedTuple):
@@ -69,7 +69,7 @@ class PointwiseConv(Kernel):
         n_variants = len(_conv.pointwise_variants(level))
         if op.kernel != "auto" or n_variants == 1:
             return variant_plan(op, geo, threads, level, 0, dense)
-        x = np.zeros((geo.batch,) + geo.input_shape, np.float32)
+        x = timing_input((geo.batch,) + geo.input_shape)
         out = aligned_empty((geo.batch, op.weight_shape[0], geo.H_out, geo.W_out))
         best, best_t = None, np.inf
         for v in range(n_variants):
