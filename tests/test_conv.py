@@ -86,12 +86,40 @@ def test_dense_packed_gemm_matches_reference(shape, hp, simd_level, threads, rng
     w = rng.standard_normal((O, C, 3, 3)).astype(np.float32)
     b = rng.standard_normal(O).astype(np.float32)
     op = Conv2dOp(w, b, kernel="dense", activation="relu6", **hp)
-    assert dense_conv.packed_gemm_variant(op, _config.simd_level_index()) is not None
+    assert dense_conv.packed_gemm_variant(op, _config.simd_level_index(), 10**6) is not None
     assert op._plan(x.shape).plan.wpack is not None
     assert_close(op(x), _act_ref(ref_conv2d(x, w, b, **hp), "relu6"))
     small = Conv2dOp(w[:, :2], b, kernel="dense", **hp)  # K = 18: SGEMM
     assert small._plan((N, 2, H, W)).plan.wpack is None
     assert_close(small(x[:, :2]), ref_conv2d(x[:, :2], w[:, :2], b, **hp))
+
+
+@pytest.mark.parametrize("N, H, width", [(2, 2, 16), (1, 5, 48), (1, 30, 128)])
+def test_dense_panel_of_one_tile_takes_packed_weights_whatever_k(N, H, width, simd_level,
+                                                                rng):
+    """At a K whose tile strips exceed PACKED_GEMM_STRIP_BYTES at every SIMD level, the dense
+    kernel takes the packed-weight GEMM only for a panel (of ``width`` positions: two images
+    of 2x2 planes, 5x7 positions, 30 rows) that one tile of some variant covers, with the
+    narrowest such variant; wider panels stay with SGEMM."""
+    from fscnn.kernels import dense_conv
+    C, O = 400, 20  # K = 3600: 115 KiB in the baseline 6x2 tile's strip of 8 positions
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    w = rng.standard_normal((O, C, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    op = Conv2dOp(w, b, kernel="dense", activation="relu", padding=1)
+    with _config.threads(1):  # on more, each thread's panel is narrower
+        plan = op._plan(x.shape).plan
+        assert_close(op(x), _act_ref(ref_conv2d(x, w, b, padding=1), "relu"))
+    level = _config.simd_level_index()
+    covering = [(mr, t) for mr, t in _conv.pointwise_variants(level) if t >= width]
+    assert dense_conv.packed_gemm_variant(op, level, width) == (
+        (_conv.pointwise_variants(level).index(min(covering, key=lambda v: v[1])),
+         min(covering, key=lambda v: v[1])) if covering else None)
+    if covering:
+        mr = min(covering, key=lambda v: v[1])[0]
+        assert plan.wpack is not None and plan.wpack.shape == (-(-O // mr), 9 * C, mr)
+    else:
+        assert plan.wpack is None
 
 
 @pytest.mark.parametrize("shape, hp", [

@@ -47,17 +47,23 @@ PACKED_GEMM_STRIP_BYTES = 96 * 1024
 PACKED_GEMM_MIN_K = 256
 
 
-def packed_gemm_variant(op, level):
-    """The pointwise variant (index, (MR, T)) that the dense kernel multiplies its panels
-    with, or None for SGEMM: ungrouped layers with more than one tap, K from
-    PACKED_GEMM_MIN_K, whose tile strip fits PACKED_GEMM_STRIP_BYTES (the variant of the
-    narrowest tile). (Panels of one or two tiles, whose weights stream once or twice, gained
-    nothing from the packed weights at larger K: ResNet-18's 512-channel layers at 2x2, two
-    images per panel, ran x0.94-0.96 the SGEMM model, Zen 4.)"""
+def packed_gemm_variant(op, level, width):
+    """The pointwise variant (index, (MR, T)) that the dense kernel multiplies its panels of
+    ``width`` positions with, or None for SGEMM: ungrouped layers with more than one tap and
+    K from PACKED_GEMM_MIN_K. A panel that one tile covers takes the narrowest such variant
+    whatever K: the panel is read from cache by each block of output channels and the
+    weights stream once, where SGEMM packs all of them on every call. Wider panels take the
+    second narrowest variant where its tile strip (K rows of T positions) fits
+    PACKED_GEMM_STRIP_BYTES (the narrowest is one vector wide, for panels of a few
+    positions)."""
     K = op.size // op.weight_shape[0]
     if op.groups != 1 or K == op.weight_shape[1] or K < PACKED_GEMM_MIN_K:
         return None
-    variant = min(enumerate(_conv.pointwise_variants(level)), key=lambda v: v[1][1])
+    variants = sorted(enumerate(_conv.pointwise_variants(level)), key=lambda v: v[1][1])
+    one_tile = [v for v in variants if width <= v[1][1]]
+    if one_tile:
+        return one_tile[0]
+    variant = variants[1]
     return variant if K * variant[1][1] * 4 <= PACKED_GEMM_STRIP_BYTES else None
 
 
@@ -98,7 +104,7 @@ class DenseConv(Kernel):
         weights = op.dense
         pack = not geo.in_place
         wpack, variant = None, 0
-        packed = packed_gemm_variant(op, level)
+        packed = packed_gemm_variant(op, level, chunk)
         if packed is not None:
             variant, (mr, T) = packed
             chunk = max(chunk, T)
