@@ -18,7 +18,12 @@ import warnings
 # (PyTorch bundles its own libgomp) nor child processes, which decide for themselves. libomp
 # (clang builds) reads KMP_BLOCKTIME when its first parallel region starts, so that one stays
 # set; libgomp ignores it.
-DEFAULT_SPIN_COUNT = 10000  # libgomp spins (~0.1-1.5 ms) before a waiting thread sleeps
+# 1000 spins rather than 10000 (2026-12-03, bench/bench_contention.py, ResNet-18 at 90% on the
+# 2-core Zen 4 VM, 2-thread call beside one busy loop over the quiet 1-thread call, three runs
+# each): x1.20-1.47 against x2.84-3.89 (3000: x2.06-2.20). The quiet 2-thread calls did not
+# measurably lose (ResNet-18 10.1-10.9 ms against 8.6-10.5, same runs; ResNet-50 and VGG16
+# scaling within the VM's noise): layers follow each other within the shorter spin.
+DEFAULT_SPIN_COUNT = 1000  # libgomp spins before a waiting thread sleeps
 DEFAULT_BLOCKTIME_MS = 1  # libomp's equivalent, in milliseconds
 
 
