@@ -99,6 +99,79 @@ def test_conv_accumulators_are_exact(rng, case, unsigned, simd_level, threads):
     assert_close(op(x), _epilogue(raw, op), **EPILOGUE_TOL)
 
 
+@pytest.mark.parametrize("G", [2, 4], ids=["pairs", "quads"])
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:3])) + f"s{c[3]}")
+def test_conv_accumulators_are_exact_in_pairs_and_quads(rng, case, G, simd_level, threads):
+    """An unsigned input's layer grouped in pairs or in quads of input channels (whichever
+    channel_group would pick): exact accumulators at every SIMD level (VNNI's vpdpbusd, its
+    vpmaddwd emulation, plain C) and thread count, and the epilogue on them."""
+    op, values, x = _conv_case(rng, case, unsigned=True)
+    plan = Int8SparseConv.plan(op, op._geometry(x.shape), _config.get_num_threads(),
+                               _config.simd_level_index(), G=G)
+    raw = np.zeros(op.output_shape(x.shape), np.int32)
+    Int8SparseConv.accumulate(x, plan, raw)
+    np.testing.assert_array_equal(raw, _reference_acc(op, values, x))
+    out = np.empty(op.output_shape(x.shape), np.float32)
+    Int8SparseConv.run(x, plan, out)
+    assert_close(out, _epilogue(raw, op), **EPILOGUE_TOL)
+
+
+@pytest.mark.parametrize("W", range(13, 22))
+def test_quads_at_extreme_values_and_every_run_length(W, simd_level):
+    """Inputs at 255 and weights at -127 and 127 (the largest products vpdpbusd adds), a
+    channel count that leaves a quad 1, 2 or 3 channels short, stride 1 and 2 runs of every
+    length around the packer's 8-lane steps."""
+    for C, stride in ((5, 1), (6, 2), (7, 1), (4, 2)):
+        values = np.full((3, C, 3, 3), 127, np.int8)
+        values[1] = -127
+        values[2, :, 1] = 0
+        x = np.full((1, C, 5, W), 1e3, np.float32)
+        op = QuantizedConv2dOp(QuantizedWeight(values, np.ones(3, np.float32), 1.0, True),
+                               stride=stride, padding=1)
+        plan = Int8SparseConv.plan(op, op._geometry(x.shape), 1, _config.simd_level_index(),
+                                   G=4)
+        raw = np.zeros(op.output_shape(x.shape), np.int32)
+        Int8SparseConv.accumulate(x, plan, raw)
+        np.testing.assert_array_equal(raw, _reference_acc(op, values, x))
+        assert raw.max() == 255 * 127 * 9 * C
+
+
+def test_weight_groups_decode_to_the_weights(rng):
+    from fscnn.kernels.int8 import weight_groups
+    values = quantize_weight(sparse_weight((5, 7, 3, 2), 0.7, rng))[0]
+    values[0, :, 0, 0] = [-127, 127, 0, -1, 1, 0, 0]
+    for G, bits in ((2, 16), (4, 8)):
+        rows, cells, packed, ptr = weight_groups(values, G)
+        assert np.array_equal(ptr, np.concatenate(([0], np.cumsum(np.bincount(rows,
+                                                                            minlength=5)))))
+        decoded = np.zeros((5, -(-7 // G) * G, 6), np.int64)
+        word = packed.view(np.uint32).astype(np.int64)
+        for c in range(G):
+            part = (word >> (bits * c)) & ((1 << bits) - 1)
+            part = np.where(part >= 1 << (bits - 1), part - (1 << bits), part)
+            decoded[rows, (cells // 6) * G + c, cells % 6] = part
+        assert np.array_equal(decoded[:, :7].reshape(values.shape), values)
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_channel_group_takes_quads_where_they_do_less_work(rng, vnni, monkeypatch):
+    """Quads only for an unsigned input: with VNNI wherever there are fewer of them than
+    pairs (unstructured 90%: ~0.9 per pair), without it only below half the pairs
+    (QUAD_COST_WITHOUT_VNNI), which 1x4 blocks (exactly half) do not reach."""
+    from fscnn._ext import _int8
+    from fscnn.kernels import int8
+    monkeypatch.setattr(_int8, "vnni", lambda: vnni)
+    level = _config.SIMD_LEVELS.index("avx512")
+    blocks = np.repeat(sparse_weight((16, 8, 3, 3), 0.9, rng), 4, axis=1)  # 1x4 blocks
+    random = sparse_weight((16, 32, 3, 3), 0.9, rng)
+    for w, unsigned, expected in ((blocks, False, 2), (blocks, True, 4 if vnni else 2),
+                                  (random, True, 4 if vnni else 2)):
+        values, scale = quantize_weight(w)
+        op = QuantizedConv2dOp(QuantizedWeight(values, scale, 0.02, unsigned), padding=1)
+        assert int8.channel_group(op, level) == expected
+    assert int8.channel_group(op, _config.SIMD_LEVELS.index("avx2")) == 2
+
+
 @pytest.mark.parametrize("n_in", [1, 7, 64, 257])
 @pytest.mark.parametrize("batch", [1, 3, 8, 9, 50])
 def test_linear_accumulators_are_exact(rng, batch, n_in, simd_level, threads):

@@ -25,7 +25,7 @@ cdef extern from "spconv_int8.h" nogil:
         const int64_t *oblk
         int64_t ostride, n_oblk, Wq, W_out
         int64_t group
-        int act, level, nv, vnni
+        int act, level, nv, vnni, quads
     ctypedef struct spq_quant:
         float inv_scale
         int32_t lo, hi
@@ -35,7 +35,7 @@ cdef extern from "spconv_int8.h" nogil:
     int64_t spq_n_items(const spq_layer *k, int64_t L)
     int64_t SPQ_GROUP_MAX
     void spq_pack(const conv_packing *pk, const spq_quant *q, int level, const float *x,
-                  int64_t Cg, int64_t Pg, int64_t p0, int64_t p1, int32_t *buf)
+                  int64_t Cg, int64_t G, int64_t Pg, int64_t p0, int64_t p1, int32_t *buf)
     void spq_pack_rows(const spq_quant *q, const float *x, int64_t N, int64_t I, int64_t plane,
                        int64_t j0, int64_t j1, int32_t *buf)
     void spq_items(const spq_layer *k, const int32_t *inp, float *out, int32_t *raw,
@@ -94,13 +94,14 @@ cdef class _Int8Kernel:
         self.k.act, self.k.level, self.k.nv = act, level, nv
         # decided here, once, rather than per work item
         self.k.vnni = level >= FSCNN_SIMD_AVX512 and spq_cpu_vnni()
+        self.k.quads = 0
         self.q.inv_scale, self.q.lo, self.q.hi = inv_scale, lo, hi
         self.n_threads = n_threads
 
 
 cdef class Int8Conv(_Int8Kernel):
-    """Sparse INT8 convolution bound to one plan, O(N * npairs * H_out * Wq) int16 pair
-    multiply-adds.
+    """Sparse INT8 convolution bound to one plan, O(N * npairs * H_out * Wq) int16 pair (or
+    byte quad) multiply-adds.
 
     Parameters
     ----------
@@ -118,7 +119,10 @@ cdef class Int8Conv(_Int8Kernel):
     packing : fscnn.kernels.base.Packing
         Phase planes of Hq rows of Wq positions, ``plane`` apart (one int32 pair each).
     Cg, Pg : int
-        Input channels and channel pairs per group.
+        Input channels and channel pairs (quads) per group.
+    G : int
+        2: ``wpairs`` and the packed input are int16 pairs; 4: quads of bytes (int8
+        weights, uint8 input: ``lo`` must be 0), see spconv_int8.h.
     inv_scale : float
         1 / input scale.
     lo, hi : int
@@ -130,15 +134,20 @@ cdef class Int8Conv(_Int8Kernel):
         Tiles per work item (1 to SPQ_GROUP_MAX).
     """
     cdef conv_packing pk
-    cdef int64_t Cg, Pg
+    cdef int64_t Cg, Pg, G
 
     def __init__(self, const int64_t[::1] ptr, const int32_t[::1] offsets,
                  const int32_t[::1] wpairs, const float[::1] scale, const float[::1] bias,
                  const int64_t[::1] oblk, packing, int64_t Cg, int64_t Pg, float inv_scale,
                  int32_t lo, int32_t hi, int act, int level, int nv, int n_threads,
-                 int64_t group=1):
+                 int64_t group=1, int64_t G=2):
+        if G not in (2, 4) or (G == 4 and lo != 0):
+            raise ValueError(f"INT8 kernel: channels in groups of {G} with inputs from {lo}"
+                             " (pairs, or quads of an unsigned input)")
         super().__init__(ptr, offsets, wpairs, scale, bias, oblk, 1, packing.Wq, 0, inv_scale,
                          lo, hi, act, level, nv, n_threads, group)
+        self.k.quads = G == 4
+        self.G = G
         self.pk.H, self.pk.W = packing.H, packing.W
         self.pk.pad_top, self.pk.pad_left = packing.pad_top, packing.pad_left
         self.pk.sh, self.pk.sw = packing.sh, packing.sw
@@ -157,7 +166,7 @@ cdef class Int8Conv(_Int8Kernel):
         for n in range(N):
             for p in prange(n_pairs, num_threads=nt, schedule="dynamic"):
                 spq_pack(&self.pk, &self.q, k.level, x + n * C * self.pk.H * self.pk.W,
-                         self.Cg, self.Pg, p, p + 1, buf)
+                         self.Cg, self.G, self.Pg, p, p + 1, buf)
             for i in prange(n_items, num_threads=nt, schedule="dynamic"):
                 if raw != NULL:
                     spq_items(&k, buf, NULL, raw + n * O * H_out * W_out, H_out, i, i + 1)

@@ -3,7 +3,9 @@ quantized operators (:class:`fscnn.ops.QuantizedConv2dOp`, :class:`fscnn.ops.Qua
 
 The int8 weights are stored as pairs of two consecutive input channels at one tap (a pair is
 kept when either weight is non-zero), the input is quantized to int8/uint8 while it is packed
-as int16 pairs of the same channels, and the sums are exact int32 (vpmaddwd on AVX2). The
+as int16 pairs of the same channels, and the sums are exact int32 (vpmaddwd on AVX2). A
+layer whose input is unsigned may take quads of four channels instead (uint8 input, vpdpbusd
+with AVX512-VNNI; :func:`channel_group`). The
 epilogue dequantizes (one fused multiply-add with the channel's scale and bias) and applies
 the activation, so a quantized layer takes and returns float32 and its integer results are
 the same at every SIMD level and thread count.
@@ -13,12 +15,14 @@ from typing import NamedTuple
 import numpy as np
 
 from .._ext import _int8
+from .._ext._runtime import SIMD_NAMES
 from .base import Kernel, check_offsets_fit, packed_scratch, scratch, tap_positions
 from .sparse_conv import balanced_blocks
 
 NARROW_WASTE = 1.25  # the narrow tile when full tiles compute this many times more positions
 WIDE_MAX = 4  # the wide tile when it needs fewer tiles than the full one, up to this many
 PLANE_ALIGN = 16  # int32 pairs per packed plane, a multiple of
+QUAD_COST_WITHOUT_VNNI = 2.0  # a quad's work against a pair's without VNNI (channel_group)
 # A work item is a group of consecutive tiles (channel by channel, spconv_int8_impl.h) whose
 # input window (every pair plane) fits in this many bytes (L2), up to _int8.GROUP_MAX tiles.
 GROUP_WINDOW_BYTES = 512 * 1024
@@ -49,23 +53,50 @@ def _blocks(ptr, n_groups, threads, O):
     return balanced_blocks(ptr, n_blocks)
 
 
-def weight_pairs(qweight):
-    """The non-zero pairs of int8 weights ``qweight`` (O, C, ...) (C input channels, taps
-    after them), in (output channel, pair, tap) order: (output channel of each pair, index of
-    its (pair, tap) in group 0's (ceil(C/2), taps) grid, the int32 of its two int16 weights
-    (channel 2p low), row pointers (O+1,))."""
+def weight_groups(qweight, G=2):
+    """The non-zero groups of ``G`` consecutive input channels at one tap of int8 weights
+    ``qweight`` (O, C, ...) (C input channels, taps after them; a group is kept when any of
+    its weights is non-zero, the channels past C are zero), in (output channel, group, tap)
+    order: (output channel of each group, index of its (group, tap) in group 0's
+    (ceil(C/G), taps) grid, the int32 of its weights, row pointers (O+1,)). G = 2: two int16
+    halves (channel 2p low); G = 4: four bytes (channel 4q in the low byte)."""
     O, C = qweight.shape[:2]
-    P = (C + 1) // 2
-    w = np.zeros((O, 2 * P) + qweight.shape[2:], np.int32)
+    P = -(-C // G)
+    w = np.zeros((O, G * P) + qweight.shape[2:], np.int64)
     w[:, :C] = qweight
-    w = w.reshape((O, P, 2, -1))
-    lo, hi = w[:, :, 0], w[:, :, 1]
-    nz = (lo != 0) | (hi != 0)
+    w = w.reshape((O, P, G, -1))
+    nz = (w != 0).any(axis=2)
     o, p, t = np.nonzero(nz)
-    pairs = ((lo[nz] & 0xFFFF) | (hi[nz] << 16)).astype(np.uint32).view(np.int32)
+    bits = 32 // G
+    packed = np.zeros(o.size, np.int64)
+    for c in range(G):
+        packed |= (w[:, :, c][nz] & ((1 << bits) - 1)) << (bits * c)
     ptr = np.zeros(O + 1, np.int64)
     np.cumsum(np.bincount(o, minlength=O), out=ptr[1:])
-    return o.astype(np.int64), p * w.shape[-1] + t, np.ascontiguousarray(pairs), ptr
+    return (o.astype(np.int64), p * w.shape[-1] + t,
+            np.ascontiguousarray(packed.astype(np.uint32).view(np.int32)), ptr)
+
+
+def _group_count(qweight, G):
+    """How many groups of ``G`` consecutive input channels at one tap hold a non-zero."""
+    O, C = qweight.shape[:2]
+    nz = np.zeros((O, -(-C // G) * G) + qweight.shape[2:], bool)
+    nz[:, :C] = qweight != 0
+    return int(nz.reshape(O, -1, G, nz[0, 0].size).any(axis=2).sum())
+
+
+def channel_group(op, level):
+    """2 (pairs) or 4 (quads; an unsigned input only): the grouping of input channels with
+    the less work at SIMD ``level``. A quad costs one vpdpbusd with AVX512-VNNI, as a pair
+    costs one vpdpwssd, and twice a pair's work without it (spconv_int8.h): quads are taken
+    where their count times that cost is below the pairs' count. At 90% unstructured there
+    are ~0.9 quads per pair; pruned in 1x4 blocks along the input channels, 0.5."""
+    if not op.input_unsigned:
+        return 2
+    pairs, quads = op.derived(Int8SparseConv.name, "counts",
+                              lambda: tuple(_group_count(op.qweight, G) for G in (2, 4)))
+    vnni = level >= SIMD_NAMES.index("avx512") and _int8.vnni()
+    return 4 if quads * (1 if vnni else QUAD_COST_WITHOUT_VNNI) < pairs else 2
 
 
 def _quant_args(op):
@@ -89,11 +120,14 @@ class Int8SparseConv(Kernel):
     name = "int8"
 
     @staticmethod
-    def plan(op, geo, threads, level):
+    def plan(op, geo, threads, level, G=None):
+        """``G``: the input channels per non-zero, 2 or 4 (:func:`channel_group` by
+        default)."""
         O, Cg, KH, KW = op.weight_shape
-        Pg = (Cg + 1) // 2
-        rows, taps, pairs, ptr = op.derived(Int8SparseConv.name, None,
-                                            lambda: weight_pairs(op.qweight))
+        G = channel_group(op, level) if G is None else G
+        Pg = -(-Cg // G)
+        rows, taps, pairs, ptr = op.derived(Int8SparseConv.name, G,
+                                            lambda: weight_groups(op.qweight, G))
         # planes padded to whole 64-byte lines: with the 64-byte aligned buffer, every load of
         # a tap at offset 0 (all of a 1x1 layer's) is aligned (tiles start at multiples of 16)
         pk = geo.packing(plane=-(-geo.Hq * geo.Wq // PLANE_ALIGN) * PLANE_ALIGN)
@@ -117,7 +151,7 @@ class Int8SparseConv(Kernel):
         call = _int8.Int8Conv(ptr, pos[order].astype(np.int32), pairs[order], op.scale,
                               op.bias, _blocks(ptr, -(-n_tiles // group), threads, O), pk,
                               Cg, Pg, *_quant_args(op), op.act_code, level, nv, threads,
-                              group)
+                              group, G)
         return Int8ConvPlan(packed, readable, call)
 
     @staticmethod
@@ -155,8 +189,8 @@ class Int8SparseLinear(Kernel):
     @staticmethod
     def plan(op, shape, threads, level):
         O, n_in = op.weight_shape
-        rows, pairs_j, pairs, ptr = op.derived(Int8SparseLinear.name, None,
-                                               lambda: weight_pairs(op.qweight))
+        rows, pairs_j, pairs, ptr = op.derived(Int8SparseLinear.name, 2,
+                                               lambda: weight_groups(op.qweight, 2))
         N = shape[0]
         nv = _tile_vectors(N)
         T = _int8.tile_size(nv)

@@ -30,6 +30,13 @@
  * `vpdpwssd` (multiply-add of the int16 pairs and the accumulation in one instruction, the
  * same wrapping int32 sum) on 512-bit vectors (the same tiles, so the plan does not depend on
  * it; the layer's `vnni` flag, set once when the kernel is built, picks that copy).
+ * Quads: where the input is unsigned (after a ReLU), four consecutive input channels can be
+ * one non-zero instead, their int8 weights the four bytes of an int32 and the input packed as
+ * four uint8 per position: VNNI's `vpdpbusd` then adds 4 products per lane per instruction
+ * (vpdpwssd on pairs: 2), exact (4 * 255 * 128 per step). Without VNNI the same sums come
+ * from two vpmaddwd on the bytes split into int16 pairs (twice the pair kernel's work per
+ * non-zero), in plain C at the baseline level. fscnn.kernels.int8 picks quads where they
+ * are fewer than the pairs by enough for the level's cost (weights pruned in 1x4 blocks).
  */
 #ifndef FSCNN_SPCONV_INT8_H
 #define FSCNN_SPCONV_INT8_H
@@ -50,7 +57,11 @@
  *          for the group's later tiles) rather than once per tile.
  * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; nv: vectors of 8 int32 per tile, SPQ_NV_FULL,
  *          SPQ_NV_NARROW or SPQ_NV_WIDE (spq_tile_size); vnni: run the AVX512-VNNI copy
- *          (level AVX-512 on a CPU with it, spq_cpu_vnni). */
+ *          (level AVX-512 on a CPU with it, spq_cpu_vnni).
+ * quads:   0: wpairs and the input hold int16 pairs (above); 1: quads of four consecutive
+ *          input channels (4q .. 4q+3, the missing ones zero) as the four bytes of an int32,
+ *          channel 4q in the low byte: int8 weights, and the input quantized to uint8 (an
+ *          unsigned input only), multiplied with vpdpbusd on VNNI (see spq_pack4). */
 typedef struct {
     const int64_t *ptr;
     const int32_t *offsets;
@@ -59,7 +70,7 @@ typedef struct {
     const float *bias;
     const int64_t *oblk;
     int64_t ostride, n_oblk, Wq, W_out, group;
-    int act, level, nv, vnni;
+    int act, level, nv, vnni, quads;
 } spq_layer;
 
 /* Tile widths, in vectors of 8 positions: the full tile (48 positions), the narrow one for
@@ -179,22 +190,89 @@ static inline void spq_pack_run(int level, const float *x0, const float *x1, int
     spq_pack_run_baseline(x0, x1, n, sx, q, dst);
 }
 
-/* Quantize and pack the channel pairs [p0, p1) of one image x (C, H, W) into phase planes
- * (conv_pack.h's layout, one int32 pair per position) with SIMD level `level`. Pair gp is
- * channels (g*Cg + 2p, g*Cg + 2p + 1) with g = gp / Pg, p = gp % Pg, Pg = ceil(Cg / 2); the
- * second is zero when 2p + 1 == Cg. buf: (G*Pg*phases*plane + tail) int32, the caller zeroes
- * the tail. Every plane element is written. O(pairs * phases * plane). */
+/* dst[j] = quad(q(xs[0][j*sx]), .., q(xs[3][j*sx])) for j < n, a channel's byte zero where
+ * xs[c] is NULL; the input is unsigned (q in [0, 255]): the scalar definition. */
+static inline void spq_pack4_run_baseline(const float *const xs[4], int64_t n, int64_t sx,
+                                          const spq_quant *q, int32_t *dst)
+{
+    for (int64_t j = 0; j < n; j++) {
+        uint32_t v = 0;
+        for (int c = 0; c < 4; c++)
+            if (xs[c]) v |= (uint32_t)spq_quantize(xs[c][j * sx], q) << (8 * c);
+        dst[j] = (int32_t)v;
+    }
+}
+
+#if FSCNN_X86
+/* spq_pack4_run_baseline 8 positions per step where the run is contiguous or every other
+ * element (as spq_pack_run_avx2); bit-identical to it. */
+FSCNN_ATTR_avx2 static void spq_pack4_run_avx2(const float *const xs[4], int64_t n, int64_t sx,
+                                               const spq_quant *q, int32_t *dst)
+{
+    int64_t j = 0;
+    const __m256 inv = _mm256_set1_ps(q->inv_scale);
+    const __m256 lo = _mm256_set1_ps((float)q->lo), hi = _mm256_set1_ps((float)q->hi);
+    if (sx == 1 || sx == 2) {
+        for (; (sx == 1 && j + 8 <= n) || (sx == 2 && j + 8 < n); j += 8) {
+            __m256i v = _mm256_setzero_si256();
+            /* byte c of each lane: channel c (constant shifts, as the intrinsic wants) */
+#define SPQ_QUAD_BYTE(c) do {                                                               \
+                if (xs[c]) {                                                                \
+                    const __m256 x_ = sx == 1 ? _mm256_loadu_ps(xs[c] + j)                   \
+                                              : spq_even8(xs[c] + 2 * j);                    \
+                    v = _mm256_or_si256(v, _mm256_slli_epi32(spq_quantize8(x_, inv, lo, hi), \
+                                                             8 * (c)));                     \
+                }                                                                           \
+            } while (0)
+            SPQ_QUAD_BYTE(0);
+            SPQ_QUAD_BYTE(1);
+            SPQ_QUAD_BYTE(2);
+            SPQ_QUAD_BYTE(3);
+#undef SPQ_QUAD_BYTE
+            _mm256_storeu_si256((__m256i *)(dst + j), v);
+        }
+    }
+    const float *rest[4];
+    for (int c = 0; c < 4; c++) rest[c] = xs[c] ? xs[c] + j * sx : NULL;
+    spq_pack4_run_baseline(rest, n - j, sx, q, dst + j);
+}
+#endif
+
+/* A run of G = 2 channels (int16 pairs) or 4 (uint8 quads) packed with SIMD level `level`. */
+static inline void spq_pack_group_run(int level, int64_t G, const float *const xs[4], int64_t n,
+                                      int64_t sx, const spq_quant *q, int32_t *dst)
+{
+    if (G == 2) {
+        spq_pack_run(level, xs[0], xs[1], n, sx, q, dst);
+        return;
+    }
+#if FSCNN_X86
+    if (level >= FSCNN_SIMD_AVX2) {
+        spq_pack4_run_avx2(xs, n, sx, q, dst);
+        return;
+    }
+#endif
+    spq_pack4_run_baseline(xs, n, sx, q, dst);
+}
+
+/* Quantize and pack the channel groups [p0, p1) of one image x (C, H, W) into phase planes
+ * (conv_pack.h's layout, one int32 per position) with SIMD level `level`: G = 2, int16 pairs,
+ * or G = 4, uint8 quads (an unsigned input). Group gp is channels g*Cg + G*p + c (c < G) with
+ * g = gp / Pg, p = gp % Pg, Pg = ceil(Cg / G); those past Cg are zero. buf: (G*Pg*phases*plane
+ * + tail) int32, the caller zeroes the tail. Every plane element is written.
+ * O(groups * phases * plane). */
 static inline void spq_pack(const conv_packing *pk, const spq_quant *q, int level,
-                            const float *x, int64_t Cg, int64_t Pg, int64_t p0, int64_t p1,
-                            int32_t *buf)
+                            const float *x, int64_t Cg, int64_t G, int64_t Pg, int64_t p0,
+                            int64_t p1, int32_t *buf)
 {
     const int64_t H = pk->H, W = pk->W, pad_top = pk->pad_top, pad_left = pk->pad_left,
                   sh = pk->sh, sw = pk->sw, Hq = pk->Hq, Wq = pk->Wq, plane = pk->plane;
     const int64_t phy = pk->one_phase ? 1 : sh, phx = pk->one_phase ? 1 : sw;
     for (int64_t gp = p0; gp < p1; gp++) {
         const int64_t g = gp / Pg, p = gp - g * Pg;
-        const float *x0 = x + (g * Cg + 2 * p) * H * W;
-        const float *x1 = (2 * p + 1 < Cg) ? x0 + H * W : NULL;
+        const float *xc[4] = {NULL, NULL, NULL, NULL};
+        for (int64_t c = 0; c < G; c++)
+            if (G * p + c < Cg) xc[c] = x + (g * Cg + G * p + c) * H * W;
         for (int64_t py = 0; py < phy; py++) {
             for (int64_t px = 0; px < phx; px++) {
                 int32_t *dst = buf + ((gp * phy + py) * phx + px) * plane;
@@ -211,8 +289,10 @@ static inline void spq_pack(const conv_packing *pk, const spq_quant *q, int leve
                         continue;
                     }
                     const int64_t e = yin * W + j0 * sw + off;
+                    const float *xs[4];
+                    for (int c = 0; c < 4; c++) xs[c] = xc[c] ? xc[c] + e : NULL;
                     memset(drow, 0, (size_t)j0 * sizeof(int32_t));
-                    spq_pack_run(level, x0 + e, x1 ? x1 + e : NULL, j1 - j0, sw, q, drow + j0);
+                    spq_pack_group_run(level, G, xs, j1 - j0, sw, q, drow + j0);
                     memset(drow + j1, 0, (size_t)(Wq - j1) * sizeof(int32_t));
                 }
             }
@@ -303,6 +383,56 @@ static inline int spq_cpu_vnni(void)
 #include "spconv_int8_impl.h"
 #endif
 
+/* The same kernels on quads (spq_layer.quads): VNNI's vpdpbusd, an exact emulation with
+ * vpmaddwd at the AVX2 level (the AVX-512 level without VNNI runs it too), plain C. */
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX quad_baseline
+#define SPQ_NV SPQ_NV_FULL
+#define SPQ_QUAD 1
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX quad_narrow_baseline
+#define SPQ_NV SPQ_NV_NARROW
+#define SPQ_QUAD 1
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL baseline
+#define FSCNN_SUFFIX quad_wide_baseline
+#define SPQ_NV SPQ_NV_WIDE
+#define SPQ_QUAD 1
+#include "spconv_int8_impl.h"
+#if FSCNN_X86
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX quad_avx2
+#define SPQ_NV SPQ_NV_FULL
+#define SPQ_QUAD 1
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX quad_narrow_avx2
+#define SPQ_NV SPQ_NV_NARROW
+#define SPQ_QUAD 1
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx2
+#define FSCNN_SUFFIX quad_wide_avx2
+#define SPQ_NV SPQ_NV_WIDE
+#define SPQ_QUAD 1
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx512vnni
+#define FSCNN_SUFFIX quad_avx512vnni
+#define SPQ_NV SPQ_NV_FULL
+#define SPQ_QUAD 1
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx512vnni
+#define FSCNN_SUFFIX quad_narrow_avx512vnni
+#define SPQ_NV SPQ_NV_NARROW
+#define SPQ_QUAD 1
+#include "spconv_int8_impl.h"
+#define FSCNN_LEVEL avx512vnni
+#define FSCNN_SUFFIX quad_wide_avx512vnni
+#define SPQ_NV SPQ_NV_WIDE
+#define SPQ_QUAD 1
+#include "spconv_int8_impl.h"
+#endif
+
 /* Output positions per tile of nv vectors (the same at every level). */
 static inline int64_t spq_tile_size(int nv) { return 8 * (int64_t)nv; }
 
@@ -321,6 +451,35 @@ static inline int64_t spq_n_items(const spq_layer *k, int64_t L)
 static inline void spq_items(const spq_layer *k, const int32_t *in, float *out, int32_t *raw,
                              int64_t H_out, int64_t i0, int64_t i1)
 {
+    if (k->quads) {
+#if FSCNN_X86
+        if (k->vnni) {
+            if (k->nv == SPQ_NV_NARROW)
+                spq_items_quad_narrow_avx512vnni(k, in, out, raw, H_out, i0, i1);
+            else if (k->nv == SPQ_NV_WIDE)
+                spq_items_quad_wide_avx512vnni(k, in, out, raw, H_out, i0, i1);
+            else
+                spq_items_quad_avx512vnni(k, in, out, raw, H_out, i0, i1);
+            return;
+        }
+        if (k->level >= FSCNN_SIMD_AVX2) {
+            if (k->nv == SPQ_NV_NARROW)
+                spq_items_quad_narrow_avx2(k, in, out, raw, H_out, i0, i1);
+            else if (k->nv == SPQ_NV_WIDE)
+                spq_items_quad_wide_avx2(k, in, out, raw, H_out, i0, i1);
+            else
+                spq_items_quad_avx2(k, in, out, raw, H_out, i0, i1);
+            return;
+        }
+#endif
+        if (k->nv == SPQ_NV_NARROW)
+            spq_items_quad_narrow_baseline(k, in, out, raw, H_out, i0, i1);
+        else if (k->nv == SPQ_NV_WIDE)
+            spq_items_quad_wide_baseline(k, in, out, raw, H_out, i0, i1);
+        else
+            spq_items_quad_baseline(k, in, out, raw, H_out, i0, i1);
+        return;
+    }
 #if FSCNN_X86
     if (k->vnni) {
         if (k->nv == SPQ_NV_NARROW)

@@ -1,13 +1,17 @@
 /* Sparse INT8 tile kernel: one SIMD target's copy (see spconv_int8.h for the design).
  *
  * Included once per instantiation by spconv_int8.h with FSCNN_LEVEL, FSCNN_SUFFIX (see
- * fscnn_common.h) and SPQ_NV (vectors of 8 int32 accumulators per tile) defined; they are
+ * fscnn_common.h), SPQ_NV (vectors of 8 int32 accumulators per tile) and optionally SPQ_QUAD
+ * (1: the weights and the input are quads of bytes, not pairs of int16) defined; they are
  * undefined again at the end of this file. The AVX2 and AVX-512 copies accumulate with
  * 256-bit vpmaddwd, the AVX-512 VNNI copy with vpdpwssd (512-bit, 256-bit for the narrow
  * tile); the baseline copy (the portable path) with the same arithmetic in C.
  */
 
 #define SPQ_T (8 * SPQ_NV)
+#ifndef SPQ_QUAD
+#define SPQ_QUAD 0  /* 1: quads of uint8 input and int8 weights (spconv_int8.h) */
+#endif
 
 /* Tiles [t0, t1) (at most SPQ_GROUP_MAX) of T flat positions each, for output channels
  * [o0, o1) of one image, channel by channel (each channel's pairs stay in L1 across the
@@ -46,7 +50,11 @@ FSCNN_TARGET static void FSCNN_FN(spq_group)(
 #define SPQ_NA 2
 #define SPQ_ZERO _mm512_setzero_si512
 #define SPQ_SET1 _mm512_set1_epi32
+#if SPQ_QUAD  /* vpdpbusd: the input's unsigned bytes times the weights' signed ones */
+#define SPQ_DP(a, p, w) _mm512_dpbusd_epi32(a, _mm512_loadu_si512((const void *)(p)), w)
+#else
 #define SPQ_DP(a, p, w) _mm512_dpwssd_epi32(a, _mm512_loadu_si512((const void *)(p)), w)
+#endif
 #define SPQ_ADD _mm512_add_epi32
 #define SPQ_STORE(d, a) _mm512_store_si512((void *)(d), a)
 #else
@@ -55,7 +63,11 @@ FSCNN_TARGET static void FSCNN_FN(spq_group)(
 #define SPQ_NA 4
 #define SPQ_ZERO _mm256_setzero_si256
 #define SPQ_SET1 _mm256_set1_epi32
+#if SPQ_QUAD
+#define SPQ_DP(a, p, w) _mm256_dpbusd_epi32(a, _mm256_loadu_si256((const __m256i *)(p)), w)
+#else
 #define SPQ_DP(a, p, w) _mm256_dpwssd_epi32(a, _mm256_loadu_si256((const __m256i *)(p)), w)
+#endif
 #define SPQ_ADD _mm256_add_epi32
 #define SPQ_STORE(d, a) _mm256_store_si256((__m256i *)(d), a)
 #endif
@@ -103,11 +115,26 @@ FSCNN_TARGET static void FSCNN_FN(spq_group)(
         for (int64_t kk = k->ptr[o]; kk < kend; kk++) {
             const __m256i w = _mm256_set1_epi32(k->wpairs[kk]);
             const int32_t *restrict p = base + (int64_t)k->offsets[kk] * ostride;
+#if SPQ_QUAD
+            /* without VNNI: bytes 0 and 2, then 1 and 3, as int16 pairs (the input's zero-
+             * extended, the weights' sign-extended) through vpmaddwd: exact, no saturation */
+            const __m256i w02 = _mm256_srai_epi16(_mm256_slli_epi16(w, 8), 8);
+            const __m256i w13 = _mm256_srai_epi16(w, 8);
+            const __m256i low = _mm256_set1_epi32(0x00FF00FF);
+#pragma GCC unroll 8
+            for (int v = 0; v < SPQ_NV; v++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(p + 8 * v));
+                const __m256i s02 = _mm256_madd_epi16(_mm256_and_si256(xv, low), w02);
+                const __m256i s13 = _mm256_madd_epi16(_mm256_srli_epi16(xv, 8), w13);
+                a[v] = _mm256_add_epi32(a[v], _mm256_add_epi32(s02, s13));
+            }
+#else
 #pragma GCC unroll 8
             for (int v = 0; v < SPQ_NV; v++) {
                 const __m256i xv = _mm256_loadu_si256((const __m256i *)(p + 8 * v));
                 a[v] = _mm256_add_epi32(a[v], _mm256_madd_epi16(xv, w));
             }
+#endif
         }
 #pragma GCC unroll 8
         for (int v = 0; v < SPQ_NV; v++) _mm256_store_si256((__m256i *)(acc + 8 * v), a[v]);
@@ -115,12 +142,22 @@ FSCNN_TARGET static void FSCNN_FN(spq_group)(
         for (int j = 0; j < SPQ_T; j++) acc[j] = 0;
         for (int64_t kk = k->ptr[o]; kk < kend; kk++) {
             const uint32_t w = (uint32_t)k->wpairs[kk];
-            const int32_t wl = (int16_t)(w & 0xFFFFu), wh = (int16_t)(w >> 16);
             const int32_t *restrict p = base + (int64_t)k->offsets[kk] * ostride;
+#if SPQ_QUAD
+            const int32_t w0 = (int8_t)(w & 0xFFu), w1 = (int8_t)((w >> 8) & 0xFFu);
+            const int32_t w2 = (int8_t)((w >> 16) & 0xFFu), w3 = (int8_t)(w >> 24);
+            for (int j = 0; j < SPQ_T; j++) {
+                const uint32_t xv = (uint32_t)p[j];
+                acc[j] += (int32_t)(xv & 0xFFu) * w0 + (int32_t)((xv >> 8) & 0xFFu) * w1
+                          + (int32_t)((xv >> 16) & 0xFFu) * w2 + (int32_t)(xv >> 24) * w3;
+            }
+#else
+            const int32_t wl = (int16_t)(w & 0xFFFFu), wh = (int16_t)(w >> 16);
             for (int j = 0; j < SPQ_T; j++) {
                 const uint32_t xv = (uint32_t)p[j];
                 acc[j] += (int16_t)(xv & 0xFFFFu) * wl + (int16_t)(xv >> 16) * wh;
             }
+#endif
         }
 #endif
         if (raw) {
@@ -176,5 +213,6 @@ FSCNN_TARGET static void FSCNN_FN(spq_items)(
 
 #undef SPQ_T
 #undef SPQ_NV
+#undef SPQ_QUAD
 #undef FSCNN_SUFFIX
 #undef FSCNN_LEVEL
