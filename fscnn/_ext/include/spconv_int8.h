@@ -451,51 +451,40 @@ static inline int64_t spq_n_items(const spq_layer *k, int64_t L)
 static inline void spq_items(const spq_layer *k, const int32_t *in, float *out, int32_t *raw,
                              int64_t H_out, int64_t i0, int64_t i1)
 {
-    if (k->quads) {
-#if FSCNN_X86
-        if (k->vnni) {
-            if (k->nv == SPQ_NV_NARROW)
-                spq_items_quad_narrow_avx512vnni(k, in, out, raw, H_out, i0, i1);
-            else if (k->nv == SPQ_NV_WIDE)
-                spq_items_quad_wide_avx512vnni(k, in, out, raw, H_out, i0, i1);
-            else
-                spq_items_quad_avx512vnni(k, in, out, raw, H_out, i0, i1);
-            return;
-        }
-        if (k->level >= FSCNN_SIMD_AVX2) {
-            if (k->nv == SPQ_NV_NARROW)
-                spq_items_quad_narrow_avx2(k, in, out, raw, H_out, i0, i1);
-            else if (k->nv == SPQ_NV_WIDE)
-                spq_items_quad_wide_avx2(k, in, out, raw, H_out, i0, i1);
-            else
-                spq_items_quad_avx2(k, in, out, raw, H_out, i0, i1);
-            return;
-        }
-#endif
-        if (k->nv == SPQ_NV_NARROW)
-            spq_items_quad_narrow_baseline(k, in, out, raw, H_out, i0, i1);
-        else if (k->nv == SPQ_NV_WIDE)
-            spq_items_quad_wide_baseline(k, in, out, raw, H_out, i0, i1);
-        else
-            spq_items_quad_baseline(k, in, out, raw, H_out, i0, i1);
-        return;
-    }
+    /* the copy of the layer's tile: spq_items_<quad_><narrow_|wide_|><level> */
+#define SPQ_CALL_TILE(quad, lvl) do {                                                     \
+        if (k->nv == SPQ_NV_NARROW)                                                      \
+            spq_items_##quad##narrow_##lvl(k, in, out, raw, H_out, i0, i1);              \
+        else if (k->nv == SPQ_NV_WIDE)                                                   \
+            spq_items_##quad##wide_##lvl(k, in, out, raw, H_out, i0, i1);                \
+        else                                                                             \
+            spq_items_##quad##lvl(k, in, out, raw, H_out, i0, i1);                       \
+    } while (0)
 #if FSCNN_X86
     if (k->vnni) {
-        if (k->nv == SPQ_NV_NARROW)
-            spq_items_narrow_avx512vnni(k, in, out, raw, H_out, i0, i1);
-        else if (k->nv == SPQ_NV_WIDE)
-            spq_items_wide_avx512vnni(k, in, out, raw, H_out, i0, i1);
+        if (k->quads)
+            SPQ_CALL_TILE(quad_, avx512vnni);
         else
-            spq_items_avx512vnni(k, in, out, raw, H_out, i0, i1);
+            SPQ_CALL_TILE(, avx512vnni);
+        return;
+    }
+    if (k->quads && k->level >= FSCNN_SIMD_AVX2) {  /* AVX-512 without VNNI: the AVX2 copy */
+        SPQ_CALL_TILE(quad_, avx2);
+        return;
+    }
+    if (!k->quads && k->level >= FSCNN_SIMD_AVX512) {
+        SPQ_CALL_TILE(, avx512);
+        return;
+    }
+    if (!k->quads && k->level == FSCNN_SIMD_AVX2) {
+        SPQ_CALL_TILE(, avx2);
         return;
     }
 #endif
-    if (k->nv == SPQ_NV_NARROW)
-        FSCNN_SIMD_CALL(k->level, spq_items_narrow, k, in, out, raw, H_out, i0, i1);
-    else if (k->nv == SPQ_NV_WIDE)
-        FSCNN_SIMD_CALL(k->level, spq_items_wide, k, in, out, raw, H_out, i0, i1);
+    if (k->quads)
+        SPQ_CALL_TILE(quad_, baseline);
     else
-        FSCNN_SIMD_CALL(k->level, spq_items, k, in, out, raw, H_out, i0, i1);
+        SPQ_CALL_TILE(, baseline);
+#undef SPQ_CALL_TILE
 }
 #endif
