@@ -10,6 +10,7 @@ are cached per (shape, threads, SIMD level).
 :class:`QuantizedConv2dOp` and :class:`QuantizedLinearOp` are the same operators over int8
 weights (:class:`QuantizedWeight`), run by the INT8 kernels of :mod:`fscnn.kernels.int8`.
 """
+import contextlib
 import threading
 from collections import OrderedDict
 from typing import NamedTuple, Optional
@@ -116,6 +117,23 @@ class _Plan(NamedTuple):
     runner: type
     plan: object
     timings: Optional[dict]
+
+
+_looking = threading.local()  # .on: this thread's calls take the second looks (second_looks)
+
+
+@contextlib.contextmanager
+def second_looks():
+    """Within the block, this thread's calls of an operator whose plan was a close call of
+    'auto' time it again (see ``_WeightedOp._second_look``); outside, the first call's choice
+    stays, so that a model's later calls give the bits of its first. ``Module.prepare`` runs
+    its second call in this block."""
+    previous = getattr(_looking, "on", False)
+    _looking.on = True
+    try:
+        yield
+    finally:
+        _looking.on = previous
 
 
 class _SecondLook(NamedTuple):
@@ -291,7 +309,8 @@ class _WeightedOp:
         """The plan for inputs of ``shape`` at the current threads and SIMD level, made (and
         with 'auto' timed) on first use. ``confirm``: a call that will run it; the first
         such call after the one whose timing was a close call (a runner-up near the winner,
-        or fewer threads) times it again (:meth:`_second_look`)."""
+        or fewer threads) times it again (:meth:`_second_look`) inside :func:`second_looks`
+        (``Module.prepare``'s second call) and keeps the first choice elsewhere."""
         threads, level = _config.get_num_threads(), _config.simd_level_index()
         key = (tuple(shape), threads, level)
         last_key, last = self._last_plan  # one read: atomic against another thread's store
@@ -309,6 +328,9 @@ class _WeightedOp:
                         self._last_plan = (key, plan)
                     return plan
         if plan is not None:
+            if not getattr(_looking, "on", False):  # not inside prepare: the first choice stays
+                self._last_plan = (key, plan)
+                return plan
             return self._second_look(key, plan, look)
         plan = self._make_plan(shape, threads, level)
         with self._plans_lock:
@@ -671,7 +693,7 @@ class ExpandDepthwiseOp:
         with self._lock:
             plan = self._plans.get(key, False)
             wide = self._unconfirmed.pop(key, None)
-        if wide is not None:
+        if wide is not None and getattr(_looking, "on", False):
             # the fused kernel was put on fewer threads by the call that made the plan: time
             # that again now, as _WeightedOp._second_look does
             x = timing_input(shape)

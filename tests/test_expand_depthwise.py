@@ -129,7 +129,8 @@ def test_fused_kernel_put_on_one_thread_is_timed_again_by_the_next_call(rng, mon
         op = ExpandDepthwiseOp(a, b)
         assert_close(op(x), _reference(x, spec))
         assert op.fused_for(x.shape) and op.threads_for(x.shape) == 1 and looks == []
-        assert_close(op(x), _reference(x, spec))
+        with ops.second_looks():  # as prepare's second call
+            assert_close(op(x), _reference(x, spec))
         assert looks == [2] and op.threads_for(x.shape) == (1 if again_faster_on_one else 2)
         assert_close(op(x), _reference(x, spec))
         assert looks == [2]

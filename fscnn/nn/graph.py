@@ -20,7 +20,7 @@ from collections import Counter, OrderedDict, namedtuple
 
 import numpy as np
 
-from .. import _config
+from .. import ops
 from .._validate import as_float_array
 from . import _plan, activation, init, layers, pooling, quantized, tensor
 from .errors import LayerInputError
@@ -393,8 +393,8 @@ class Graph(Module):
             shapes = list(input_shape)
         inputs = [np.zeros(tuple(s), np.dtype(i.dtype)) for s, i in zip(shapes, self.inputs)]
         self(*inputs)
-        if _config.get_num_threads() > 1:
-            self(*inputs)  # as Module.prepare: the second look at layers put on fewer threads
+        with ops.second_looks():  # as Module.prepare: the second look at close calls
+            self(*inputs)
         return self
 
     def _fusion_chains(self):

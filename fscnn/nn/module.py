@@ -18,7 +18,7 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
-from .. import _config, io
+from .. import io, ops
 from .._progress import Progress
 from ..sparse import CSRMatrix, FormatError, SparseConvWeight
 from . import _plan
@@ -643,9 +643,9 @@ class Module:
         ----------
         input_shape : tuple of int, optional
             E.g. ``(1, 3, 224, 224)``. When given, the model runs once on zeros of this shape
-            so that each layer chooses its kernel for its actual input (see :meth:`plan`), and
-            on several threads a second time, so that layers put on fewer threads time that
-            choice again (see ``fscnn.ops._WeightedOp._second_look``).
+            so that each layer chooses its kernel for its actual input (see :meth:`plan`), then
+            a second time, so that the layers whose choice was a close call (a runner-up near
+            the winner, or fewer threads) time it again (``fscnn.ops.second_looks``).
         kernel : {'auto', 'sparse', 'dense', 'winograd', 'depthwise'} or dict of str -> str
             Kernel for every convolution and linear layer, or a mapping from qualified layer
             names (``"features.0"``) to a kernel, the others using ``'auto'``. Kept for later
@@ -681,9 +681,10 @@ class Module:
             with Progress(len(plan.steps), "prepare", "layer", enabled=progress) as bar, \
                     _plan.reporting(bar):
                 self(np.zeros(input_shape, dtype=np.float32))
-            if _config.get_num_threads() > 1:
-                # a second call: layers that the first put on fewer threads than the caller's
-                # time that choice again, seconds later (ops._WeightedOp._second_look)
+            # a second call: the layers whose kernel or thread count was a close call time
+            # it again, seconds later (ops._WeightedOp._second_look); only here, so that a
+            # model prepared lazily keeps its first call's choices (and bits)
+            with ops.second_looks():
                 self(np.zeros(input_shape, dtype=np.float32))
         return self
 
