@@ -53,6 +53,16 @@ def _blocks(ptr, n_groups, threads, O):
     return balanced_blocks(ptr, n_blocks)
 
 
+def _channel_groups(weights, G):
+    """``weights`` (O, C, ...) as (O, ceil(C/G), G, taps), the input channels past C zero
+    (int64, or bool for a bool array)."""
+    O, C = weights.shape[:2]
+    dtype = bool if weights.dtype == bool else np.int64
+    w = np.zeros((O, -(-C // G) * G) + weights.shape[2:], dtype)
+    w[:, :C] = weights
+    return w.reshape((O, -1, G, int(np.prod(weights.shape[2:], dtype=np.int64))))
+
+
 def weight_groups(qweight, G=2):
     """The non-zero groups of ``G`` consecutive input channels at one tap of int8 weights
     ``qweight`` (O, C, ...) (C input channels, taps after them; a group is kept when any of
@@ -60,11 +70,8 @@ def weight_groups(qweight, G=2):
     order: (output channel of each group, index of its (group, tap) in group 0's
     (ceil(C/G), taps) grid, the int32 of its weights, row pointers (O+1,)). G = 2: two int16
     halves (channel 2p low); G = 4: four bytes (channel 4q in the low byte)."""
-    O, C = qweight.shape[:2]
-    P = -(-C // G)
-    w = np.zeros((O, G * P) + qweight.shape[2:], np.int64)
-    w[:, :C] = qweight
-    w = w.reshape((O, P, G, -1))
+    O = qweight.shape[0]
+    w = _channel_groups(qweight, G)
     nz = (w != 0).any(axis=2)
     o, p, t = np.nonzero(nz)
     bits = 32 // G
@@ -79,10 +86,7 @@ def weight_groups(qweight, G=2):
 
 def _group_count(qweight, G):
     """How many groups of ``G`` consecutive input channels at one tap hold a non-zero."""
-    O, C = qweight.shape[:2]
-    nz = np.zeros((O, -(-C // G) * G) + qweight.shape[2:], bool)
-    nz[:, :C] = qweight != 0
-    return int(nz.reshape(O, -1, G, nz[0, 0].size).any(axis=2).sum())
+    return int(_channel_groups(qweight != 0, G).any(axis=2).sum())
 
 
 def channel_group(op, level):
