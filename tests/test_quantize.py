@@ -120,7 +120,7 @@ def test_conv_accumulators_are_exact_in_pairs_and_quads(rng, case, G, simd_level
 def test_quads_at_extreme_values_and_every_run_length(W, simd_level):
     """Inputs at 255 and weights at -127 and 127 (the largest products vpdpbusd adds), a
     channel count that leaves a quad 1, 2 or 3 channels short, stride 1 and 2 runs of every
-    length around the packer's 8-lane steps."""
+    length around the packer's 8- and 16-lane steps."""
     for C, stride in ((5, 1), (6, 2), (7, 1), (4, 2)):
         values = np.full((3, C, 3, 3), 127, np.int8)
         values[1] = -127
@@ -218,7 +218,8 @@ def test_outputs_are_bit_identical_across_simd_levels_and_threads(rng, act):
 @pytest.mark.parametrize("k, padding", [(1, 0), (3, 1), (7, 3)])
 def test_stride2_packing_at_every_run_length(rng, k, padding, simd_level):
     """The packer quantizes every other element of a stride-2 row 8 lanes at a time (16
-    floats loaded, kept inside the row's last element) and the rest one by one: every width
+    floats loaded, kept inside the row's last element; AVX-512: 16 lanes from 32 floats, the
+    tail masked) and the rest one by one: every width
     around those steps, the last image of the batch ending where the input array ends (so a
     read past it shows under AddressSanitizer), exact accumulators."""
     for W in range(15, 38):
@@ -280,18 +281,20 @@ def test_nan_and_saturating_inputs():
     assert uop(x)[0, 0] == 0 + 255 + 0 + 2
 
 
+@pytest.mark.parametrize("k, padding", [((1, 3), (0, 1)), ((1, 1), 0)])
 @pytest.mark.parametrize("unsigned", [False, True], ids=["int8", "uint8"])
-def test_conv_packing_quantizes_specials_like_numpy(rng, unsigned, simd_level):
-    """The packer's vector path (rows of 8+ contiguous inputs) and its scalar tail: NaN to 0,
+def test_conv_packing_quantizes_specials_like_numpy(rng, unsigned, k, padding, simd_level):
+    """The packer's vector steps (8 or 16 lanes, masked at the AVX-512 level) and its scalar
+    tail, on padded rows and on an unpadded 1x1 layer's rows packed as one run: NaN to 0,
     infinities and large values saturate, halves round to even."""
     s = 0.5
     x = rng.integers(-300, 300, (1, 3, 5, 21)).astype(np.float32) * np.float32(s / 2)
     flat = x.reshape(-1)
     flat[rng.permutation(flat.size)[:30]] = [np.nan, np.inf, -np.inf, 1e30, -1e30, -0.0] * 5
-    values = np.ones((2, 3, 1, 3), np.int8)
+    values = np.ones((2, 3) + k, np.int8)
     values[1] = -1
     op = QuantizedConv2dOp(QuantizedWeight(values, np.ones(2, np.float32), s, unsigned),
-                           padding=(0, 1))
+                           padding=padding)
     plan = op._plan(x.shape)
     raw = np.zeros(op.output_shape(x.shape), np.int32)
     Int8SparseConv.accumulate(x, plan.plan, raw)
