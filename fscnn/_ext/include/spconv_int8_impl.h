@@ -169,6 +169,35 @@ FSCNN_TARGET static void FSCNN_FN(spq_group)(
         const float s = k->scale[o], b = k->bias ? k->bias[o] : 0.0f;
         const int act = k->act;
         float *restrict orow = out + o * plane;
+#if FSCNN_PASTE(SPQ_AVX512, FSCNN_LEVEL)
+        /* 16 outputs a step, each run's tail masked: the loops below leave a run's last
+         * n % 16 outputs to scalar code, and a padded layer's runs are its output rows (7,
+         * 14, 28 positions in ResNet-50). The same operations: vcvtdq2ps, one fused
+         * multiply-add, the ReLU/ReLU6 comparisons of the scalar form (NaN and -0 alike). */
+        if (act == FSCNN_ACT_NONE || act == FSCNN_ACT_RELU || act == FSCNN_ACT_RELU6) {
+            const __m512 vs = _mm512_set1_ps(s), vb = _mm512_set1_ps(b);
+            const __m512 zero = _mm512_setzero_ps(), six = _mm512_set1_ps(6.0f);
+            for (int q = 0; q < n_runs; q++) {
+                float *restrict dst = orow + rdst[q];
+                const int32_t *restrict src = acc + rsrc[q];
+                const int64_t n = rlen[q];
+                for (int64_t j = 0; j < n; j += 16) {
+                    const __mmask16 m = (__mmask16)(n - j >= 16 ? 0xFFFFu
+                                                                : (1u << (n - j)) - 1u);
+                    __m512 v = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, src + j)), vs, vb);
+                    if (act == FSCNN_ACT_RELU) {
+                        v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, zero, _CMP_NLE_UQ), v);
+                    } else if (act == FSCNN_ACT_RELU6) {
+                        v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+                        v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, six, _CMP_GT_OQ), six);
+                    }
+                    _mm512_mask_storeu_ps(dst + j, m, v);
+                }
+            }
+            continue;
+        }
+#endif
         for (int q = 0; q < n_runs; q++) {
             float *restrict dst = orow + rdst[q];
             const int32_t *restrict src = acc + rsrc[q];
