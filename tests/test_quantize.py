@@ -188,6 +188,28 @@ def test_linear_accumulators_are_exact(rng, batch, n_in, simd_level, threads):
     assert_close(op(x), _epilogue(raw, op, "relu"), **EPILOGUE_TOL)
 
 
+@pytest.mark.parametrize("G", [2, 4], ids=["pairs", "quads"])
+@pytest.mark.parametrize("n_in", [5, 66])
+@pytest.mark.parametrize("batch", [1, 9])
+def test_linear_accumulators_are_exact_in_pairs_and_quads(rng, batch, n_in, G, simd_level,
+                                                           threads):
+    """An unsigned input's linear layer in pairs or quads of features (a quad 1 to 3
+    features short at the end), inputs at the top of the uint8 range included: exact."""
+    values = quantize_weight(sparse_weight((11, n_in), 0.6, rng))[0]
+    values[0] = 127
+    values[1] = -127
+    x = np.abs(rng.standard_normal((batch, n_in))).astype(np.float32)
+    x[0] = 1e3  # saturates at 255
+    op = QuantizedLinearOp(QuantizedWeight(values, np.ones(11, np.float32), 0.03, True))
+    plan = Int8SparseLinear.plan(op, x.shape, _config.get_num_threads(),
+                                 _config.simd_level_index(), G=G)
+    raw = np.zeros((batch, 11), np.int32)
+    Int8SparseLinear.accumulate(x, plan, raw)
+    expected = quantize_input(x, 0.03, True).astype(np.int64) @ values.T.astype(np.int64)
+    np.testing.assert_array_equal(raw, expected)
+    assert raw[0, 0] == 255 * 127 * n_in
+
+
 @pytest.mark.parametrize("act", [None, "relu", "relu6"])
 def test_outputs_are_bit_identical_across_simd_levels_and_threads(rng, act):
     """Integer sums in any order and one fmaf per output: every level and thread count

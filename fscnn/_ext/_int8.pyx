@@ -36,8 +36,8 @@ cdef extern from "spconv_int8.h" nogil:
     int64_t SPQ_GROUP_MAX
     void spq_pack(const conv_packing *pk, const spq_quant *q, int level, const float *x,
                   int64_t Cg, int64_t G, int64_t Pg, int64_t p0, int64_t p1, int32_t *buf)
-    void spq_pack_rows(const spq_quant *q, const float *x, int64_t N, int64_t I, int64_t plane,
-                       int64_t j0, int64_t j1, int32_t *buf)
+    void spq_pack_rows(const spq_quant *q, const float *x, int64_t N, int64_t I, int64_t G,
+                       int64_t plane, int64_t j0, int64_t j1, int32_t *buf)
     void spq_items(const spq_layer *k, const int32_t *inp, float *out, int32_t *raw,
                    int64_t H_out, int64_t i0, int64_t i1)
 
@@ -196,44 +196,51 @@ cdef class Int8Conv(_Int8Kernel):
 
 cdef class Int8Linear(_Int8Kernel):
     """Sparse INT8 linear layer bound to one plan: the convolution kernel over one row of N
-    positions, the input packed transposed (pair j of every batch row contiguous, ``plane``
-    positions apart), O(N * npairs) pair multiply-adds.
+    positions, the input packed transposed (group j of every batch row contiguous, ``plane``
+    positions apart), O(N * ngroups) pair (or quad) multiply-adds.
 
     Parameters
     ----------
     ptr, wpairs, scale, bias, oblk, inv_scale, lo, hi, act, level, nv, n_threads
         As for :class:`Int8Conv`.
-    pairs : int32 array of shape (npairs,)
-        The input pair (features 2j, 2j+1) of each non-zero pair.
+    pairs : int32 array of shape (ngroups,)
+        The input group (features G*j .. G*j + G-1) of each non-zero group.
     n_in : int
         Input features.
+    G : int
+        2: pairs of int16; 4: quads of bytes (an unsigned input: ``lo`` must be 0), as for
+        :class:`Int8Conv`.
     """
-    cdef int64_t n_in
+    cdef int64_t n_in, G
 
     def __init__(self, const int64_t[::1] ptr, const int32_t[::1] pairs,
                  const int32_t[::1] wpairs, const float[::1] scale, const float[::1] bias,
                  const int64_t[::1] oblk, int64_t n_in, float inv_scale, int32_t lo,
-                 int32_t hi, int act, int level, int nv, int n_threads):
+                 int32_t hi, int act, int level, int nv, int n_threads, int64_t G=2):
+        if G not in (2, 4) or (G == 4 and lo != 0):
+            raise ValueError(f"INT8 kernel: features in groups of {G} with inputs from {lo}"
+                             " (pairs, or quads of an unsigned input)")
         super().__init__(ptr, pairs, wpairs, scale, bias, oblk, 0, 0, 0, inv_scale, lo, hi,
                          act, level, nv, n_threads)
-        self.n_in = n_in
+        self.k.quads = G == 4
+        self.n_in, self.G = n_in, G
 
     cdef void _run(self, const float *x, int64_t N, int64_t O, int64_t plane, int32_t *buf,
                    float *wide, int32_t *raw) noexcept nogil:
         cdef spq_layer k = self.k
         cdef int64_t n_items
-        cdef int64_t n_pairs = (self.n_in + 1) // 2
+        cdef int64_t n_groups = (self.n_in + self.G - 1) // self.G
         cdef int64_t i, j
         cdef int nt = self.n_threads
         k.ostride, k.Wq, k.W_out = plane, N, N
         n_items = spq_n_items(&k, N)
-        for j in prange(n_pairs, num_threads=nt, schedule="dynamic"):
-            spq_pack_rows(&self.q, x, N, self.n_in, plane, j, j + 1, buf)
+        for j in prange(n_groups, num_threads=nt, schedule="dynamic"):
+            spq_pack_rows(&self.q, x, N, self.n_in, self.G, plane, j, j + 1, buf)
         for i in prange(n_items, num_threads=nt, schedule="dynamic"):
             spq_items(&k, buf, wide, raw, 1, i, i + 1)
 
     def __call__(self, const float[:, ::1] x,      # IN  (N, I)
-                 int32_t[::1] buf,                 # SCRATCH (ceil(I/2) * plane,) packed pairs
+                 int32_t[::1] buf,                 # SCRATCH (ceil(I/G) * plane,) packed groups
                  float[:, ::1] wide,               # SCRATCH (O, N): the transposed output
                  float[:, ::1] out):               # OUT (N, O)
         """``out = act(dequantize(quantize(x) @ Wq.T) + bias)``; ``plane`` (the packed
@@ -242,7 +249,7 @@ cdef class Int8Linear(_Int8Kernel):
         if N == 0 or O == 0:
             return
         with nogil:
-            self._run(&x[0, 0], N, O, buf.shape[0] // ((self.n_in + 1) // 2), &buf[0],
+            self._run(&x[0, 0], N, O, buf.shape[0] // ((self.n_in + self.G - 1) // self.G), &buf[0],
                       &wide[0, 0], NULL)
             for n in range(N):
                 for o in range(O):
@@ -256,5 +263,5 @@ cdef class Int8Linear(_Int8Kernel):
         if N == 0 or raw.shape[0] == 0:
             return
         with nogil:
-            self._run(&x[0, 0], N, raw.shape[0], buf.shape[0] // ((self.n_in + 1) // 2),
+            self._run(&x[0, 0], N, raw.shape[0], buf.shape[0] // ((self.n_in + self.G - 1) // self.G),
                       &buf[0], NULL, &raw[0, 0])

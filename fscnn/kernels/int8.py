@@ -191,19 +191,22 @@ class Int8SparseLinear(Kernel):
     name = "int8"
 
     @staticmethod
-    def plan(op, shape, threads, level):
+    def plan(op, shape, threads, level, G=None):
+        """``G``: the input features per non-zero, 2 or 4 (:func:`channel_group` by
+        default)."""
         O, n_in = op.weight_shape
-        rows, pairs_j, pairs, ptr = op.derived(Int8SparseLinear.name, 2,
-                                               lambda: weight_groups(op.qweight, 2))
+        G = channel_group(op, level) if G is None else G
+        rows, groups_j, groups, ptr = op.derived(Int8SparseLinear.name, G,
+                                                 lambda: weight_groups(op.qweight, G))
         N = shape[0]
         nv = _tile_vectors(N)
         T = _int8.tile_size(nv)
         plane = max(1, -(-N // T)) * T
-        packed = (n_in + 1) // 2 * plane
+        packed = -(-n_in // G) * plane
         check_offsets_fit(op.name, tuple(shape), packed, plane)
-        call = _int8.Int8Linear(ptr, pairs_j.astype(np.int32), pairs, op.scale, op.bias,
+        call = _int8.Int8Linear(ptr, groups_j.astype(np.int32), groups, op.scale, op.bias,
                                 _blocks(ptr, plane // T, threads, O), n_in, *_quant_args(op),
-                                op.act_code, level, nv, threads)
+                                op.act_code, level, nv, threads, G)
         return Int8LinearPlan(plane, packed, call)
 
     @staticmethod

@@ -24,8 +24,8 @@
  * vector and non-zero). Work items are (group of consecutive tiles, block of output
  * channels), handed to threads dynamically, as for the float kernel (spconv_impl.h).
  * A linear layer is the same kernel over a single "row" of N positions: its input is packed
- * transposed (pair j of every batch row contiguous), so the batch plays the part of the
- * output positions.
+ * transposed (pair or quad j of every batch row contiguous), so the batch plays the part of
+ * the output positions.
  * The AVX-512 level runs the 256-bit path too, unless the CPU has AVX512-VNNI: then
  * `vpdpwssd` (multiply-add of the int16 pairs and the accumulation in one instruction, the
  * same wrapping int32 sum) on 512-bit vectors (the same tiles, so the plan does not depend on
@@ -378,14 +378,22 @@ static inline void spq_pack(const conv_packing *pk, const spq_quant *q, int leve
     }
 }
 
-/* Quantize and pack pairs [j0, j1) of the rows of x (N, I) transposed: buf[j*plane + n] holds
- * (x[n, 2j], x[n, 2j+1]) (the second zero when 2j+1 == I), zeros for n in [N, plane). */
+/* Quantize and pack groups [j0, j1) of G = 2 (int16 pairs) or 4 (uint8 quads, an unsigned
+ * input) consecutive features of the rows of x (N, I) transposed: buf[j*plane + n] holds
+ * features G*j .. G*j + G-1 of row n (those past I zero), zeros for n in [N, plane). */
 static inline void spq_pack_rows(const spq_quant *q, const float *x, int64_t N, int64_t I,
-                                 int64_t plane, int64_t j0, int64_t j1, int32_t *buf)
+                                 int64_t G, int64_t plane, int64_t j0, int64_t j1,
+                                 int32_t *buf)
 {
     for (int64_t j = j0; j < j1; j++) {
         int32_t *dst = buf + j * plane;
-        spq_pack_run_baseline(x + 2 * j, 2 * j + 1 < I ? x + 2 * j + 1 : NULL, N, I, q, dst);
+        const float *xs[4] = {NULL, NULL, NULL, NULL};
+        for (int64_t c = 0; c < G; c++)
+            if (G * j + c < I) xs[c] = x + G * j + c;
+        if (G == 2)
+            spq_pack_run_baseline(xs[0], xs[1], N, I, q, dst);
+        else
+            spq_pack4_run_baseline(xs, N, I, q, dst);
         memset(dst + N, 0, (size_t)(plane - N) * sizeof(int32_t));
     }
 }
