@@ -823,6 +823,7 @@ PW_CASES = [
     (1, 40, 30, 7, 7, 1, 0),        # 49: last tile moved back
     (3, 8, 12, 13, 11, 1, 0),       # batch 3, several tiles
     (1, 300, 7, 9, 9, 1, 0),        # many input channels, one block
+    (1, 260, 30, 7, 7, 1, 0),       # K >= 256, several blocks: the strip copied, tile moved back
     (1, 6, 9, 10, 12, 2, 0),        # strided: phase (0, 0) packed
     (1, 5, 6, 6, 7, 1, 1),          # padded: every phase plane packed
     (1, 1, 24, 20, 20, 1, 0),       # one input channel
