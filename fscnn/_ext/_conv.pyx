@@ -68,7 +68,8 @@ cdef extern from "pointwise.h" nogil:
         int64_t K, O
         int act
     ctypedef void (*pw_items_fn)(const pw_layer *lay, const float *x, int64_t ldx, float *out,
-                                 int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1)
+                                 int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1,
+                                 float *strip)
     ctypedef struct pw_variant:
         int64_t mr
         int64_t t
@@ -358,7 +359,8 @@ cdef class DenseConv:
         cdef char *no = b"N"
         if self.items != NULL:
             for t in range((ld + self.T - 1) // self.T):
-                self.items(&self.pw, panel, ld, wide, ldc, ld, t, 0, self.wpack.shape[0])
+                # the panel's rows are whole vectors apart already: no strip copy
+                self.items(&self.pw, panel, ld, wide, ldc, ld, t, 0, self.wpack.shape[0], NULL)
             return
         # column-major view: wide^T (cnt x Og) = B^T (cnt x K) . W_g^T (K x Og)
         sgemm(no, no, &m, &nn, &kk, &one, <float *> panel, &ldb,
@@ -741,6 +743,8 @@ cdef class PointwiseConv:
     def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                  float[::1] buf,                      # SCRATCH packed image (pack true)
                  float[::1] small,                    # SCRATCH (C + O) * T floats (L < T)
+                 float[:, ::1] strips,                # SCRATCH (n_threads, >= C * T): each
+                                                      #   item's input strip (pointwise.h)
                  float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out)
         """Convolve ``x`` into ``out``."""
         cdef pw_layer k = self.k
@@ -762,6 +766,9 @@ cdef class PointwiseConv:
         if N == 0 or O == 0 or H_out == 0 or W_out == 0:
             return
         cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
+        if strips.shape[0] < nt or strips.shape[1] < C * T:
+            raise ValueError(f"PointwiseConv: strips of shape ({strips.shape[0]}, "
+                             f"{strips.shape[1]}), need ({nt}, {C * T})")
         with nogil:
             for n in range(N):
                 src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, self.pack, &buf[0],
@@ -772,7 +779,7 @@ cdef class PointwiseConv:
                     for c in range(C):
                         memcpy(&small[c * T], src + c * ldx, sizeof(float) * L)
                         memset(&small[c * T + L], 0, sizeof(float) * (T - L))
-                    self.items(&k, &small[0], T, &small[C * T], T, T, 0, 0, n_blk)
+                    self.items(&k, &small[0], T, &small[C * T], T, T, 0, 0, n_blk, NULL)
                     dst = &out[n, 0, 0, 0]
                     for c in range(O):
                         memcpy(dst + c * L, &small[(C + c) * T], sizeof(float) * L)
@@ -780,4 +787,5 @@ cdef class PointwiseConv:
                 for i in prange(n_items, num_threads=nt, schedule="dynamic"):
                     b0 = (i % n_bchunks) * bc
                     b1 = b0 + bc if b0 + bc < n_blk else n_blk
-                    self.items(&k, src, ldx, &out[n, 0, 0, 0], L, L, i // n_bchunks, b0, b1)
+                    self.items(&k, src, ldx, &out[n, 0, 0, 0], L, L, i // n_bchunks, b0, b1,
+                               &strips[threadid(), 0])

@@ -18,7 +18,8 @@ class PointwisePlan(NamedTuple):
     """The pointwise kernel's plan: the variant (index into ``_conv.pointwise_variants``), its
     packed weights, chunks of output-channel blocks per tile, whether the input is packed
     (``packed`` floats, readable to ``readable``; else read in place), the short-image scratch
-    shape and the compiled kernel (``call``)."""
+    shape, the per-thread strip scratch shape (``strips``, rows of whole 64-byte lines) and
+    the compiled kernel (``call``)."""
 
     variant: int
     wpack: np.ndarray
@@ -27,6 +28,7 @@ class PointwisePlan(NamedTuple):
     packed: int
     readable: int
     small: tuple
+    strips: tuple
     call: _conv.PointwiseConv
 
 
@@ -46,7 +48,7 @@ def variant_plan(op, geo, threads, level, v, dense):
     call = _conv.PointwiseConv(wpack, op.bias, geo.packing(), pack, n_bchunks, op.act_code,
                                level, v, threads)
     return PointwisePlan(v, wpack, n_bchunks, pack, geo.packed, geo.max_tap + geo.L,
-                         ((K + O) * T,), call)
+                         ((K + O) * T,), (threads, -(-K * T // 16) * 16), call)
 
 
 class PointwiseConv(Kernel):
@@ -82,4 +84,4 @@ class PointwiseConv(Kernel):
     @staticmethod
     def run(x, plan, out):
         plan.call(x, packed_scratch(plan.packed, plan.readable) if plan.pack else NO_BUFFER,
-                  scratch("small", plan.small), out)
+                  scratch("small", plan.small), scratch("pw_strips", plan.strips), out)

@@ -14,7 +14,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 #include <math.h>
 
@@ -28,13 +27,6 @@ static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_procs(void) { return 1; }
 static inline void omp_set_num_threads(int n) { (void)n; }
 #endif
-
-/* A 64-byte aligned block of `bytes` (released with free), or NULL when there is no memory:
- * callers in nogil code fall back to a path that needs none. */
-static inline void *fscnn_aligned_alloc(size_t bytes) {
-    void *p = NULL;
-    return posix_memalign(&p, 64, bytes ? bytes : 64) == 0 ? p : NULL;
-}
 
 #ifndef FSCNN_BUILD_COMPILER
 #define FSCNN_BUILD_COMPILER "unknown"

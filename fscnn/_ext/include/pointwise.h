@@ -80,9 +80,11 @@ typedef struct {
 #endif
 
 /* Output blocks [b0, b1) x position tile t of one image: x (K, ldx) input planes of L
- * positions, out (O, ldo) (see pw_items in pointwise_impl.h). */
+ * positions, out (O, ldo), strip NULL or K*T floats of scratch (see pw_items in
+ * pointwise_impl.h). */
 typedef void (*pw_items_fn)(const pw_layer *lay, const float *x, int64_t ldx, float *out,
-                            int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1);
+                            int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1,
+                            float *strip);
 typedef struct { int64_t mr, t; pw_items_fn fn; } pw_variant;
 
 static const pw_variant pw_baseline[] = {

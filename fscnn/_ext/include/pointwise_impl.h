@@ -71,10 +71,12 @@ FSCNN_TARGET static void FSCNN_FN(pw_tile)(
 /* Output blocks [b0, b1) x position tile t of one image. L: positions; the last tile is moved
  * back to end at L and stores only the positions past the tile before it (another work item:
  * two threads never write the same output), so L >= T is required: the caller copies a
- * shorter input into a T-wide buffer. */
+ * shorter input into a T-wide buffer. strip: NULL, or the thread's scratch of K*T floats
+ * (see below) where x's rows are a plane apart; the dense kernel's panels, whose rows are
+ * whole vectors already, pass NULL. */
 FSCNN_TARGET static void FSCNN_FN(pw_items)(
         const pw_layer *lay, const float *restrict x, int64_t ldx, float *restrict out,
-        int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1)
+        int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1, float *restrict strip)
 {
     const float *restrict wpack = lay->wpack, *restrict bias = lay->bias;
     const int64_t K = lay->K, O = lay->O;
@@ -91,15 +93,11 @@ FSCNN_TARGET static void FSCNN_FN(pw_items)(
      * x0.99-1.08, K 16-24 x0.94-0.95 (the copy is not repaid on short strips). */
     const float *restrict xs = x + p0;
     int64_t lds = ldx;
-    float *strip = NULL;
-    if (b1 - b0 > 1 && K >= PW_STRIP_MIN_K) {
-        strip = (float *)fscnn_aligned_alloc((size_t)(K * PW_T) * sizeof(float));
-        if (strip) {
-            for (int64_t k = 0; k < K; k++)
-                memcpy(strip + k * PW_T, x + k * ldx + p0, PW_T * sizeof(float));
-            xs = strip;
-            lds = PW_T;
-        }
+    if (strip && b1 - b0 > 1 && K >= PW_STRIP_MIN_K) {
+        for (int64_t k = 0; k < K; k++)
+            memcpy(strip + k * PW_T, x + k * ldx + p0, PW_T * sizeof(float));
+        xs = strip;
+        lds = PW_T;
     }
     for (int64_t b = b0; b < b1; b++) {
         const int64_t o0 = b * PW_MR;
@@ -107,7 +105,6 @@ FSCNN_TARGET static void FSCNN_FN(pw_items)(
         FSCNN_FN(pw_tile)(xs, lds, wpack + b * K * PW_MR, K, bias, o0, rows, out, ldo, p0,
                           skip, lay->act);
     }
-    free(strip);
 }
 
 #undef PWVEC
