@@ -20,7 +20,8 @@ import numpy as np
 from . import _config
 from ._ext import _pool
 from ._memory import aligned_empty
-from ._validate import activation_code, as_float_array, as_vector, is_int, pair
+from ._validate import (activation_code, as_float_array, as_vector, is_int, pair,
+                        threads_for)
 from .kernels import (CONV, CONV_KERNELS, INT8_CONV, INT8_KERNELS, INT8_LINEAR, LINEAR,
                       LINEAR_KERNELS, runner)
 from .kernels import depthwise_conv as _kernels_depthwise
@@ -599,16 +600,26 @@ class Conv2dOp(_WeightedOp):
                 "nnz": self.nnz,
                 "sparsity": self.sparsity, "output_shape": self.output_shape(input_shape)}
 
-    def _execute(self, x, geo, threads, kernel, plan):
+    def _execute(self, x, geo, threads, kernel, plan, residual=None, res_act=0):
         """Run ``kernel``'s ``plan`` on ``x`` into a new output, and the pool (unless the kernel
-        fuses it)."""
+        fuses it); ``residual`` (checked: see :meth:`_residual`) is added in the kernel's
+        epilogue, or in one pass after a kernel that cannot add it."""
         N, O = x.shape[0], self.weight_shape[0]
         if self.pool and kernel.fuses_pool:
             out = aligned_empty((N, O, geo.H_out // 2, geo.W_out // 2))
             kernel.run(x, plan, out)
             return out
         out = aligned_empty((N, O, geo.H_out, geo.W_out))
-        kernel.run(x, plan, out)
+        if residual is None:
+            kernel.run(x, plan, out)
+        elif kernel.adds_residual(plan):
+            kernel.run(x, plan, out, residual, res_act)
+        else:
+            kernel.run(x, plan, out)
+            if out.size:
+                flat = out.reshape(-1)
+                _pool.add(flat, residual.reshape(-1), flat, res_act,
+                          _config.simd_level_index(), threads_for(out.size))
         if self.pool:
             pooled = aligned_empty((N, O, geo.H_out // 2, geo.W_out // 2))
             _pool.max_pool2d(out.reshape(N * O, geo.H_out, geo.W_out),
@@ -617,8 +628,14 @@ class Conv2dOp(_WeightedOp):
             return pooled
         return out
 
-    def __call__(self, x):
-        """Convolve ``x`` of shape (N, C, H, W); returns float32 (N, O, H_out, W_out)."""
+    def __call__(self, x, residual=None, residual_activation=None):
+        """Convolve ``x`` of shape (N, C, H, W); returns float32 (N, O, H_out, W_out).
+
+        ``residual``: an array of the output's shape added to the output after the fused
+        activation, then ``residual_activation`` (None, 'relu', ...): a residual connection,
+        ``residual_activation(act(conv(x) + bias) + residual)``. The sparse and pointwise
+        kernels add it in their epilogue, while the output is in registers; the others in one
+        pass after the kernel. Not with a fused pool."""
         if not (x.__class__ is np.ndarray and x.dtype == np.float32 and x.flags.c_contiguous):
             if isinstance(x, np.ndarray) and x.dtype.kind == "f":
                 self.check_input_shape(x.shape)  # before converting: refuse huge bad views
@@ -627,7 +644,78 @@ class Conv2dOp(_WeightedOp):
         elif x.shape != self._last_plan[0][0]:  # else checked when that plan was made
             self.check_input_shape(x.shape)
         plan = self._plan(x.shape, confirm=True)
-        return self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan)
+        if residual is None and residual_activation is None:
+            return self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan)
+        code = activation_code(residual_activation, f"{self.name}: residual_activation")
+        residual = self._residual(residual, (x.shape[0], self.weight_shape[0], plan.geo.H_out,
+                                             plan.geo.W_out))
+        return self._execute(x, plan.geo, plan.threads, plan.runner, plan.plan, residual, code)
+
+    def _residual(self, residual, shape):
+        """``residual`` as a float32 C-contiguous array of the convolution's output ``shape``,
+        after the checks that keep the kernels' epilogues in bounds."""
+        if (residual.__class__ is np.ndarray and residual.dtype == np.float32
+                and residual.flags.c_contiguous and residual.shape == shape and not self.pool):
+            return residual
+        if residual is None:
+            raise OpError(f"{self.name}: residual_activation given without a residual")
+        if self.pool:
+            raise OpError(f"{self.name}: a residual cannot be added to a convolution with a "
+                          f"fused pool")
+        if not (isinstance(residual, np.ndarray) and residual.dtype.kind == "f"):
+            raise OpError(f"{self.name}: residual must be a float array of the output's shape "
+                          f"{shape}, got {type(residual).__name__}"
+                          + (f" of dtype {residual.dtype}" if hasattr(residual, "dtype") else ""))
+        if residual.shape != shape:
+            raise OpError(f"{self.name}: residual of shape {residual.shape} does not match the "
+                          f"output's shape {shape}")
+        return as_float_array(residual, f"{self.name}: residual")
+
+
+class PendingOutput:
+    """The output of a convolution, computed when first needed: what a prepared model's
+    convolution returns where its output goes straight into a residual connection's add
+    (``Module._residuals``), so that :func:`fscnn.functional.add` can have the kernel add the
+    shortcut in its epilogue (:meth:`result` with the residual) instead of writing the output
+    and reading it back in a separate pass. Read in any other way (``np.asarray``, any layer
+    of fscnn) it is the plain output.
+
+    Parameters
+    ----------
+    op : Conv2dOp
+        Without a pool.
+    x : ndarray
+        The input, float32 and C-contiguous, of a shape ``op`` accepts.
+    """
+
+    __slots__ = ("op", "x", "_out")
+
+    def __init__(self, op, x):
+        self.op, self.x, self._out = op, x, None
+
+    @property
+    def shape(self):
+        """The output's shape."""
+        if self._out is not None:
+            return self._out.shape
+        geo = self.op._plan(self.x.shape).geo
+        return (self.x.shape[0], self.op.weight_shape[0], geo.H_out, geo.W_out)
+
+    def result(self, residual=None, activation=None):
+        """The output, ``activation(output + residual)`` with a residual (computed once: a
+        second call returns the first's result, and refuses another residual)."""
+        if self._out is None:
+            self._out = self.op(self.x) if residual is None else \
+                self.op(self.x, residual, activation)
+            self.x = None
+        elif residual is not None:
+            raise RuntimeError(f"{self.op.name}: the output was computed already, without "
+                               f"the residual")
+        return self._out
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.result()
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 class ExpandDepthwiseOp:

@@ -992,3 +992,74 @@ def test_fused_max_pool_refuses_bad_settings(rng):
         Conv2dOp(w, pool="avg")
     with pytest.raises(OpError, match=r"conv2d: the convolution's 1x3 output is smaller"):
         Conv2dOp(w, pool="max2x2")(np.zeros((1, 2, 3, 5), np.float32))
+
+
+# Residual connections, out = res_act(act(conv(x) + bias) + residual): added in the epilogue by
+# the sparse kernel on flat layers (unpadded 1x1) and by the pointwise kernel, in one pass after
+# the kernel by the others (kernels.base.Kernel.adds_residual).
+RESIDUAL_CASES = [
+    (2, 16, 24, 7, 7, (1, 1), 1, 0, 1, 1),    # flat, 49 positions: the last tile is gathered
+    (1, 40, 32, 14, 14, (1, 1), 1, 0, 1, 1),  # flat, several tiles and output blocks
+    (1, 300, 20, 6, 6, (1, 1), 1, 0, 1, 1),   # flat, K >= 256: the pointwise strip copy
+    (1, 6, 8, 13, 12, (1, 1), 2, 0, 1, 1),    # 1x1 stride 2
+    (1, 8, 12, 9, 11, (3, 3), 1, 1, 1, 1),    # 3x3: the pass after the kernel
+    (1, 6, 6, 10, 10, (3, 3), 1, 1, 1, 6),    # depthwise
+]
+RESIDUAL_KERNELS = [(case, kernel) for case in RESIDUAL_CASES
+                    for kernel in ("sparse", "block_sparse", "dense", "winograd", "depthwise")
+                    if not Conv2dOp(np.zeros((case[2], case[1] // case[9]) + case[5], np.float32),
+                                    groups=case[9], stride=case[6]).ineligible.get(kernel)]
+
+
+@pytest.mark.parametrize("case, kernel", RESIDUAL_KERNELS,
+                         ids=[f"{_case_id(c)}-{k}" for c, k in RESIDUAL_KERNELS])
+@pytest.mark.parametrize("activation, residual_activation",
+                         [(None, "relu"), ("relu", None), ("relu6", "relu6"), (None, "sigmoid")])
+def test_residual_matches_reference(case, kernel, activation, residual_activation, simd_level,
+                                    threads, rng):
+    from reference import ACTIVATIONS, sigmoid
+    x, w, b, hp = _make(case, 0.7, rng)
+    x *= 4  # outputs past 6: relu6's clamp
+    op = Conv2dOp(w, b, activation=activation, kernel=kernel, **hp)
+    r = rng.standard_normal(op.output_shape(x.shape)).astype(np.float32) * 4
+    y = op(x, r, residual_activation)
+    finish = sigmoid if residual_activation == "sigmoid" else ACTIVATIONS[residual_activation]
+    expected = finish(ACTIVATIONS[activation](ref_conv2d(x, w, b, **hp)) + r)
+    assert_close(y, expected, rtol=1e-4 if kernel == "winograd" else None)
+    # the epilogue computes what a separate add does, bit for bit
+    np.testing.assert_array_equal(y, F.add(op(x), r, residual_activation))
+
+
+def test_residual_is_added_in_the_epilogue_of_flat_sparse_and_pointwise_layers(rng):
+    from fscnn.kernels import SparseConv
+    x = rng.standard_normal((1, 16, 7, 7)).astype(np.float32)
+    flat = Conv2dOp(sparse_weight((8, 16, 1, 1), 0.8, rng), kernel="sparse")
+    wide = Conv2dOp(sparse_weight((8, 16, 3, 3), 0.8, rng), padding=1, kernel="sparse")
+    assert SparseConv.adds_residual(flat._plan(x.shape).plan)
+    assert not SparseConv.adds_residual(wide._plan(x.shape).plan)
+    assert PointwiseConv.adds_residual(None)
+
+
+def test_residual_non_contiguous_and_float64_are_converted(rng):
+    x, w, b, hp = _make(RESIDUAL_CASES[0], 0.5, rng)
+    op = Conv2dOp(w, b, kernel="sparse", **hp)
+    shape = op.output_shape(x.shape)
+    r = rng.standard_normal(shape[::-1]).T  # float64, Fortran order
+    assert_close(op(x, r, "relu"), np.maximum(ref_conv2d(x, w, b, **hp) + r, 0))
+
+
+@pytest.mark.parametrize("residual, activation, kwargs, message", [
+    (np.zeros((2, 24, 7, 6), np.float32), None, {}, r"residual of shape \(2, 24, 7, 6\) does not "
+                                                    r"match the output's shape \(2, 24, 7, 7\)"),
+    (np.zeros((2, 24, 7, 7), np.int32), None, {}, "residual must be a float array"),
+    ([[1.0]], None, {}, "residual must be a float array"),
+    (None, "relu", {}, "residual_activation given without a residual"),
+    (np.zeros((2, 24, 7, 7), np.float32), "tanh!", {}, "residual_activation"),
+    (np.zeros((2, 24, 3, 3), np.float32), None, {"pool": "max2x2"}, "fused pool"),
+])
+def test_bad_residuals_raise_naming_the_layer(residual, activation, kwargs, message, rng):
+    x, w, b, hp = _make(RESIDUAL_CASES[0], 0.5, rng)
+    op = Conv2dOp(w, b, kernel="sparse", name="block.conv3", **hp, **kwargs)
+    with pytest.raises(ValueError, match=message) as info:  # OpError, or the activation's
+        op(x, residual, activation)
+    assert "block.conv3" in str(info.value)

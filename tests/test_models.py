@@ -221,7 +221,8 @@ def test_resnet_blocks_fold_and_fuse():
     rows = {row.name: row.layers for row in model.plan()}
     assert rows["conv1"] == "Conv2d+BatchNorm2d+ReLU"
     assert rows["layer1.0.conv1"] == rows["layer1.0.conv2"] == "Conv2d+BatchNorm2d+ReLU"
-    assert rows["layer1.0.conv3"] == rows["layer1.0.downsample.0"] == "Conv2d+BatchNorm2d"
+    assert rows["layer1.0.downsample.0"] == "Conv2d+BatchNorm2d"
+    assert rows["layer1.0.conv3"] == "Conv2d+BatchNorm2d+add"  # the shortcut, in its epilogue
     assert rows["fc"] == "Linear"
     assert len(rows) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
 

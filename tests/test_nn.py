@@ -1047,3 +1047,140 @@ def test_num_batches_tracked_goes_through_save_load_prune_and_reports(tmp_path, 
             assert other.bn1.num_batches_tracked == 12
     assert cli.main(["info", str(path)]) == 0
     assert "(other entries)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- residual connections
+class ResBlock(nn.Module):
+    """conv1 -> bn1 -> relu -> conv2 -> bn2, plus the input, then relu: conv2's epilogue adds
+    the shortcut (``_residuals``)."""
+
+    _fusions = (("conv1", "bn1", "relu"), ("conv2", "bn2"))
+    _residuals = (("conv2", "bn2"),)
+
+    def __init__(self, c, k2=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(c, c, k2, padding=k2 // 2, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        return fscnn.functional.add(self.bn2(self.conv2(y)), x, activation="relu")
+
+
+def res_block_reference(m, x):
+    def cbn(t, conv, bn):
+        y = R.conv2d(t, conv.weight, None, padding=conv.padding)
+        return R.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias)
+    return R.relu(cbn(R.relu(cbn(x, m.conv1, m.bn1)), m.conv2, m.bn2) + x)
+
+
+def _count_residual_epilogues(monkeypatch):
+    """A list that counts the convolutions computed with a residual (PendingOutput.result)."""
+    calls = []
+    result = fscnn.ops.PendingOutput.result
+
+    def counting(self, residual=None, activation=None):
+        if residual is not None:
+            calls.append(self.op.name)
+        return result(self, residual, activation)
+    monkeypatch.setattr(fscnn.ops.PendingOutput, "result", counting)
+    return calls
+
+
+@pytest.mark.parametrize("k2", [1, 3])
+@pytest.mark.parametrize("kernel", ["sparse", "dense"])
+def test_declared_residual_runs_in_the_convolution(k2, kernel, rng, monkeypatch):
+    m = ResBlock(8, k2)
+    for layer in (m.conv1, m.bn1, m.conv2, m.bn2):
+        randomize(layer, rng)
+    x = rng.standard_normal((2, 8, 7, 7)).astype(np.float32)
+    m.prepare(x.shape, kernel=kernel)
+    calls = _count_residual_epilogues(monkeypatch)
+    y = m(x)
+    assert calls == ["conv2 (Conv2d)"]
+    assert isinstance(y, np.ndarray)
+    assert_close(y, res_block_reference(m, x))
+    with fscnn.nn.profile():  # profiled, each layer runs on its own: the same bits
+        np.testing.assert_array_equal(m(x), y)
+    assert calls == ["conv2 (Conv2d)"]
+    assert {r.name: r.layers for r in m.plan()}["conv2"] == "Conv2d+BatchNorm2d+add"
+    np.testing.assert_array_equal(m(x[0]), y[0])  # unbatched
+
+
+def test_misdeclared_residual_gives_the_plain_output(rng):
+    class NotAnAdd(ResBlock):  # concatenates the chain's output, returns it, feeds a layer
+        def forward(self, x):
+            y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return np.concatenate([y, x], axis=1)
+
+    class Returned(ResBlock):
+        def forward(self, x):
+            return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+
+    class Broadcast(ResBlock):  # an add that broadcasts: not the output's shape
+        def forward(self, x):
+            y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return fscnn.functional.add(y, x[:, :1], activation="relu")
+
+    x = rng.standard_normal((1, 8, 5, 5)).astype(np.float32)
+    for cls in (NotAnAdd, Returned, Broadcast):
+        m = cls(8)
+        for layer in (m.conv1, m.bn1, m.conv2, m.bn2):
+            randomize(layer, rng)
+        m.prepare(x.shape)
+        y = m(x)
+        with fscnn.nn.profile():
+            expected = m(x)
+        assert isinstance(y, np.ndarray)
+        np.testing.assert_array_equal(y, expected)
+
+
+def _residual_graph(rng, c=6, extra_reader=False):
+    Node = nn.Node
+    nodes = [Node("conv", "Conv2d", {"in_channels": c, "out_channels": c, "kernel_size": 1,
+                                     "bias": False}, ("x",), ("c",), {"weight": "w"}),
+             Node("bn", "BatchNorm2d", {"num_features": c}, ("c",), ("b",),
+                  {"weight": "g", "bias": "beta", "running_mean": "m", "running_var": "v"}),
+             Node("add", "Add", {"activation": "relu"}, ("x", "b"), ("y",), {})]
+    outputs = ["y", "b"] if extra_reader else ["y"]
+    tensors = {"w": rng.standard_normal((c, c, 1, 1)), "g": rng.uniform(0.5, 1.5, c),
+               "beta": rng.normal(0, 0.3, c), "m": rng.normal(0, 0.3, c),
+               "v": rng.uniform(0.5, 1.5, c)}
+    return nn.Graph([("x", (None, c, None, None))], outputs, nodes, tensors), tensors
+
+
+def test_graph_add_after_a_convolution_runs_in_its_epilogue(rng, monkeypatch):
+    g, t = _residual_graph(rng)
+    x = rng.standard_normal((2, 6, 5, 5)).astype(np.float32)
+    g.prepare(x.shape)
+    calls = _count_residual_epilogues(monkeypatch)
+    y = g(x)
+    expected = R.relu(x + R.batch_norm(R.conv2d(x, t["w"]), t["m"], t["v"], t["g"], t["beta"]))
+    assert_close(y, expected)
+    assert calls == ["conv (Conv2d)"]
+    assert [r.layers for r in g.plan()] == ["Conv2d+BatchNorm2d+add"]
+    # the chain's output also a graph output: read twice, so not pending
+    g2, _ = _residual_graph(rng, extra_reader=True)
+    g2.prepare(x.shape)
+    assert [r.layers for r in g2.plan()] == ["Conv2d+BatchNorm2d"]
+    y2, b2 = g2(x)
+    assert isinstance(b2, np.ndarray)
+
+
+@pytest.mark.parametrize("name, blocks", [("resnet18", 8), ("resnet50", 16),
+                                          ("mobilenet_v2", 10)])
+def test_zoo_residual_blocks_add_in_the_epilogue(name, blocks, rng, monkeypatch):
+    fscnn.nn.manual_seed(0)
+    m = getattr(fscnn.models, name)(num_classes=10)
+    fscnn.prune.prune(m, 0.8, inplace=True)
+    x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+    m.prepare(x.shape)
+    calls = _count_residual_epilogues(monkeypatch)
+    y = m(x)
+    assert len(calls) == blocks
+    assert sum("+add" in r.layers for r in m.plan()) == blocks
+    with fscnn.nn.profile():
+        np.testing.assert_array_equal(m(x), y)

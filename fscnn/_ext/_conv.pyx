@@ -19,6 +19,7 @@ from scipy.linalg.cython_blas cimport sgemm
 cdef extern from "fscnn_common.h" nogil:
     enum:
         FSCNN_ACT_NONE
+    void fscnn_add_residual(int level, float *out, const float *res, int64_t n, int act)
 
 cdef extern from "conv_pack.h" nogil:
     ctypedef struct conv_packing:
@@ -37,12 +38,12 @@ cdef extern from "spconv.h" nogil:
         const float *bias
         const int64_t *oblk
         int64_t ncb, R, n_oblk, Wq, W_out, O, group
-        int act, level, half, block
+        int act, level, half, block, res_act
     int64_t spconv_tile_size(int level, int half, int block)
     int64_t spconv_vector_len(int level)
     int64_t spconv_n_items(const spconv_layer *k, int64_t H_out)
-    void spconv_items(const spconv_layer *k, const float *inp, float *out, float *partial,
-                      int64_t H_out, int64_t i0, int64_t i1)
+    void spconv_items(const spconv_layer *k, const float *inp, float *out, const float *res,
+                      float *partial, int64_t H_out, int64_t i0, int64_t i1)
 
 cdef extern from "fscnn_pool.h" nogil:
     void fscnn_maxpool2x2_row(const float *r0, const float *r1, float *out, Py_ssize_t n)
@@ -65,8 +66,9 @@ cdef extern from "pointwise.h" nogil:
     ctypedef struct pw_layer:
         const float *wpack
         const float *bias
+        const float *res
         int64_t K, O
-        int act
+        int act, res_act
     ctypedef void (*pw_items_fn)(const pw_layer *lay, const float *x, int64_t ldx, float *out,
                                  int64_t ldo, int64_t L, int64_t t, int64_t b0, int64_t b1,
                                  float *strip)
@@ -205,6 +207,7 @@ cdef class SparseConv:
         self.k.ncb = (ptr.shape[1] - 1) // R
         self.k.R, self.k.n_oblk, self.k.Wq, self.k.W_out = R, oblk.shape[0] - 1, Wc, W_valid
         self.k.act, self.k.level, self.k.half = act, level, half
+        self.k.res_act = FSCNN_ACT_NONE
         self.k.O, self.k.block, self.k.group = O, block, group
         self.pk = _packing(packing, level)
         self.band_rows, self.n_threads = band_rows, n_threads
@@ -220,25 +223,37 @@ cdef class SparseConv:
              float[:, ::1] partial,                   # SCRATCH (n_threads, largest block * T
                                                       #   * group)
              float[:, :, :, ::1] out,                 # OUT (N, O, H_c, W_valid)
-             bint pack):
+             bint pack,
+             const float[:, :, :, ::1] residual=None,  # IN (N, O, H_c, W_valid) or None
+             int res_act=FSCNN_ACT_NONE):
         """Convolve ``x`` into ``out``, the computed positions: output (y, x) is flat position
         y*Wc + x of the packed image's positions. ``pack`` false: x already has the packed
         layout (an unpadded 1x1 stride-1 layer whose planes are a whole number of vectors,
-        vector-aligned) and is read in place; ``buf`` is then unused."""
-        cdef const spconv_layer *k = &self.k
+        vector-aligned) and is read in place; ``buf`` is then unused. ``residual``: added to
+        the output in the epilogue, then ``res_act`` (a residual connection); it must not
+        overlap ``out`` (the caller checks its shape)."""
+        cdef spconv_layer k = self.k
         cdef int64_t N = x.shape[0], C = x.shape[1], H_out = out.shape[2]
-        cdef int64_t n_items = spconv_n_items(k, H_out)
+        cdef int64_t n_items = spconv_n_items(&k, H_out)
         cdef int64_t n, i
         cdef const float *src
+        cdef const float *res = NULL
+        cdef const float *res0 = NULL
+        cdef int64_t res_image = out.shape[1] * H_out * out.shape[3]
         if N == 0 or out.shape[1] == 0 or H_out == 0 or out.shape[3] == 0:
             return
+        k.res_act = res_act
+        if residual is not None:
+            res0 = &residual[0, 0, 0, 0]
         cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         with nogil:
             for n in range(N):
                 src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, pack, &buf[0], self.n_threads)
+                if res0 != NULL:
+                    res = res0 + n * res_image
                 for i in prange(n_items, num_threads=nt, schedule="dynamic"):
-                    spconv_items(k, src, &out[n, 0, 0, 0], &partial[threadid(), 0], H_out, i,
-                                 i + 1)
+                    spconv_items(&k, src, &out[n, 0, 0, 0], res, &partial[threadid(), 0],
+                                 H_out, i, i + 1)
 
     def conv_maxpool2(self, const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
                       float[::1] buf,                     # SCRATCH packed image, readable
@@ -271,7 +286,7 @@ cdef class SparseConv:
                     rows = band_rows if r0 + band_rows <= 2 * Hpo else 2 * Hpo - r0
                     scr = &band[threadid(), 0]
                     # the band's rows r0 .. r0+rows-1 are flat positions r0*Wq + [0, rows*Wq)
-                    spconv_items(k, src + r0 * k.Wq, scr, &partial[threadid(), 0], rows, 0,
+                    spconv_items(k, src + r0 * k.Wq, scr, NULL, &partial[threadid(), 0], rows, 0,
                                  spconv_n_items(k, rows))
                     for o in range(O):
                         for j in range(rows // 2):
@@ -346,6 +361,7 @@ cdef class DenseConv:
             self.pw.wpack = &wpack[0, 0, 0]
             self.pw.bias = NULL  # conv_scatter adds bias and activation
             self.pw.K, self.pw.O, self.pw.act = weight.shape[1], weight.shape[0], FSCNN_ACT_NONE
+            self.pw.res, self.pw.res_act = NULL, FSCNN_ACT_NONE
 
     cdef void _multiply(self, const float *panel, int64_t ld, int64_t cnt, int64_t g,
                         float *wide, int64_t ldc) noexcept nogil:
@@ -736,6 +752,7 @@ cdef class PointwiseConv:
         self.k.wpack = &wpack[0, 0, 0]
         self.k.bias = &bias[0] if bias is not None else NULL
         self.k.K, self.k.act = wpack.shape[1], act
+        self.k.res, self.k.res_act = NULL, FSCNN_ACT_NONE
         self.items, self.T = var.fn, var.t
         self.pk = _packing(packing, level)
         self.pack, self.n_bchunks, self.n_threads = pack, n_bchunks, n_threads
@@ -745,9 +762,13 @@ cdef class PointwiseConv:
                  float[::1] small,                    # SCRATCH (C + O) * T floats (L < T)
                  float[:, ::1] strips,                # SCRATCH (n_threads, >= C * T): each
                                                       #   item's input strip (pointwise.h)
-                 float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out)
-        """Convolve ``x`` into ``out``."""
+                 float[:, :, :, ::1] out,             # OUT (N, O, H_out, W_out)
+                 const float[:, :, :, ::1] residual=None,  # IN (N, O, H_out, W_out) or None
+                 int res_act=FSCNN_ACT_NONE):
+        """Convolve ``x`` into ``out``; ``residual`` (not overlapping ``out``, its shape
+        checked by the caller) is added in the epilogue, then ``res_act``."""
         cdef pw_layer k = self.k
+        cdef const float *res0 = NULL
         cdef int64_t N = x.shape[0], C = x.shape[1]
         cdef int64_t O = out.shape[1], H_out = out.shape[2], W_out = out.shape[3]
         cdef int64_t T = self.T, n_bchunks = self.n_bchunks
@@ -763,8 +784,11 @@ cdef class PointwiseConv:
         cdef const float *src
         cdef float *dst
         k.O = O
+        k.res_act = res_act
         if N == 0 or O == 0 or H_out == 0 or W_out == 0:
             return
+        if residual is not None:
+            res0 = &residual[0, 0, 0, 0]
         cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         if strips.shape[0] < nt or strips.shape[1] < C * T:
             raise ValueError(f"PointwiseConv: strips of shape ({strips.shape[0]}, "
@@ -773,16 +797,23 @@ cdef class PointwiseConv:
             for n in range(N):
                 src = _packed_image(&x[n, 0, 0, 0], C, &self.pk, self.pack, &buf[0],
                                     self.n_threads)
+                k.res = NULL
+                if res0 != NULL:
+                    k.res = res0 + n * O * L
                 if L < T:
                     # fewer positions than a tile: compute T-wide copies, keep the first L
                     # columns
                     for c in range(C):
                         memcpy(&small[c * T], src + c * ldx, sizeof(float) * L)
                         memset(&small[c * T + L], 0, sizeof(float) * (T - L))
+                    k.res = NULL  # added below, to the L columns kept
                     self.items(&k, &small[0], T, &small[C * T], T, T, 0, 0, n_blk, NULL)
                     dst = &out[n, 0, 0, 0]
                     for c in range(O):
                         memcpy(dst + c * L, &small[(C + c) * T], sizeof(float) * L)
+                    if res0 != NULL:
+                        fscnn_add_residual(self.pk.level, dst, res0 + n * O * L, O * L,
+                                           res_act)
                     continue
                 for i in prange(n_items, num_threads=nt, schedule="dynamic"):
                     b0 = (i % n_bchunks) * bc

@@ -80,6 +80,14 @@ class Kernel:
         return None
 
     @staticmethod
+    def adds_residual(plan):
+        """(Convolutions) whether ``run(x, plan, out, residual, res_act)`` adds ``residual``
+        (an array of the output's shape, never ``out`` itself) in its epilogue, then the
+        activation code ``res_act``: a residual connection. Where not, the operator adds it
+        in one pass after ``run(x, plan, out)``."""
+        return False
+
+    @staticmethod
     def plan(op, geo, threads, level):
         raise NotImplementedError
 

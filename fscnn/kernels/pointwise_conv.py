@@ -57,6 +57,10 @@ class PointwiseConv(Kernel):
     name = "dense"
 
     @staticmethod
+    def adds_residual(plan):
+        return True
+
+    @staticmethod
     def ineligibility(layer):
         if tuple(layer.weight_shape[2:]) != (1, 1) or layer.groups != 1:
             return (f"the pointwise kernel needs a 1x1 kernel and groups=1, got "
@@ -82,6 +86,7 @@ class PointwiseConv(Kernel):
         return best
 
     @staticmethod
-    def run(x, plan, out):
+    def run(x, plan, out, residual=None, res_act=0):
         plan.call(x, packed_scratch(plan.packed, plan.readable) if plan.pack else NO_BUFFER,
-                  scratch("small", plan.small), scratch("pw_strips", plan.strips), out)
+                  scratch("small", plan.small), scratch("pw_strips", plan.strips), out,
+                  residual, res_act)

@@ -85,6 +85,9 @@ class InvertedResidual(nn.Module):
         ]
         self.conv = nn.Sequential(*layers)
         self.out_channels = oup
+        if self.use_res_connect:  # the projection adds x in its epilogue
+            last = len(layers) - 2
+            self._residuals = ((f"conv.{last}", f"conv.{last + 1}"),)
 
     def forward(self, x):
         """``x + conv(x)`` with the residual, ``conv(x)`` without."""

@@ -39,6 +39,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
     _fusions = (("conv1", "bn1", "relu"), ("conv2", "bn2"))
+    _residuals = (("conv2", "bn2"),)  # the shortcut is added in conv2's epilogue
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64,
                  dilation=1):
@@ -80,6 +81,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
     _fusions = (("conv1", "bn1", "relu"), ("conv2", "bn2", "relu"), ("conv3", "bn3"))
+    _residuals = (("conv3", "bn3"),)  # the shortcut is added in conv3's epilogue
 
     def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64,
                  dilation=1):

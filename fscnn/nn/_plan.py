@@ -8,7 +8,10 @@ computed by the convolution's kernel.
 
 Fusion chains come from the containers: :class:`~fscnn.nn.Sequential` finds adjacent
 Conv2d -> BatchNorm2d -> ReLU -> MaxPool2d runs itself, other modules declare theirs in
-``_fusions``. A 1x1 convolution's step followed by a depthwise convolution's step that alone
+``_fusions``. A convolution's chain whose output goes straight into a residual add (declared
+in ``_residuals``; found by :class:`~fscnn.nn.Graph` itself) returns a
+:class:`~fscnn.ops.PendingOutput`, computed when :func:`fscnn.functional.add` gets it with
+the shortcut, which the kernel then adds in its epilogue. A 1x1 convolution's step followed by a depthwise convolution's step that alone
 reads its output (in a Sequential, each alone or in a nested plain Sequential, as in
 MobileNet's blocks; in a Graph, along an edge nothing else reads) runs as one
 :class:`~fscnn.ops.ExpandDepthwiseOp` where that is faster (:class:`_PairStep`).
@@ -34,7 +37,7 @@ from .._table import format_table
 from .._validate import as_float_array
 from ..kernels import (CONV, CONV_KERNELS, LINEAR, LINEAR_KERNELS, ConvLayer, LinearLayer,
                        ineligibility)
-from ..ops import Conv2dOp, ExpandDepthwiseOp, QuantizedWeight
+from ..ops import Conv2dOp, ExpandDepthwiseOp, PendingOutput, QuantizedWeight
 from .errors import LayerInputError
 
 KERNELS = tuple(dict.fromkeys(CONV_KERNELS + LINEAR_KERNELS))  # the settings of prepare
@@ -98,7 +101,9 @@ def profile():
 
     Yields a list that fills with :class:`LayerTime` records, in call order; layers absorbed
     by a fused operator (a folded batch norm, a fused ReLU or max pool) take no time of their
-    own and are not listed.
+    own and are not listed. A residual add that a convolution's epilogue makes in a plain call
+    (``Module._residuals``) runs on its own while profiling, so that each record times its
+    layer alone.
 
     Examples
     --------
@@ -127,6 +132,13 @@ def observing(callback):
         yield
     finally:
         stack.pop()
+
+
+def _watched():
+    """Whether calibration, profiling or ``prepare``'s progress watches the calls of this
+    thread: each layer then runs when it is called (no pending residual convolutions)."""
+    return bool(getattr(_local, "observers", None) or getattr(_local, "profiles", None)
+                or getattr(_local, "progress", None) is not None)
 
 
 def _record(records, name, layer, step, x, out, seconds):
@@ -247,12 +259,17 @@ class _Step:
         self.kernel = kernel
         self.density = _density(weight)
         self.shapes = {}
+        # the chain's output goes straight into a residual add (Plan marks it): the step
+        # returns a PendingOutput for the add to compute with the shortcut
+        self.residual = False
         extra = {"pool": pool._fused_pool} if pool is not None else {}
         self.op = head._make_op(weight, bias, act._fused_activation if act else None, kernel,
                                 label, **extra)
 
     def __call__(self, x):
         self.shapes[x.shape] = None
+        if self.residual and not _watched():
+            return PendingOutput(self.op, x)
         return self.head._apply_op(self.op, x)
 
 
@@ -402,6 +419,16 @@ class Plan:
             if hasattr(m, "_make_op") and id(m) not in self.steps:
                 self.steps[id(m)] = _Step(name, self.labels[id(m)], m, None, None, None,
                                           kernels[name])
+        self.residual_owners = set()  # modules that declared residual chains marked here
+        for _, owner in named:
+            for chain in owner._residual_chains():
+                step = self.steps.get(id(chain[0]))
+                if (step is not None and isinstance(step.op, Conv2dOp) and not step.op.pool
+                        and uses[id(chain[0])] == 1 and len(chain) == 1 + len(step.followers)
+                        and all(a is b for a, b in zip(chain[1:], step.followers))):
+                    step.residual = True
+                    step.layers += "+add"
+                    self.residual_owners.add(id(owner))
         self._sequences = {}  # id(Sequential) -> its children as _Run.sequence runs them
         self._pair_of = {}  # id(step) -> (its _PairStep, 0 or 1: which layer of the pair)
         self._graph_pairs = {}  # id(Graph) -> Plan.graph_pairs(graph)
@@ -622,6 +649,8 @@ class _Run:
             raise LayerInputError(f"{name}: {exc}") from exc
         if key in self.plan.owners:
             self._check_chains_done(module)
+        if out.__class__ is PendingOutput and key in self.plan.residual_owners:
+            out = out.result()  # the forward of a declared residual did not add it
         return out
 
     def _call_layer(self, layer, args, kwargs, name, unbatched=False, fused=False):
@@ -651,7 +680,7 @@ class _Run:
             _record(profiles[-1], self.plan.names[id(layer)], layer, step, x, out,
                     time.perf_counter() - t0)
         if unbatched:  # the followers of a fused chain are then called on this very view
-            out = out[0]
+            out = (out.result() if out.__class__ is PendingOutput else out)[0]
         if step is None or fused:
             return out
         for follower in step.followers:

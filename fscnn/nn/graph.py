@@ -423,6 +423,38 @@ class Graph(Module):
             chains.append(chain)
         return chains
 
+    def _residual_chains(self):
+        """Chains of nodes whose output only an Add of two values reads (a residual
+        connection): a convolution and the nodes after it along edges nothing else reads (as
+        :meth:`_fusion_chains` finds them). The plan runs the add in the convolution's
+        epilogue where its step fused exactly that chain."""
+        readers = {}
+        for node in self.nodes:
+            for v in node.inputs:
+                if v is not None:
+                    readers.setdefault(v, []).append(node)
+        outputs = set(self.output_names)
+        chains = []
+        for node in self.nodes:
+            if not hasattr(self._modules[node.name], "kernel_size"):  # convolutions only
+                continue
+            chain, current = [self._modules[node.name]], node
+            while len(chain) <= 4 and len(current.outputs) == 1:
+                value = current.outputs[0]
+                found = readers.get(value, [])
+                if value in outputs or len(found) != 1:  # x + x reads it twice
+                    break
+                reader = found[0]
+                if (isinstance(self._modules[reader.name], tensor.Add)
+                        and len(reader.inputs) == 2 and None not in reader.inputs):
+                    chains.append(chain)
+                    break
+                if len([v for v in reader.inputs if v is not None]) != 1:
+                    break
+                current = reader
+                chain.append(self._modules[reader.name])
+        return chains
+
     def __getstate__(self):
         state = super().__getstate__()
         state["_schedule"] = None

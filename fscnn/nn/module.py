@@ -149,6 +149,14 @@ class Module:
     ``forward`` must pass the convolution's output straight to the batch norm and that to the
     activation, as the zoo's ResNet blocks do; a call that breaks the chain raises.
 
+    A chain whose output ``forward`` passes straight to :func:`fscnn.functional.add` as one
+    operand (a residual connection: the other is the shortcut) may also be listed in
+    ``_residuals`` (the same form; dotted names reach into children, e.g. ``("conv.2",
+    "conv.3")``). Its prepared convolution then returns a
+    :class:`~fscnn.ops.PendingOutput`, and the add runs in the kernel's epilogue while the
+    output is in registers, with the add's activation. Anything else that reads the pending
+    output gets the plain convolution, so a wrong declaration costs speed, not correctness.
+
     Examples
     --------
     >>> class Block(fscnn.nn.Module):
@@ -165,6 +173,7 @@ class Module:
     """
 
     _fusions = ()
+    _residuals = ()
 
     _unbatched_ndim = None
     """Rank of an unbatched input the module also takes (3 for (C, H, W) images), or None.
@@ -596,6 +605,23 @@ class Module:
             chains.append(chain)
         return chains
 
+    def _residual_chains(self):
+        """The chains of ``_residuals``, as lists of modules (chains naming a missing module
+        are left out)."""
+        chains = []
+        for names in self._residuals:
+            chain = []
+            for name in names:
+                module = self
+                for part in name.split("."):
+                    module = module._modules.get(part) if module is not None else None
+                if module is None:
+                    break
+                chain.append(module)
+            else:
+                chains.append(chain)
+        return chains
+
     def forward(self, *args, **kwargs):
         """The computation, written by subclasses in terms of child modules and
         :mod:`fscnn.functional`."""
@@ -616,7 +642,9 @@ class Module:
         if run is not None and run.plan.contains(self):
             return run.call(self, args, kwargs)
         with _plan.running(self._current_plan()) as run:
-            return run.call(self, args, kwargs)
+            out = run.call(self, args, kwargs)
+        # a convolution left pending for a residual add that forward did not make
+        return out.result() if out.__class__ is ops.PendingOutput else out
 
     def _current_plan(self):
         with _prepare_lock:

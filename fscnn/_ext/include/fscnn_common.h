@@ -180,4 +180,14 @@ static inline void fscnn_act_array(int level, float *x, int64_t n, int act)
     FSCNN_SIMD_CALL(level, fscnn_vact_array, x, n, act);
 }
 
+/* out[0 .. n) = act(out[0 .. n) + res[0 .. n)) with level `level`'s epilogue (act may be
+ * NONE): a residual connection added to a kernel's output, by the pass that follows a kernel
+ * that does not add it in its epilogue. Each element is the sum then the activation, as the
+ * epilogues that add it compute it (fscnn_level.h), so both give the same bits. */
+static inline void fscnn_add_residual(int level, float *restrict out, const float *restrict res,
+                                      int64_t n, int act)
+{
+    FSCNN_SIMD_CALL(level, fscnn_vadd_residual, out, res, n, act);
+}
+
 #endif

@@ -116,4 +116,15 @@ FSCNN_TARGET static void FSCNN_VACT_ARRAY(float *restrict x, int64_t n, int act)
     }
 }
 
+/* x[0 .. n) = act(x[0 .. n) + r[0 .. n)) in place (act may be FSCNN_ACT_NONE): a residual
+ * connection added to a stored run of a kernel's output, element for element as the epilogues
+ * add it in registers (the sum, then FSCNN_VACT). */
+FSCNN_TARGET static inline void FSCNN_PASTE(fscnn_vadd_residual, FSCNN_LEVEL)(
+        float *restrict x, const float *restrict r, int64_t n, int act)
+{
+    FSCNN_IVDEP
+    for (int64_t i = 0; i < n; i++) x[i] += r[i];
+    if (act != FSCNN_ACT_NONE) FSCNN_VACT_ARRAY(x, n, act);
+}
+
 #undef FSCNN_LEVEL

@@ -18,12 +18,15 @@
 
 /* A layer as the pointwise kernel reads it, filled once per plan
  * (fscnn.kernels.pointwise_conv): wpack, the (O, K) weights packed (ceil(O/MR), K, MR) for
- * the variant's MR; bias: (O,) or NULL; act: FSCNN_ACT_*. */
+ * the variant's MR; bias: (O,) or NULL; act: FSCNN_ACT_*. res: NULL, or a residual of the
+ * output's layout (O, ldo) added after act, then res_act: out = res_act(act(W.X + bias) + res)
+ * (set per image by the caller, on its own copy of the layer). */
 typedef struct {
     const float *wpack;
     const float *bias;
+    const float *res;
     int64_t K, O;
-    int act;
+    int act, res_act;
 } pw_layer;
 
 #define FSCNN_LEVEL baseline

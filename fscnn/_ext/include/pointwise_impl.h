@@ -26,7 +26,7 @@
 FSCNN_TARGET static void FSCNN_FN(pw_tile)(
         const float *restrict xp, int64_t ldx, const float *restrict wp, int64_t K,
         const float *restrict bias, int64_t o0, int rows, float *restrict out, int64_t ldo,
-        int64_t p0, int64_t skip, int act)
+        int64_t p0, int64_t skip, int act, const float *restrict res, int res_act)
 {
     PWVEC acc[PW_MR][PW_NV];
 #pragma GCC unroll 16
@@ -61,7 +61,20 @@ FSCNN_TARGET static void FSCNN_FN(pw_tile)(
             float tmp[PW_T];
             memcpy(tmp, acc[i], sizeof tmp);
             memcpy(o + skip, tmp + skip, (size_t)(PW_T - skip) * sizeof(float));
+            if (res)
+                FSCNN_PASTE(fscnn_vadd_residual, FSCNN_LEVEL)(
+                    o + skip, res + (o0 + i) * ldo + p0 + skip, PW_T - skip, res_act);
             continue;
+        }
+        if (res) {  /* the residual connection, in registers before the only store */
+            const float *restrict r = res + (o0 + i) * ldo + p0;
+#pragma GCC unroll 16
+            for (int v = 0; v < PW_NV; v++) {
+                PWVEC rv;
+                memcpy(&rv, r + v * PW_VL, sizeof rv);
+                acc[i][v] += rv;
+                if (res_act != FSCNN_ACT_NONE) acc[i][v] = FSCNN_VACT(acc[i][v], res_act);
+            }
         }
 #pragma GCC unroll 16
         for (int v = 0; v < PW_NV; v++) memcpy(o + v * PW_VL, &acc[i][v], sizeof(PWVEC));
@@ -103,7 +116,7 @@ FSCNN_TARGET static void FSCNN_FN(pw_items)(
         const int64_t o0 = b * PW_MR;
         const int rows = (int)((O - o0 < PW_MR) ? O - o0 : PW_MR);
         FSCNN_FN(pw_tile)(xs, lds, wpack + b * K * PW_MR, K, bias, o0, rows, out, ldo, p0,
-                          skip, lay->act);
+                          skip, lay->act, lay->res, lay->res_act);
     }
 }
 

@@ -21,6 +21,8 @@
  * oblk:    (n_oblk+1,) boundaries of the blocks of output channels that work items cover.
  * Wq, W_out: flat positions per output row, and how many of them are outputs.
  * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; half: the half tile (see below).
+ * res_act: FSCNN_ACT_* applied after the residual that spconv_items adds (when it gets one):
+ *          out = res_act(act(conv + bias) + res), a residual connection in the epilogue.
  * block: 1, or SPCONV_B: the non-zeros are stored in blocks of SPCONV_B consecutive output
  *          channels at one tap (the block kernel, spconv_tile_block): ptr's rows, offsets and
  *          oblk then count blocks, values are (blocks, SPCONV_B) and O is the channel count.
@@ -33,7 +35,7 @@ typedef struct {
     const float *bias;
     const int64_t *oblk;
     int64_t ncb, R, n_oblk, Wq, W_out, O, group;
-    int act, level, half, block;
+    int act, level, half, block, res_act;
 } spconv_layer;
 
 /* Rows per block of the block kernel, and its accumulator vectors per row: 4*NVB
@@ -123,13 +125,16 @@ static inline int64_t spconv_n_items(const spconv_layer *k, int64_t H_out) {
 /* Work items [i0, i1) of one image, item i = (group of tiles i / n_oblk, output block
  * i % n_oblk).
  * in: the packed image (vector-aligned, readable to max(offsets) + H_out*Wq + T + VL);
- * out: (O, H_out, W_out); partial: scratch of (largest block) * T floats. */
+ * out: (O, H_out, W_out); res: NULL, or the residual added to out, (O, H_out, W_out) (not
+ * overlapping out: a moved-back tile stores some outputs twice); partial: scratch of
+ * (largest block) * T floats. */
 static inline void spconv_items(const spconv_layer *k, const float *in, float *out,
-                                float *partial, int64_t H_out, int64_t i0, int64_t i1)
+                                const float *res, float *partial, int64_t H_out, int64_t i0,
+                                int64_t i1)
 {
     if (k->half)
-        FSCNN_SIMD_CALL(k->level, spconv_items_half, k, in, out, partial, H_out, i0, i1);
+        FSCNN_SIMD_CALL(k->level, spconv_items_half, k, in, out, res, partial, H_out, i0, i1);
     else
-        FSCNN_SIMD_CALL(k->level, spconv_items, k, in, out, partial, H_out, i0, i1);
+        FSCNN_SIMD_CALL(k->level, spconv_items, k, in, out, res, partial, H_out, i0, i1);
 }
 #endif
