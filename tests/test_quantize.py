@@ -99,6 +99,23 @@ def test_conv_accumulators_are_exact(rng, case, unsigned, simd_level, threads):
     assert_close(op(x), _epilogue(raw, op), **EPILOGUE_TOL)
 
 
+@pytest.mark.parametrize("case", CONV_CASES[1:5], ids=lambda c: "x".join(map(str, c[:3])) + f"s{c[3]}")
+@pytest.mark.parametrize("res_act", [None, "relu", "sigmoid"])
+def test_conv_residual_is_the_separate_add_bit_for_bit(rng, case, res_act, simd_level, threads):
+    # added to each stored run (1x1 layers: kernels.int8 adds_residual) or after the kernel
+    op, values, x = _conv_case(rng, case, False)
+    residual = rng.standard_normal(op.output_shape(x.shape)).astype(np.float32)
+    y = op(x, residual, res_act)
+    np.testing.assert_array_equal(y, fscnn.functional.add(op(x), residual, res_act))
+    assert Int8SparseConv.adds_residual(op._plan(x.shape).plan) == (case[2] == 1)
+    expected = _epilogue(_reference_acc(op, values, x), op) + residual
+    if res_act == "relu":
+        expected = np.maximum(expected, 0)
+    elif res_act == "sigmoid":
+        expected = 1 / (1 + np.exp(-expected))
+    assert_close(y, expected, **EPILOGUE_TOL)
+
+
 @pytest.mark.parametrize("G", [2, 4], ids=["pairs", "quads"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:3])) + f"s{c[3]}")
 def test_conv_accumulators_are_exact_in_pairs_and_quads(rng, case, G, simd_level, threads):

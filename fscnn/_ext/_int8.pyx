@@ -23,9 +23,10 @@ cdef extern from "spconv_int8.h" nogil:
         const float *scale
         const float *bias
         const int64_t *oblk
+        const float *res
         int64_t ostride, n_oblk, Wq, W_out
         int64_t group
-        int act, level, nv, vnni, quads
+        int act, level, nv, vnni, quads, res_act
     ctypedef struct spq_quant:
         float inv_scale
         int32_t lo, hi
@@ -95,6 +96,7 @@ cdef class _Int8Kernel:
         # decided here, once, rather than per work item
         self.k.vnni = level >= FSCNN_SIMD_AVX512 and spq_cpu_vnni()
         self.k.quads = 0
+        self.k.res, self.k.res_act = NULL, 0
         self.q.inv_scale, self.q.lo, self.q.hi = inv_scale, lo, hi
         self.n_threads = n_threads
 
@@ -156,14 +158,18 @@ cdef class Int8Conv(_Int8Kernel):
         self.Cg, self.Pg = Cg, Pg
 
     cdef void _run(self, const float *x, int64_t N, int64_t C, int64_t O, int64_t H_out,
-                   int64_t W_out, int32_t *buf, float *out, int32_t *raw) noexcept nogil:
+                   int64_t W_out, int32_t *buf, float *out, int32_t *raw,
+                   const float *res=NULL, int res_act=0) noexcept nogil:
         cdef spq_layer k = self.k
         cdef int64_t n_items = spq_n_items(&k, H_out * k.Wq)
         cdef int64_t n_pairs = C // self.Cg * self.Pg
         cdef int64_t n, i, p
         cdef int nt = self.n_threads
         k.W_out = W_out
+        k.res_act = res_act
         for n in range(N):
+            if res != NULL:
+                k.res = res + n * O * H_out * W_out
             for p in prange(n_pairs, num_threads=nt, schedule="dynamic"):
                 spq_pack(&self.pk, &self.q, k.level, x + n * C * self.pk.H * self.pk.W,
                          self.Cg, self.G, self.Pg, p, p + 1, buf)
@@ -175,13 +181,20 @@ cdef class Int8Conv(_Int8Kernel):
 
     def __call__(self, const float[:, :, :, ::1] x,   # IN  (N, C, H, W)
                  int32_t[::1] buf,                    # SCRATCH packed pairs + tail, tail zeroed
-                 float[:, :, :, ::1] out):            # OUT (N, O, H_out, W_out)
-        """Convolve ``x`` into ``out`` (float32)."""
+                 float[:, :, :, ::1] out,             # OUT (N, O, H_out, W_out)
+                 const float[:, :, :, ::1] residual=None,  # IN (N, O, H_out, W_out) or None
+                 int res_act=0):
+        """Convolve ``x`` into ``out`` (float32); ``residual`` (not overlapping ``out``, its
+        shape checked by the caller) is added to each run of outputs as it is stored, then
+        ``res_act``."""
+        cdef const float *res = NULL
         if x.shape[0] == 0 or out.shape[1] == 0 or out.shape[2] == 0 or out.shape[3] == 0:
             return
+        if residual is not None:
+            res = &residual[0, 0, 0, 0]
         with nogil:
             self._run(&x[0, 0, 0, 0], x.shape[0], x.shape[1], out.shape[1], out.shape[2],
-                      out.shape[3], &buf[0], &out[0, 0, 0, 0], NULL)
+                      out.shape[3], &buf[0], &out[0, 0, 0, 0], NULL, res, res_act)
 
     def accumulate(self, const float[:, :, :, ::1] x,  # IN  (N, C, H, W)
                    int32_t[::1] buf,                   # SCRATCH as for __call__

@@ -58,6 +58,8 @@
  * act: FSCNN_ACT_*; level: FSCNN_SIMD_*; nv: vectors of 8 int32 per tile, SPQ_NV_FULL,
  *          SPQ_NV_NARROW or SPQ_NV_WIDE (spq_tile_size); vnni: run the AVX512-VNNI copy
  *          (level AVX-512 on a CPU with it, spq_cpu_vnni).
+ * res:     NULL, or the residual added to this image's output (O, H_out, W_out) after act,
+ *          then res_act: a residual connection (set per image on the caller's copy).
  * quads:   0: wpairs and the input hold int16 pairs (above); 1: quads of four consecutive
  *          input channels (4q .. 4q+3, the missing ones zero) as the four bytes of an int32,
  *          channel 4q in the low byte: int8 weights, and the input quantized to uint8 (an
@@ -69,8 +71,9 @@ typedef struct {
     const float *scale;
     const float *bias;
     const int64_t *oblk;
+    const float *res;
     int64_t ostride, n_oblk, Wq, W_out, group;
-    int act, level, nv, vnni, quads;
+    int act, level, nv, vnni, quads, res_act;
 } spq_layer;
 
 /* Tile widths, in vectors of 8 positions: the full tile (48 positions), the narrow one for
@@ -101,6 +104,26 @@ static inline int32_t spq_quantize(float x, const spq_quant *q)
 #else
     return (int32_t)lrintf(v);
 #endif
+}
+
+/* The residual connection of one tile of output channel o (its row orow, at `at` in the
+ * residual), after the epilogue stored the tile's runs: out = res_act(out + res), in one pass
+ * over the tile when its runs are one stretch of the output (Wq == W_out, where
+ * fscnn.kernels.int8 has the kernel add it: runs are output rows, 14 positions on a 14x14
+ * plane, and a pass per run made those layers ~1.7x slower than a separate add), else run by
+ * run. */
+static inline void spq_add_residual(const spq_layer *k, float *orow, int64_t at, int n_runs,
+                                    const int64_t *rdst, const int64_t *rlen)
+{
+    if (n_runs == 0) return;
+    if (k->Wq == k->W_out) {
+        const int64_t d0 = rdst[0], n = rdst[n_runs - 1] + rlen[n_runs - 1] - d0;
+        fscnn_add_residual(k->level, orow + d0, k->res + at + d0, n, k->res_act);
+        return;
+    }
+    for (int q = 0; q < n_runs; q++)
+        fscnn_add_residual(k->level, orow + rdst[q], k->res + at + rdst[q], rlen[q],
+                           k->res_act);
 }
 
 static inline int32_t spq_pair(int32_t lo, int32_t hi)

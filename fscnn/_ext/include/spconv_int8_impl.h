@@ -195,6 +195,8 @@ FSCNN_TARGET static void FSCNN_FN(spq_group)(
                     _mm512_mask_storeu_ps(dst + j, m, v);
                 }
             }
+            if (k->res)
+                spq_add_residual(k, orow, o * plane, n_runs, rdst, rlen);
             continue;
         }
 #endif
@@ -223,6 +225,8 @@ FSCNN_TARGET static void FSCNN_FN(spq_group)(
                     for (int64_t j = 0; j < n; j++) dst[j] = fscnn_act(dst[j], act);
             }
         }
+        if (k->res)
+            spq_add_residual(k, orow, o * plane, n_runs, rdst, rlen);
     }
 }
 
