@@ -701,6 +701,12 @@ class PendingOutput:
         geo = self.op._plan(self.x.shape).geo
         return (self.x.shape[0], self.op.weight_shape[0], geo.H_out, geo.W_out)
 
+    def adds_in_epilogue(self):
+        """Whether the kernel that computes it adds a residual in its epilogue (else in a
+        pass after it): of two pending operands of one add, such a one takes the other."""
+        plan = self.op._plan(self.x.shape) if self._out is None else None
+        return plan is not None and plan.runner.adds_residual(plan.plan)
+
     def result(self, residual=None, activation=None):
         """The output, ``activation(output + residual)`` with a residual (computed once: a
         second call returns the first's result, and refuses another residual)."""

@@ -1184,3 +1184,25 @@ def test_zoo_residual_blocks_add_in_the_epilogue(name, blocks, rng, monkeypatch)
     assert sum("+add" in r.layers for r in m.plan()) == blocks
     with fscnn.nn.profile():
         np.testing.assert_array_equal(m(x), y)
+
+
+def test_graph_add_of_two_convolutions_goes_to_the_one_that_adds_in_its_epilogue(
+        rng, monkeypatch):
+    # a ResNet block's first add in an imported graph: its last 3x3 convolution and the 1x1
+    # shortcut both feed only the add
+    Node = nn.Node
+    nodes = [Node("wide", "Conv2d", {"in_channels": 4, "out_channels": 6, "kernel_size": 3,
+                                     "padding": 1}, ("x",), ("a",), {"weight": "w3", "bias": "b3"}),
+             Node("short", "Conv2d", {"in_channels": 4, "out_channels": 6, "kernel_size": 1},
+                  ("x",), ("s",), {"weight": "w1", "bias": "b1"}),
+             Node("add", "Add", {"activation": "relu"}, ("a", "s"), ("y",), {})]
+    t = {"w3": rng.standard_normal((6, 4, 3, 3)), "b3": rng.standard_normal(6),
+         "w1": rng.standard_normal((6, 4, 1, 1)), "b1": rng.standard_normal(6)}
+    g = nn.Graph([("x", (None, 4, None, None))], ["y"], nodes, t)
+    x = rng.standard_normal((1, 4, 9, 9)).astype(np.float32)
+    g.prepare(x.shape, kernel="sparse")
+    calls = _count_residual_epilogues(monkeypatch)
+    y = g(x)
+    assert calls == ["short (Conv2d)"]
+    assert_close(y, R.relu(R.conv2d(x, t["w3"], t["b3"], padding=1)
+                           + R.conv2d(x, t["w1"], t["b1"])))

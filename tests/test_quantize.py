@@ -99,7 +99,8 @@ def test_conv_accumulators_are_exact(rng, case, unsigned, simd_level, threads):
     assert_close(op(x), _epilogue(raw, op), **EPILOGUE_TOL)
 
 
-@pytest.mark.parametrize("case", CONV_CASES[1:5], ids=lambda c: "x".join(map(str, c[:3])) + f"s{c[3]}")
+@pytest.mark.parametrize("case", CONV_CASES[1:5],
+                         ids=lambda c: "x".join(map(str, c[:3])) + f"s{c[3]}")
 @pytest.mark.parametrize("res_act", [None, "relu", "sigmoid"])
 def test_conv_residual_is_the_separate_add_bit_for_bit(rng, case, res_act, simd_level, threads):
     # added to each stored run (1x1 layers: kernels.int8 adds_residual) or after the kernel

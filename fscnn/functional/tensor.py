@@ -83,7 +83,9 @@ def add(a, b, activation=None):
         # a prepared convolution's output not computed yet (a residual connection): its
         # kernel adds the other operand in its epilogue when that has the output's shape
         pending, other = (a, b) if a.__class__ is PendingOutput else (b, a)
-        if other.__class__ is PendingOutput:
+        if other.__class__ is PendingOutput:  # both (a graph's conv and shortcut conv)
+            if other.adds_in_epilogue() and not pending.adds_in_epilogue():
+                pending, other = other, pending
             other = other.result()
         if (other.__class__ is np.ndarray and other.dtype == np.float32
                 and other.shape == pending.shape):

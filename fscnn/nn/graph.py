@@ -427,7 +427,9 @@ class Graph(Module):
         """Chains of nodes whose output only an Add of two values reads (a residual
         connection): a convolution and the nodes after it along edges nothing else reads (as
         :meth:`_fusion_chains` finds them). The plan runs the add in the convolution's
-        epilogue where its step fused exactly that chain."""
+        epilogue where its step fused exactly that chain. Both operands of an add may be such
+        chains (a ResNet block's last convolution and its shortcut's): the one whose kernel
+        adds in its epilogue takes the add, the other runs plainly."""
         readers = {}
         for node in self.nodes:
             for v in node.inputs:
