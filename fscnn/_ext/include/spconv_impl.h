@@ -134,6 +134,34 @@ static inline void FSCNN_FN(spconv_group_init)(FSCNN_FN(spconv_group) *grp, int6
     }
 }
 
+/* The residual connection in registers: acc[0 .. nv) += the nv vectors at r, then res_act
+ * (the epilogues' act(conv + bias) is in acc already). */
+FSCNN_TARGET static inline __attribute__((always_inline)) void FSCNN_FN(spconv_add_res)(
+        SPVEC *acc, int nv, const float *restrict r, int res_act)
+{
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; v++) {
+        SPVEC x;
+        memcpy(&x, r + v * SPCONV_VL, sizeof x);
+        acc[v] += x;
+        if (res_act != FSCNN_ACT_NONE) acc[v] = FSCNN_VACT(acc[v], res_act);
+    }
+}
+
+/* The residual of tile g of grp (its runs from entry r0) gathered from rrow, the output
+ * channel's residual plane, into rtile at the tile's positions, for spconv_add_res: a tile
+ * that is not one run of the output. Only the last tile of a flat layer takes this path in
+ * fscnn's own use (SparseConv.adds_residual): on a 3x3 layer, whose tiles are all runs of
+ * output rows, the gathers made it 3-5% slower on 28x28 to 7x7 planes than the separate
+ * pass after the kernel. */
+FSCNN_TARGET static inline __attribute__((always_inline)) void FSCNN_FN(spconv_gather_res)(
+        float *restrict rtile, const float *restrict rrow, const FSCNN_FN(spconv_group) *grp,
+        int64_t r0, int64_t g)
+{
+    for (int q = 0; q < grp->n_runs[g]; q++)
+        fscnn_copy_small(rtile + grp->src[r0 + q], rrow + grp->dst[r0 + q], grp->len[r0 + q]);
+}
+
 /* A group of tiles [t0, t0+G) (G <= SPCONV_GROUP_MAX) of T output positions each, for output
  * channels [o0, o1) of one image. Tile t covers positions [p0, p0+T) of which [p0 + skip,
  * p0+T) are stored (spconv_tile_start). Channels outermost, tiles innermost: an output
@@ -226,38 +254,17 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile)(
                 if (grp.whole[g]) {
                     /* the tile is one run of valid outputs (always when Wq == W_out, e.g. 1x1
                      * layers): add the residual and store straight from the accumulators */
-                    if (res) {
-                        const float *restrict rrow = res + o * plane + grp.dst[r0];
-#pragma GCC unroll 16
-                        for (int v = 0; v < SPCONV_NV; v++) {
-                            SPVEC r;
-                            memcpy(&r, rrow + v * SPCONV_VL, sizeof r);
-                            acc[v] += r;
-                            if (res_act != FSCNN_ACT_NONE) acc[v] = FSCNN_VACT(acc[v], res_act);
-                        }
-                    }
+                    if (res)
+                        FSCNN_FN(spconv_add_res)(acc, SPCONV_NV, res + o * plane + grp.dst[r0],
+                                                 res_act);
 #pragma GCC unroll 16
                     for (int v = 0; v < SPCONV_NV; v++)
                         memcpy(orow + grp.dst[r0] + v * SPCONV_VL, &acc[v], sizeof(SPVEC));
                     continue;
                 }
                 if (res) {
-                    /* the residual's runs gathered into the tile's positions, then added in
-                     * registers. Only the last tile of a flat layer takes this path in
-                     * fscnn's own use (see SparseConv.adds_residual): for a 3x3 layer, whose
-                     * tiles are all runs, the gathers made it 3-5% slower on 28x28 to 7x7
-                     * planes than a separate add after the kernel. */
-                    const float *restrict rrow = res + o * plane;
-                    for (int q = 0; q < grp.n_runs[g]; q++)
-                        fscnn_copy_small(rtile + grp.src[r0 + q], rrow + grp.dst[r0 + q],
-                                         grp.len[r0 + q]);
-#pragma GCC unroll 16
-                    for (int v = 0; v < SPCONV_NV; v++) {
-                        SPVEC r;
-                        memcpy(&r, rtile + v * SPCONV_VL, sizeof r);
-                        acc[v] += r;
-                        if (res_act != FSCNN_ACT_NONE) acc[v] = FSCNN_VACT(acc[v], res_act);
-                    }
+                    FSCNN_FN(spconv_gather_res)(rtile, res + o * plane, &grp, r0, g);
+                    FSCNN_FN(spconv_add_res)(acc, SPCONV_NV, rtile, res_act);
                 }
                 memcpy(tmp, acc, sizeof tmp);
                 for (int q = 0; q < grp.n_runs[g]; q++)
@@ -349,36 +356,18 @@ FSCNN_TARGET static void FSCNN_FN(spconv_tile_block)(
                     float *restrict orow = out + o * plane;
                     const int64_t r0 = g * SPCONV_T;
                     if (grp.whole[g]) {
-                        if (res) {
-                            const float *restrict rrow = res + o * plane + grp.dst[r0];
-#pragma GCC unroll 16
-                            for (int v = 0; v < SPCONV_NVB; v++) {
-                                SPVEC r;
-                                memcpy(&r, rrow + v * SPCONV_VL, sizeof r);
-                                acc[j][v] += r;
-                                if (res_act != FSCNN_ACT_NONE)
-                                    acc[j][v] = FSCNN_VACT(acc[j][v], res_act);
-                            }
-                        }
+                        if (res)
+                            FSCNN_FN(spconv_add_res)(acc[j], SPCONV_NVB,
+                                                     res + o * plane + grp.dst[r0], res_act);
 #pragma GCC unroll 16
                         for (int v = 0; v < SPCONV_NVB; v++)
                             memcpy(orow + grp.dst[r0] + v * SPCONV_VL, &acc[j][v],
                                    sizeof(SPVEC));
                         continue;
                     }
-                    if (res) {  /* gathered, as in spconv_tile */
-                        const float *restrict rrow = res + o * plane;
-                        for (int q = 0; q < grp.n_runs[g]; q++)
-                            fscnn_copy_small(rtile + grp.src[r0 + q], rrow + grp.dst[r0 + q],
-                                             grp.len[r0 + q]);
-#pragma GCC unroll 16
-                        for (int v = 0; v < SPCONV_NVB; v++) {
-                            SPVEC r;
-                            memcpy(&r, rtile + v * SPCONV_VL, sizeof r);
-                            acc[j][v] += r;
-                            if (res_act != FSCNN_ACT_NONE)
-                                acc[j][v] = FSCNN_VACT(acc[j][v], res_act);
-                        }
+                    if (res) {
+                        FSCNN_FN(spconv_gather_res)(rtile, res + o * plane, &grp, r0, g);
+                        FSCNN_FN(spconv_add_res)(acc[j], SPCONV_NVB, rtile, res_act);
                     }
                     memcpy(tmp, acc[j], sizeof tmp);
                     for (int q = 0; q < grp.n_runs[g]; q++)
