@@ -5,11 +5,15 @@ never imports this module.
 
 How the work is shared out:
 
-- **The model travels once per worker.** It enters the graph as one key (a
-  :class:`_Shipped` wrapper) that every chunk task depends on, not as an argument pickled
-  into each task. With a ``distributed.Client`` active when :func:`predict` is called, it
-  is scattered to every worker at once (``broadcast=True``) and the same scattered copy
-  serves later calls of :func:`predict` on the unchanged model. A pickle of an fscnn model
+- **The model travels once per worker.** With a ``distributed.Client`` active when
+  :func:`predict` is called, it goes to every worker of the cluster, present and future, as a
+  worker plugin (``client.register_plugin``) named by its token, and the chunk tasks carry
+  only that name; later calls of :func:`predict` on the unchanged model reuse it. (A key
+  scattered to every worker did not stay there: the scheduler's active memory manager drops
+  the replicas that no waiting task needs a few seconds after a compute, and the next compute
+  copied the model to all workers but one again.) Without a client it enters the graph as one
+  key (a :class:`_Shipped` wrapper) that every chunk task depends on, not as an argument
+  pickled into each task. A pickle of an fscnn model
   carries its kernel choices (see ``docs/GUARANTEES.md``), and each process keeps the first
   copy of a model it receives (by a token naming the model and its weights' versions), so a
   worker prepares it on its first chunk and reuses it for the next chunks and computes.
@@ -31,6 +35,10 @@ try:
     import dask.array as da
 except ImportError as exc:  # an optional extra
     raise ImportError('fscnn.dask needs dask[array]: pip install "fscnn[dask]"') from exc
+try:
+    from distributed import WorkerPlugin as _WorkerPlugin
+except ImportError:  # dask without distributed: the local schedulers only
+    _WorkerPlugin = object
 
 import numpy as np
 
@@ -40,12 +48,12 @@ from .nn.module import probe_output
 
 __all__ = ["predict"]
 
-_KEEP = 4  # models a process keeps by token (workers), scattered models kept per client
+_KEEP = 4  # models a process keeps by token (workers), model plugins kept per client
 _lock = threading.Lock()
 _models = OrderedDict()  # token -> the first copy of that model this process received
 _arrivals = {}  # token -> times a copy of it was unpickled in this process
 _ids = weakref.WeakKeyDictionary()  # model -> its uuid
-_scattered = weakref.WeakKeyDictionary()  # distributed client -> OrderedDict(token -> future)
+_registered = weakref.WeakKeyDictionary()  # distributed client -> OrderedDict(token -> None)
 
 
 class _Shipped:
@@ -99,23 +107,53 @@ def _client():
     return client if dask.base.get_scheduler() == client.get else None
 
 
+class _ModelPlugin(_WorkerPlugin):
+    """A model delivered to every worker of a cluster, present and future, once: the
+    scheduler sends the pickled plugin to each worker when it is registered and to each
+    worker that joins later; unpickling it there is the model's arrival (:func:`_arrive`)."""
+
+    def __init__(self, shipped):
+        self.shipped = shipped
+
+
+class _Delivered:
+    """The chunk tasks' model argument on a cluster: the token of the model that a
+    :class:`_ModelPlugin` of that name delivered to the worker."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token):
+        self.token = token
+
+    def model(self):
+        from distributed import get_worker
+        plugin = get_worker().plugins.get(self.token)
+        if plugin is None:
+            raise RuntimeError(f"fscnn.dask: the model {self.token} is no longer on this "
+                               f"worker ({_KEEP} other models were sent since this graph was "
+                               f"made): call fscnn.dask.predict again")
+        return plugin.shipped.model
+
+
 def _model_key(model, token):
-    """The graph's model argument: a future of the model scattered to every worker of the
-    active distributed client, else the model as one delayed key."""
+    """The graph's model argument: on the active distributed client, the model registered as
+    a worker plugin (once per client and model) and named in the tasks; else the model as
+    one delayed key."""
     shipped = _Shipped(token, model)
     client = _client()
     if client is None:
         return dask.delayed(shipped, name=token, pure=True)
     with _lock:
-        futures = _scattered.setdefault(client, OrderedDict())
-        future = futures.get(token)
-    if future is None or future.status != "finished":
-        future = client.scatter(shipped, broadcast=True, hash=False)
+        tokens = _registered.setdefault(client, OrderedDict())
+        known = token in tokens
+    if not known:
+        client.register_plugin(_ModelPlugin(shipped), name=token)
         with _lock:
-            futures[token] = future
-            while len(futures) > _KEEP:
-                futures.popitem(last=False)
-    return future
+            tokens[token] = None
+            stale = [tokens.popitem(last=False)[0] for _ in range(len(tokens) - _KEEP)]
+        for old in stale:
+            client.unregister_worker_plugin(old)
+    return _Delivered(token)
 
 
 def _threads_per_task():
@@ -135,8 +173,9 @@ def _threads_per_task():
 
 
 def _predict_block(block, shipped):
+    model = shipped.model() if isinstance(shipped, _Delivered) else shipped.model
     with _config.thread_limit(_threads_per_task()):
-        return shipped.model(block)
+        return model(block)
 
 
 def _check_images(images, batch_size):
