@@ -317,6 +317,24 @@ def test_activation_codes():
             activation_code(bad, "act")
 
 
+@pytest.mark.parametrize("hw", [(3, 3), (5, 9), (7, 17), (4, 30), (3, 67)])
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 2, 1), (3, 1, 1), (5, 2, 2), (2, 2, 1),
+                                                     ((3, 4), (1, 2), (1, 2))])
+def test_max_pool2d_separable_column_pass(hw, kernel, stride, padding, threads, rng):
+    # ResNet's 3x3 stride-2 pool and its kin take the separable kernel, whose column pass runs
+    # in vectors for column strides 1 and 2: widths cover its 4-output body, its scalar tail
+    # and the last window reaching the padding; NaN and -inf as in torch
+    x = rng.standard_normal((2, 3) + hw).astype(np.float32)
+    x[0, 0].flat[::7] = np.nan
+    x[1, 2].flat[::5] = -np.inf
+    x[1, 1, :, :] = np.nan
+    for ceil_mode in (False, True):
+        args = (kernel, stride, padding, 1, ceil_mode)
+        if min(_output_hw(x.shape, *args)) < 1:
+            continue
+        np.testing.assert_array_equal(max_pool2d(x, *args), ref.max_pool2d(x, *args))
+
+
 @pytest.mark.parametrize("hw", [(2, 2), (5, 9), (8, 16), (6, 41), (3, 67)])
 def test_max_pool2d_2x2_stride2_fast_path(hw, threads, rng):
     # VGG's pool runs a vectorised kernel: widths cover its 4-output body and scalar tail, odd

@@ -26,6 +26,8 @@ cdef extern from "fscnn_pool.h" nogil:
     float fscnn_run_max(const float* p, Py_ssize_t n)
     void fscnn_maxpool2x2_row(const float* r0, const float* r1, float* out, Py_ssize_t n)
     void fscnn_rows_nanmax(float* dst, const float* src, Py_ssize_t n)
+    void fscnn_cols_nanmax(float* out, const float* src, Py_ssize_t n, Py_ssize_t stride,
+                           Py_ssize_t avail)
 
 cdef enum:
     # Elements per parallel work item of the elementwise kernels (64 KiB of float32 per operand).
@@ -105,8 +107,9 @@ cdef void _max_pool_plane_separable(const float* x, float* out, Planes g, Window
                                     float* rowmax) noexcept nogil:
     """Max pooling of one plane without dilation, as two passes per output row: the rows of
     the window are combined element by element into ``rowmax`` (W floats; contiguous, so it
-    vectorises), then each output takes the max of its columns of ``rowmax``: kh contiguous
-    and kw strided passes per output row, where the general kernel makes kh*kw strided ones."""
+    vectorises), then each output takes the max of its columns of ``rowmax`` (vectors for
+    column strides 1 and 2): kh contiguous and kw strided passes per output row, where the
+    general kernel makes kh*kw strided ones."""
     cdef Py_ssize_t oy, ox, i, ilo, ihi, y0, j, col, olo, ohi
     cdef float* orow
     for oy in range(g.Ho):
@@ -119,11 +122,11 @@ cdef void _max_pool_plane_separable(const float* x, float* out, Planes g, Window
         for ox in range(g.Wo):
             orow[ox] = -INFINITY
         for j in range(k.kw):
-            # independent outputs in the inner loop (a strided max over the row, it vectorises)
             col = j - k.pw
             _inside(col, k.sw, g.Wo, g.W, &olo, &ohi)
-            for ox in range(olo, ohi):
-                orow[ox] = fscnn_nanmax(orow[ox], rowmax[ox * k.sw + col])
+            if ohi > olo:
+                fscnn_cols_nanmax(orow + olo, rowmax + olo * k.sw + col, ohi - olo, k.sw,
+                                  g.W - (olo * k.sw + col))
 
 
 def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, int sh, int sw,

@@ -82,6 +82,30 @@ static inline void fscnn_rows_nanmax(float* dst, const float* src, ptrdiff_t n) 
     for (; i < n; i++) dst[i] = fscnn_nanmax(dst[i], src[i]);
 }
 
+/* out[i] = max(out[i], src[i*stride]) for i < n, NaN-sticky: one tap of the column pass of
+ * separable max pooling (src: the window rows' maximum at the tap's first column). Strides 1
+ * and 2 run in vectors, stride 2 as two contiguous loads whose even lanes a shuffle keeps (as
+ * fscnn_maxpool2x2_row); other strides and the tail run in scalars. `avail`: the floats
+ * readable from src; the stride-2 loads stop before passing it. The compilers leave the
+ * strided scalar loop (a bitwise blend per output) unvectorised. */
+static inline void fscnn_cols_nanmax(float* out, const float* src, ptrdiff_t n, ptrdiff_t stride,
+                                     ptrdiff_t avail) {
+    ptrdiff_t i = 0;
+    if (stride == 1) {
+        for (; i + 4 <= n; i += 4) {
+            const fscnn_v4f m = fscnn_nanmax4(fscnn_load4(out + i), fscnn_load4(src + i));
+            memcpy(out + i, &m, sizeof m);
+        }
+    } else if (stride == 2) {
+        for (; i + 4 <= n && 2 * i + 8 <= avail; i += 4) {
+            const fscnn_v4f a = fscnn_load4(src + 2 * i), b = fscnn_load4(src + 2 * i + 4);
+            const fscnn_v4f m = fscnn_nanmax4(fscnn_load4(out + i), FSCNN_SHUFFLE4(a, b, 0, 2, 4, 6));
+            memcpy(out + i, &m, sizeof m);
+        }
+    }
+    for (; i < n; i++) out[i] = fscnn_nanmax(out[i], src[i * stride]);
+}
+
 /* Max pooling 2x2 with stride 2, no padding or dilation (VGG's pools), one output row:
  * out[i] = max(r0[2i], r0[2i+1], r1[2i], r1[2i+1]), NaN-sticky, for i < n. The general kernel
  * reads with stride 2, which does not vectorise; here the two rows are combined with contiguous
