@@ -759,6 +759,34 @@ def test_depthwise_matches_torch(case, rng):
                  rtol=1e-4)
 
 
+# (H, W, stride, padding): the direct 3x3 path (AVX-512; packed planes elsewhere) around its
+# 16-lane chunks (widths 15-17, 31-33, stride 2 reading two vectors), its 4-row blocks (heights
+# 1-5, 9), padding 0-2 on each side (columns before the row's start), unequal strides.
+DW3_DIRECT_CASES = [
+    (14, 14, 1, 1), (7, 7, 1, 1), (9, 17, 1, 1), (5, 33, 1, 1), (3, 16, 1, 1), (1, 1, 1, 1),
+    (14, 14, 2, 1), (15, 31, 2, 1), (4, 32, 2, 1), (9, 33, 2, 1), (2, 65, 2, 1), (1, 2, 2, 1),
+    (6, 6, 1, 0), (6, 7, 2, 0), (5, 5, 1, 2), (8, 3, 2, 2), (2, 1, 1, 2),
+    (9, 18, (2, 1), (1, 0, 0, 1)), (7, 20, (1, 2), (0, 2, 2, 0)), (10, 10, 2, (0, 1, 0, 1)),
+]
+
+
+@pytest.mark.parametrize("h, w, stride, padding", DW3_DIRECT_CASES)
+@pytest.mark.parametrize("activation", [None, "relu6"])
+def test_depthwise_direct_3x3(h, w, stride, padding, activation, rng):
+    from fscnn.kernels.depthwise_conv import direct_weights
+    x = rng.standard_normal((2, 5, h, w)).astype(np.float32) * 4
+    wt = sparse_weight((5, 1, 3, 3), 0.4, rng)
+    b = rng.standard_normal(5).astype(np.float32)
+    hp = dict(stride=stride, padding=padding, groups=5)
+    op = Conv2dOp(wt, b, activation=activation, kernel="depthwise", **hp)
+    assert_close(op(x), _act_ref(ref_conv2d(x, wt, b, **hp), activation))
+    level = _config.simd_level_index()
+    direct = direct_weights(op, op._geometry(x.shape), level)
+    assert (direct is not None) == _conv.depthwise_direct_available(level)
+    if direct is not None:
+        assert np.array_equal(direct.reshape(wt.shape), wt)
+
+
 def test_depthwise_does_not_depend_on_threads(rng):
     x, w, b, hp = _dw_make((3, 16, 2, 23, 19, (3, 3), 2, 1, 1), 0.5, rng)
     outs = []

@@ -61,6 +61,10 @@ cdef extern from "dwconv.h" nogil:
                          float *wide, float *out)
     void dwconv_expand(int level, const int32_t *offsets, const float *values, int64_t k0,
                        int64_t k1, float bias, int act, const float *x, int64_t HW, float *dst)
+    int dwconv3x3_direct_available(int level)
+    void dwconv3x3_direct(const float *inp, int64_t H, int64_t W, int64_t pt, int64_t pl,
+                          int64_t sh, int64_t sw, const float *w, float bias, int act,
+                          float *out, int64_t H_out, int64_t W_out)
 
 cdef extern from "pointwise.h" nogil:
     ctypedef struct pw_layer:
@@ -88,6 +92,11 @@ cdef extern from "winograd.h" nogil:
                     float *tmp)
     void wino_output(const wino_layer *lay, const float *M, int64_t t0, int64_t cnt,
                      float *out, float *tmp)
+
+
+def depthwise_direct_available(int level):
+    """Whether the depthwise kernel's direct 3x3 path (AVX-512) runs at SIMD level ``level``."""
+    return bool(dwconv3x3_direct_available(level))
 
 
 def depthwise_tile_size(int level):
@@ -587,6 +596,10 @@ cdef class DepthwiseConv:
     packing : fscnn.kernels.base.Packing
         One channel's planes (``plane`` = Hq*Wq).
     act, level, n_threads : int
+    direct : float32 array of shape (O, 9) or None
+        The weights of a 3x3 layer with one output channel per input channel, dilation 1 and
+        strides 1 or 2, given where ``dwconv3x3_direct_available(level)``: each channel is
+        then computed from its unpacked plane (dwconv3x3_direct) and ``work`` is not used.
     """
     cdef dwconv_layer k
     cdef conv_packing pk
@@ -595,11 +608,19 @@ cdef class DepthwiseConv:
     cdef const int32_t[::1] offsets
     cdef const float[::1] values
     cdef const float[::1] bias
+    cdef const float[:, ::1] direct
 
     def __init__(self, const int64_t[::1] ptr, const int32_t[::1] offsets,
                  const float[::1] values, const float[::1] bias, packing, int act, int level,
-                 int n_threads):
+                 int n_threads, const float[:, ::1] direct=None):
         self.ptr, self.offsets, self.values, self.bias = ptr, offsets, values, bias
+        if direct is not None:
+            if not dwconv3x3_direct_available(level):
+                raise ValueError(f"the direct 3x3 depthwise kernel needs AVX-512 (level {level})")
+            if direct.shape[0] != ptr.shape[0] - 1 or direct.shape[1] != 9:
+                raise ValueError(f"direct weights must be ({ptr.shape[0] - 1}, 9), got "
+                                 f"({direct.shape[0]}, {direct.shape[1]})")
+        self.direct = direct
         self.k.ptr = &ptr[0]
         self.k.offsets = &offsets[0] if offsets.shape[0] else NULL
         self.k.values = &values[0] if values.shape[0] else NULL
@@ -630,6 +651,13 @@ cdef class DepthwiseConv:
             return
         cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         cdef int64_t chunk = max(1, N * C // (8 * nt))  # as in _packed_image
+        if self.direct is not None:
+            if O != C:
+                raise ValueError(f"the direct 3x3 kernel needs as many output channels as "
+                                 f"input channels, got {O} and {C}")
+            self._direct(&x[0, 0, 0, 0], N, C, x.shape[2], x.shape[3], &out[0, 0, 0, 0],
+                         k.H_out, k.W_out)
+            return
         with nogil:
             for i in prange(N * C, num_threads=nt, schedule="dynamic", chunksize=chunk):
                 n = i // C
@@ -638,6 +666,23 @@ cdef class DepthwiseConv:
                 conv_pack(&self.pk, &x[n, c, 0, 0], 0, 1, buf)
                 dwconv_channels(&k, buf, c * mult, (c + 1) * mult, buf + wide_at,
                                 &out[n, 0, 0, 0])
+
+    cdef void _direct(self, const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
+                      float *out, int64_t H_out, int64_t W_out) noexcept:
+        """The direct 3x3 path: channel (n, c) of out (H_out, W_out) from plane (n, c) of x
+        (both NCHW)."""
+        cdef dwconv_layer k = self.k
+        cdef conv_packing pk = self.pk
+        cdef const float *w = &self.direct[0, 0]
+        cdef int64_t i, c, HW = H * W, plane = H_out * W_out
+        cdef int nt = self.n_threads
+        cdef int64_t chunk = max(1, N * C // (8 * nt))
+        with nogil:
+            for i in prange(N * C, num_threads=nt, schedule="dynamic", chunksize=chunk):
+                c = i % C
+                dwconv3x3_direct(x + i * HW, H, W, pk.pad_top, pk.pad_left, pk.sh, pk.sw,
+                                 w + 9 * c, k.bias[c] if k.bias != NULL else 0.0, k.act,
+                                 out + i * plane, H_out, W_out)
 
 
 cdef class ExpandDepthwiseConv(DepthwiseConv):
@@ -658,7 +703,7 @@ cdef class ExpandDepthwiseConv(DepthwiseConv):
     ebias : float32 array of shape (M,) or None
     eact : int
         The 1x1 layer's activation.
-    ptr, offsets, values, bias, packing, act, level, n_threads
+    ptr, offsets, values, bias, packing, act, level, n_threads, direct
         The depthwise layer's, as :class:`DepthwiseConv` takes them (``packing`` of one
         expanded channel).
     """
@@ -671,8 +716,10 @@ cdef class ExpandDepthwiseConv(DepthwiseConv):
     def __init__(self, const int64_t[::1] eptr, const int32_t[::1] eoffsets,
                  const float[::1] evalues, const float[::1] ebias, int eact,
                  const int64_t[::1] ptr, const int32_t[::1] offsets, const float[::1] values,
-                 const float[::1] bias, packing, int act, int level, int n_threads):
-        DepthwiseConv.__init__(self, ptr, offsets, values, bias, packing, act, level, n_threads)
+                 const float[::1] bias, packing, int act, int level, int n_threads,
+                 const float[:, ::1] direct=None):
+        DepthwiseConv.__init__(self, ptr, offsets, values, bias, packing, act, level, n_threads,
+                               direct)
         self.eptr, self.eoffsets, self.evalues = eptr, eoffsets, evalues
         self.ebias, self.eact = ebias, eact
 
@@ -696,8 +743,15 @@ cdef class ExpandDepthwiseConv(DepthwiseConv):
         cdef const float *ebias = &self.ebias[0] if self.ebias is not None else NULL
         cdef const int64_t *eptr = &self.eptr[0]
         cdef int eact = self.eact
+        cdef int64_t H = x.shape[2], W = x.shape[3]
+        cdef const float *wdirect = NULL
         if N == 0 or O == 0 or k.H_out == 0 or k.W_out == 0:
             return
+        if self.direct is not None:
+            if O != M:
+                raise ValueError(f"the direct 3x3 kernel needs as many output channels as "
+                                 f"expanded channels, got {O} and {M}")
+            wdirect = &self.direct[0, 0]
         cdef int nt = self.n_threads  # no self.* in prange clauses (debug builds)
         cdef int64_t chunk = max(1, N * M // (8 * nt))  # as in DepthwiseConv
         with nogil:
@@ -709,9 +763,15 @@ cdef class ExpandDepthwiseConv(DepthwiseConv):
                 dwconv_expand(k.level, eoffsets, evalues, eptr[c], eptr[c + 1],
                               ebias[c] if ebias != NULL else 0.0, eact, &x[n, 0, 0, 0], HW,
                               plane)
-                conv_pack(&self.pk, plane, 0, 1, buf)
-                dwconv_channels(&k, buf, c * mult, (c + 1) * mult, buf + wide_at,
-                                &out[n, 0, 0, 0])
+                if wdirect != NULL:
+                    dwconv3x3_direct(plane, H, W, self.pk.pad_top, self.pk.pad_left,
+                                     self.pk.sh, self.pk.sw, wdirect + 9 * c,
+                                     k.bias[c] if k.bias != NULL else 0.0, k.act,
+                                     &out[n, c, 0, 0], k.H_out, k.W_out)
+                else:
+                    conv_pack(&self.pk, plane, 0, 1, buf)
+                    dwconv_channels(&k, buf, c * mult, (c + 1) * mult, buf + wide_at,
+                                    &out[n, 0, 0, 0])
 
 
 cdef class PointwiseConv:

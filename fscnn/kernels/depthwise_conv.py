@@ -3,7 +3,10 @@ with one input channel per group (any kernel size, stride, dilation, padding and
 multiplier).
 
 A work item is one input channel of one image, packed into a per-thread buffer that stays in
-cache; its taps (zeros dropped) are accumulated in registers over flat tiles.
+cache; its taps (zeros dropped) are accumulated in registers over flat tiles. A 3x3 layer with
+one output channel per input channel, dilation 1 and strides 1 or 2 (MobileNet's) skips the
+packing where the CPU has AVX-512: its masked loads read the unpacked plane with the padding as
+zeros (:func:`direct_weights`).
 
 :func:`expand_depthwise_plan` is the same kernel fed by the 1x1 convolution before it (the
 expansion of MobileNet-style blocks): a work item computes its input channel from the 1x1
@@ -44,7 +47,8 @@ class DepthwiseConv(Kernel):
     def plan(op, geo, threads, level):
         csr, offsets, work, tail = _layout(op, geo, level)
         call = _conv.DepthwiseConv(csr.indptr.astype(np.int64), offsets, csr.data, op.bias,
-                                   geo.packing(), op.act_code, level, threads)
+                                   geo.packing(), op.act_code, level, threads,
+                                   direct_weights(op, geo, level))
         return DepthwisePlan(offsets, (threads, work), tail, call)
 
     @staticmethod
@@ -52,6 +56,22 @@ class DepthwiseConv(Kernel):
         work = scratch("depthwise", plan.work)
         work[:, plan.tail[0]:plan.tail[1]] = 0.0
         plan.call(x, work, out)
+
+
+def direct_weights(op, geo, level):
+    """The (O, 9) float32 weights of depthwise layer ``op`` for the direct 3x3 path
+    (dwconv3x3_direct in dwconv.h) on inputs of geometry ``geo`` at SIMD level ``level``, or
+    None where that path does not apply and the channels are packed.
+
+    The packed path spent 3-4x its arithmetic on packing and copying MobileNetV2's 14x14 and
+    7x7 planes; the direct path multiplies all 9 taps, pruned ones too."""
+    O, Cg, KH, KW = op.weight_shape
+    pt, _, pl, _ = geo.padding
+    if (Cg != 1 or (KH, KW) != (3, 3) or O != geo.input_shape[0] or op.dilation != (1, 1)
+            or any(s not in (1, 2) for s in geo.stride) or pt > 2 or pl > 2
+            or not _conv.depthwise_direct_available(level)):
+        return None
+    return np.ascontiguousarray(op.sparse.csr.to_dense(), dtype=np.float32).reshape(O, 9)
 
 
 def _layout(op, geo, level):
@@ -79,5 +99,5 @@ def expand_depthwise_plan(expand, op, geo, threads, level):
     call = _conv.ExpandDepthwiseConv(
         e.indptr.astype(np.int64), reads, e.data, expand.bias,
         expand.act_code, csr.indptr.astype(np.int64), offsets, csr.data, op.bias,
-        geo.packing(), op.act_code, level, threads)
+        geo.packing(), op.act_code, level, threads, direct_weights(op, geo, level))
     return DepthwisePlan(offsets, (threads, work + H * W), tail, call)
