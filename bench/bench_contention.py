@@ -5,7 +5,9 @@ times calls on 1 thread and on all threads, interleaved, first alone and then be
 busy-loop process (one per ``--neighbours``). The target: beside a neighbour, the all-threads
 call is never worse than 1.2x the 1-thread call. Policies:
 
-- ``fscnn``: fscnn's default (spin briefly, then sleep; see fscnn/_config.py)
+- ``fscnn``: fscnn's default (spin ~30000 times, then sleep, and the contention guard: calls
+  on one thread while the calling thread is starved of CPU; see fscnn/_config.py)
+- ``no-guard``: fscnn's spin without the guard (``FSCNN_ADAPTIVE_THREADS=0``)
 - ``libgomp``: GNU OpenMP's own default (``GOMP_SPINCOUNT=300000``)
 - ``passive``: ``OMP_WAIT_POLICY=passive`` (sleep at once)
 
@@ -19,8 +21,9 @@ import subprocess
 import sys
 import time
 
-POLICIES = {"fscnn": {}, "libgomp": {"GOMP_SPINCOUNT": "300000"},
-            "passive": {"OMP_WAIT_POLICY": "passive"}}
+POLICIES = {"fscnn": {}, "no-guard": {"FSCNN_ADAPTIVE_THREADS": "0"},
+            "libgomp": {"GOMP_SPINCOUNT": "300000", "FSCNN_ADAPTIVE_THREADS": "0"},
+            "passive": {"OMP_WAIT_POLICY": "passive", "FSCNN_ADAPTIVE_THREADS": "0"}}
 
 _WORKER = r"""
 import json, sys, time, numpy as np, fscnn
@@ -56,7 +59,8 @@ def _busy_loop():
 
 def measure(policy, model, sparsity, size, iterations, neighbours):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS")}
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "OMP_NUM_THREADS",
+                        "FSCNN_ADAPTIVE_THREADS")}
     env.update(POLICIES[policy])
     worker = subprocess.Popen([sys.executable, "-c", _WORKER, model, str(sparsity), str(size),
                                str(iterations)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -6,15 +6,15 @@ a model zoo, pruning tools and a benchmark CLI. Runtime dependencies: numpy and 
 """
 __version__ = "0.1.0"
 
-from ._config import (get_num_threads, get_simd_level, set_num_threads, set_simd_level,
-                      show_config)
+from ._config import (get_num_threads, get_simd_level, set_adaptive_threads, set_num_threads,
+                      set_simd_level, show_config)
 from . import functional, models, nn, ops, prune, sparse  # noqa: E402  (after the config)
 from .convert import from_torch
 from .importers import ModelImportError, from_onnx, from_tflite
 from .io import load, load_model, save
 from .quantization import quantize
 
-__all__ = ["__version__", "get_num_threads", "set_num_threads", "get_simd_level",
-           "set_simd_level", "show_config", "functional", "models", "nn", "ops", "prune",
+__all__ = ["__version__", "get_num_threads", "set_num_threads", "set_adaptive_threads",
+           "get_simd_level", "set_simd_level", "show_config", "functional", "models", "nn", "ops", "prune",
            "sparse", "from_torch", "from_onnx", "from_tflite", "ModelImportError", "load", "load_model", "save",
            "quantize"]

@@ -7,23 +7,24 @@ import threading
 import warnings
 
 # OpenMP's wait policy. Threads that finish a parallel region spin, waiting for the next one,
-# before they sleep: GNU libgomp for 300,000 spins (about 10-20 ms on recent Xeons, whose PAUSE
-# takes ~140 cycles), LLVM's libomp for 200 ms. When other processes (or several workers of one
-# job) compete for the cores, a spinning thread holds the core its descheduled sibling needs to
-# reach the next barrier: a 2-thread ResNet-18 call beside one busy process took 5-13x the time
-# of a 1-thread call (issue #14). fscnn's threads spin briefly (long enough to bridge the Python
-# between two layers) and then sleep, unless the user chose a policy.
+# before they sleep: GNU libgomp for 300,000 spins by default, LLVM's libomp for 200 ms. When
+# other processes (or several workers of one job) compete for the cores, a spinning thread
+# holds the core its descheduled sibling needs to reach the next barrier: a 2-thread call
+# beside one busy process then takes several times the time of a 1-thread call (issue #14).
+# Too short a spin loses the quiet machine's speed-up instead: the threads fall asleep in the
+# Python between two layers and every layer pays their wake-up.
 # libgomp reads GOMP_SPINCOUNT when it is loaded (by the extension below), so fscnn's value is
 # set only for that load and removed again: it never reaches another library's OpenMP runtime
 # (PyTorch bundles its own libgomp) nor child processes, which decide for themselves. libomp
 # (clang builds) reads KMP_BLOCKTIME when its first parallel region starts, so that one stays
 # set; libgomp ignores it.
-# 1000 spins rather than 10000 (2026-12-03, bench/bench_contention.py, ResNet-18 at 90% on the
-# 2-core Zen 4 VM, 2-thread call beside one busy loop over the quiet 1-thread call, three runs
-# each): x1.20-1.47 against x2.84-3.89 (3000: x2.06-2.20). The quiet 2-thread calls did not
-# measurably lose (ResNet-18 10.1-10.9 ms against 8.6-10.5, same runs; ResNet-50 and VGG16
-# scaling within the VM's noise): layers follow each other within the shorter spin.
-DEFAULT_SPIN_COUNT = 1000  # libgomp spins before a waiting thread sleeps
+# 30000 spins: ~0.35 ms where PAUSE takes 11 ns (the 2-core Xeon VM, 2026-12-05), ~2 ms where
+# it takes 140 cycles. 1000 spins (11 us there) let the threads sleep between layers: ResNet-50
+# at 90% on 2 threads 21.6-22.3 ms against 17.2-18.6 with 10000-300000 spins (1 thread 27.5-28.9),
+# MobileNetV2 at 90% slower on 2 threads than on 1 (4.8 against 4.7-5.1 ms; 3.0-3.6 with
+# 100000 spins). The contention that long spins cause is handled by the contention guard below
+# instead: it puts calls on one thread while the process is starved of cores.
+DEFAULT_SPIN_COUNT = 30000  # libgomp spins before a waiting thread sleeps
 DEFAULT_BLOCKTIME_MS = 1  # libomp's equivalent, in milliseconds
 
 
@@ -183,6 +184,66 @@ def thread_limit(n):
         _local.threads = old
 
 
+# The contention guard (issue #14, item 2). On a quiet machine the thread that makes a model
+# call runs all through it: in the kernels' parallel regions, in the Python between layers,
+# spinning at the regions' ends, so its CPU time is about the call's wall time. Beside a busy
+# process it is descheduled, and sleeps at barriers waiting for a descheduled sibling: 2 threads
+# beside one busy loop on 2 cores got about one core between them, and the call took 6-10x
+# the time of a 1-thread call (ResNet-18 and MobileNetV2 at 90%, 30000 spins: 37-57 ms against
+# 6-12 ms), where one thread would have run at full speed. So a call whose calling thread got
+# less than STARVED_FRACTION of its wall time as CPU time puts the next calls on one thread;
+# a probe on all threads then checks again, after 4, 8, ... up to 256 calls while the
+# starvation lasts. (The CPU time of the whole process is no measure: the other threads sleep
+# wherever 'auto' put a layer on one thread.)
+STARVED_FRACTION = 0.75
+MIN_JUDGED_SECONDS = 1e-3  # shorter calls are not judged (timer and scheduling noise)
+FIRST_BACKOFF, MAX_BACKOFF = 4, 256
+
+
+class ContentionGuard:
+    """Runs model calls on one thread while the process does not get the cores it asks for
+    (see the comment above); used by :meth:`fscnn.nn.Module.__call__` around each top-level
+    call. Its state is per process: contention is a property of the machine. Off where
+    ``FSCNN_ADAPTIVE_THREADS=0`` is set at import, or after ``set_adaptive_threads(False)``."""
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled
+        self.single_left = 0  # calls still to run on one thread
+        self.backoff = FIRST_BACKOFF  # single_left after the next starved call
+        self.starved_calls = 0  # starved calls seen (for reports and tests)
+
+    def threads_for_call(self, threads):
+        """The threads to run the next top-level call with, where ``threads`` are asked for."""
+        if threads <= 1 or not self.enabled or self.single_left <= 0:
+            return threads
+        self.single_left -= 1
+        return 1
+
+    def record(self, threads, wall, cpu):
+        """Judge a top-level call that ran on ``threads`` threads, ``wall`` seconds long, in
+        which the calling thread ran ``cpu`` seconds."""
+        if threads <= 1 or not self.enabled or wall < MIN_JUDGED_SECONDS:
+            return
+        if cpu < STARVED_FRACTION * wall:
+            self.starved_calls += 1
+            self.single_left = self.backoff
+            self.backoff = min(2 * self.backoff, MAX_BACKOFF)
+        else:
+            self.backoff = FIRST_BACKOFF
+
+
+contention = ContentionGuard(os.environ.get("FSCNN_ADAPTIVE_THREADS", "1").strip() != "0")
+
+
+def set_adaptive_threads(enabled):
+    """Turn the contention guard on or off: while on (the default), a process that runs model
+    calls on several threads but gets fewer cores (other busy processes) runs its next calls on
+    one thread and probes again later (see docs/GUARANTEES.md). ``FSCNN_ADAPTIVE_THREADS=0``
+    turns it off at import."""
+    contention.enabled = bool(enabled)
+    contention.single_left, contention.backoff = 0, FIRST_BACKOFF
+
+
 def cpu_simd_level():
     """Name of the widest SIMD level the CPU supports."""
     return SIMD_LEVELS[_runtime.cpu_simd_level()]
@@ -272,6 +333,7 @@ def config_dict():
         "openmp": _runtime.openmp_enabled(),
         "openmp_wait": _wait_policy if _runtime.openmp_enabled() else "-",
         "threads": get_num_threads(),
+        "adaptive_threads": contention.enabled,
         "usable_cpus": usable_cpus(),
         "simd_detected": cpu_simd_level(),
         "simd_in_use": get_simd_level(),

@@ -39,6 +39,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from fscnn import _config  # noqa: E402  (after the sys.path line on purpose)
 
+# The contention guard puts model calls on one thread when the calling thread gets too little
+# CPU time: on a loaded test machine it would change the thread count that tests ask for.
+# Its own tests (test_config.py) use guards of their own.
+_config.set_adaptive_threads(False)
+
 TOL = {
     np.float64: dict(rtol=1e-12, atol=1e-12),
     np.float32: dict(rtol=1e-5, atol=1e-6),

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fscnn
@@ -97,3 +98,73 @@ def test_bad_omp_num_threads_warns_and_uses_the_usable_cores(tmp_path):
     n, usable, messages = _run(code, tmp_path, OMP_NUM_THREADS="many")
     assert n == usable
     assert any("OMP_NUM_THREADS='many'" in m for m in messages), messages
+
+
+# -- the contention guard: model calls on one thread while the process is starved of cores ---
+
+def test_contention_guard_backs_off_while_starved_and_recovers():
+    guard = _config.ContentionGuard()
+    assert guard.threads_for_call(2) == 2
+    guard.record(2, wall=0.010, cpu=0.0095)  # a quiet call: the caller ran all through it
+    assert guard.threads_for_call(2) == 2
+    periods = []
+    for _ in range(9):  # starved probes: one thread for 4, 8, ... calls, at most 256
+        guard.record(2, wall=0.010, cpu=0.005)
+        n = 0
+        while guard.threads_for_call(2) == 1:
+            n += 1
+        periods.append(n)  # the loop ended on a probe, which runs on 2 threads
+    assert periods == [4, 8, 16, 32, 64, 128, 256, 256, 256]
+    guard.record(2, wall=0.010, cpu=0.010)  # the probe was not starved: all threads again
+    assert [guard.threads_for_call(2) for _ in range(3)] == [2, 2, 2]
+    guard.record(2, wall=0.010, cpu=0.005)
+    assert [guard.threads_for_call(2) for _ in range(5)] == [1, 1, 1, 1, 2]  # from 4 again
+    assert guard.starved_calls == 10
+
+
+def test_contention_guard_judges_only_long_multithreaded_calls():
+    guard = _config.ContentionGuard()
+    guard.record(1, wall=0.010, cpu=0.001)  # one thread: nothing to fall back from
+    guard.record(2, wall=0.0005, cpu=0.0)  # too short to judge
+    assert guard.threads_for_call(2) == 2 and guard.starved_calls == 0
+    assert guard.threads_for_call(1) == 1
+    off = _config.ContentionGuard(enabled=False)
+    off.record(2, wall=0.010, cpu=0.001)
+    assert off.threads_for_call(2) == 2
+
+
+def test_a_starved_call_puts_the_next_model_calls_on_one_thread(monkeypatch, rng):
+    """Through Module.__call__: the calls after a starved one run on one thread (the layers see
+    it), give the same bits, and a quiet probe brings back all threads."""
+    from fscnn import nn
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(fscnn.get_num_threads())
+            return x
+
+    class Judged(_config.ContentionGuard):
+        def record(self, threads, wall, cpu):
+            pass  # the real calls' timings are not judged: a loaded test machine would be
+
+    guard = Judged()
+    monkeypatch.setattr(_config, "contention", guard)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), Spy())
+    x = rng.standard_normal((1, 4, 12, 12)).astype(np.float32)
+    with _config.threads(2):
+        quiet = model(x)
+        _config.ContentionGuard.record(guard, 2, wall=1.0, cpu=0.2)  # as a starved call would
+        starved = [model(x) for _ in range(5)]
+    assert seen == [2, 1, 1, 1, 1, 2]
+    assert all(np.array_equal(y, quiet) for y in starved)
+    assert fscnn.get_num_threads() == _config.get_num_threads()  # the limit did not leak
+
+
+def test_the_contention_guard_can_be_turned_off(tmp_path):
+    code = ("import json, fscnn\n"
+            "on = fscnn._config.config_dict()['adaptive_threads']\n"
+            "fscnn.set_adaptive_threads(True)\n"
+            "print(json.dumps([on, fscnn._config.contention.enabled]))")
+    assert _run(code, tmp_path, FSCNN_ADAPTIVE_THREADS="0") == [False, True]
+    assert _run(code, tmp_path) == [True, True]

@@ -13,12 +13,13 @@ weights converted once to the kernels' sparse form. The module tree itself is ne
 by preparation, so ``state_dict()`` and ``repr`` stay torch-like.
 """
 import threading
+import time
 from collections import OrderedDict, namedtuple
 from collections.abc import MutableMapping
 
 import numpy as np
 
-from .. import io, ops
+from .. import _config, io, ops
 from .._progress import Progress
 from ..sparse import CSRMatrix, FormatError, SparseConvWeight
 from . import _plan
@@ -641,6 +642,18 @@ class Module:
         run = _plan.current_run()
         if run is not None and run.plan.contains(self):
             return run.call(self, args, kwargs)
+        threads = _config.get_num_threads()
+        use = _config.contention.threads_for_call(threads)
+        if use == 1 < threads:  # the process is starved of cores: see _config.ContentionGuard
+            with _config.thread_limit(1):
+                return self._root_call(args, kwargs)
+        wall, cpu = time.perf_counter(), time.thread_time()
+        out = self._root_call(args, kwargs)
+        _config.contention.record(threads, time.perf_counter() - wall,
+                                  time.thread_time() - cpu)
+        return out
+
+    def _root_call(self, args, kwargs):
         with _plan.running(self._current_plan()) as run:
             out = run.call(self, args, kwargs)
         # a convolution left pending for a residual add that forward did not make
