@@ -5,7 +5,9 @@ and write a preallocated out of shape (P, Ho, Wo); the caller (``fscnn.functiona
 has validated every size, computed Ho and Wo with torch's rules (ceil_mode included) and
 checked that H, W >= 1 and padding <= kernel // 2, so every window overlaps the padded
 input. Threads take planes dynamically (``prange``, dynamic schedule): planes are
-independent, and a thread descheduled on a busy machine then does not hold back the others. The per-plane functions take raw pointers: slicing a memoryview per plane
+independent, and a thread descheduled on a busy machine then does not hold back the others.
+Planes with small outputs go in chunks of at least a cache line of output (``_chunk``).
+The per-plane functions take raw pointers: slicing a memoryview per plane
 costs about 80 ns, as much as pooling a whole 7x7 plane.
 
 Inputs are ``const`` memoryviews so read-only (e.g. memory-mapped) arrays are accepted.
@@ -129,17 +131,26 @@ cdef void _max_pool_plane_separable(const float* x, float* out, Planes g, Window
                                   g.W - (olo * k.sw + col))
 
 
+cdef inline Py_ssize_t _chunk(Py_ssize_t out_plane) noexcept nogil:
+    """Planes per dynamic chunk: enough for 64 output floats. One plane at a time, the threads
+    of a global average pool (2048 planes of 7x7 -> 1x1) wrote neighbouring floats of one
+    cache line and took a shared counter per plane: 234 us on 2 threads against 43 on one."""
+    return max(1, 64 // max(1, out_plane))
+
+
 def max_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, int sh, int sw,
                int ph, int pw, int dh, int dw, int n_threads):
     """Max pooling of every plane. x: IN (P, H, W); out: OUT (P, Ho, Wo)."""
     cdef Planes g = Planes(x.shape[1], x.shape[2], out.shape[1], out.shape[2])
     cdef Window k = Window(kh, kw, sh, sw, ph, pw, dh, dw)
+    cdef Py_ssize_t chunk = _chunk(g.Ho * g.Wo)
     cdef Py_ssize_t p, oy
     cdef bint two_by_two = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
                             and dh == 1 and dw == 1 and 2 * g.Ho <= g.H and 2 * g.Wo <= g.W)
     cdef bint separable = dh == 1 and dw == 1 and not two_by_two
     cdef float* rowmax
-    for p in prange(x.shape[0], nogil=True, num_threads=n_threads, schedule="dynamic"):
+    for p in prange(x.shape[0], nogil=True, num_threads=n_threads, schedule="dynamic",
+                   chunksize=chunk):
         if two_by_two:
             for oy in range(g.Ho):
                 fscnn_maxpool2x2_row(&x[p, 2 * oy, 0], &x[p, 2 * oy + 1, 0], &out[p, oy, 0], g.Wo)
@@ -162,8 +173,10 @@ def avg_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out, int kh, int kw, i
     """
     cdef Planes g = Planes(x.shape[1], x.shape[2], out.shape[1], out.shape[2])
     cdef Window k = Window(kh, kw, sh, sw, ph, pw, 1, 1)
+    cdef Py_ssize_t chunk = _chunk(g.Ho * g.Wo)
     cdef Py_ssize_t p
-    for p in prange(x.shape[0], nogil=True, num_threads=n_threads, schedule="dynamic"):
+    for p in prange(x.shape[0], nogil=True, num_threads=n_threads, schedule="dynamic",
+                   chunksize=chunk):
         _pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, k, False, count_include_pad,
                     divisor_override)
 
@@ -205,8 +218,9 @@ def adaptive_pool2d(const float[:, :, ::1] x, float[:, :, ::1] out,
     [0, W], start < stop; out: OUT (P, Ho, Wo).
     """
     cdef Planes g = Planes(x.shape[1], x.shape[2], out.shape[1], out.shape[2])
-    cdef Py_ssize_t p
-    for p in prange(x.shape[0], nogil=True, num_threads=n_threads, schedule="dynamic"):
+    cdef Py_ssize_t p, chunk = _chunk(g.Ho * g.Wo)
+    for p in prange(x.shape[0], nogil=True, num_threads=n_threads, schedule="dynamic",
+                   chunksize=chunk):
         _adaptive_pool_plane(&x[p, 0, 0], &out[p, 0, 0], g, &rows[0, 0], &cols[0, 0], take_max)
 
 
