@@ -53,7 +53,7 @@ CONV_CASES = [
 ]
 
 
-def _conv_case(rng, case, unsigned):
+def _conv_case(rng, case, unsigned, activation=None):
     C, O, k, stride, padding, dilation, groups, H, W, sparsity = case
     kh, kw = (k, k) if np.isscalar(k) else k
     w = sparse_weight((O, C // groups, kh, kw), sparsity, rng)
@@ -63,7 +63,8 @@ def _conv_case(rng, case, unsigned):
         x = np.maximum(x, 0)
     bias = rng.standard_normal(O).astype(np.float32)
     op = QuantizedConv2dOp(QuantizedWeight(values, w_scale, 0.02, unsigned), bias,
-                           stride=stride, padding=padding, dilation=dilation, groups=groups)
+                           stride=stride, padding=padding, dilation=dilation, groups=groups,
+                           activation=activation)
     return op, values, x
 
 
@@ -101,17 +102,30 @@ def test_conv_accumulators_are_exact(rng, case, unsigned, simd_level, threads):
 
 @pytest.mark.parametrize("case", CONV_CASES[1:5],
                          ids=lambda c: "x".join(map(str, c[:3])) + f"s{c[3]}")
-@pytest.mark.parametrize("res_act", [None, "relu", "sigmoid"])
-def test_conv_residual_is_the_separate_add_bit_for_bit(rng, case, res_act, simd_level, threads):
-    # added to each stored run (1x1 layers: kernels.int8 adds_residual) or after the kernel
-    op, values, x = _conv_case(rng, case, False)
+@pytest.mark.parametrize("res_act", [None, "relu", "relu6", "sigmoid"])
+@pytest.mark.parametrize("act", [None, "relu"])
+def test_conv_residual_is_the_separate_add_bit_for_bit(rng, case, act, res_act, simd_level,
+                                                        threads):
+    # added in the AVX-512 epilogue's registers (none, relu, relu6), to each stored run
+    # (1x1 layers: kernels.int8 adds_residual) or after the kernel; the same bits each way,
+    # -0 and NaN included (compared as bits: assert_array_equal takes -0 for +0)
+    op, values, x = _conv_case(rng, case, False, act)
     residual = rng.standard_normal(op.output_shape(x.shape)).astype(np.float32)
+    special = residual.copy()
+    special.flat[::7] = -0.0
+    special.flat[3::11] = np.nan
+    special.flat[5::13] = 7.5
+    y = op(x, special, res_act)
+    np.testing.assert_array_equal(y.view(np.uint32),
+                                  fscnn.functional.add(op(x), special, res_act).view(np.uint32))
     y = op(x, residual, res_act)
     np.testing.assert_array_equal(y, fscnn.functional.add(op(x), residual, res_act))
     assert Int8SparseConv.adds_residual(op._plan(x.shape).plan) == (case[2] == 1)
-    expected = _epilogue(_reference_acc(op, values, x), op) + residual
+    expected = _epilogue(_reference_acc(op, values, x), op, act) + residual
     if res_act == "relu":
         expected = np.maximum(expected, 0)
+    elif res_act == "relu6":
+        expected = np.clip(expected, 0, 6)
     elif res_act == "sigmoid":
         expected = 1 / (1 + np.exp(-expected))
     assert_close(y, expected, **EPILOGUE_TOL)
