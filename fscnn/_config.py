@@ -58,7 +58,17 @@ _runtime, _wait_policy = _load_runtime()
 SIMD_LEVELS = _runtime.SIMD_NAMES  # index = level passed to the kernels
 
 _state = {"threads": None, "simd": None, "forked": False}
-_local = threading.local()  # per-thread override of the thread count (see thread_limit)
+
+
+class _ThreadLimit(threading.local):
+    """Per-thread override of the thread count (see thread_limit); None: none. A class
+    default, so that get_num_threads, called for every layer, finds it without the
+    AttributeError that a missing threading.local attribute costs inside getattr."""
+
+    threads = None
+
+
+_local = _ThreadLimit()
 
 
 def _after_fork_in_child():
