@@ -137,7 +137,7 @@ def get_num_threads():
     """
     if _state["threads"] is None:
         _state["threads"] = _default_threads()
-    limit = getattr(_local, "threads", None)
+    limit = _local.threads
     if limit is not None and not _state["forked"]:
         return limit
     if _state["forked"] and _state["threads"] > 1:
@@ -186,7 +186,7 @@ def thread_limit(n):
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"thread_limit: expected a positive integer, got {n!r}")
-    old = getattr(_local, "threads", None)
+    old = _local.threads
     _local.threads = int(n)
     try:
         yield

@@ -68,7 +68,7 @@ def bump_epoch():
 
 def current_run():
     """The innermost run in progress on this thread, or None."""
-    runs = getattr(_local, "runs", None)
+    runs = _local.runs
     return runs[-1] if runs else None
 
 
@@ -76,7 +76,7 @@ def current_run():
 def reporting(progress):
     """Count every prepared step run on this thread inside the block on ``progress`` (a
     :class:`fscnn._progress.Progress`): :meth:`Module.prepare` shows its layers so."""
-    previous = getattr(_local, "progress", None)
+    previous = _local.progress
     _local.progress = progress
     try:
         yield progress
@@ -151,8 +151,7 @@ def observing(callback):
 def _watched():
     """Whether calibration, profiling or ``prepare``'s progress watches the calls of this
     thread: each layer then runs when it is called (no pending residual convolutions)."""
-    return bool(getattr(_local, "observers", None) or getattr(_local, "profiles", None)
-                or getattr(_local, "progress", None) is not None)
+    return bool(_local.observers or _local.profiles or _local.progress is not None)
 
 
 def _record(records, name, layer, step, x, out, seconds):
@@ -322,9 +321,8 @@ class _PairStep:
     def run(self, run, x):
         known = x.__class__ is np.ndarray and x.shape in self.shapes
         if (known and x.dtype == np.float32 and x.flags.c_contiguous
-                and not getattr(_local, "observers", None)
-                and getattr(_local, "progress", None) is None):
-            profiles = getattr(_local, "profiles", None)
+                and not _local.observers and _local.progress is None):
+            profiles = _local.profiles
             out = None
             if not profiles:
                 out = self.op(x)
@@ -608,8 +606,7 @@ class _Run:
         input of a shape it ran before goes straight to its step (what :meth:`call` would end
         up doing, without its lookups) unless calibration, profiling or progress is watching."""
         plan = self.plan
-        direct = not (getattr(_local, "observers", None) or getattr(_local, "profiles", None)
-                      or getattr(_local, "progress", None) is not None)
+        direct = not _watched()
         for module, fused in plan.sequence(seq):
             if module.__class__ is _PairStep:
                 x = module.run(self, x)
@@ -649,7 +646,7 @@ class _Run:
             # and raise an AttributeError, ~1.5 us for every container of every call
             if hasattr(module.__class__, "_check_input"):
                 out = self._call_layer(module, args, kwargs, name, unbatched, fused)
-            elif module._modules or not getattr(_local, "profiles", None):
+            elif module._modules or not _local.profiles:
                 out = module.forward(*args, **kwargs)
                 if unbatched and isinstance(out, np.ndarray):
                     out = out[0]
@@ -684,12 +681,12 @@ class _Run:
         else:
             x = self._checked_input(layer, raw, name, step)
         if step is not None:
-            for observe in getattr(_local, "observers", ()):
+            for observe in _local.observers:
                 observe(self.plan.names[id(layer)], layer, x)
-        profiles = getattr(_local, "profiles", None)
+        profiles = _local.profiles
         t0 = time.perf_counter() if profiles else 0.0
         out = layer.forward(x) if step is None else step(x)
-        progress = getattr(_local, "progress", None) if step is not None else None
+        progress = _local.progress if step is not None else None
         if progress is not None:
             progress.update()
         if profiles:
